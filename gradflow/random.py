@@ -1,0 +1,49 @@
+"""Seeding. ``manual_seed(n)`` makes initializers, shuffling and dropout reproducible.
+
+Two streams hang off one seed: a NumPy ``Generator`` for host-side draws (weight init,
+data shuffling) and a counter-based (seed, offset) pair for kernels such as dropout,
+whose offset advances by the number of random values each call consumes.
+"""
+import numpy
+
+
+class Generator:
+    def __init__(self, seed=0):
+        self.manual_seed(seed)
+
+    def manual_seed(self, seed):
+        self.seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+        self.numpy = numpy.random.default_rng(self.seed)
+        self.offset = 0
+        return self
+
+    def next_offset(self, count):
+        """Reserve ``count`` counter values for one kernel call; returns (seed, offset)."""
+        offset = self.offset
+        self.offset += int(count)
+        return self.seed, offset
+
+    def get_state(self):
+        return {"seed": self.seed, "offset": self.offset, "numpy": self.numpy.bit_generator.state}
+
+    def set_state(self, state):
+        self.seed = state["seed"]
+        self.offset = state["offset"]
+        self.numpy = numpy.random.default_rng()
+        self.numpy.bit_generator.state = state["numpy"]
+
+
+default_generator = Generator(0)
+
+
+def manual_seed(seed):
+    """Seed every gradflow random stream (like ``torch.manual_seed``)."""
+    return default_generator.manual_seed(seed)
+
+
+def get_rng_state():
+    return default_generator.get_state()
+
+
+def set_rng_state(state):
+    default_generator.set_state(state)
