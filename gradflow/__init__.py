@@ -1,11 +1,13 @@
 """gradflow: a small define-by-run autodiff framework on CuPy, with a NumPy fallback."""
 from gradflow import backend, ops
 from gradflow.backend import cuda_is_available
+from gradflow.compile import CaptureError, compile, replay_as_call
+from gradflow.compile import invalidate as compile_invalidate
 from gradflow.creation import (arange, empty, eye, from_numpy, full, ones, ones_like, rand, randint, randn,
                                tensor, zeros, zeros_like)
 from gradflow.gradcheck import gradcheck, gradgradcheck
 from gradflow.ops import (abs, argmax, argmin, broadcast_to, cat, clamp, clip, concatenate, exp, flatten, log,
-                          matmul, max, maximum, mean, min, minimum, permute, reshape, sqrt, squeeze, stack, sum,
+                          linear, matmul, max, maximum, mean, min, minimum, permute, reshape, sqrt, squeeze, stack, sum,
                           sum_to, swapaxes, transpose, unsqueeze, var, where)
 from gradflow.random import manual_seed
 from gradflow.tensor import Function, Tensor, enable_grad, grad, is_grad_enabled, no_grad

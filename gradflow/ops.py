@@ -9,7 +9,7 @@ import builtins
 import numpy
 
 from gradflow import backend
-from gradflow.tensor import Function, Tensor, as_tensor, is_grad_enabled
+from gradflow.tensor import Function, Tensor, _in_place, as_tensor, is_grad_enabled
 
 
 def _pair(a, b):
@@ -222,19 +222,17 @@ class Maximum(Function):
 
 
 class Where(Function):
-    def __init__(self, condition):
-        self.condition = condition
-
-    def forward(self, a, b):
-        return backend.xp_of(a).where(self.condition, a, b)
+    def forward(self, condition, a, b):
+        self.save_for_backward(condition)
+        return backend.xp_of(a).where(condition, a, b)
 
     def backward(self, gy):
-        a, b = self.inputs
-        cond = Tensor._wrap(self.condition)
+        cond, = self.saved_tensors
+        _, a, b = self.inputs
         zero = zeros_like_array(gy)
-        ga = _unbroadcast(where(cond, gy, zero), a.shape) if self.needs_input_grad[0] else None
-        gb = _unbroadcast(where(cond, zero, gy), b.shape) if self.needs_input_grad[1] else None
-        return ga, gb
+        ga = _unbroadcast(where(cond, gy, zero), a.shape) if self.needs_input_grad[1] else None
+        gb = _unbroadcast(where(cond, zero, gy), b.shape) if self.needs_input_grad[2] else None
+        return None, ga, gb
 
 
 def zeros_like_array(t):
@@ -276,9 +274,12 @@ def minimum(a, b):
 
 
 def where(condition, a, b):
-    cond = condition.data if isinstance(condition, Tensor) else condition
     a, b = _pair(a, b)
-    return Where(backend.xp_of(a.data).asarray(cond, dtype=bool))(a, b)
+    if not isinstance(condition, Tensor):
+        condition = Tensor._wrap(backend.xp_of(a.data).asarray(condition, dtype=bool))
+    elif condition.dtype != bool:
+        condition = compare(condition, 0, "not_equal")
+    return Where()(condition, a, b)
 
 
 # ---- matmul --------------------------------------------------------------------------------
@@ -400,12 +401,26 @@ def min(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     return MaxMin(axis, keepdims, "min")(x)
 
 
+class NonDifferentiable(Function):
+    """An array function whose result carries no gradient (comparisons, argmax)."""
+    def __init__(self, func, **kwargs):
+        self.func, self.kwargs = func, kwargs
+
+    def forward(self, *xs):
+        return getattr(backend.xp_of(xs[0]), self.func)(*xs, **self.kwargs)
+
+    def __call__(self, *inputs):
+        y = super().__call__(*inputs)
+        y.requires_grad, y.creator = False, None
+        return y
+
+
 def argmax(x, axis=None, keepdims=False):
-    return Tensor._wrap(backend.xp_of(x.data).argmax(x.data, axis=axis, keepdims=keepdims))
+    return NonDifferentiable("argmax", axis=axis, keepdims=keepdims)(x)
 
 
 def argmin(x, axis=None, keepdims=False):
-    return Tensor._wrap(backend.xp_of(x.data).argmin(x.data, axis=axis, keepdims=keepdims))
+    return NonDifferentiable("argmin", axis=axis, keepdims=keepdims)(x)
 
 
 # ---- shapes ---------------------------------------------------------------------------------------
@@ -413,7 +428,7 @@ def _view_of(y, x):
     """Views share the version counter of their base, so in-place edits are seen by both."""
     base = y.data.base
     if base is not None and (base is x.data or base is x.data.base):
-        y._vc = x._vc
+        y._vc = x._version_box()
     return y
 
 
@@ -647,6 +662,7 @@ def getitem(x, index):
 
 def setitem_(x, index, value):
     """``x[index] = value`` in place; refused where it would corrupt recorded history."""
+    _in_place("index assignment")
     if is_grad_enabled() and (x.requires_grad or (isinstance(value, Tensor) and value.requires_grad)):
         raise RuntimeError("in-place assignment into a tensor that requires grad is not differentiable "
                            "in gradflow; build a new tensor (e.g. with where) or do it under no_grad()")
@@ -660,6 +676,7 @@ def inplace_(x, other, ufunc):
     if is_grad_enabled() and x.requires_grad:
         raise RuntimeError(f"in-place {ufunc} on a tensor that requires grad is not differentiable in "
                            f"gradflow; write x = x + y instead, or do it under no_grad()")
+    _in_place(f"in-place {ufunc}")
     o = other.data if isinstance(other, Tensor) else other
     if isinstance(other, Tensor) and other.device != x.device:
         raise RuntimeError(f"in-place {ufunc}: tensors are on different devices ('{x.device}' and '{other.device}')")
@@ -673,8 +690,7 @@ def inplace_(x, other, ufunc):
 
 
 def compare(x, other, ufunc):
-    x, other = _pair(x, other)
-    return Tensor._wrap(getattr(backend.xp_of(x.data), ufunc)(x.data, other.data))
+    return NonDifferentiable(ufunc)(*_pair(x, other))
 
 
 # ---- dtype and device -------------------------------------------------------------------------
@@ -717,3 +733,40 @@ def to_device(x, device):
     if device == "cuda":
         backend.cupy()  # the clear error when CUDA is missing
     return ToDevice(device)(x)
+
+
+# ---- layers -----------------------------------------------------------------------------------
+class Linear(Function):
+    """y = x @ W^T + b in one op (PyTorch's weight layout: (out_features, in_features)).
+
+    Backward: gx = gy @ W, gW = gy^T @ x, gb = sum of gy over the batch, each computed
+    directly in the parameter's own layout, so no transposed copies are made.
+    """
+    def forward(self, x, weight, bias=None):
+        if x.shape[-1] != weight.shape[1]:
+            raise ValueError(f"linear: input {x.shape} does not match weight {weight.shape} "
+                             f"(in_features {weight.shape[1]})")
+        if x.dtype != weight.dtype:
+            raise TypeError(f"linear: input dtype {x.dtype} differs from weight dtype {weight.dtype}")
+        self.save_for_backward(x, weight)
+        y = x @ weight.T
+        if bias is not None:
+            y += bias
+        return y
+
+    def backward(self, gy):
+        x, weight = self.saved_tensors
+        need = self.needs_input_grad
+        gx = matmul(gy, weight) if need[0] else None
+        gw = gb = None
+        if need[1]:
+            g2 = gy if gy.ndim == 2 else reshape(gy, (-1, gy.shape[-1]))
+            x2 = x if x.ndim == 2 else reshape(x, (-1, x.shape[-1]))
+            gw = matmul(g2.mT, x2)
+        if len(need) > 2 and need[2]:
+            gb = sum_to(gy, (gy.shape[-1],))
+        return gx, gw, gb
+
+
+def linear(x, weight, bias=None):
+    return Linear()(x, weight) if bias is None else Linear()(x, weight, bias)

@@ -16,6 +16,7 @@ import numpy
 from gradflow import backend
 
 _grad_enabled = True
+_recorder = None   # set by gradflow.compile while it records a step
 
 
 def is_grad_enabled():
@@ -66,6 +67,13 @@ def _default_dtype_array(data, dtype, xp):
 class Tensor:
     """An n-d array of either backend, plus what autograd needs to know about it."""
     __array_priority__ = 200  # numpy scalars and arrays defer binary ops to Tensor
+    # defaults as class attributes keep the per-op wrap cheap
+    grad = None
+    creator = None
+    generation = 0
+    _index = 0            # which output of ``creator`` this is
+    _vc = None            # version counter [n], created on first need, shared by views
+    _retain_grad = False
 
     def __init__(self, data, requires_grad=False, dtype=None, device=None):
         if isinstance(data, Tensor):
@@ -80,12 +88,6 @@ class Tensor:
             if backend.device_of(data) == "cuda" and xp is None:
                 xp = backend.cupy()
         self.data = _default_dtype_array(data, dtype, xp)
-        self.grad = None
-        self.creator = None
-        self.generation = 0
-        self._index = 0            # which output of ``creator`` this is
-        self._vc = [0]             # version counter, shared by views of one array
-        self._retain_grad = False
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -95,12 +97,6 @@ class Tensor:
         """Fast constructor for op outputs (no conversion, no checks)."""
         t = cls.__new__(cls)
         t.data = array
-        t.grad = None
-        t.creator = None
-        t.generation = 0
-        t._index = 0
-        t._vc = [0]
-        t._retain_grad = False
         t.requires_grad = requires_grad
         return t
 
@@ -111,7 +107,7 @@ class Tensor:
     size = property(lambda self: self.data.size)
     device = property(lambda self: backend.device_of(self.data))
     is_leaf = property(lambda self: self.creator is None)
-    _version = property(lambda self: self._vc[0])
+    _version = property(lambda self: 0 if self._vc is None else self._vc[0])
 
     def __len__(self):
         return len(self.data)
@@ -141,18 +137,26 @@ class Tensor:
 
     def _bump_version(self):
         """Record an in-place change so backward can detect stale saved tensors."""
-        self._vc[0] += 1
+        self._version_box()[0] += 1
+
+    def _version_box(self):
+        if self._vc is None:
+            self._vc = [0]
+        return self._vc
 
     # ---- conversion -----------------------------------------------------------------
     def numpy(self):
         """A host copy: never aliases device memory or the tensor's own buffer."""
+        _host_sync("numpy()")
         return backend.to_numpy(self.data)
 
     def __array__(self, dtype=None, copy=None):
+        _host_sync("conversion to a NumPy array")
         a = backend.to_numpy(self.data)
         return a if dtype is None else a.astype(dtype, copy=False)
 
     def item(self):
+        _host_sync("item()")
         if self.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
         return self.data.reshape(()).item() if self.device == "cpu" else self.numpy().reshape(()).item()
@@ -163,7 +167,7 @@ class Tensor:
     def detach(self):
         """The same data with no history (shares memory and version counter)."""
         t = Tensor._wrap(self.data)
-        t._vc = self._vc
+        t._vc = self._version_box()
         return t
 
     def to(self, target):
@@ -236,6 +240,7 @@ class Tensor:
     __hash__ = object.__hash__
 
     def __bool__(self):
+        _host_sync("bool() (data-dependent Python control flow)")
         if self.size != 1:
             raise RuntimeError(f"the truth value of a tensor with shape {self.shape} is ambiguous")
         return bool(self.item())
@@ -299,29 +304,53 @@ class Function:
         return type(self).__name__
 
     def __call__(self, *inputs):
+        # the hot path of every op: keep it flat and cheap
         if len(inputs) > 1:
             _check_same_device(self, inputs)
-        ys = self.forward(*[x.data for x in inputs])
-        single = not isinstance(ys, tuple)
-        if single:
-            ys = (ys,)
-        record = _grad_enabled and any(x.requires_grad for x in inputs)
-        outputs = tuple(Tensor._wrap(y, record) for y in ys)
+        arrays = [x.data for x in inputs]
+        if _recorder is not None:
+            constructed = dict(vars(self))  # set by __init__: must be equal in every step
+            ys = self.forward(*arrays)
+            _recorder.on_function(self, arrays, ys, constructed)
+        else:
+            ys = self.forward(*arrays)
+        record = False
+        if _grad_enabled:
+            for x in inputs:
+                if x.requires_grad:
+                    record = True
+                    break
+        if type(ys) is not tuple:
+            y = Tensor._wrap(ys, record)
+            if record:
+                self._record(inputs, (y,))
+            else:
+                self._saved = ()
+            return y
+        outputs = tuple(Tensor._wrap(a, record) for a in ys)
         if record:
-            self.inputs = inputs
-            self.needs_input_grad = tuple(x.requires_grad for x in inputs)
-            self.generation = max(x.generation for x in inputs)
-            self.outputs = [weakref.ref(y) for y in outputs]
-            self._out_meta = [(y.shape, y.dtype) for y in ys]
-            for i, y in enumerate(outputs):
-                y.creator = self
-                y.generation = self.generation + 1
-                y._index = i
-            if self._saved:
-                self._saved = [self._resolve_saved(a, inputs, outputs) for a in self._saved]
+            self._out_meta = [(a.shape, a.dtype) for a in ys]  # for outputs that get no gradient
+            self._record(inputs, outputs)
         else:
             self._saved = ()
-        return outputs[0] if single else outputs
+        return outputs
+
+    def _record(self, inputs, outputs):
+        self.inputs = inputs
+        self.needs_input_grad = tuple([x.requires_grad for x in inputs])
+        generation = 0
+        for x in inputs:
+            if x.generation > generation:
+                generation = x.generation
+        self.generation = generation
+        self.outputs = [weakref.ref(y) for y in outputs]
+        for i, y in enumerate(outputs):
+            y.creator = self
+            y.generation = generation + 1
+            if i:
+                y._index = i
+        if self._saved:
+            self._saved = [self._resolve_saved(a, inputs, outputs) for a in self._saved]
 
     def forward(self, *xs):
         raise NotImplementedError
@@ -344,10 +373,11 @@ class Function:
             return None
         for x in inputs:
             if x.data is a:
-                return ("tensor", x, x._vc, x._vc[0])
+                vc = x._version_box()
+                return ("tensor", x, vc, vc[0])
         for y in outputs:
             if y.data is a:
-                return ("output", (y._index, a), y._vc, 0)
+                return ("output", (y._index, a), y._version_box(), 0)
         return ("array", a, None, 0)
 
     @property
@@ -382,6 +412,16 @@ class Function:
         """Drop everything backward needed (called after backward unless retain_graph)."""
         self.inputs = None
         self._saved = ()
+
+
+def _in_place(what):
+    if _recorder is not None:
+        _recorder.on_in_place(what)
+
+
+def _host_sync(what):
+    if _recorder is not None:
+        _recorder.on_host_sync(what)
 
 
 def _freed_error():
@@ -433,6 +473,8 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
         else:
             _accumulate_leaf(x, gx, create_graph, assigned)
 
+    if create_graph and _recorder is not None:
+        _recorder.on_create_graph()
     mode = enable_grad() if create_graph else no_grad()
     with mode:
         for t, g in zip(roots, grads):
@@ -475,18 +517,23 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
 def _accumulate_leaf(x, gx, create_graph, assigned):
     if not x.requires_grad:
         return
+    if create_graph:
+        x.grad = gx if x.grad is None else x.grad + gx
+        return
+    a = gx.data
+    copy = False
     if x.grad is None:
-        if not create_graph:
-            # .grad must be its own writable, contiguous buffer (optimizers and clipping
-            # update it in place), never a broadcast view or another leaf's array
-            a = gx.data
-            if id(a) in assigned or not a.flags.c_contiguous or not getattr(a.flags, "writeable", True):
-                a = a.copy()  # ndarray.copy() is C-contiguous
-            assigned.add(id(a))
-            gx = Tensor._wrap(a)
-        x.grad = gx
+        # .grad must be its own writable buffer (optimizers and clipping update it in
+        # place), never a broadcast view or an array another leaf's .grad also uses
+        owner = id(a if a.base is None else a.base)
+        copy = owner in assigned or not getattr(a.flags, "writeable", True) or (a.size > 1 and 0 in a.strides)
+        result = a.copy() if copy else a
+        assigned.add(id(result) if copy else owner)
     else:
-        x.grad = x.grad + gx if create_graph else Tensor._wrap(x.grad.data + gx.data)
+        result = x.grad.data + a
+    x.grad = Tensor._wrap(result)
+    if _recorder is not None:
+        _recorder.on_leaf_grad(x, a, copy, result)
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False):

@@ -151,3 +151,19 @@ def test_float32_default_and_scalar_keeps_dtype():
     assert (x * 2.5 + 1).dtype == numpy.float32
     assert (2 ** x).dtype == numpy.float32
     assert gf.tensor([1, 2]).dtype == numpy.int64
+
+
+@pytest.mark.parametrize("xshape", [(5, 4), (2, 3, 4), (4,)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear(xshape, bias):
+    x, w = t(*xshape, seed=12), t(3, 4, seed=13)
+    args = [x, w] + ([t(3, seed=14)] if bias else [])
+    gradcheck(gf.ops.linear, args)
+    gradgradcheck(gf.ops.linear, args)
+    expected = x.numpy() @ w.numpy().T + (args[2].numpy() if bias else 0)
+    assert numpy.allclose(gf.ops.linear(*args).numpy(), expected)
+
+
+def test_linear_shape_error_names_shapes():
+    with pytest.raises(ValueError, match=r"linear: input \(2, 5\) does not match weight \(3, 4\)"):
+        gf.ops.linear(gf.zeros(2, 5), gf.zeros(3, 4))

@@ -1,0 +1,391 @@
+"""Captured training steps: record a fixed-shape step, then replay it without the tape.
+
+``step = gradflow.compile(train_step)`` returns a callable. Its first calls for a given
+set of argument shapes run ``train_step`` eagerly while a recorder logs, in order:
+
+- every Function's forward on raw arrays (the forward ops *and* the ops that the backward
+  pass runs), with each array named by a slot;
+- every gradient handed to a leaf (what ``.grad`` becomes);
+- every call of a function marked ``@replay_as_call`` (optimizer steps, ``zero_grad``),
+  which replay re-executes as a call, so step counters, learning-rate schedules and
+  lazily created state stay exact.
+
+When two consecutive recordings agree (same ops, same constants) the second becomes the
+plan, and later calls replay it: each op's ``forward`` runs on arrays straight from the
+slot table — no Tensors, no graph, no heap, no version checks. Replay runs the very code
+that eager mode runs, in the same order, so on the CPU its results are bit-identical.
+
+What cannot be captured is detected and never replayed: reading data on the host inside
+the step (``.item()``, ``.numpy()``, ``bool()`` — data-dependent control flow), in-place
+edits of arrays outside the recorded ops, and arrays that change between steps without
+being produced by a recorded op. By default such a step warns once and runs eagerly;
+``strict=True`` raises ``CaptureError`` at the point of detection instead.
+"""
+import collections
+import functools
+import sys
+import warnings
+
+import numpy
+
+from gradflow import backend
+from gradflow.tensor import Tensor
+
+_tape = sys.modules["gradflow.tensor"]  # holds the active recorder (``gradflow.tensor`` the name is the factory)
+_epoch = 0                              # bumped by invalidate(): every cached plan is re-recorded
+
+_FUNCTION, _LEAF, _CALL = 0, 1, 2
+_RUNTIME_ATTRS = {"inputs", "outputs", "_saved", "generation", "needs_input_grad", "_out_meta"}
+
+
+class CaptureError(RuntimeError):
+    """The step cannot be captured; the message says which op and why."""
+
+
+def invalidate():
+    """Forget every recording (train/eval switches call this: they change the op sequence)."""
+    global _epoch
+    _epoch += 1
+
+
+def replay_as_call(func):
+    """Mark a function that a replayed step must re-execute as a call (optimizer steps).
+
+    Ops it runs are not recorded one by one; replay calls it again with the same
+    arguments, so Python-side state it keeps (step counts, schedules) stays exact.
+    """
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        recorder = _tape._recorder
+        if recorder is None:
+            return func(*args, **kwargs)
+        recorder.ops.append((_CALL, func, args, kwargs))
+        _tape._recorder = None
+        try:
+            return func(*args, **kwargs)
+        finally:
+            _tape._recorder = recorder
+    return wrapper
+
+
+class _Recording:
+    """The log of one eager run of the step."""
+
+    def __init__(self, arrays, strict):
+        self.ops = []
+        self.slot_of = {}        # id(array) -> slot; arrays stay alive so ids stay unique
+        self.arrays = []         # slot -> the array seen while recording
+        self.external = []       # slots of arrays not made by recorded ops (parameters, constants)
+        self.strict = strict
+        self.problem = None
+        for a in arrays:
+            self._new(a)
+        self.n_inputs = len(arrays)
+        self.outputs = None
+
+    def _new(self, a):
+        slot = len(self.arrays)
+        self.arrays.append(a)
+        self.slot_of[id(a)] = slot
+        return slot
+
+    def _ref(self, a):
+        slot = self.slot_of.get(id(a))
+        if slot is None:
+            slot = self._new(a)
+            self.external.append(slot)
+        return slot
+
+    def _fail(self, reason):
+        if self.strict:
+            raise CaptureError(f"gradflow.compile: cannot capture this step: {reason}")
+        if self.problem is None:
+            self.problem = reason
+
+    # ---- hooks called by the tape --------------------------------------------------------------
+    def on_function(self, fn, xs, ys, constructed):
+        ins = [self._ref(a) for a in xs]
+        single = type(ys) is not tuple
+        outs = [self._new(y) for y in ((ys,) if single else ys)]
+        saved = [(k, self._new(a)) for k, a in enumerate(fn._saved or ())
+                 if a is not None and hasattr(a, "shape") and id(a) not in self.slot_of]
+        # what forward sets is set again on replay; what the constructor set is frozen
+        constructed = {k: v for k, v in constructed.items() if k not in _RUNTIME_ATTRS}
+        self.ops.append((_FUNCTION, fn, ins, outs, single, saved, constructed))
+
+    def on_leaf_grad(self, x, gx, copy, result):
+        self.ops.append((_LEAF, x, self._ref(gx), copy, self._new(result)))
+
+    def on_host_sync(self, what):
+        self._fail(f"{what} reads tensor data on the host inside the step (a host sync, or "
+                   f"data-dependent Python control flow); do it outside the compiled function")
+
+    def on_in_place(self, what):
+        self._fail(f"{what} modifies an array outside the recorded ops; use out-of-place ops "
+                   f"inside a compiled step, or do it in a @replay_as_call function")
+
+    def on_create_graph(self):
+        self._fail("backward(create_graph=True) is not supported inside a compiled step")
+
+    # ---- comparing two recordings ------------------------------------------------------------
+    def mismatch(self, other):
+        """Why ``other`` (an earlier recording) disagrees with this one, or None."""
+        if len(self.ops) != len(other.ops) or len(self.arrays) != len(other.arrays):
+            return f"the step ran {len(other.ops)} ops, then {len(self.ops)}: its control flow changes"
+        for i, (a, b) in enumerate(zip(other.ops, self.ops)):
+            if a[0] != b[0]:
+                return f"op #{i} differs between steps"
+            if a[0] == _FUNCTION:
+                if type(a[1]) is not type(b[1]) or a[2:6] != b[2:6] or a[6].keys() != b[6].keys():
+                    return f"op #{i} ({type(b[1]).__name__}) differs between steps"
+                for key, value in b[6].items():
+                    if not _equal(a[6][key], value):
+                        return f"op #{i} ({type(b[1]).__name__}) was built with a different {key!r} in each step"
+            elif a[0] == _LEAF:
+                if a[1] is not b[1] or a[2:] != b[2:]:
+                    return f"gradient delivery #{i} differs between steps"
+            elif a[1] is not b[1] or not _same_arg(a[2], b[2]) or not _same_arg(a[3], b[3]):
+                return f"call #{i} ({getattr(b[1], '__qualname__', b[1])}) differs between steps"
+        if self.external != other.external:
+            return "the arrays read from outside the step differ"
+        for slot in self.external:
+            x, y = other.arrays[slot], self.arrays[slot]
+            if x is not y and not _equal(x, y):
+                user = next((type(op[1]).__name__ for op in self.ops if op[0] == _FUNCTION and slot in op[2]), "?")
+                return (f"an input of {user} changes between steps but is not produced by a recorded op "
+                        f"(raw array math outside Functions, or a tensor replaced instead of updated in place)")
+        return None
+
+
+def _same_arg(a, b):
+    """Arguments of a replayed call: the same objects (containers may be rebuilt)."""
+    if a is b:
+        return True
+    if isinstance(a, (tuple, list)) and type(a) is type(b):
+        return len(a) == len(b) and all(_same_arg(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_arg(a[k], b[k]) for k in a)
+    if isinstance(a, (int, float, str, bool, type(None))) and type(a) is type(b):
+        return a == b
+    return False
+
+
+def _equal(a, b):
+    if a is b:
+        return True
+    if hasattr(a, "shape") and hasattr(b, "shape") and hasattr(a, "dtype"):
+        return a.shape == b.shape and a.dtype == b.dtype and type(a) is type(b) and \
+            bool((backend.xp_of(a).asarray(a) == backend.xp_of(b).asarray(b)).all())
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+class _Plan:
+    """A recording turned into a replayable program over a slot table."""
+
+    def __init__(self, recording):
+        self.template = [None] * len(recording.arrays)
+        for slot in recording.external:
+            self.template[slot] = recording.arrays[slot]
+        self.n_inputs = recording.n_inputs
+        self.outputs = recording.outputs
+        keep = set(recording.external) | set(_output_slots(recording.outputs))
+        last_use = {}
+        for i, op in enumerate(recording.ops):
+            for slot in _reads(op):
+                last_use[slot] = i
+        frees = collections.defaultdict(list)
+        for slot, i in last_use.items():
+            if slot not in keep:
+                frees[i].append(slot)
+        self.ops = [(op[:6] if op[0] == _FUNCTION else op) + (tuple(frees.get(i, ())),)
+                    for i, op in enumerate(recording.ops)]
+
+    def run(self, arrays):
+        vals = list(self.template)
+        vals[:self.n_inputs] = arrays
+        for op in self.ops:
+            kind = op[0]
+            if kind == _FUNCTION:
+                _, fn, ins, outs, single, saved, free = op
+                ys = fn.forward(*[vals[s] for s in ins])
+                if single:
+                    vals[outs[0]] = ys
+                else:
+                    for s, y in zip(outs, ys):
+                        vals[s] = y
+                for k, s in saved:
+                    vals[s] = fn._saved[k]
+                fn._saved = ()
+            elif kind == _LEAF:
+                _, x, src, copy, dst, free = op
+                g = vals[src]
+                if x.grad is None:
+                    g = g.copy() if copy else g
+                else:
+                    g = x.grad.data + g
+                x.grad = Tensor._wrap(g)
+                vals[dst] = g
+            else:
+                _, func, args, kwargs, free = op
+                func(*args, **kwargs)
+            for s in free:
+                vals[s] = None
+        return _build(self.outputs, vals)
+
+
+def _reads(op):
+    if op[0] == _FUNCTION:
+        return op[2]
+    if op[0] == _LEAF:
+        return (op[2],)
+    return ()
+
+
+def _flatten_outputs(value, recording):
+    """The step's return value as a structure of slots (Tensors) and constants."""
+    if isinstance(value, Tensor):
+        return ("tensor", recording._ref(value.data), value.requires_grad)
+    if isinstance(value, (tuple, list)):
+        return (type(value), [_flatten_outputs(v, recording) for v in value])
+    if isinstance(value, dict):
+        return (dict, {k: _flatten_outputs(v, recording) for k, v in value.items()})
+    if value is None or isinstance(value, (str, bool)):
+        return ("const", value)
+    recording._fail(f"the step returns a {type(value).__name__}; return Tensors (call .item() outside)")
+    return ("const", value)
+
+
+def _output_slots(structure):
+    kind = structure[0]
+    if kind == "tensor":
+        yield structure[1]
+    elif kind == "const":
+        return
+    elif kind is dict:
+        for v in structure[1].values():
+            yield from _output_slots(v)
+    else:
+        for v in structure[1]:
+            yield from _output_slots(v)
+
+
+def _build(structure, vals):
+    kind = structure[0]
+    if kind == "tensor":
+        return Tensor._wrap(vals[structure[1]])
+    if kind == "const":
+        return structure[1]
+    if kind is dict:
+        return {k: _build(v, vals) for k, v in structure[1].items()}
+    return kind(_build(v, vals) for v in structure[1])
+
+
+class _Entry:
+    """Recordings and plan for one set of argument shapes."""
+    def __init__(self):
+        self.last = None
+        self.plan = None
+        self.tries = 0
+        self.eager_reason = None
+
+
+class CompiledStep:
+    """A step function that records itself, then replays (see the module docstring)."""
+
+    def __init__(self, fn, strict=False, cache_size=8, max_recordings=3):
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.strict = strict
+        self.cache_size = cache_size
+        self.max_recordings = max_recordings
+        self.cache = collections.OrderedDict()
+        self.epoch = _epoch
+
+    def _key(self, args):
+        key = []
+        for a in args:
+            if isinstance(a, Tensor):
+                key.append(("T", a.shape, a.dtype.str, a.device, a.requires_grad))
+            else:
+                try:
+                    hash(a)
+                except TypeError:
+                    raise TypeError(f"gradflow.compile: arguments must be Tensors or hashable values, "
+                                    f"got {type(a).__name__}") from None
+                key.append(("V", a))
+        return tuple(key)
+
+    def __call__(self, *args):
+        if _tape._recorder is not None:
+            raise CaptureError("gradflow.compile: a compiled step cannot call another compiled step")
+        if self.epoch != _epoch:
+            self.cache.clear()
+            self.epoch = _epoch
+        key = self._key(args)
+        entry = self.cache.get(key)
+        if entry is None:
+            entry = self.cache[key] = _Entry()
+            if len(self.cache) > self.cache_size:
+                self.cache.popitem(last=False)
+        else:
+            self.cache.move_to_end(key)
+        tensors = [a.data for a in args if isinstance(a, Tensor)]
+        if entry.plan is not None:
+            return entry.plan.run(tensors)
+        if entry.eager_reason is not None:
+            return self.fn(*args)
+        return self._record(entry, args, tensors)
+
+    def _record(self, entry, args, arrays):
+        recording = _Recording(arrays, self.strict)
+        _tape._recorder = recording
+        try:
+            result = self.fn(*args)
+            recording.outputs = _flatten_outputs(result, recording)
+        finally:
+            _tape._recorder = None
+        entry.tries += 1
+        if recording.problem is not None:
+            self._give_up(entry, recording.problem)
+            return result
+        reason = recording.mismatch(entry.last) if entry.last is not None else "first recording"
+        if reason is None:
+            entry.plan = _Plan(recording)
+            entry.last = None
+        elif entry.tries >= self.max_recordings:
+            self._give_up(entry, reason)
+        else:
+            entry.last = recording
+        return result
+
+    def _give_up(self, entry, reason):
+        entry.last = None
+        message = f"gradflow.compile: cannot capture {getattr(self.fn, '__qualname__', self.fn)}: {reason}"
+        if self.strict:
+            raise CaptureError(message)
+        entry.eager_reason = reason
+        warnings.warn(message + "; running it eagerly", RuntimeWarning, stacklevel=3)
+
+    @property
+    def captured(self):
+        """True when the most recently used argument shapes replay a plan."""
+        return bool(self.cache) and next(reversed(self.cache.values())).plan is not None
+
+
+def compile(fn=None, *, strict=False, cache_size=8):
+    """Capture a fixed-shape step (forward, loss, backward, optimizer update) for replay.
+
+    Usable as ``compile(step)`` or ``@compile(strict=True)``. Arguments are Tensors (bound
+    to the recorded step's inputs) or hashable values (part of the cache key). Changed
+    shapes, dtypes or devices record again; up to ``cache_size`` recordings are kept.
+    """
+    if fn is None:
+        return lambda f: CompiledStep(f, strict=strict, cache_size=cache_size)
+    return CompiledStep(fn, strict=strict, cache_size=cache_size)
