@@ -7,6 +7,7 @@ import os
 
 import numpy
 
+capturing = False     # True while gradflow.compile captures a CUDA graph (no cuBLAS then)
 _cupy = None          # the cupy module once it proved usable
 _cupy_checked = False
 _cupy_error = None    # why CUDA is unusable, for the error message

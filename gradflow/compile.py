@@ -15,6 +15,13 @@ plan, and later calls replay it: each op's ``forward`` runs on arrays straight f
 slot table — no Tensors, no graph, no heap, no version checks. Replay runs the very code
 that eager mode runs, in the same order, so on the CPU its results are bit-identical.
 
+On a GPU the replay goes further: each run of consecutive Function ops becomes a CUDA
+graph (captured on the first replay, launched with one call after that); calls, gradient
+deliveries and ops that draw random numbers run between the graphs as before. Inputs are
+copied into static buffers, every buffer a graph touches lives as long as the plan (in a
+memory pool of its own), and matmuls go through gradflow's own GEMM kernel while a graph
+is captured, because CuPy refuses cuBLAS calls during stream capture.
+
 What cannot be captured is detected and never replayed: reading data on the host inside
 the step (``.item()``, ``.numpy()``, ``bool()`` — data-dependent control flow), in-place
 edits of arrays outside the recorded ops, and arrays that change between steps without
@@ -78,6 +85,8 @@ class _Recording:
         self.external = []       # slots of arrays not made by recorded ops (parameters, constants)
         self.strict = strict
         self.problem = None
+        self.rng_ops = set()     # ops whose forward draws random numbers (kept out of CUDA graphs)
+        self._drew = False
         for a in arrays:
             self._new(a)
         self.n_inputs = len(arrays)
@@ -111,7 +120,13 @@ class _Recording:
                  if a is not None and hasattr(a, "shape") and id(a) not in self.slot_of]
         # what forward sets is set again on replay; what the constructor set is frozen
         constructed = {k: v for k, v in constructed.items() if k not in _RUNTIME_ATTRS}
+        if self._drew:
+            self.rng_ops.add(len(self.ops))
+            self._drew = False
         self.ops.append((_FUNCTION, fn, ins, outs, single, saved, constructed))
+
+    def on_random_draw(self):
+        self._drew = True
 
     def on_leaf_grad(self, x, gx, copy, result):
         self.ops.append((_LEAF, x, self._ref(gx), copy, self._new(result)))
@@ -189,7 +204,10 @@ def _equal(a, b):
 class _Plan:
     """A recording turned into a replayable program over a slot table."""
 
-    def __init__(self, recording):
+    def __init__(self, recording, cuda_graphs=True):
+        self.cuda_graphs = cuda_graphs
+        self.graph_runner = None
+        self.rng_ops = recording.rng_ops
         self.template = [None] * len(recording.arrays)
         for slot in recording.external:
             self.template[slot] = recording.arrays[slot]
@@ -208,36 +226,182 @@ class _Plan:
                     for i, op in enumerate(recording.ops)]
 
     def run(self, arrays):
+        if self.cuda_graphs and arrays and backend.device_of(arrays[0]) == "cuda":
+            if self.graph_runner is None:
+                self.graph_runner = _CudaGraphRunner(self)
+            return self.graph_runner.run(arrays)
         vals = list(self.template)
         vals[:self.n_inputs] = arrays
         for op in self.ops:
-            kind = op[0]
-            if kind == _FUNCTION:
-                _, fn, ins, outs, single, saved, free = op
-                ys = fn.forward(*[vals[s] for s in ins])
-                if single:
-                    vals[outs[0]] = ys
-                else:
-                    for s, y in zip(outs, ys):
-                        vals[s] = y
-                for k, s in saved:
-                    vals[s] = fn._saved[k]
-                fn._saved = ()
-            elif kind == _LEAF:
-                _, x, src, copy, dst, free = op
-                g = vals[src]
-                if x.grad is None:
-                    g = g.copy() if copy else g
-                else:
-                    g = x.grad.data + g
-                x.grad = Tensor._wrap(g)
-                vals[dst] = g
-            else:
-                _, func, args, kwargs, free = op
-                func(*args, **kwargs)
-            for s in free:
+            _run_op(op, vals)
+            for s in op[-1]:
                 vals[s] = None
         return _build(self.outputs, vals)
+
+
+def _run_op(op, vals):
+    """Execute one recorded op on the slot table ``vals``."""
+    kind = op[0]
+    if kind == _FUNCTION:
+        fn, ins, outs, single, saved = op[1:6]
+        ys = fn.forward(*[vals[s] for s in ins])
+        if single:
+            vals[outs[0]] = ys
+        else:
+            for s, y in zip(outs, ys):
+                vals[s] = y
+        for k, s in saved:
+            vals[s] = fn._saved[k]
+        fn._saved = ()
+    elif kind == _LEAF:
+        x, src, copy, dst = op[1:5]
+        g = vals[src]
+        if x.grad is None:
+            g = g.copy() if copy else g
+        else:
+            g = x.grad.data + g
+        x.grad = Tensor._wrap(g)
+        vals[dst] = g
+    else:
+        op[1](*op[2], **op[3])
+
+
+def _writes(op):
+    if op[0] == _FUNCTION:
+        return list(op[3]) + [s for _, s in op[5]]
+    if op[0] == _LEAF:
+        return [op[4]]
+    return []
+
+
+def gemm(a, b):
+    """a @ b for 2-D CuPy arrays of any strides with gradflow's tiled kernel (capturable)."""
+    from gradflow.kernel import raw_function
+    cp = backend.cupy()
+    if a.dtype != b.dtype or a.dtype not in (numpy.float32, numpy.float64):
+        raise TypeError(f"gemm: needs two float32 or two float64 matrices, got {a.dtype} and {b.dtype}")
+    (m, k), (k2, n) = a.shape, b.shape
+    if k != k2:
+        raise ValueError(f"gemm: {a.shape} @ {b.shape}: inner dimensions differ")
+    c = cp.zeros((m, n), dtype=a.dtype)
+    if c.size == 0 or k == 0:
+        return c
+    entry = "gf_gemm_f32" if a.dtype == numpy.float32 else "gf_gemm_f64"
+    item = a.itemsize
+    strides = [numpy.int64(s // item) for s in (a.strides[0], a.strides[1], b.strides[0], b.strides[1])]
+    raw_function("gemm.cu", entry)(((n + 15) // 16, (m + 15) // 16), (16, 16),
+                                   (a, b, c, numpy.int32(m), numpy.int32(n), numpy.int32(k), *strides))
+    return c
+
+
+class _CudaGraphRunner:
+    """Replays a plan on the GPU with its Function-op runs captured as CUDA graphs.
+
+    Built during the first GPU replay: each run of capturable ops is captured and launched
+    at once; other ops execute as usual. Slots that an eagerly executed op writes and a
+    graph reads get a fixed buffer, refreshed by a device copy on every later replay.
+    """
+
+    def __init__(self, plan):
+        cp = backend.cupy()
+        self.plan = plan
+        self.pool = cp.cuda.MemoryPool()     # private: graph buffers are never handed out elsewhere
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        self.vals = None
+        self.steps = None                    # ("graph", graph) | ("op", op, {slot: fixed buffer})
+        self.inputs = None
+
+    def run(self, arrays):
+        cp = backend.cupy()
+        if self.steps is None:
+            return self._first_run(arrays)
+        for buf, a in zip(self.inputs, arrays):
+            buf[...] = a
+        stream = cp.cuda.get_current_stream()
+        vals = self.vals
+        for step in self.steps:
+            if step[0] == "graph":
+                step[1].launch(stream)
+            else:
+                _run_op(step[1], vals)
+                for s, fixed in step[2].items():
+                    fixed[...] = vals[s]
+                    vals[s] = fixed
+        return _copy_outputs(self.plan.outputs, vals)
+
+    def _first_run(self, arrays):
+        cp = backend.cupy()
+        plan = self.plan
+        with cp.cuda.using_allocator(self.pool.malloc):
+            self.inputs = [cp.array(a) for a in arrays]
+        vals = self.vals = list(plan.template)
+        vals[:plan.n_inputs] = self.inputs
+        graph_reads = set()
+        steps, segment = [], []
+        for i, op in enumerate(plan.ops):
+            if op[0] == _FUNCTION and i not in plan.rng_ops:
+                segment.append(op)
+                continue
+            steps.extend(self._capture(segment, graph_reads))
+            segment = []
+            _run_op(op, vals)
+            steps.append(("op", op, {}))
+        steps.extend(self._capture(segment, graph_reads))
+        # slots written by eager ops but read by a graph: pin this run's array as the fixed buffer
+        for step in steps:
+            if step[0] == "op":
+                for s in _writes(step[1]):
+                    if s in graph_reads:
+                        step[2][s] = vals[s]
+        self.steps = steps
+        return _copy_outputs(plan.outputs, vals)
+
+    def _capture(self, segment, graph_reads):
+        if not segment:
+            return []
+        cp = backend.cupy()
+        vals = self.vals
+        before = {s: vals[s] for op in segment for s in _writes(op)}
+        graph = None
+        with cp.cuda.using_allocator(self.pool.malloc), self.stream:
+            self.stream.begin_capture()
+            backend.capturing = True
+            try:
+                for op in segment:
+                    _run_op(op, vals)
+            except Exception as e:  # something in it is not capturable: run the segment eagerly
+                failure = e
+            else:
+                failure = None
+            finally:
+                backend.capturing = False
+                captured = self.stream.end_capture()
+            if failure is None:
+                graph = captured
+        if graph is None:
+            warnings.warn(f"gradflow.compile: {len(segment)} ops could not be captured as a CUDA graph "
+                          f"({failure}); replaying them without one", RuntimeWarning, stacklevel=4)
+            for s, a in before.items():
+                vals[s] = a
+            for op in segment:
+                _run_op(op, vals)
+            return [("op", op, {}) for op in segment]
+        for op in segment:
+            graph_reads.update(_reads(op))
+        graph.launch(cp.cuda.get_current_stream())
+        return [("graph", graph)]
+
+
+def _copy_outputs(structure, vals):
+    """Outputs of a graphed replay live in buffers the next replay overwrites: hand out copies."""
+    kind = structure[0]
+    if kind == "tensor":
+        return Tensor._wrap(vals[structure[1]].copy())
+    if kind == "const":
+        return structure[1]
+    if kind is dict:
+        return {k: _copy_outputs(v, vals) for k, v in structure[1].items()}
+    return kind(_copy_outputs(v, vals) for v in structure[1])
 
 
 def _reads(op):
@@ -299,10 +463,11 @@ class _Entry:
 class CompiledStep:
     """A step function that records itself, then replays (see the module docstring)."""
 
-    def __init__(self, fn, strict=False, cache_size=8, max_recordings=3):
+    def __init__(self, fn, strict=False, cache_size=8, max_recordings=3, cuda_graphs=True):
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.strict = strict
+        self.cuda_graphs = cuda_graphs
         self.cache_size = cache_size
         self.max_recordings = max_recordings
         self.cache = collections.OrderedDict()
@@ -357,7 +522,7 @@ class CompiledStep:
             return result
         reason = recording.mismatch(entry.last) if entry.last is not None else "first recording"
         if reason is None:
-            entry.plan = _Plan(recording)
+            entry.plan = _Plan(recording, self.cuda_graphs)
             entry.last = None
         elif entry.tries >= self.max_recordings:
             self._give_up(entry, reason)
@@ -379,13 +544,15 @@ class CompiledStep:
         return bool(self.cache) and next(reversed(self.cache.values())).plan is not None
 
 
-def compile(fn=None, *, strict=False, cache_size=8):
+def compile(fn=None, *, strict=False, cache_size=8, cuda_graphs=True):
     """Capture a fixed-shape step (forward, loss, backward, optimizer update) for replay.
 
     Usable as ``compile(step)`` or ``@compile(strict=True)``. Arguments are Tensors (bound
     to the recorded step's inputs) or hashable values (part of the cache key). Changed
     shapes, dtypes or devices record again; up to ``cache_size`` recordings are kept.
+    ``cuda_graphs=False`` replays on the GPU without CUDA graphs.
     """
+    options = dict(strict=strict, cache_size=cache_size, cuda_graphs=cuda_graphs)
     if fn is None:
-        return lambda f: CompiledStep(f, strict=strict, cache_size=cache_size)
-    return CompiledStep(fn, strict=strict, cache_size=cache_size)
+        return lambda f: CompiledStep(f, **options)
+    return CompiledStep(fn, **options)

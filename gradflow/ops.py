@@ -295,7 +295,7 @@ class MatMul(Function):
         if a.dtype != b.dtype:
             raise TypeError(f"matmul: dtypes differ ({a.dtype} @ {b.dtype}); cast one with .to(dtype)")
         self.save_for_backward(a, b)
-        return a @ b
+        return _matmul_arrays(a, b)
 
     def backward(self, gy):
         a, b = self.saved_tensors
@@ -316,6 +316,14 @@ class MatMul(Function):
         if self.needs_input_grad[1]:
             gb = reshape(sum_to(matmul(a2.mT, gy2), b2.shape), b.shape)
         return ga, gb
+
+
+def _matmul_arrays(a, b):
+    """a @ b; during CUDA-graph capture CuPy refuses cuBLAS, so gradflow's own GEMM runs."""
+    if backend.capturing and a.ndim == 2 and b.ndim == 2:
+        from gradflow.compile import gemm
+        return gemm(a, b)
+    return a @ b
 
 
 def matmul(a, b):
@@ -749,7 +757,7 @@ class Linear(Function):
         if x.dtype != weight.dtype:
             raise TypeError(f"linear: input dtype {x.dtype} differs from weight dtype {weight.dtype}")
         self.save_for_backward(x, weight)
-        y = x @ weight.T
+        y = _matmul_arrays(x, weight.T) if x.ndim == 2 else x @ weight.T
         if bias is not None:
             y += bias
         return y

@@ -4,6 +4,8 @@ Two streams hang off one seed: a NumPy ``Generator`` for host-side draws (weight
 data shuffling) and a counter-based (seed, offset) pair for kernels such as dropout,
 whose offset advances by the number of random values each call consumes.
 """
+import sys
+
 import numpy
 
 
@@ -19,6 +21,9 @@ class Generator:
 
     def next_offset(self, count):
         """Reserve ``count`` counter values for one kernel call; returns (seed, offset)."""
+        recorder = sys.modules["gradflow.tensor"]._recorder
+        if recorder is not None:
+            recorder.on_random_draw()  # a captured CUDA graph would freeze this offset
         offset = self.offset
         self.offset += int(count)
         return self.seed, offset
