@@ -1,0 +1,838 @@
+"""Activations, softmax, fused softmax cross-entropy and dropout as differentiable Functions.
+
+Every forward is one kernel (``gradflow.kernel``: the NumPy twin on the CPU, CUDA on the
+GPU) and saves only what its backward reads: the output for sigmoid/tanh/softmax, the
+input where the derivative needs it, or a one-byte mask for the piecewise-linear ones.
+Every backward is one more kernel, wrapped in a Function of its own whose backward is
+written with differentiable ops, so second derivatives work (third ones too, through ops).
+Formulas and edge cases (kinks, NaN, thresholds) follow PyTorch, except that gelu's CDF
+is erfc(-x/sqrt 2)/2, accurate in the left tail where torch's 1 + erf cancels.
+Supported dtypes: float32 and float64.
+"""
+import math
+
+import numpy
+
+from gradflow import backend, ops, philox
+from gradflow.kernel import Elementwise, RowKernel, dtype_suffix, raw_function, row_threads
+from gradflow.tensor import Function, Tensor, as_tensor
+
+_ACT = ("activations.cuh",)
+_quiet = numpy.errstate(all="ignore")  # NaN/inf propagate silently, as on the GPU
+
+
+def _check_float(x, name):
+    if x.dtype not in (numpy.float32, numpy.float64):
+        raise TypeError(f"{name}: expected a float32 or float64 tensor, got {x.dtype}")
+
+
+def _where0(cond, a):
+    """where(cond, a, 0) in a's dtype."""
+    return backend.xp_of(a).where(cond, a, a.dtype.type(0))
+
+
+class MaskScale(Function):
+    """g * (mask ? a : b) for a bool mask (no gradient): the backward of relu, leaky_relu,
+    noisy_relu and dropout. Linear in g, so its backward is itself. The mask is an input,
+    not a constructor argument, so a captured step (gradflow.compile) sees it flow."""
+
+    def __init__(self, a, b):
+        self.a, self.b = a, b
+
+    def forward(self, mask, g):
+        self.save_for_backward(mask)
+        return mask_scale(mask, g, self.a, self.b)
+
+    def backward(self, ggx):
+        mask, = self.saved_tensors
+        return None, MaskScale(self.a, self.b)(mask, ggx)
+
+
+@_quiet
+def _mask_scale_np(mask, g, a, b):
+    return numpy.where(mask, g * a, g * b)
+
+
+mask_scale = Elementwise("mask_scale", "bool mask, T g, T a, T b", "T gx", "gx = gf_mask_scale(mask, g, a, b)",
+                         headers=_ACT, scalars="a b", numpy=_mask_scale_np)
+
+
+# ---- sigmoid and tanh: the derivative comes from the saved output ----------------------------------
+@_quiet
+def _sigmoid_np(x):
+    return 1 / (1 + numpy.exp(-x))
+
+
+sigmoid_fwd = Elementwise("sigmoid_fwd", "T x", "T y", "y = gf_sigmoid(x)", headers=_ACT, numpy=_sigmoid_np)
+sigmoid_bwd = Elementwise("sigmoid_bwd", "T y, T gy", "T gx", "gx = gf_sigmoid_grad(y, gy)", headers=_ACT,
+                          numpy=_quiet(lambda y, gy: gy * (1 - y) * y))
+
+
+class Sigmoid(Function):
+    def forward(self, x):
+        y = sigmoid_fwd(x)
+        self.save_for_backward(y)
+        return y
+
+    def backward(self, gy):
+        y, = self.saved_tensors
+        return SigmoidGrad()(y, gy)
+
+
+class SigmoidGrad(Function):
+    """gx = gy * (1 - y) * y."""
+
+    def forward(self, y, gy):
+        self.save_for_backward(y, gy)
+        return sigmoid_bwd(y, gy)
+
+    def backward(self, ggx):
+        y, gy = self.saved_tensors
+        g_y = ggx * gy * (1 - 2 * y) if self.needs_input_grad[0] else None
+        g_gy = SigmoidGrad()(y, ggx) if self.needs_input_grad[1] else None
+        return g_y, g_gy
+
+
+tanh_fwd = Elementwise("tanh_fwd", "T x", "T y", "y = gf_tanh(x)", headers=_ACT, numpy=_quiet(numpy.tanh))
+tanh_bwd = Elementwise("tanh_bwd", "T y, T gy", "T gx", "gx = gf_tanh_grad(y, gy)", headers=_ACT,
+                       numpy=_quiet(lambda y, gy: gy * (1 - y * y)))
+
+
+class Tanh(Function):
+    def forward(self, x):
+        y = tanh_fwd(x)
+        self.save_for_backward(y)
+        return y
+
+    def backward(self, gy):
+        y, = self.saved_tensors
+        return TanhGrad()(y, gy)
+
+
+class TanhGrad(Function):
+    """gx = gy * (1 - y^2)."""
+
+    def forward(self, y, gy):
+        self.save_for_backward(y, gy)
+        return tanh_bwd(y, gy)
+
+    def backward(self, ggx):
+        y, gy = self.saved_tensors
+        g_y = ggx * gy * y * -2.0 if self.needs_input_grad[0] else None
+        g_gy = TanhGrad()(y, ggx) if self.needs_input_grad[1] else None
+        return g_y, g_gy
+
+
+# ---- piecewise linear: forward writes the output and a one-byte mask --------------------------------
+@_quiet
+def _relu_np(x):
+    keep = ~(x <= 0)
+    return _where0(keep, x), keep
+
+
+relu_fwd = Elementwise("relu_fwd", "T x", "T y, bool mask", "y = gf_relu(x); mask = gf_relu_mask(x)",
+                       headers=_ACT, numpy=_relu_np)
+
+
+@_quiet
+def _leaky_relu_np(x, slope):
+    keep = x > 0
+    return numpy.where(keep, x, x * slope), keep
+
+
+leaky_relu_fwd = Elementwise("leaky_relu_fwd", "T x, T slope", "T y, bool mask",
+                             "y = gf_leaky_relu(x, slope); mask = x > T(0)", headers=_ACT, scalars="slope",
+                             numpy=_leaky_relu_np)
+
+
+class ReLU(Function):
+    def forward(self, x):
+        y, mask = relu_fwd(x)
+        self.save_for_backward(mask)
+        return y
+
+    def backward(self, gy):
+        mask, = self.saved_tensors
+        return MaskScale(1.0, 0.0)(mask, gy)
+
+
+class LeakyReLU(Function):
+    def __init__(self, negative_slope):
+        self.slope = float(negative_slope)
+
+    def forward(self, x):
+        y, mask = leaky_relu_fwd(x, self.slope)
+        self.save_for_backward(mask)
+        return y
+
+    def backward(self, gy):
+        mask, = self.saved_tensors
+        return MaskScale(1.0, self.slope)(mask, gy)
+
+
+# ---- prelu: a learnable slope per channel (dim 1) ---------------------------------------------------
+prelu_fwd = Elementwise("prelu_fwd", "T x, T w", "T y", "y = gf_prelu(x, w)", headers=_ACT,
+                        numpy=_quiet(lambda x, w: numpy.where(x > 0, x, w * x)))
+
+
+@_quiet
+def _prelu_bwd_np(x, w, g):
+    pos = x > 0
+    return numpy.where(pos, g, w * g), numpy.where(pos, x.dtype.type(0), x * g)
+
+
+prelu_bwd = Elementwise("prelu_bwd", "T x, T w, T g", "T gx, T gw",
+                        "gx = gf_prelu_grad_x(x, w, g); gw = gf_prelu_grad_w(x, g)", headers=_ACT,
+                        numpy=_prelu_bwd_np)
+
+
+def _channel_shape(x_shape, w_size):
+    """Shape that broadcasts a (C,) or (1,) weight over dim 1 of x, as torch.prelu does."""
+    if w_size == 1:
+        return (1,) * len(x_shape)
+    if len(x_shape) < 2 or x_shape[1] != w_size:
+        raise ValueError(f"prelu: a weight of {w_size} entries needs an input with {w_size} channels in "
+                         f"dim 1, got shape {x_shape}")
+    return (1, w_size) + (1,) * (len(x_shape) - 2)
+
+
+class PReLU(Function):
+    def forward(self, x, w):
+        if w.ndim != 1:
+            raise ValueError(f"prelu: weight must be 1-D (C,) or (1,), got shape {w.shape}")
+        if x.dtype != w.dtype:
+            raise TypeError(f"prelu: input dtype {x.dtype} differs from weight dtype {w.dtype}")
+        self.save_for_backward(x, w)
+        return prelu_fwd(x, w.reshape(_channel_shape(x.shape, w.size)))
+
+    def backward(self, gy):
+        x, w = self.saved_tensors
+        gx, gw = PReLUGrad()(x, w, gy)
+        return (gx if self.needs_input_grad[0] else None), (gw if self.needs_input_grad[1] else None)
+
+
+class PReLUGrad(Function):
+    """(gx, gw) = (x > 0 ? g : w g, sum over non-channel dims of (x > 0 ? 0 : x g))."""
+
+    def forward(self, x, w, g):
+        self.save_for_backward(x, w, g)
+        self.w_shape = _channel_shape(x.shape, w.size)
+        gx, gw = prelu_bwd(x, w.reshape(self.w_shape), g)
+        gw = gw.sum(axis=tuple(i for i, s in enumerate(self.w_shape) if s == 1))
+        return gx, backend.xp_of(x).asarray(gw).reshape(w.shape)
+
+    def backward(self, ggx, ggw):
+        x, w, g = self.saved_tensors
+        pos = (x.data > 0)
+        wb = ops.reshape(w, self.w_shape)
+        ggwb = ops.reshape(ggw, self.w_shape)
+        g_x = g_w = g_g = None
+        if self.needs_input_grad[0]:  # only gw depends on x (away from the kink)
+            g_x = ops.where(pos, 0.0, g * ggwb)
+        if self.needs_input_grad[1]:
+            g_w = ops.reshape(ops.sum_to(ops.where(pos, 0.0, ggx * g), self.w_shape), w.shape)
+        if self.needs_input_grad[2]:
+            g_g = ops.where(pos, ggx, wb * ggx) + ops.where(pos, 0.0, x * ggwb)
+        return g_x, g_w, g_g
+
+
+# ---- smooth activations whose derivative is computed from the input ---------------------------------
+@_quiet
+def _elu_np(x, neg, pos):
+    return numpy.where(x <= 0, numpy.expm1(x) * neg, x * pos)
+
+
+@_quiet
+def _elu_bwd_np(x, g, neg, pos):
+    return numpy.where(x <= 0, g * neg * numpy.exp(x), g * pos)
+
+
+elu_fwd = Elementwise("elu_fwd", "T x, T neg, T pos", "T y", "y = gf_elu(x, neg, pos)", headers=_ACT,
+                      scalars="neg pos", numpy=_elu_np)
+elu_bwd = Elementwise("elu_bwd", "T x, T g, T neg, T pos", "T gx", "gx = gf_elu_grad(x, g, neg, pos)",
+                      headers=_ACT, scalars="neg pos", numpy=_elu_bwd_np)
+
+
+@_quiet
+def _softplus_np(x, beta, threshold):
+    return numpy.where(x * beta > threshold, x, numpy.log1p(numpy.exp(x * beta)) / beta)
+
+
+@_quiet
+def _softplus_bwd_np(x, g, beta, threshold):
+    z = numpy.exp(x * beta)
+    return numpy.where(x * beta > threshold, g, g * z / (z + 1))
+
+
+softplus_fwd = Elementwise("softplus_fwd", "T x, T beta, T threshold", "T y", "y = gf_softplus(x, beta, threshold)",
+                           headers=_ACT, scalars="beta threshold", numpy=_softplus_np)
+softplus_bwd = Elementwise("softplus_bwd", "T x, T g, T beta, T threshold", "T gx",
+                           "gx = gf_softplus_grad(x, g, beta, threshold)", headers=_ACT, scalars="beta threshold",
+                           numpy=_softplus_bwd_np)
+
+_math_erfc = numpy.frompyfunc(math.erfc, 1, 1)
+
+
+def _erfc(x):
+    """erfc elementwise (NumPy has none): math.erfc in double, rounded to x's dtype."""
+    return numpy.asarray(_math_erfc(x), dtype=numpy.float64).astype(x.dtype, copy=False)
+
+
+_SQRT1_2 = 0.70710678118654752440
+_INV_SQRT_2PI = 0.39894228040143267794
+_SQRT_2_PI = 0.79788456080286535588
+_KAPPA = 0.044715
+
+
+@_quiet
+def _gelu_np(x):
+    return x * 0.5 * _erfc(-x * _SQRT1_2)
+
+
+@_quiet
+def _gelu_bwd_np(x, g):
+    cdf = 0.5 * _erfc(-x * _SQRT1_2)
+    pdf = _INV_SQRT_2PI * numpy.exp(x * x * -0.5)
+    return g * (cdf + x * pdf)
+
+
+@_quiet
+def _gelu_tanh_np(x):
+    inner = _SQRT_2_PI * (x + _KAPPA * (x * x * x))
+    return 0.5 * x * (1 + numpy.tanh(inner))
+
+
+@_quiet
+def _gelu_tanh_bwd_np(x, g):
+    t = x.dtype.type
+    x_sq = x * x
+    th = numpy.tanh(_SQRT_2_PI * (x + _KAPPA * (x_sq * x)))
+    left_derivative = 0.5 * (1 + th)
+    inner_derivative = _SQRT_2_PI * (1 + t(3) * t(_KAPPA) * x_sq)
+    return g * (left_derivative + 0.5 * x * (1 - th * th) * inner_derivative)
+
+
+gelu_fwd = Elementwise("gelu_fwd", "T x", "T y", "y = gf_gelu(x)", headers=_ACT, numpy=_gelu_np)
+gelu_bwd = Elementwise("gelu_bwd", "T x, T g", "T gx", "gx = gf_gelu_grad(x, g)", headers=_ACT, numpy=_gelu_bwd_np)
+gelu_tanh_fwd = Elementwise("gelu_tanh_fwd", "T x", "T y", "y = gf_gelu_tanh(x)", headers=_ACT, numpy=_gelu_tanh_np)
+gelu_tanh_bwd = Elementwise("gelu_tanh_bwd", "T x, T g", "T gx", "gx = gf_gelu_tanh_grad(x, g)", headers=_ACT,
+                            numpy=_gelu_tanh_bwd_np)
+
+
+class _Smooth(Function):
+    """y = f(x) in one kernel, saving x; subclasses name the kernels and f'' (for double backward)."""
+    fwd = bwd = None
+
+    def __init__(self, *params):
+        self.params = params
+
+    def forward(self, x):
+        self.save_for_backward(x)
+        return self.fwd(x, *self.params)
+
+    def backward(self, gy):
+        x, = self.saved_tensors
+        return _SmoothGrad(self)(x, gy)
+
+    def second(self, x):
+        """f''(x) as differentiable ops."""
+        raise NotImplementedError
+
+
+class _SmoothGrad(Function):
+    """gx = gy * f'(x) in one kernel; backward: (ggx * gy * f''(x), ggx * f'(x))."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def forward(self, x, gy):
+        self.save_for_backward(x, gy)
+        return self.fn.bwd(x, gy, *self.fn.params)
+
+    def backward(self, ggx):
+        x, gy = self.saved_tensors
+        g_x = ggx * gy * self.fn.second(x) if self.needs_input_grad[0] else None
+        g_gy = _SmoothGrad(self.fn)(x, ggx) if self.needs_input_grad[1] else None
+        return g_x, g_gy
+
+
+class ELU(_Smooth):
+    """(neg, pos) = (alpha, 1) for elu, (alpha * scale, scale) for selu."""
+    fwd, bwd = elu_fwd, elu_bwd
+
+    def second(self, x):
+        neg, _ = self.params
+        return ops.where(x.data <= 0, ops.exp(x) * neg, 0.0)
+
+
+class Softplus(_Smooth):
+    fwd, bwd = softplus_fwd, softplus_bwd
+
+    def second(self, x):
+        beta, threshold = self.params
+        s = sigmoid(x * beta)
+        return ops.where(x.data * beta > threshold, 0.0, s * (1 - s) * beta)
+
+
+class GELU(_Smooth):
+    fwd, bwd = gelu_fwd, gelu_bwd
+
+    def second(self, x):  # phi(x) * (2 - x^2)
+        x2 = x * x
+        return ops.exp(x2 * -0.5) * _INV_SQRT_2PI * (2 - x2)
+
+
+class GELUTanh(_Smooth):
+    fwd, bwd = gelu_tanh_fwd, gelu_tanh_bwd
+
+    def second(self, x):  # (1 - t^2) (u' + x/2 (u'' - 2 t u'^2)), t = tanh(u), u = k (x + kappa x^3)
+        x2 = x * x
+        t = tanh((x + x2 * x * _KAPPA) * _SQRT_2_PI)
+        du = (x2 * (3 * _KAPPA) + 1) * _SQRT_2_PI
+        ddu = x * (6 * _KAPPA * _SQRT_2_PI)
+        return (1 - t * t) * (du + x * 0.5 * (ddu - t * du * du * 2))
+
+
+# ---- softmax along an axis: row kernels on a contiguous (rows, cols) view --------------------------
+def _as_rows(a, axis):
+    """a with ``axis`` moved last, as a C-contiguous 2-D (rows, cols) array, and its moved shape."""
+    xp = backend.xp_of(a)
+    moved = xp.moveaxis(a, axis, -1)
+    rows = math.prod(moved.shape[:-1])
+    return xp.ascontiguousarray(moved).reshape(rows, moved.shape[-1]), moved.shape
+
+
+def _from_rows(out, moved_shape, axis):
+    return backend.xp_of(out).moveaxis(out.reshape(moved_shape), -1, axis)
+
+
+@_quiet
+def _softmax_rows_np(a, b=None):
+    if a.shape[1] == 0:
+        return a.copy()
+    e = numpy.exp(a - a.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@_quiet
+def _log_softmax_rows_np(a, b=None):
+    if a.shape[1] == 0:
+        return a.copy()
+    m = a.max(axis=1, keepdims=True)
+    return a - m - numpy.log(numpy.exp(a - m).sum(axis=1, keepdims=True))
+
+
+@_quiet
+def _softmax_bwd_rows_np(y, g):
+    return y * (g - (g * y).sum(axis=1, keepdims=True))
+
+
+@_quiet
+def _log_softmax_bwd_rows_np(y, g):
+    return g - numpy.exp(y) * g.sum(axis=1, keepdims=True)
+
+
+softmax_rows = RowKernel("gf_softmax_fwd", numpy=_softmax_rows_np)
+log_softmax_rows = RowKernel("gf_log_softmax_fwd", numpy=_log_softmax_rows_np)
+softmax_bwd_rows = RowKernel("gf_softmax_bwd", numpy=_softmax_bwd_rows_np)
+log_softmax_bwd_rows = RowKernel("gf_log_softmax_bwd", numpy=_log_softmax_bwd_rows_np)
+
+
+def _along(kernel, axis, a, b=None):
+    """Run a row kernel along ``axis`` of same-shape arrays a (and b)."""
+    if a.ndim == 0:
+        return kernel(a.reshape(1, 1), None if b is None else b.reshape(1, 1)).reshape(())
+    a2, moved = _as_rows(a, axis)
+    b2 = None if b is None else _as_rows(b, axis)[0]
+    return _from_rows(kernel(a2, b2), moved, axis)
+
+
+class Softmax(Function):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, x):
+        y = _along(softmax_rows, self.axis, x)
+        self.save_for_backward(y)
+        return y
+
+    def backward(self, gy):
+        y, = self.saved_tensors
+        return SoftmaxGrad(self.axis)(y, gy)
+
+
+class SoftmaxGrad(Function):
+    """gx = y * (g - sum(g * y)) along the axis."""
+
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, y, g):
+        self.save_for_backward(y, g)
+        return _along(softmax_bwd_rows, self.axis, y, g)
+
+    def backward(self, ggx):
+        y, g = self.saved_tensors
+        ax = self.axis if y.ndim else None
+        g_y = g_g = None
+        if self.needs_input_grad[0]:
+            s = ops.sum(g * y, ax, keepdims=True)
+            t = ops.sum(ggx * y, ax, keepdims=True)
+            g_y = ggx * (g - s) - g * t
+        if self.needs_input_grad[1]:  # the Jacobian is symmetric
+            g_g = SoftmaxGrad(self.axis)(y, ggx)
+        return g_y, g_g
+
+
+class LogSoftmax(Function):
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, x):
+        y = _along(log_softmax_rows, self.axis, x)
+        self.save_for_backward(y)
+        return y
+
+    def backward(self, gy):
+        y, = self.saved_tensors
+        return LogSoftmaxGrad(self.axis)(y, gy)
+
+
+class LogSoftmaxGrad(Function):
+    """gx = g - exp(y) * sum(g) along the axis."""
+
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, y, g):
+        self.save_for_backward(y, g)
+        return _along(log_softmax_bwd_rows, self.axis, y, g)
+
+    def backward(self, ggx):
+        y, g = self.saved_tensors
+        ax = self.axis if y.ndim else None
+        p = ops.exp(y)
+        g_y = -ggx * p * ops.sum(g, ax, keepdims=True) if self.needs_input_grad[0] else None
+        g_g = ggx - ops.sum(ggx * p, ax, keepdims=True) if self.needs_input_grad[1] else None
+        return g_y, g_g
+
+
+# ---- fused softmax cross-entropy ---------------------------------------------------------------------
+@_quiet
+def _xent_rows_np(x, target, ignore_index):
+    """(loss, lse) per row of logits x (rows, cols) for int64 class indices ``target`` (rows,)."""
+    rows, cols = x.shape
+    valid = target != ignore_index
+    bad = valid & ((target < 0) | (target >= cols))
+    if bad.any():
+        raise IndexError(f"softmax_cross_entropy: target {int(target[bad][0])} is out of bounds for "
+                         f"{cols} classes")
+    m = x.max(axis=1, keepdims=True) if cols else numpy.zeros((rows, 1), x.dtype)
+    lse = (m + numpy.log(numpy.exp(x - m).sum(axis=1, keepdims=True)))[:, 0]
+    picked = x[numpy.arange(rows), numpy.where(valid, target, 0)] if cols else lse
+    return numpy.where(valid, lse - picked, x.dtype.type(0)), lse
+
+
+def xent_rows(x, target, ignore_index):
+    """Loss and log-sum-exp of each row in one pass (GPU: one block per row)."""
+    if not _on_cuda(x):
+        return _xent_rows_np(x, target, ignore_index)
+    cp = backend.cupy()
+    rows, cols = x.shape
+    loss = cp.empty(rows, dtype=x.dtype)
+    lse = cp.empty(rows, dtype=x.dtype)
+    if rows:
+        fn = raw_function("softmax.cu", f"gf_xent_fwd_{dtype_suffix(x.dtype)}")
+        fn((min(rows, 2 ** 31 - 1),), (row_threads(cols),),
+           (cp.ascontiguousarray(x), cp.ascontiguousarray(target, dtype=cp.int64), loss, lse,
+            numpy.int64(rows), numpy.int64(cols), numpy.int64(ignore_index)))
+    return loss, lse
+
+
+def _on_cuda(a):
+    return backend.device_of(a) == "cuda"
+
+
+@_quiet
+def _xent_bwd_np(x, lse, target, w, cols, ignore_index):
+    onehot = (numpy.arange(cols) == target).astype(x.dtype)
+    gx = (numpy.exp(x - lse) - onehot) * w
+    return numpy.where(target == ignore_index, x.dtype.type(0), gx)
+
+
+xent_bwd = Elementwise("xent_bwd", "T x, T lse, int64 target, T w, int64 cols, int64 ignore_index", "T gx",
+                       "gx = gf_xent_grad(x, lse, target, (long long)(i % cols), w, ignore_index)",
+                       headers=("softmax.cuh",), scalars="cols ignore_index", numpy=_xent_bwd_np)
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+class SoftmaxCrossEntropy(Function):
+    """Cross-entropy of logits (N, C[, d...]) against class indices (N[, d...]), class axis 1.
+
+    Forward: one row pass gives each row's log-sum-exp and loss. Backward: one kernel
+    (softmax - onehot) * g / N; the per-row log-sum-exp is all it keeps besides the logits.
+    """
+
+    def __init__(self, target, reduction, ignore_index):
+        self.target, self.reduction, self.ignore_index = target, reduction, ignore_index
+
+    @_quiet  # a mean over no valid rows is NaN, as in torch
+    def forward(self, x):
+        x2, _ = _as_rows(x, 1)
+        t = self.target.reshape(-1)
+        xp = backend.xp_of(x)
+        loss, self.lse = xent_rows(x2, t, self.ignore_index)
+        self.count = xp.asarray((t != self.ignore_index).sum(), dtype=x.dtype)  # stays on the device
+        self.save_for_backward(x)
+        if self.reduction == "none":
+            return loss.reshape(self.target.shape)
+        total = loss.sum()
+        return xp.asarray(total / self.count if self.reduction == "mean" else total, dtype=x.dtype)
+
+    def backward(self, gy):
+        x, = self.saved_tensors
+        return SoftmaxCrossEntropyGrad(self)(x, gy)
+
+
+class SoftmaxCrossEntropyGrad(Function):
+    """gx = (softmax(x) - onehot(target)) * w per row, w = g (sum/none) or g / N (mean)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def _row_weights(self, g, rows):
+        xp = backend.xp_of(g)
+        if self.fn.reduction == "none":
+            return g.reshape(rows, 1)
+        w = g / self.fn.count if self.fn.reduction == "mean" else g
+        return xp.broadcast_to(xp.asarray(w, dtype=g.dtype).reshape(1, 1), (rows, 1))
+
+    def forward(self, x, g):
+        self.save_for_backward(x, g)
+        x2, moved = _as_rows(x, 1)
+        rows, cols = x2.shape
+        t = self.fn.target.reshape(rows, 1)
+        gx = xent_bwd(x2, self.fn.lse.reshape(rows, 1), t, self._row_weights(g, rows), cols, self.fn.ignore_index)
+        return _from_rows(gx, moved, 1)
+
+    def backward(self, ggx):
+        x, g = self.saved_tensors
+        xp = backend.xp_of(x.data)
+        fn = self.fn
+        t = xp.expand_dims(fn.target, 1)                       # (N, 1, d...)
+        valid = t != fn.ignore_index
+        classes = xp.arange(x.shape[1]).reshape((1, -1) + (1,) * (x.ndim - 2))
+        onehot = Tensor._wrap((classes == t).astype(x.dtype))
+        p = softmax(x, axis=1)
+        g_x = g_g = None
+        if self.needs_input_grad[0]:
+            w = g if fn.reduction == "none" else ops.broadcast_to(ops.reshape(g, (1,) * fn.target.ndim),
+                                                                  fn.target.shape)
+            if fn.reduction == "mean":
+                w = w / Tensor._wrap(fn.count)
+            w = ops.where(valid, ops.unsqueeze(w, 1), 0.0)
+            g_x = w * p * (ggx - ops.sum(ggx * p, 1, keepdims=True))
+        if self.needs_input_grad[1]:
+            z = ops.squeeze(ops.sum(ops.where(valid, ggx * (p - onehot), 0.0), 1, keepdims=True), 1)
+            if fn.reduction == "sum":
+                g_g = ops.sum(z)
+            elif fn.reduction == "mean":
+                g_g = ops.sum(z) / Tensor._wrap(fn.count)
+            else:
+                g_g = z
+        return g_x, g_g
+
+
+# ---- dropout and noisy relu: Philox draws keyed on (seed, offset + element index) -------------------
+_DROP = ("dropout.cuh",)
+
+
+@_quiet
+def _dropout_np(x, scale, seed, offset, threshold):
+    keep = philox.bits(seed, offset, x.size).reshape(x.shape).astype(numpy.uint64) >= numpy.uint64(threshold)
+    return numpy.where(keep, x * scale, x * 0), keep
+
+
+dropout_fwd = Elementwise("dropout_fwd", "T x, T scale, uint64 seed, uint64 offset, uint64 threshold",
+                          "T y, bool mask",
+                          "mask = gf_dropout_keep(seed, offset + i, threshold); y = gf_dropout(x, mask, scale)",
+                          headers=_DROP, scalars="scale seed offset threshold", numpy=_dropout_np)
+
+
+@_quiet
+def _noisy_relu_np(x, sigma, seed, offset):
+    z = x + sigma * philox.normal(seed, offset, x.size).reshape(x.shape).astype(x.dtype)
+    keep = z > 0
+    return _where0(keep, z), keep
+
+
+noisy_relu_fwd = Elementwise("noisy_relu_fwd", "T x, T sigma, uint64 seed, uint64 offset", "T y, bool mask",
+                             "const T z = gf_noisy_preact(x, sigma, seed, offset + i); mask = z > T(0); "
+                             "y = mask ? z : T(0)",
+                             headers=_DROP, scalars="sigma seed offset", numpy=_noisy_relu_np)
+
+
+class Dropout(Function):
+    """Inverted dropout: y = x * keep / (1 - p); the bool mask is all backward keeps."""
+
+    def __init__(self, p, generator=None):
+        self.p, self.generator = p, generator
+
+    def forward(self, x):
+        threshold = philox.keep_threshold(self.p)
+        self.scale = 0.0 if self.p == 1 else 1.0 / (1.0 - self.p)
+        seed, offset = philox.reserve(x.size, self.generator)
+        x = backend.xp_of(x).ascontiguousarray(x)  # i is the C-order element index
+        y, mask = dropout_fwd(x, self.scale, numpy.uint64(seed), numpy.uint64(offset), numpy.uint64(threshold))
+        self.save_for_backward(mask)
+        return y
+
+    def backward(self, gy):
+        mask, = self.saved_tensors
+        return MaskScale(self.scale, 0.0)(mask, gy)
+
+
+class NoisyReLU(Function):
+    """relu(x + std * n), n ~ N(0, 1) drawn from Philox; the noise is a constant for backward."""
+
+    def __init__(self, std, generator=None):
+        self.std, self.generator = float(std), generator
+
+    def forward(self, x):
+        seed, offset = philox.reserve(x.size, self.generator)
+        x = backend.xp_of(x).ascontiguousarray(x)
+        y, mask = noisy_relu_fwd(x, self.std, numpy.uint64(seed), numpy.uint64(offset))
+        self.save_for_backward(mask)
+        return y
+
+    def backward(self, gy):
+        mask, = self.saved_tensors
+        return MaskScale(1.0, 0.0)(mask, gy)
+
+
+# ---- the functional API ------------------------------------------------------------------------------
+def _tensor(x, name):
+    x = as_tensor(x)
+    _check_float(x, name)
+    return x
+
+
+def sigmoid(x):
+    return Sigmoid()(_tensor(x, "sigmoid"))
+
+
+def tanh(x):
+    return Tanh()(_tensor(x, "tanh"))
+
+
+def relu(x):
+    return ReLU()(_tensor(x, "relu"))
+
+
+def leaky_relu(x, negative_slope=0.01):
+    return LeakyReLU(negative_slope)(_tensor(x, "leaky_relu"))
+
+
+def prelu(x, weight):
+    """max(0, x) + weight * min(0, x); ``weight`` (C,) is per channel (dim 1) or (1,) shared."""
+    return PReLU()(_tensor(x, "prelu"), _tensor(weight, "prelu"))
+
+
+def noisy_relu(x, std=0.1, training=True):
+    """ReLU of x plus N(0, std^2) noise while training (reproducible under manual_seed); plain ReLU at eval."""
+    x = _tensor(x, "noisy_relu")
+    if not training or std == 0:
+        return relu(x)
+    if std < 0:
+        raise ValueError(f"noisy_relu: std must be >= 0, got {std}")
+    return NoisyReLU(std)(x)
+
+
+def elu(x, alpha=1.0):
+    return ELU(float(alpha), 1.0)(_tensor(x, "elu"))
+
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def selu(x):
+    return ELU(SELU_ALPHA * SELU_SCALE, SELU_SCALE)(_tensor(x, "selu"))
+
+
+def softplus(x, beta=1.0, threshold=20.0):
+    """log(1 + exp(beta x)) / beta, and x itself where beta x > threshold (torch semantics)."""
+    return Softplus(float(beta), float(threshold))(_tensor(x, "softplus"))
+
+
+def gelu(x, approximate="none"):
+    """x * Phi(x); ``approximate='tanh'`` uses 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    if approximate == "none":
+        return GELU()(_tensor(x, "gelu"))
+    if approximate == "tanh":
+        return GELUTanh()(_tensor(x, "gelu"))
+    raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+
+
+def _axis(axis, ndim, name):
+    if ndim == 0:
+        if axis not in (0, -1):
+            raise ValueError(f"{name}: axis {axis} is out of range for a 0-d tensor")
+        return -1
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}: axis {axis} is out of range for a {ndim}-d tensor")
+    return axis % ndim
+
+
+def softmax(x, axis=-1):
+    """exp(x - max) / sum(exp(x - max)) along ``axis``."""
+    x = _tensor(x, "softmax")
+    return Softmax(_axis(axis, x.ndim, "softmax"))(x)
+
+
+def log_softmax(x, axis=-1):
+    """x - max - log(sum(exp(x - max))) along ``axis``."""
+    x = _tensor(x, "log_softmax")
+    return LogSoftmax(_axis(axis, x.ndim, "log_softmax"))(x)
+
+
+def softmax_cross_entropy(logits, target, reduction="mean", ignore_index=-100):
+    """Cross-entropy of ``logits`` (N, C) or (N, C, d...) or (C,) against class indices.
+
+    ``target`` holds int class indices of shape (N,)/(N, d...)/() (a Tensor or an array).
+    Rows whose target equals ``ignore_index`` add nothing and are left out of the mean,
+    as in ``torch.nn.functional.cross_entropy``. ``reduction``: 'mean', 'sum' or 'none'.
+    """
+    logits = _tensor(logits, "softmax_cross_entropy")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"softmax_cross_entropy: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    xp = backend.xp_of(logits.data)
+    t = target.data if isinstance(target, Tensor) else target
+    t = xp.asarray(t)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"softmax_cross_entropy: target must hold integer class indices, got dtype {t.dtype}")
+    squeeze = logits.ndim == 1
+    if squeeze:
+        logits, t = ops.unsqueeze(logits, 0), t.reshape(1)
+    expected = logits.shape[:1] + logits.shape[2:]
+    if logits.ndim < 2 or t.shape != expected:
+        raise ValueError(f"softmax_cross_entropy: target shape {t.shape} does not match logits shape "
+                         f"{logits.shape} (expected {expected})")
+    loss = SoftmaxCrossEntropy(t.astype(numpy.int64, copy=False), reduction, int(ignore_index))(logits)
+    return ops.reshape(loss, ()) if squeeze and reduction == "none" else loss
+
+
+def dropout(x, p=0.5, training=True, generator=None):
+    """Zero each element with probability p and scale the rest by 1/(1-p) while training.
+
+    The mask comes from Philox keyed on (seed, offset, element index), the offset taken
+    from ``gradflow.random.default_generator`` (or ``generator``), so the same
+    ``manual_seed`` gives the same mask on the CPU and on the GPU.
+    """
+    x = _tensor(x, "dropout")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0:
+        return x
+    return Dropout(float(p), generator)(x)

@@ -1,0 +1,263 @@
+"""Fused in-place optimizer updates on raw arrays: one kernel launch per parameter.
+
+Each update is PyTorch's single-tensor (``foreach=False``) rule for one element, written
+once in ``kernels/optimizers.cuh`` and once in NumPy below, with the same operation order:
+results match ``torch.optim`` to rounding in float32 and float64. Scalars that do not
+depend on the element (bias corrections, ``1 - beta``, ``-lr``) are folded here in
+double, as torch folds them in Python before casting to the tensor's dtype.
+
+All functions update ``param`` and the state arrays in place and return None. State
+arrays have ``param``'s shape and dtype and are allocated by the caller; L1 adds
+``l1 * sign(param)`` to the gradient where weight decay is added. ``flat_buffer`` gives
+the multi-tensor path: parameters kept as views of one buffer update in one launch.
+"""
+import numpy
+
+from gradflow import backend
+from gradflow.kernel import Elementwise
+
+_OPT = ("optimizers.cuh",)
+
+
+def _check(param, grad, *state):
+    if param.dtype not in (numpy.float32, numpy.float64):
+        raise TypeError(f"fused optimizer updates support float32 and float64 parameters, got {param.dtype}")
+    for a in (grad,) + state:
+        if a is not None and (a.shape != param.shape or a.dtype != param.dtype):
+            raise ValueError(f"fused update: array of shape {a.shape} and dtype {a.dtype} does not match the "
+                             f"parameter's {param.shape} {param.dtype}")
+
+
+def _opt_grad(p, g, maximize, weight_decay, l1):
+    """NumPy twin of gf_opt_grad."""
+    if maximize:
+        g = -g
+    if weight_decay != 0:
+        g = g + weight_decay * p
+    if l1 != 0:
+        g = g + l1 * numpy.sign(p)
+    return g
+
+
+def _lerp(a, b, w):
+    """torch.lerp with a scalar weight, in a's dtype."""
+    w = a.dtype.type(w)
+    return a + w * (b - a) if abs(w) < 0.5 else b - (b - a) * (1 - w)
+
+
+# ---- SGD ---------------------------------------------------------------------------------------------
+def _sgd_np(grad, neg_lr, weight_decay, l1, maximize, param, buf=None, momentum=0.0, one_minus_dampening=1.0,
+            nesterov=0, first_step=0):
+    g = _opt_grad(param, grad, maximize, weight_decay, l1)
+    if buf is not None:
+        buf[...] = g if first_step else buf * momentum + one_minus_dampening * g
+        g = g + momentum * buf if nesterov else buf
+    param[...] = param + neg_lr * g
+
+
+_sgd = Elementwise("sgd", "T grad, T neg_lr, T weight_decay, T l1, int32 maximize", "T param",
+                   "gf_sgd(param, grad, (T*)0, neg_lr, T(0), T(1), 0, 0, weight_decay, l1, maximize)",
+                   headers=_OPT, scalars="neg_lr weight_decay l1 maximize", numpy=_sgd_np)
+
+
+def _sgd_momentum_np(grad, neg_lr, momentum, one_minus_dampening, nesterov, first_step, weight_decay, l1, maximize,
+                     param, buf):
+    _sgd_np(grad, neg_lr, weight_decay, l1, maximize, param, buf, momentum, one_minus_dampening, nesterov, first_step)
+
+
+_sgd_momentum = Elementwise(
+    "sgd_momentum",
+    "T grad, T neg_lr, T momentum, T one_minus_dampening, int32 nesterov, int32 first_step, T weight_decay, T l1, "
+    "int32 maximize", "T param, T buf",
+    "gf_sgd(param, grad, &buf, neg_lr, momentum, one_minus_dampening, nesterov, first_step, weight_decay, l1, "
+    "maximize)",
+    headers=_OPT, scalars="neg_lr momentum one_minus_dampening nesterov first_step weight_decay l1 maximize",
+    numpy=_sgd_momentum_np)
+
+
+def sgd_(param, grad, momentum_buf, *, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, l1=0.0,
+         maximize=False, first_step=False):
+    """SGD step; with momentum, ``first_step=True`` sets buf = d_p as torch does on its first step."""
+    _check(param, grad, momentum_buf)
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+    if momentum == 0:
+        _sgd(grad, -lr, weight_decay, l1, int(maximize), param)
+        return
+    if momentum_buf is None:
+        raise ValueError("sgd_: momentum != 0 needs a momentum buffer")
+    _sgd_momentum(grad, -lr, momentum, 1 - dampening, int(nesterov), int(first_step), weight_decay, l1,
+                  int(maximize), param, momentum_buf)
+
+
+# ---- Adam / AdamW ------------------------------------------------------------------------------------
+def _adam_np(grad, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps, neg_step_size,
+             weight_decay, decay_factor, decoupled, l1, maximize, param, exp_avg, exp_avg_sq, max_exp_avg_sq=None):
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        if decoupled:
+            param[...] = param * decay_factor
+        else:
+            g = g + weight_decay * param
+    if l1 != 0:
+        g = g + l1 * numpy.sign(param)
+    exp_avg[...] = _lerp(exp_avg, g, one_minus_beta1)
+    exp_avg_sq[...] = exp_avg_sq * beta2 + one_minus_beta2 * g * g
+    second = exp_avg_sq
+    if max_exp_avg_sq is not None:
+        numpy.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        second = max_exp_avg_sq
+    denom = numpy.sqrt(second) / bias_correction2_sqrt + eps
+    param[...] = param + neg_step_size * exp_avg / denom
+
+
+_ADAM_IN = ("T grad, T one_minus_beta1, T beta2, T one_minus_beta2, T bias_correction2_sqrt, T eps, T neg_step_size, "
+            "T weight_decay, T decay_factor, int32 decoupled, T l1, int32 maximize")
+_ADAM_SCALARS = [p.split()[-1] for p in _ADAM_IN.split(",")[1:]]
+_ADAM_ARGS = ("one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps, neg_step_size, weight_decay, "
+              "decay_factor, decoupled, l1, maximize")
+_adam = Elementwise("adam", _ADAM_IN, "T param, T exp_avg, T exp_avg_sq",
+                    f"gf_adam(param, grad, exp_avg, exp_avg_sq, (T*)0, {_ADAM_ARGS})",
+                    headers=_OPT, scalars=_ADAM_SCALARS, numpy=_adam_np)
+_adam_amsgrad = Elementwise("adam_amsgrad", _ADAM_IN, "T param, T exp_avg, T exp_avg_sq, T max_exp_avg_sq",
+                            f"gf_adam(param, grad, exp_avg, exp_avg_sq, &max_exp_avg_sq, {_ADAM_ARGS})",
+                            headers=_OPT, scalars=_ADAM_SCALARS, numpy=_adam_np)
+
+
+def adam_(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, step,
+          amsgrad=False, decoupled_weight_decay=False, l1=0.0, maximize=False):
+    """Adam step (AdamW with ``decoupled_weight_decay``); ``step`` is the 1-based count after increment."""
+    _check(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
+    if step < 1:
+        raise ValueError(f"adam_: step is 1-based (the count after this step), got {step}")
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2 = 1 - beta2 ** step
+    step_size = lr / bias_correction1
+    args = (grad, 1 - beta1, beta2, 1 - beta2, bias_correction2 ** 0.5, eps, -step_size, weight_decay,
+            1 - lr * weight_decay, int(decoupled_weight_decay), l1, int(maximize), param, exp_avg, exp_avg_sq)
+    if amsgrad:
+        if max_exp_avg_sq is None:
+            raise ValueError("adam_: amsgrad needs max_exp_avg_sq")
+        _adam_amsgrad(*args, max_exp_avg_sq)
+    else:
+        _adam(*args)
+
+
+# ---- Adagrad -------------------------------------------------------------------------------------------
+def _adagrad_np(grad, neg_clr, eps, weight_decay, l1, maximize, param, state_sum):
+    g = _opt_grad(param, grad, maximize, weight_decay, l1)
+    state_sum[...] = state_sum + g * g
+    param[...] = param + neg_clr * g / (numpy.sqrt(state_sum) + eps)
+
+
+_adagrad = Elementwise("adagrad", "T grad, T neg_clr, T eps, T weight_decay, T l1, int32 maximize",
+                       "T param, T state_sum",
+                       "gf_adagrad(param, grad, state_sum, neg_clr, eps, weight_decay, l1, maximize)",
+                       headers=_OPT, scalars="neg_clr eps weight_decay l1 maximize", numpy=_adagrad_np)
+
+
+def adagrad_(param, grad, state_sum, *, lr, lr_decay, weight_decay, eps, step, l1=0.0, maximize=False):
+    """Adagrad step; ``step`` is the 1-based count after increment."""
+    _check(param, grad, state_sum)
+    clr = lr / (1 + (step - 1) * lr_decay)
+    _adagrad(grad, -clr, eps, weight_decay, l1, int(maximize), param, state_sum)
+
+
+# ---- Adadelta ------------------------------------------------------------------------------------------
+def _adadelta_np(grad, neg_lr, rho, one_minus_rho, eps, weight_decay, l1, maximize, param, square_avg, acc_delta):
+    g = _opt_grad(param, grad, maximize, weight_decay, l1)
+    square_avg[...] = square_avg * rho + one_minus_rho * g * g
+    delta = numpy.sqrt(acc_delta + eps) / numpy.sqrt(square_avg + eps) * g
+    acc_delta[...] = acc_delta * rho + one_minus_rho * delta * delta
+    param[...] = param + neg_lr * delta
+
+
+_adadelta = Elementwise(
+    "adadelta", "T grad, T neg_lr, T rho, T one_minus_rho, T eps, T weight_decay, T l1, int32 maximize",
+    "T param, T square_avg, T acc_delta",
+    "gf_adadelta(param, grad, square_avg, acc_delta, neg_lr, rho, one_minus_rho, eps, weight_decay, l1, maximize)",
+    headers=_OPT, scalars="neg_lr rho one_minus_rho eps weight_decay l1 maximize", numpy=_adadelta_np)
+
+
+def adadelta_(param, grad, square_avg, acc_delta, *, lr, rho, eps, weight_decay, l1=0.0, maximize=False):
+    _check(param, grad, square_avg, acc_delta)
+    _adadelta(grad, -lr, rho, 1 - rho, eps, weight_decay, l1, int(maximize), param, square_avg, acc_delta)
+
+
+# ---- RMSprop: four variants (centered or not, momentum or not) -------------------------------------------
+def _rmsprop_np(grad, neg_lr, alpha, one_minus_alpha, eps, momentum, weight_decay, l1, maximize, param, square_avg,
+                grad_avg=None, buf=None):
+    g = _opt_grad(param, grad, maximize, weight_decay, l1)
+    square_avg[...] = square_avg * alpha + one_minus_alpha * g * g
+    if grad_avg is not None:
+        grad_avg[...] = _lerp(grad_avg, g, one_minus_alpha)
+        avg = numpy.sqrt(square_avg + -1 * grad_avg * grad_avg)
+    else:
+        avg = numpy.sqrt(square_avg)
+    avg = avg + eps
+    if buf is not None:
+        buf[...] = buf * momentum + g / avg
+        param[...] = param + neg_lr * buf
+    else:
+        param[...] = param + neg_lr * g / avg
+
+
+_RMS_IN = "T grad, T neg_lr, T alpha, T one_minus_alpha, T eps, T momentum, T weight_decay, T l1, int32 maximize"
+_RMS_SCALARS = [p.split()[-1] for p in _RMS_IN.split(",")[1:]]
+_RMS_ARGS = "neg_lr, alpha, one_minus_alpha, eps, momentum, weight_decay, l1, maximize"
+
+
+def _rms_variant(name, outs, grad_avg, buf, numpy_impl):
+    return Elementwise(name, _RMS_IN, outs, f"gf_rmsprop(param, grad, square_avg, {grad_avg}, {buf}, {_RMS_ARGS})",
+                       headers=_OPT, scalars=_RMS_SCALARS, numpy=numpy_impl)
+
+
+_rmsprop = _rms_variant("rmsprop", "T param, T square_avg", "(T*)0", "(T*)0", _rmsprop_np)
+_rmsprop_centered = _rms_variant("rmsprop_centered", "T param, T square_avg, T grad_avg", "&grad_avg", "(T*)0",
+                                 _rmsprop_np)
+_rmsprop_momentum = _rms_variant("rmsprop_momentum", "T param, T square_avg, T buf", "(T*)0", "&buf",
+                                 lambda *a: _rmsprop_np(*a[:-1], None, a[-1]))
+_rmsprop_centered_momentum = _rms_variant("rmsprop_centered_momentum", "T param, T square_avg, T grad_avg, T buf",
+                                          "&grad_avg", "&buf", _rmsprop_np)
+
+
+def rmsprop_(param, grad, square_avg, grad_avg, momentum_buf, *, lr, alpha, eps, weight_decay, momentum, centered,
+             l1=0.0, maximize=False):
+    """RMSprop step; ``grad_avg`` is used only when centered, ``momentum_buf`` only when momentum > 0."""
+    _check(param, grad, square_avg, grad_avg if centered else None, momentum_buf if momentum > 0 else None)
+    if centered and grad_avg is None:
+        raise ValueError("rmsprop_: centered=True needs grad_avg")
+    if momentum > 0 and momentum_buf is None:
+        raise ValueError("rmsprop_: momentum > 0 needs momentum_buf")
+    args = (grad, -lr, alpha, 1 - alpha, eps, momentum, weight_decay, l1, int(maximize), param, square_avg)
+    if centered and momentum > 0:
+        _rmsprop_centered_momentum(*args, grad_avg, momentum_buf)
+    elif centered:
+        _rmsprop_centered(*args, grad_avg)
+    elif momentum > 0:
+        _rmsprop_momentum(*args, momentum_buf)
+    else:
+        _rmsprop(*args)
+
+
+# ---- multi-tensor path ---------------------------------------------------------------------------------
+def flat_buffer(arrays, dtype=None):
+    """One contiguous buffer holding copies of ``arrays``, and views of it shaped like each.
+
+    Keep a group's parameters, gradients and each state in buffers of the same layout and
+    a single fused call on the buffers updates every parameter in one kernel launch
+    (the elementwise rules do not care where one parameter ends). The group then shares
+    its hyperparameters.
+    """
+    arrays = list(arrays)
+    if not arrays:
+        raise ValueError("flat_buffer: needs at least one array")
+    xp = backend.xp_of(arrays[0])
+    buffer = xp.empty(sum(a.size for a in arrays), dtype=dtype or arrays[0].dtype)
+    views, start = [], 0
+    for a in arrays:
+        view = buffer[start:start + a.size].reshape(a.shape)
+        view[...] = a
+        views.append(view)
+        start += a.size
+    return buffer, views

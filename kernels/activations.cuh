@@ -1,0 +1,74 @@
+// Element math of the activation functions and of their first derivatives.
+//
+// Each forward/derivative pair follows PyTorch's CPU formulas (operation order
+// included) so results agree to rounding. Derivatives take what the forward saved:
+// the output for sigmoid/tanh, the input otherwise; masks come from dropout.cuh or
+// the forward kernels themselves.
+#ifndef GF_ACTIVATIONS_CUH
+#define GF_ACTIVATIONS_CUH
+#include "common.cuh"
+
+template <typename T> GF_FN T gf_sigmoid(T x) { return T(1) / (T(1) + gf_exp(-x)); }
+template <typename T> GF_FN T gf_sigmoid_grad(T y, T g) { return g * (T(1) - y) * y; }
+
+template <typename T> GF_FN T gf_tanh_grad(T y, T g) { return g * (T(1) - y * y); }
+
+// relu(NaN) is NaN and the kink x = 0 gets gradient 0, as in torch.
+template <typename T> GF_FN T gf_relu(T x) { return x <= T(0) ? T(0) : x; }
+template <typename T> GF_FN bool gf_relu_mask(T x) { return !(x <= T(0)); }
+
+template <typename T> GF_FN T gf_leaky_relu(T x, T slope) { return x > T(0) ? x : x * slope; }
+
+// g * (mask ? a : b): the backward of relu (1, 0), leaky_relu (1, slope), dropout
+// (1/(1-p), 0) and noisy_relu (1, 0). Linear in g, so it is also its own backward.
+template <typename T> GF_FN T gf_mask_scale(bool mask, T g, T a, T b) { return g * (mask ? a : b); }
+
+// prelu with a per-channel slope w (broadcast by the caller).
+template <typename T> GF_FN T gf_prelu(T x, T w) { return x > T(0) ? x : w * x; }
+template <typename T> GF_FN T gf_prelu_grad_x(T x, T w, T g) { return x > T(0) ? g : w * g; }
+template <typename T> GF_FN T gf_prelu_grad_w(T x, T g) { return x > T(0) ? T(0) : x * g; }
+
+// ELU family: x <= 0 ? neg * expm1(x) : pos * x, with (neg, pos) = (alpha, 1) for elu and
+// (alpha * scale, scale) for selu; neg is folded on the host like torch's negcoef.
+template <typename T> GF_FN T gf_elu(T x, T neg, T pos) { return x <= T(0) ? gf_expm1(x) * neg : x * pos; }
+template <typename T> GF_FN T gf_elu_grad(T x, T g, T neg, T pos) {
+  return x <= T(0) ? g * neg * gf_exp(x) : g * pos;
+}
+
+// softplus(x) = log1p(exp(beta x)) / beta, linear above threshold (torch semantics).
+template <typename T> GF_FN T gf_softplus(T x, T beta, T threshold) {
+  return x * beta > threshold ? x : gf_log1p(gf_exp(x * beta)) / beta;
+}
+template <typename T> GF_FN T gf_softplus_grad(T x, T g, T beta, T threshold) {
+  const T z = gf_exp(x * beta);
+  return x * beta > threshold ? g : g * z / (z + T(1));
+}
+
+// gelu(x) = x * Phi(x), Phi the standard normal CDF. Phi = erfc(-x / sqrt 2) / 2 rather
+// than torch's (1 + erf(x / sqrt 2)) / 2, which cancels to a few bits for x < -3 in float.
+template <typename T> GF_FN T gf_gelu(T x) {
+  return x * T(0.5) * gf_erfc(-x * T(0.70710678118654752440));
+}
+template <typename T> GF_FN T gf_gelu_grad(T x, T g) {
+  const T cdf = T(0.5) * gf_erfc(-x * T(0.70710678118654752440));
+  const T pdf = T(0.39894228040143267794) * gf_exp(x * x * T(-0.5));
+  return g * (cdf + x * pdf);
+}
+
+// gelu's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+template <typename T> GF_FN T gf_gelu_tanh(T x) {
+  const T x_cube = x * x * x;
+  const T inner = T(0.79788456080286535588) * (x + T(0.044715) * x_cube);
+  return T(0.5) * x * (T(1) + gf_tanh(inner));
+}
+template <typename T> GF_FN T gf_gelu_tanh_grad(T x, T g) {
+  const T x_sq = x * x;
+  const T inner = T(0.79788456080286535588) * (x + T(0.044715) * (x_sq * x));
+  const T t = gf_tanh(inner);
+  const T left_derivative = T(0.5) * (T(1) + t);
+  const T inner_derivative = T(0.79788456080286535588) * (T(1) + T(3) * T(0.044715) * x_sq);
+  const T right_derivative = T(0.5) * x * (T(1) - t * t) * inner_derivative;
+  return g * (left_derivative + right_derivative);
+}
+
+#endif  // GF_ACTIVATIONS_CUH

@@ -1,0 +1,53 @@
+// Shared by every gradflow kernel source.
+//
+// One source has to compile three ways: under NVRTC (CuPy's runtime compiler, which
+// cannot include system headers), under nvcc (the compile tests), and under plain g++
+// (the host harness that checks the element math against the NumPy twins). GF_FN is
+// the one spelling of "small inline element function" for all three, and the typed
+// math wrappers below pick the float or double builtin by overload, so templates on T
+// never silently promote float math to double.
+#ifndef GF_COMMON_CUH
+#define GF_COMMON_CUH
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define GF_DEVICE_BUILD 1
+#define GF_FN __device__ __forceinline__
+#else
+#include <math.h>
+#define GF_FN inline
+#endif
+
+GF_FN float gf_exp(float x) { return expf(x); }
+GF_FN double gf_exp(double x) { return exp(x); }
+GF_FN float gf_expm1(float x) { return expm1f(x); }
+GF_FN double gf_expm1(double x) { return expm1(x); }
+GF_FN float gf_log(float x) { return logf(x); }
+GF_FN double gf_log(double x) { return log(x); }
+GF_FN float gf_log1p(float x) { return log1pf(x); }
+GF_FN double gf_log1p(double x) { return log1p(x); }
+GF_FN float gf_tanh(float x) { return tanhf(x); }
+GF_FN double gf_tanh(double x) { return tanh(x); }
+GF_FN float gf_erf(float x) { return erff(x); }
+GF_FN double gf_erf(double x) { return erf(x); }
+GF_FN float gf_erfc(float x) { return erfcf(x); }
+GF_FN double gf_erfc(double x) { return erfc(x); }
+GF_FN float gf_sqrt(float x) { return sqrtf(x); }
+GF_FN double gf_sqrt(double x) { return sqrt(x); }
+
+// +infinity without INFINITY/HUGE_VAL, which NVRTC does not define.
+template <typename T> GF_FN T gf_inf();
+#ifdef GF_DEVICE_BUILD
+template <> GF_FN float gf_inf<float>() { return __int_as_float(0x7f800000); }
+template <> GF_FN double gf_inf<double>() { return __longlong_as_double(0x7ff0000000000000LL); }
+#else
+template <> inline float gf_inf<float>() { return INFINITY; }
+template <> inline double gf_inf<double>() { return (double)INFINITY; }
+#endif
+
+// NaN-propagating max, like torch.maximum (fmax would drop the NaN).
+template <typename T> GF_FN T gf_max(T a, T b) { return (a != a || a > b) ? a : b; }
+
+// sign(x) in {-1, 0, +1}; NaN stays NaN, like numpy.sign and torch.sign.
+template <typename T> GF_FN T gf_sign(T x) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : x); }
+
+#endif  // GF_COMMON_CUH

@@ -1,0 +1,102 @@
+// Fused optimizer updates: one element of one parameter, updated in place.
+//
+// Each function is the per-element body of PyTorch's single-tensor (foreach=False)
+// rule, with the same operation order, so float32/float64 results match torch.optim
+// to rounding. Hyperparameter arithmetic that does not depend on the element (bias
+// corrections, 1 - beta, -lr, ...) is folded on the host in double and passed as T,
+// as torch does when it multiplies a tensor by a Python float. Optional state is
+// passed as a pointer that is null when the variant does not keep it.
+#ifndef GF_OPTIMIZERS_CUH
+#define GF_OPTIMIZERS_CUH
+#include "common.cuh"
+
+// torch.lerp: a + w (b - a) for |w| < 0.5, else b - (b - a)(1 - w).
+template <typename T> GF_FN T gf_lerp(T a, T b, T w) {
+  return (w < T(0.5) && w > T(-0.5)) ? a + w * (b - a) : b - (b - a) * (T(1) - w);
+}
+
+// The gradient every rule starts from: negated to maximize, plus weight decay and the
+// L1 penalty l1 * sign(param) at the point torch adds weight decay.
+template <typename T> GF_FN T gf_opt_grad(T p, T g, int maximize, T weight_decay, T l1) {
+  if (maximize) g = -g;
+  if (weight_decay != T(0)) g = g + weight_decay * p;
+  if (l1 != T(0)) g = g + l1 * gf_sign(p);
+  return g;
+}
+
+// SGD with optional momentum (buf null without it); first_step initializes buf = g.
+template <typename T>
+GF_FN void gf_sgd(T& p, T g, T* buf, T neg_lr, T momentum, T one_minus_dampening, int nesterov, int first_step,
+                  T weight_decay, T l1, int maximize) {
+  g = gf_opt_grad(p, g, maximize, weight_decay, l1);
+  if (buf) {
+    *buf = first_step ? g : *buf * momentum + one_minus_dampening * g;
+    g = nesterov ? g + momentum * *buf : *buf;
+  }
+  p = p + neg_lr * g;
+}
+
+// Adam / AdamW (decoupled: p *= 1 - lr * wd first), optional AMSGrad (vmax null without).
+template <typename T>
+GF_FN void gf_adam(T& p, T g, T& m, T& v, T* vmax, T one_minus_beta1, T beta2, T one_minus_beta2,
+                   T bias_correction2_sqrt, T eps, T neg_step_size, T weight_decay, T decay_factor,
+                   int decoupled, T l1, int maximize) {
+  if (maximize) g = -g;
+  if (weight_decay != T(0)) {
+    if (decoupled) p = p * decay_factor;
+    else g = g + weight_decay * p;
+  }
+  if (l1 != T(0)) g = g + l1 * gf_sign(p);
+  m = gf_lerp(m, g, one_minus_beta1);
+  v = v * beta2 + one_minus_beta2 * g * g;
+  T second = v;
+  if (vmax) {
+    *vmax = gf_max(*vmax, v);
+    second = *vmax;
+  }
+  const T denom = gf_sqrt(second) / bias_correction2_sqrt + eps;
+  p = p + neg_step_size * m / denom;
+}
+
+template <typename T>
+GF_FN void gf_adagrad(T& p, T g, T& sum, T neg_clr, T eps, T weight_decay, T l1, int maximize) {
+  g = gf_opt_grad(p, g, maximize, weight_decay, l1);
+  sum = sum + g * g;
+  const T denom = gf_sqrt(sum) + eps;
+  p = p + neg_clr * g / denom;
+}
+
+template <typename T>
+GF_FN void gf_adadelta(T& p, T g, T& square_avg, T& acc_delta, T neg_lr, T rho, T one_minus_rho, T eps,
+                       T weight_decay, T l1, int maximize) {
+  g = gf_opt_grad(p, g, maximize, weight_decay, l1);
+  square_avg = square_avg * rho + one_minus_rho * g * g;
+  const T denom = gf_sqrt(square_avg + eps);
+  const T delta = gf_sqrt(acc_delta + eps) / denom * g;
+  acc_delta = acc_delta * rho + one_minus_rho * delta * delta;
+  p = p + neg_lr * delta;
+}
+
+// RMSprop; grad_avg non-null when centered, buf non-null when momentum > 0.
+template <typename T>
+GF_FN void gf_rmsprop(T& p, T g, T& square_avg, T* grad_avg, T* buf, T neg_lr, T alpha, T one_minus_alpha, T eps,
+                      T momentum, T weight_decay, T l1, int maximize) {
+  g = gf_opt_grad(p, g, maximize, weight_decay, l1);
+  square_avg = square_avg * alpha + one_minus_alpha * g * g;
+  T avg;
+  if (grad_avg) {
+    *grad_avg = gf_lerp(*grad_avg, g, one_minus_alpha);
+    avg = gf_sqrt(square_avg + T(-1) * *grad_avg * *grad_avg);
+  } else {
+    avg = gf_sqrt(square_avg);
+  }
+  avg = avg + eps;
+  if (buf) {
+    *buf = *buf * momentum + g / avg;
+    p = p + neg_lr * *buf;
+  } else {
+    p = p + neg_lr * g / avg;
+  }
+}
+
+#endif  // GF_OPTIMIZERS_CUH

@@ -1,0 +1,209 @@
+"""The kernels' element math compiled for the host (g++) against the NumPy twins.
+
+Every ``Elementwise`` operation string and the row kernels of ``softmax.cu`` are built
+into one shared library (once per session) and run on random inputs plus extremes
+(+-80 and +-1e4 for exp-based functions, zeros at kinks, denormals, NaN). Kernels made
+of + - * / and sqrt only must match their NumPy twin bit for bit (both are IEEE and the
+host build does not contract to FMA); kernels calling exp/log/erf/tanh differ only by
+the libm, within the tolerances below. Philox is checked against known-answer vectors
+and against the NumPy implementation, and dropout's mask statistics are checked on the
+NumPy side (which the host build matches bit for bit).
+"""
+import numpy
+import pytest
+
+import kernel_harness as H
+from kernel_cases import TRANSCENDENTAL, rng_for, spec
+from gradflow import activation as A
+from gradflow import kernel as K
+from gradflow import philox
+
+DTYPES = [numpy.float32, numpy.float64]
+
+
+@pytest.fixture(scope="session")
+def host(tmp_path_factory):
+    if H.find_compiler("g++") is None:
+        pytest.skip("g++ not found: cannot build the host harness")
+    return H.build_host(tmp_path_factory.mktemp("gradflow_host"))
+
+
+def test_every_kernel_has_a_spec():
+    rng = numpy.random.default_rng(0)
+    for name in K.ELEMENTWISE:
+        spec(name, rng, numpy.float32)  # raises KeyError for a kernel added without a test input
+
+
+def _copy(a):
+    return a.copy() if isinstance(a, numpy.ndarray) else a
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", sorted(K.ELEMENTWISE))
+def test_elementwise_matches_numpy(host, name, dtype):
+    k = K.ELEMENTWISE[name]
+    args = spec(name, rng_for(name), dtype)
+    got = host.elementwise(name, *[_copy(a) for a in args])
+    want_args = [_copy(a) for a in args]
+    want = k.numpy(*want_args)
+    n_in = sum(not p.output for p in k.params)
+    if want is None:  # in-place kernel: compare the updated arrays
+        want = tuple(want_args[n_in:])
+    got = got if isinstance(got, tuple) else (got,)
+    want = want if isinstance(want, tuple) else (want,)
+    assert len(got) == len(want)
+    for out, g, w in zip([p for p in k.params if p.output], got, want):
+        w = numpy.broadcast_to(w, g.shape)
+        assert g.dtype == w.dtype, f"{name}.{out.name}: dtype {g.dtype} vs NumPy's {w.dtype}"
+        if name in TRANSCENDENTAL and g.dtype.kind == "f":
+            rel, abs_ = TRANSCENDENTAL[name]
+            eps = numpy.finfo(dtype).eps
+            numpy.testing.assert_allclose(g, w, rtol=rel * eps, atol=abs_ * eps, equal_nan=True,
+                                          err_msg=f"{name}.{out.name}")
+        else:  # bit-exact, NaN where NaN
+            numpy.testing.assert_array_equal(g, w, err_msg=f"{name}.{out.name}")
+
+
+# ---- the row kernels of softmax.cu (threads emulated) -------------------------------------------------
+def row_inputs(rng, dtype):
+    cases = []
+    for rows, cols in [(5, 1), (7, 3), (4, 31), (3, 33), (6, 100), (2, 1000)]:
+        cases.append((rng.standard_normal((rows, cols)) * 4).astype(dtype))
+    special = numpy.array([
+        [80, -80, 0, 1, 2, 3],
+        [1e4, 1e4 - 1, -1e4, 0, 0, 0],          # needs the max subtraction
+        [-1e4, -1e4 + 2, -1e4, -1e4, -1e4, -1e4],
+        [-numpy.inf, 0, 1, -numpy.inf, 2, -numpy.inf],  # masked entries
+        [-numpy.inf, -numpy.inf, -numpy.inf, 5, -numpy.inf, -numpy.inf],
+        [0, 1, numpy.nan, 2, 3, 4],
+        [numpy.finfo(dtype).tiny / 8, 0, -0.0, 0, 0, 0],
+    ], dtype=dtype)
+    cases.append(special)
+    return cases
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_row_kernels_match_numpy(host, dtype):
+    rng = numpy.random.default_rng(1)
+    eps = numpy.finfo(dtype).eps
+    for x in row_inputs(rng, dtype):
+        g = rng.standard_normal(x.shape).astype(dtype)
+        for entry, (a, b) in {"gf_softmax_fwd": (x, None), "gf_log_softmax_fwd": (x, None),
+                              "gf_softmax_bwd": (A._softmax_rows_np(x), g),
+                              "gf_log_softmax_bwd": (A._log_softmax_rows_np(x), g)}.items():
+            want = K.ROW_KERNELS[entry].numpy(a, b)
+            got = host.rows(entry, a, b)
+            # the row sums are accumulated in another order: a few eps of the row's largest value
+            scale = max(1.0, float(numpy.nanmax(numpy.abs(numpy.where(numpy.isinf(want), 0, want)))))
+            numpy.testing.assert_allclose(got, want, rtol=16 * eps, atol=16 * eps * scale, equal_nan=True,
+                                          err_msg=f"{entry} {x.shape}")
+
+
+def test_softmax_rows_sum_to_one_and_are_stable(host):
+    x = numpy.array([[1e4, 1e4, -1e4], [88.0, 0.0, -88.0], [-1e30, -1e30, -1e30]], dtype=numpy.float32)
+    y = host.rows("gf_softmax_fwd", x)
+    numpy.testing.assert_allclose(y.sum(axis=1), 1, rtol=1e-6)
+    numpy.testing.assert_allclose(y[0], [0.5, 0.5, 0], atol=1e-7)
+    numpy.testing.assert_allclose(host.rows("gf_log_softmax_fwd", x)[1], [0.0, -88.0, -176.0], atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_cross_entropy_rows_match_numpy(host, dtype):
+    rng = numpy.random.default_rng(2)
+    tol = dict(rtol=2e-6, atol=2e-6) if dtype == numpy.float32 else dict(rtol=1e-14, atol=1e-13)
+    for rows, cols in [(9, 1), (13, 5), (4, 300)]:
+        x = (rng.standard_normal((rows, cols)) * 6).astype(dtype)
+        x[0, 0] = 80
+        t = rng.integers(0, cols, rows)
+        t[1] = -100
+        loss, lse = host.xent(x, t, -100)
+        want_loss, want_lse = A._xent_rows_np(x, t, -100)
+        numpy.testing.assert_allclose(lse, want_lse, **tol)
+        numpy.testing.assert_allclose(loss, want_loss, **tol)
+        assert loss[1] == 0
+    loss, _ = host.xent(numpy.zeros((2, 3), dtype), numpy.array([3, -1]), -100)
+    assert numpy.isnan(loss).all()  # out-of-range targets cannot raise on a GPU: they give NaN
+
+
+# ---- Philox and dropout ---------------------------------------------------------------------------------
+# Random123's known-answer vectors for philox4x32_10: (counter, key) -> output.
+KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8)),
+    ((0xffffffff,) * 4, (0xffffffff,) * 2, (0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd)),
+    ((0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344), (0xa4093822, 0x299f31d0),
+     (0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1)),
+]
+
+
+@pytest.mark.parametrize("counter, key, expected", KAT)
+def test_philox_known_answers_numpy(counter, key, expected):
+    numpy.testing.assert_array_equal(philox.philox4x32_10(counter, key), expected)
+
+
+@pytest.mark.parametrize("counter, key, expected", KAT)
+def test_philox_known_answers_host(host, counter, key, expected):
+    numpy.testing.assert_array_equal(host.philox4x32_10([counter], key)[0], expected)
+
+
+def test_philox_host_and_numpy_agree_bit_for_bit(host):
+    rng = numpy.random.default_rng(3)
+    ctr = rng.integers(0, 2 ** 32, (4096, 4), dtype=numpy.uint32)
+    key = rng.integers(0, 2 ** 32, (4096, 2), dtype=numpy.uint32)
+    numpy.testing.assert_array_equal(host.philox4x32_10(ctr, key), philox.philox4x32_10(ctr, key))
+    for seed, offset in [(0, 0), (2 ** 64 - 1, 2 ** 32 - 3), (123456789, 2 ** 40)]:
+        numpy.testing.assert_array_equal(host.philox_bits(seed, offset, 5000), philox.bits(seed, offset, 5000))
+        numpy.testing.assert_allclose(host.philox_normal(seed, offset, 5000), philox.normal(seed, offset, 5000),
+                                      rtol=1e-14, atol=1e-14)
+
+
+def test_draws_do_not_depend_on_how_the_work_is_split(host):
+    whole = host.philox_bits(7, 100, 1000)
+    numpy.testing.assert_array_equal(numpy.concatenate([host.philox_bits(7, 100, 300),
+                                                        host.philox_bits(7, 400, 700)]), whole)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_dropout_keep_rate(p):
+    n = 10 ** 6
+    keep = philox.bits(42, 1000, n) >= philox.keep_threshold(p)
+    assert abs(keep.mean() - (1 - p)) < 0.002
+
+
+def test_dropout_masks_are_uncorrelated():
+    n = 10 ** 6
+    thr = philox.keep_threshold(0.5)
+    a = (philox.bits(9, 0, n) >= thr).astype(float)
+    b = (philox.bits(9, n, n) >= thr).astype(float)   # the next call's offset
+    c = (philox.bits(10, 0, n) >= thr).astype(float)  # another seed, same offset
+    for u, v in [(a, b), (a, c), (a[:-1], a[1:])]:    # ... and neighbouring elements
+        assert abs(numpy.corrcoef(u, v)[0, 1]) < 0.005
+
+
+def test_dropout_edge_thresholds():
+    assert philox.keep_threshold(0.0) == 0 and philox.keep_threshold(1.0) == 2 ** 32
+    with pytest.raises(ValueError):
+        philox.keep_threshold(1.5)
+    x = numpy.ones(1000, numpy.float32)
+    y, keep = A.dropout_fwd(x, 0.0, numpy.uint64(1), numpy.uint64(0), numpy.uint64(2 ** 32))
+    assert not keep.any() and not y.any()
+    y, keep = A.dropout_fwd(x, 1.0, numpy.uint64(1), numpy.uint64(0), numpy.uint64(0))
+    assert keep.all() and (y == 1).all()
+
+
+def test_system_headers_only_in_the_host_branch():
+    """NVRTC has no system headers: any #include <...> must sit in the not-CUDA branch."""
+    device_if = "#if defined(__CUDACC__) || defined(__CUDACC_RTC__)"
+    names = sorted(p.name for p in K.kernel_directory().iterdir() if p.name.endswith((".cu", ".cuh")))
+    assert {"activations.cuh", "philox.cuh", "dropout.cuh", "optimizers.cuh", "softmax.cu"} <= set(names)
+    for name in names:
+        stack = []
+        for line in K.source(name).splitlines():
+            s = line.strip()
+            if s.startswith("#if"):
+                stack.append([s, False])
+            elif s.startswith("#else"):
+                stack[-1][1] = True
+            elif s.startswith("#endif"):
+                stack.pop()
+            elif s.startswith("#include <"):
+                assert stack and stack[-1] == [device_if, True], f"{name}: {s} is not host-only"
