@@ -15,3 +15,6 @@ from gradflow.tensor import Function, Tensor, enable_grad, grad, is_grad_enabled
 from numpy import bool_, float32, float64, int32, int64  # dtypes, as gradflow.float32 etc.
 
 __version__ = "0.1.0"
+
+from gradflow import data, datasets, nn, optim  # noqa: E402  (they build on the core above)
+from gradflow.serialization import load, save  # noqa: E402

@@ -572,76 +572,77 @@ class SoftmaxCrossEntropy(Function):
 
     Forward: one row pass gives each row's log-sum-exp and loss. Backward: one kernel
     (softmax - onehot) * g / N; the per-row log-sum-exp is all it keeps besides the logits.
+    The target is an input (without gradient), so a captured step sees each batch's.
     """
 
-    def __init__(self, target, reduction, ignore_index):
-        self.target, self.reduction, self.ignore_index = target, reduction, ignore_index
+    def __init__(self, reduction, ignore_index):
+        self.reduction, self.ignore_index = reduction, ignore_index
 
     @_quiet  # a mean over no valid rows is NaN, as in torch
-    def forward(self, x):
+    def forward(self, x, target):
         x2, _ = _as_rows(x, 1)
-        t = self.target.reshape(-1)
+        t = target.reshape(-1)
         xp = backend.xp_of(x)
-        loss, self.lse = xent_rows(x2, t, self.ignore_index)
-        self.count = xp.asarray((t != self.ignore_index).sum(), dtype=x.dtype)  # stays on the device
-        self.save_for_backward(x)
+        loss, lse = xent_rows(x2, t, self.ignore_index)
+        count = xp.asarray((t != self.ignore_index).sum(), dtype=x.dtype)  # stays on the device
+        self.save_for_backward(x, target, lse, count)
         if self.reduction == "none":
-            return loss.reshape(self.target.shape)
+            return loss.reshape(target.shape)
         total = loss.sum()
-        return xp.asarray(total / self.count if self.reduction == "mean" else total, dtype=x.dtype)
+        return xp.asarray(total / count if self.reduction == "mean" else total, dtype=x.dtype)
 
     def backward(self, gy):
-        x, = self.saved_tensors
-        return SoftmaxCrossEntropyGrad(self)(x, gy)
+        x, target, lse, count = self.saved_tensors
+        return SoftmaxCrossEntropyGrad(self.reduction, self.ignore_index)(x, target, lse, count, gy), None
 
 
 class SoftmaxCrossEntropyGrad(Function):
     """gx = (softmax(x) - onehot(target)) * w per row, w = g (sum/none) or g / N (mean)."""
 
-    def __init__(self, fn):
-        self.fn = fn
+    def __init__(self, reduction, ignore_index):
+        self.reduction, self.ignore_index = reduction, ignore_index
 
-    def _row_weights(self, g, rows):
+    def _row_weights(self, g, count, rows):
         xp = backend.xp_of(g)
-        if self.fn.reduction == "none":
+        if self.reduction == "none":
             return g.reshape(rows, 1)
-        w = g / self.fn.count if self.fn.reduction == "mean" else g
+        w = g / count if self.reduction == "mean" else g
         return xp.broadcast_to(xp.asarray(w, dtype=g.dtype).reshape(1, 1), (rows, 1))
 
-    def forward(self, x, g):
-        self.save_for_backward(x, g)
+    def forward(self, x, target, lse, count, g):
+        self.save_for_backward(x, target, count, g)
         x2, moved = _as_rows(x, 1)
         rows, cols = x2.shape
-        t = self.fn.target.reshape(rows, 1)
-        gx = xent_bwd(x2, self.fn.lse.reshape(rows, 1), t, self._row_weights(g, rows), cols, self.fn.ignore_index)
+        t = target.reshape(rows, 1)
+        gx = xent_bwd(x2, lse.reshape(rows, 1), t, self._row_weights(g, count, rows), cols, self.ignore_index)
         return _from_rows(gx, moved, 1)
 
     def backward(self, ggx):
-        x, g = self.saved_tensors
+        x, target, count, g = self.saved_tensors
         xp = backend.xp_of(x.data)
-        fn = self.fn
-        t = xp.expand_dims(fn.target, 1)                       # (N, 1, d...)
-        valid = t != fn.ignore_index
+        target = target.data
+        t = xp.expand_dims(target, 1)                          # (N, 1, d...)
+        valid = t != self.ignore_index
         classes = xp.arange(x.shape[1]).reshape((1, -1) + (1,) * (x.ndim - 2))
         onehot = Tensor._wrap((classes == t).astype(x.dtype))
         p = softmax(x, axis=1)
         g_x = g_g = None
         if self.needs_input_grad[0]:
-            w = g if fn.reduction == "none" else ops.broadcast_to(ops.reshape(g, (1,) * fn.target.ndim),
-                                                                  fn.target.shape)
-            if fn.reduction == "mean":
-                w = w / Tensor._wrap(fn.count)
+            w = g if self.reduction == "none" else ops.broadcast_to(ops.reshape(g, (1,) * target.ndim),
+                                                                    target.shape)
+            if self.reduction == "mean":
+                w = w / count
             w = ops.where(valid, ops.unsqueeze(w, 1), 0.0)
             g_x = w * p * (ggx - ops.sum(ggx * p, 1, keepdims=True))
-        if self.needs_input_grad[1]:
+        if self.needs_input_grad[4]:
             z = ops.squeeze(ops.sum(ops.where(valid, ggx * (p - onehot), 0.0), 1, keepdims=True), 1)
-            if fn.reduction == "sum":
+            if self.reduction == "sum":
                 g_g = ops.sum(z)
-            elif fn.reduction == "mean":
-                g_g = ops.sum(z) / Tensor._wrap(fn.count)
+            elif self.reduction == "mean":
+                g_g = ops.sum(z) / count
             else:
                 g_g = z
-        return g_x, g_g
+        return g_x, None, None, None, g_g
 
 
 # ---- dropout and noisy relu: Philox draws keyed on (seed, offset + element index) -------------------
@@ -807,19 +808,18 @@ def softmax_cross_entropy(logits, target, reduction="mean", ignore_index=-100):
     logits = _tensor(logits, "softmax_cross_entropy")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"softmax_cross_entropy: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    xp = backend.xp_of(logits.data)
-    t = target.data if isinstance(target, Tensor) else target
-    t = xp.asarray(t)
-    if t.dtype.kind not in "iu":
-        raise TypeError(f"softmax_cross_entropy: target must hold integer class indices, got dtype {t.dtype}")
+    if not isinstance(target, Tensor):
+        target = Tensor._wrap(backend.xp_of(logits.data).asarray(target))
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"softmax_cross_entropy: target must hold integer class indices, got dtype {target.dtype}")
     squeeze = logits.ndim == 1
     if squeeze:
-        logits, t = ops.unsqueeze(logits, 0), t.reshape(1)
+        logits, target = ops.unsqueeze(logits, 0), ops.reshape(target, (1,))
     expected = logits.shape[:1] + logits.shape[2:]
-    if logits.ndim < 2 or t.shape != expected:
-        raise ValueError(f"softmax_cross_entropy: target shape {t.shape} does not match logits shape "
+    if logits.ndim < 2 or target.shape != expected:
+        raise ValueError(f"softmax_cross_entropy: target shape {target.shape} does not match logits shape "
                          f"{logits.shape} (expected {expected})")
-    loss = SoftmaxCrossEntropy(t.astype(numpy.int64, copy=False), reduction, int(ignore_index))(logits)
+    loss = SoftmaxCrossEntropy(reduction, int(ignore_index))(logits, ops.astype(target, numpy.int64))
     return ops.reshape(loss, ()) if squeeze and reduction == "none" else loss
 
 

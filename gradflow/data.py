@@ -144,8 +144,10 @@ class DataLoader:
         self.drop_last = drop_last
         self.device = None if device is None else backend.check_device(device)
         self.collate_fn = collate_fn or default_collate
-        self._generator = generator if not isinstance(generator, (int, numpy.integer)) \
-            else numpy.random.default_rng(int(generator))
+        if isinstance(generator, (int, numpy.integer)):
+            generator = numpy.random.default_rng(int(generator))
+        _numpy_generator(generator)  # reject a wrong type now rather than at the first epoch
+        self._generator = generator
         self._resident = None  # (host arrays, their device copies) for the fast path
 
     def __len__(self):
@@ -167,17 +169,17 @@ class DataLoader:
             return _numpy_generator(self._generator).permutation(n)
         return None
 
-    def _source(self, arrays, indices):
-        """The arrays (and index map) to slice batches from; a GPU copy is made once and kept."""
+    def _source(self, arrays):
+        """The arrays to slice batches from: on the GPU, a copy made once and kept for every epoch."""
         device = self.device
-        if device is None or all(backend.device_of(a) == device for a in arrays):
-            return arrays, indices
-        if device != "cuda" or sum(a.nbytes for a in arrays) > RESIDENT_BYTES:
-            return arrays, indices  # batches are moved one by one
+        if device != "cuda" or all(backend.device_of(a) == device for a in arrays):
+            return arrays
+        if sum(a.nbytes for a in arrays) > RESIDENT_BYTES:
+            return arrays  # too big to keep: batches are moved one by one
         cached = self._resident
         if cached is None or cached[0] is not arrays:
             cached = self._resident = (arrays, tuple(backend.to_device(a, device) for a in arrays))
-        return cached[1], None if indices is None else backend.to_device(indices, device)
+        return cached[1]
 
     def __iter__(self):
         arrays, indices = _tensor_source(self.dataset)
@@ -193,19 +195,18 @@ class DataLoader:
 
     def _iter_arrays(self, arrays, indices):
         n = len(arrays[0]) if indices is None else len(indices)
-        source, index_map = self._source(arrays, indices)
+        source = self._source(arrays)
+        where = backend.device_of(source[0])  # indices must live with the arrays they index
         order = self._order(n)
-        on_device = backend.device_of(source[0]) != "cpu"
-        if order is not None and on_device:
-            order = backend.to_device(order, backend.device_of(source[0]))
+        if order is not None:
+            order = backend.to_device(order, where)
+        if indices is not None:
+            indices = backend.to_device(indices, where)
         for start, stop in self._batches(n):
-            if order is None and index_map is None:
-                take = slice(start, stop)  # contiguous: views, no copy
-            else:
-                take = order[start:stop] if order is not None else slice(start, stop)
-                if index_map is not None:
-                    take = index_map[take]
-            batch = tuple(Tensor(a[take]) for a in source)
+            take = slice(start, stop) if order is None else order[start:stop]
+            if indices is not None:
+                take = indices[take]
+            batch = tuple(Tensor(a[take]) for a in source)  # a contiguous slice is a view, no copy
             if self.device is not None:
                 batch = tuple(b if b.device == self.device else Tensor(backend.to_device(b.data, self.device))
                               for b in batch)

@@ -173,7 +173,7 @@ def _locate(names, root, download):
     raise MNISTError(
         "MNIST files " + ", ".join(names) + " (raw or .gz) not found. Looked in:\n  - " + "\n  - ".join(looked) +
         "\nSupply them by passing root=DIR (or --data DIR), setting GRADFLOW_DATA=DIR, or copying them to "
-        f"{cache_dir()}; they can be fetched from {MIRRORS[0]}")
+        f"{cache_dir()}; they are published at http://yann.lecun.com/exdb/mnist/")
 
 
 def load_mnist(root=None, train=True, download=True, flatten=True, verify=True):

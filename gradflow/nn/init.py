@@ -1,0 +1,125 @@
+"""Weight initializers with ``torch.nn.init``'s names and formulas.
+
+Every initializer draws on the host from ``gradflow.random.default_generator`` (so
+``manual_seed`` makes them reproducible on any device), casts to the tensor's dtype, moves
+the values to the tensor's device and writes them into the tensor's data in place,
+bumping its version. Each returns the tensor.
+"""
+import math
+
+import numpy
+
+from gradflow import backend
+from gradflow import random as gf_random
+
+
+def _rng(generator):
+    if generator is None:
+        return gf_random.default_generator.numpy
+    return generator.numpy if isinstance(generator, gf_random.Generator) else generator
+
+
+def _fill(tensor, values):
+    values = numpy.asarray(values).astype(tensor.dtype, copy=False)
+    tensor.data[...] = backend.to_device(values, tensor.device)
+    tensor._bump_version()
+    return tensor
+
+
+def calculate_gain(nonlinearity, param=None):
+    """The recommended gain for a nonlinearity (``torch.nn.init.calculate_gain``)."""
+    linear_fns = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+                  "conv_transpose3d")
+    if nonlinearity in linear_fns or nonlinearity == "sigmoid":
+        return 1.0
+    if nonlinearity == "tanh":
+        return 5.0 / 3
+    if nonlinearity == "relu":
+        return math.sqrt(2.0)
+    if nonlinearity == "leaky_relu":
+        if param is None:
+            slope = 0.01
+        elif isinstance(param, (int, float)) and not isinstance(param, bool):
+            slope = param
+        else:
+            raise ValueError(f"negative_slope {param!r} is not a valid number")
+        return math.sqrt(2.0 / (1 + slope ** 2))
+    if nonlinearity == "selu":
+        return 3.0 / 4  # the value torch uses (self-normalising nets are usually drawn with gain 1)
+    raise ValueError(f"unsupported nonlinearity {nonlinearity!r}")
+
+
+def _calculate_fan_in_and_fan_out(tensor):
+    if tensor.ndim < 2:
+        raise ValueError(f"fan in and fan out need a tensor with at least 2 dimensions, got shape {tensor.shape}")
+    receptive = int(numpy.prod(tensor.shape[2:])) if tensor.ndim > 2 else 1
+    return tensor.shape[1] * receptive, tensor.shape[0] * receptive
+
+
+def _fan(tensor, mode):
+    mode = mode.lower()
+    if mode not in ("fan_in", "fan_out"):
+        raise ValueError(f"mode {mode!r} not supported, use 'fan_in' or 'fan_out'")
+    fan_in, fan_out = _calculate_fan_in_and_fan_out(tensor)
+    return fan_in if mode == "fan_in" else fan_out
+
+
+def uniform_(tensor, a=0.0, b=1.0, generator=None):
+    """Fill with U(a, b)."""
+    return _fill(tensor, _rng(generator).uniform(a, b, size=tensor.shape))
+
+
+def normal_(tensor, mean=0.0, std=1.0, generator=None):
+    """Fill with N(mean, std^2)."""
+    return _fill(tensor, _rng(generator).normal(mean, std, size=tensor.shape))
+
+
+def constant_(tensor, val):
+    return _fill(tensor, numpy.full(tensor.shape, val))
+
+
+def zeros_(tensor):
+    return constant_(tensor, 0.0)
+
+
+def ones_(tensor):
+    return constant_(tensor, 1.0)
+
+
+def xavier_uniform_(tensor, gain=1.0, generator=None):
+    """Glorot & Bengio (2010): U(-a, a) with a = gain * sqrt(6 / (fan_in + fan_out))."""
+    fan_in, fan_out = _calculate_fan_in_and_fan_out(tensor)
+    bound = gain * math.sqrt(6.0 / float(fan_in + fan_out))
+    return uniform_(tensor, -bound, bound, generator)
+
+
+def xavier_normal_(tensor, gain=1.0, generator=None):
+    """Glorot & Bengio (2010): N(0, std^2) with std = gain * sqrt(2 / (fan_in + fan_out))."""
+    fan_in, fan_out = _calculate_fan_in_and_fan_out(tensor)
+    return normal_(tensor, 0.0, gain * math.sqrt(2.0 / float(fan_in + fan_out)), generator)
+
+
+def kaiming_uniform_(tensor, a=0.0, mode="fan_in", nonlinearity="leaky_relu", generator=None):
+    """He et al. (2015): U(-b, b) with b = gain * sqrt(3 / fan), keeping activations' variance."""
+    std = calculate_gain(nonlinearity, a) / math.sqrt(_fan(tensor, mode))
+    bound = math.sqrt(3.0) * std
+    return uniform_(tensor, -bound, bound, generator)
+
+
+def kaiming_normal_(tensor, a=0.0, mode="fan_in", nonlinearity="leaky_relu", generator=None):
+    """He et al. (2015): N(0, std^2) with std = gain / sqrt(fan)."""
+    std = calculate_gain(nonlinearity, a) / math.sqrt(_fan(tensor, mode))
+    return normal_(tensor, 0.0, std, generator)
+
+
+def lecun_normal_(tensor, generator=None):
+    """LeCun normal, N(0, 1/fan_in): the init SELU's self-normalisation assumes."""
+    fan_in, _ = _calculate_fan_in_and_fan_out(tensor)
+    return normal_(tensor, 0.0, 1.0 / math.sqrt(fan_in), generator)
+
+
+def lecun_uniform_(tensor, generator=None):
+    """LeCun uniform, U(-sqrt(3/fan_in), sqrt(3/fan_in)): the same variance as ``lecun_normal_``."""
+    fan_in, _ = _calculate_fan_in_and_fan_out(tensor)
+    bound = math.sqrt(3.0 / fan_in)
+    return uniform_(tensor, -bound, bound, generator)

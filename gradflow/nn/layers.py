@@ -1,0 +1,254 @@
+"""Layers: ``Linear``, ``Dropout``, one module per activation, ``Flatten``, ``Identity`` and ``MLP``."""
+import math
+
+import numpy
+
+from gradflow import backend
+from gradflow.nn import functional as F
+from gradflow.nn import init
+from gradflow.nn.module import Module, Parameter, Sequential
+
+
+def _empty(shape, device, dtype):
+    xp = backend.xp_for(device or backend.default_device())
+    return xp.empty(shape, dtype=numpy.dtype(dtype or numpy.float32))
+
+
+class Linear(Module):
+    """y = x W^T + b, with W of shape (out_features, in_features) as in PyTorch.
+
+    Initialised like PyTorch: W ~ kaiming_uniform(a=sqrt(5)), i.e. U(-1/sqrt(in), 1/sqrt(in)),
+    and b ~ U(-1/sqrt(in), 1/sqrt(in)).
+    """
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.weight = Parameter(_empty((self.out_features, self.in_features), device, dtype))
+        if bias:
+            self.bias = Parameter(_empty((self.out_features,), device, dtype))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
+            init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Identity(Module):
+    """Returns its input (a placeholder where a layer is optional)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        return x
+
+
+class Flatten(Module):
+    """Flatten dimensions ``start_dim..end_dim`` (by default all but the batch dimension)."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x):
+        return x.flatten(self.start_dim, self.end_dim)
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+class Dropout(Module):
+    """Zero each element with probability ``p`` while training and scale the rest by 1/(1-p)."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+        self.p = p
+
+    def forward(self, x):
+        return F.dropout(x, self.p, self.training)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+# ---- activations ------------------------------------------------------------------------------------
+class ReLU(Module):
+    def forward(self, x):
+        return F.relu(x)
+
+
+class Sigmoid(Module):
+    def forward(self, x):
+        return F.sigmoid(x)
+
+
+class Tanh(Module):
+    def forward(self, x):
+        return F.tanh(x)
+
+
+class SELU(Module):
+    def forward(self, x):
+        return F.selu(x)
+
+
+class LeakyReLU(Module):
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, x):
+        return F.leaky_relu(x, self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class PReLU(Module):
+    """Leaky ReLU whose negative slope is learned (one per channel, or one shared)."""
+
+    def __init__(self, num_parameters=1, init=0.25, device=None, dtype=None):
+        super().__init__()
+        self.num_parameters = num_parameters
+        self.weight = Parameter(_empty((num_parameters,), device, dtype))
+        self.weight.data[...] = init
+
+    def forward(self, x):
+        return F.prelu(x, self.weight)
+
+    def extra_repr(self):
+        return f"num_parameters={self.num_parameters}"
+
+
+class NoisyReLU(Module):
+    """ReLU of the input plus Gaussian noise of standard deviation ``std`` while training (Nair & Hinton, 2010)."""
+
+    def __init__(self, std=0.1):
+        super().__init__()
+        self.std = std
+
+    def forward(self, x):
+        return F.noisy_relu(x, self.std, self.training)
+
+    def extra_repr(self):
+        return f"std={self.std}"
+
+
+class ELU(Module):
+    def __init__(self, alpha=1.0):
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, x):
+        return F.elu(x, self.alpha)
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}"
+
+
+class Softplus(Module):
+    def __init__(self, beta=1.0, threshold=20.0):
+        super().__init__()
+        self.beta, self.threshold = beta, threshold
+
+    def forward(self, x):
+        return F.softplus(x, self.beta, self.threshold)
+
+    def extra_repr(self):
+        return f"beta={self.beta}, threshold={self.threshold}"
+
+
+class GELU(Module):
+    def __init__(self, approximate="none"):
+        super().__init__()
+        self.approximate = approximate
+
+    def forward(self, x):
+        return F.gelu(x, self.approximate)
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
+
+class Softmax(Module):
+    def __init__(self, dim=-1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        return F.softmax(x, self.dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(Module):
+    def __init__(self, dim=-1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        return F.log_softmax(x, self.dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+ACTIVATIONS = {"relu": ReLU, "leaky_relu": LeakyReLU, "prelu": PReLU, "noisy_relu": NoisyReLU,
+               "sigmoid": Sigmoid, "tanh": Tanh, "elu": ELU, "selu": SELU, "softplus": Softplus,
+               "gelu": GELU, "identity": Identity, "linear": Identity}
+
+
+def _activation(spec):
+    if isinstance(spec, str):
+        try:
+            return ACTIVATIONS[spec.lower()]()
+        except KeyError:
+            raise ValueError(f"unknown activation {spec!r}; choose from {sorted(ACTIVATIONS)}") from None
+    if isinstance(spec, Module):
+        raise TypeError("MLP(activation=...) takes a name or a Module class/factory, not a Module instance "
+                        "(each layer needs its own)")
+    module = spec()
+    if not isinstance(module, Module):
+        raise TypeError(f"activation factory returned {type(module).__name__}, not a Module")
+    return module
+
+
+class MLP(Module):
+    """A multi-layer perceptron: ``MLP([784, 128, 32, 10])`` is Linear-act-Linear-act-Linear.
+
+    ``activation`` (a name such as 'relu' or 'tanh', or a Module class) follows every hidden
+    layer and so does ``Dropout(dropout)`` when ``dropout > 0``; the last layer is linear,
+    producing logits.
+    """
+
+    def __init__(self, sizes, activation="relu", dropout=0.0, bias=True, device=None, dtype=None):
+        super().__init__()
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 2:
+            raise ValueError(f"MLP needs at least an input and an output size, got {sizes}")
+        layers = []
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(Linear(n_in, n_out, bias=bias, device=device, dtype=dtype))
+            if i < len(sizes) - 2:
+                layers.append(_activation(activation))
+                if dropout > 0:
+                    layers.append(Dropout(dropout))
+        self.sizes = sizes
+        self.layers = Sequential(*layers)
+
+    def forward(self, x):
+        return self.layers(x)

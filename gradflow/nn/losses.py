@@ -1,0 +1,347 @@
+"""Loss functions (``torch.nn.functional`` names and semantics) and classification metrics.
+
+Losses that have a numerically delicate closed form get their own ``Function`` (binary
+cross-entropy on probabilities and on logits), so their gradients stay finite where a
+composition of ``log`` and ``exp`` would produce ``0 * inf``. Their backward passes are
+written with differentiable ops, so second derivatives work too.
+"""
+import numpy
+
+from gradflow import activation, backend, ops
+from gradflow.nn.module import Module
+from gradflow.tensor import Function, Tensor, as_tensor
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_reduction(reduction):
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def _reduce(loss, reduction):
+    _check_reduction(reduction)
+    if reduction == "mean":
+        return ops.mean(loss)
+    if reduction == "sum":
+        return ops.sum(loss)
+    return loss
+
+
+def _as_target(target, like):
+    """``target`` as a Tensor on ``like``'s device; float targets take ``like``'s dtype."""
+    if not isinstance(target, Tensor):
+        target = as_tensor(target, like=like) if isinstance(target, (int, float)) else Tensor(target)
+    if target.device != like.device:
+        raise RuntimeError(f"target is on '{target.device}' but input is on '{like.device}'")
+    if target.dtype.kind == "f" and target.dtype != like.dtype:
+        target = ops.astype(target, like.dtype)
+    return target
+
+
+def _same_shape(name, input, target):
+    if input.shape != target.shape:
+        raise ValueError(f"{name}: input shape {input.shape} and target shape {target.shape} differ "
+                         f"(a silent broadcast here is almost always a bug, e.g. (N, 1) vs (N,))")
+
+
+def _class_targets(name, input, target, ignore_index):
+    """Validate int class targets (N,) for scores (N, C); returns (raw targets, mask of rows that count)."""
+    if input.ndim != 2:
+        raise ValueError(f"{name}: expected input of shape (N, C), got {input.shape}")
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"{name}: target must hold integer class indices, got dtype {target.dtype}")
+    t = target.data
+    if t.ndim != 1 or t.shape[0] != input.shape[0]:
+        raise ValueError(f"{name}: class targets must have shape ({input.shape[0]},), got {t.shape}")
+    valid = t != ignore_index
+    bad = valid & ((t < 0) | (t >= input.shape[1]))
+    if bool(bad.any()):
+        raise IndexError(f"{name}: target class {int(t[bad][0])} is out of range for {input.shape[1]} classes")
+    return t, valid
+
+
+def _one_hot(t, valid, num_classes, dtype):
+    """One-hot rows for class ids ``t``; rows where ``valid`` is False are all zero."""
+    xp = backend.xp_of(t)
+    out = xp.zeros((t.shape[0], num_classes), dtype=dtype)
+    out[xp.arange(t.shape[0]), xp.where(valid, t, 0)] = 1
+    out *= valid[:, None]
+    return out
+
+
+def _reduce_rows(loss, valid, reduction):
+    """Like ``_reduce``, but a mean only counts the rows that are not ignored (PyTorch's ignore_index)."""
+    if reduction == "mean" and valid is not None:
+        count = valid.sum().astype(loss.dtype)
+        return ops.sum(loss) / Tensor._wrap(count)
+    return _reduce(loss, reduction)
+
+
+# ---- classification ------------------------------------------------------------------------------
+def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_index=-100):
+    """Cross-entropy from unnormalised scores ``input`` (N, C).
+
+    ``target`` is either class indices (N,) of an integer dtype (rows equal to
+    ``ignore_index`` are skipped), or class probabilities (N, C). ``label_smoothing`` ε mixes
+    the target with the uniform distribution, (1 - ε) * target + ε / C, as in PyTorch.
+    Integer targets without smoothing take the fused ``softmax_cross_entropy`` kernel
+    (which also accepts (N, C, d...) inputs).
+    """
+    _check_reduction(reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    target = _as_target(target, input)
+    valid = None
+    if target.dtype.kind in "iu":
+        if label_smoothing == 0.0:
+            return activation.softmax_cross_entropy(input, target, reduction=reduction, ignore_index=ignore_index)
+        t, valid = _class_targets("cross_entropy", input, target, ignore_index)
+        q = _one_hot(t, valid, input.shape[1], input.dtype)
+        q = q * (1.0 - label_smoothing) + (label_smoothing / input.shape[1]) * valid[:, None].astype(input.dtype)
+        q = Tensor._wrap(q)
+    else:
+        if target.shape != input.shape or input.ndim != 2:
+            raise ValueError(f"cross_entropy: probability targets need input (N, C) and a target of the same "
+                             f"shape, got {input.shape} and {target.shape}")
+        q = target
+        if label_smoothing:
+            q = q * (1.0 - label_smoothing) + label_smoothing / input.shape[1]
+    loss = -ops.sum(q * activation.log_softmax(input, axis=1), axis=1)
+    return _reduce_rows(loss, valid, reduction)
+
+
+def nll_loss(input, target, reduction="mean", ignore_index=-100):
+    """Negative log-likelihood of class ``target`` (N,) under log-probabilities ``input`` (N, C)."""
+    _check_reduction(reduction)
+    target = _as_target(target, input)
+    t, valid = _class_targets("nll_loss", input, target, ignore_index)
+    mask = Tensor._wrap(_one_hot(t, valid, input.shape[1], input.dtype))
+    return _reduce_rows(-ops.sum(input * mask, axis=1), valid, reduction)
+
+
+# ---- regression --------------------------------------------------------------------------------------
+def mse_loss(input, target, reduction="mean"):
+    """Mean squared error (squared L2)."""
+    target = _as_target(target, input)
+    _same_shape("mse_loss", input, target)
+    diff = input - target
+    return _reduce(diff * diff, reduction)
+
+
+def l1_loss(input, target, reduction="mean"):
+    """Mean absolute error."""
+    target = _as_target(target, input)
+    _same_shape("l1_loss", input, target)
+    return _reduce(ops.abs(input - target), reduction)
+
+
+def huber_loss(input, target, reduction="mean", delta=1.0):
+    """0.5 d^2 where |d| < delta, delta * (|d| - 0.5 delta) beyond: quadratic near 0, linear in the tails."""
+    if delta <= 0:
+        raise ValueError(f"huber_loss: delta must be positive, got {delta}")
+    target = _as_target(target, input)
+    _same_shape("huber_loss", input, target)
+    d = ops.abs(input - target)
+    inner = ops.clamp(d, max=delta)  # |d| where quadratic, delta where linear
+    return _reduce(inner * inner * 0.5 + (d - inner) * delta, reduction)
+
+
+def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
+    """Huber loss divided by ``beta``: 0.5 d^2 / beta where |d| < beta, |d| - 0.5 beta beyond."""
+    if beta < 0:
+        raise ValueError(f"smooth_l1_loss: beta must be non-negative, got {beta}")
+    if beta == 0:
+        return l1_loss(input, target, reduction)
+    _check_reduction(reduction)
+    return _reduce(huber_loss(input, target, "none", beta) * (1.0 / beta), reduction)
+
+
+class BinaryCrossEntropy(Function):
+    """-(t log p + (1 - t) log(1 - p)) with the logs clamped at -100, as PyTorch does."""
+
+    def forward(self, p, t):
+        xp = backend.xp_of(p)
+        if p.size and bool(((p < 0) | (p > 1)).any()):
+            raise ValueError("binary_cross_entropy: all elements of input should be between 0 and 1 "
+                             "(pass logits to binary_cross_entropy_with_logits instead)")
+        self.save_for_backward(p, t)
+        with numpy.errstate(divide="ignore"):
+            log_p = xp.maximum(xp.log(p), -100)
+            log_1mp = xp.maximum(xp.log(1 - p), -100)
+        return -(t * log_p + (1 - t) * log_1mp)
+
+    def backward(self, gy):
+        p, t = self.saved_tensors
+        gp = gt = None
+        if self.needs_input_grad[0]:
+            gp = gy * (p - t) / ops.clamp((1.0 - p) * p, min=1e-12)
+        if self.needs_input_grad[1]:
+            gt = gy * (ops.clamp(ops.log(1.0 - p), min=-100) - ops.clamp(ops.log(p), min=-100))
+        return gp, gt
+
+
+def _softplus_neg(x):
+    """log(1 + exp(-x)), computed without overflow."""
+    return ops.log(1.0 + ops.exp(-ops.abs(x))) + ops.maximum(-x, 0.0)
+
+
+class BinaryCrossEntropyWithLogits(Function):
+    """(1 - t) x + (1 + (w - 1) t) log(1 + exp(-x)): stable for any logit x (w: pos_weight)."""
+
+    def forward(self, x, t, pos_weight=None):
+        xp = backend.xp_of(x)
+        self.save_for_backward(x, t, pos_weight)
+        softplus_neg = xp.log1p(xp.exp(-xp.abs(x))) + xp.maximum(-x, 0)
+        weight = 1 if pos_weight is None else 1 + (pos_weight - 1) * t
+        return (1 - t) * x + weight * softplus_neg
+
+    def backward(self, gy):
+        x, t, pw = self.saved_tensors
+        needs = self.needs_input_grad
+        gx = gt = gpw = None
+        if needs[0]:
+            if pw is None:
+                gx = gy * (activation.sigmoid(x) - t)
+            else:
+                weight = (pw - 1.0) * t + 1.0
+                gx = gy * ((1.0 - t) - weight * (1.0 - activation.sigmoid(x)))
+        if needs[1]:
+            gt = -x if pw is None else (pw - 1.0) * _softplus_neg(x) - x
+            gt = gy * gt
+        if len(needs) > 2 and needs[2]:
+            gpw = ops.sum_to(gy * t * _softplus_neg(x), pw.shape)
+        return (gx, gt) if len(needs) == 2 else (gx, gt, gpw)
+
+
+def binary_cross_entropy(input, target, weight=None, reduction="mean"):
+    """BCE of probabilities ``input`` in [0, 1] against targets in [0, 1] (same shape)."""
+    _check_reduction(reduction)
+    target = _as_target(target, input)
+    _same_shape("binary_cross_entropy", input, target)
+    loss = BinaryCrossEntropy()(input, target)
+    if weight is not None:
+        loss = loss * _as_target(weight, input)
+    return _reduce(loss, reduction)
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean", pos_weight=None):
+    """BCE of ``sigmoid(input)`` computed from the logits directly (no overflow, no log(0))."""
+    _check_reduction(reduction)
+    target = _as_target(target, input)
+    _same_shape("binary_cross_entropy_with_logits", input, target)
+    args = (input, target) if pos_weight is None else (input, target, _as_target(pos_weight, input))
+    loss = BinaryCrossEntropyWithLogits()(*args)
+    if weight is not None:
+        loss = loss * _as_target(weight, input)
+    return _reduce(loss, reduction)
+
+
+# ---- metrics ------------------------------------------------------------------------------------------
+def predicted_classes(output, threshold=0.5):
+    """Class ids from (N, C) scores (argmax) or from (N,)/(N, 1) binary scores (> threshold)."""
+    data = output.data if isinstance(output, Tensor) else output
+    if data.ndim == 2 and data.shape[1] > 1:
+        return data.argmax(axis=1)
+    return (data.reshape(data.shape[0]) > threshold).astype(numpy.int64)
+
+
+def accuracy(output, target, threshold=0.5):
+    """Fraction of correct predictions, as a Python float.
+
+    ``output`` holds logits or probabilities of shape (N, C) (argmax is the same for both), or
+    binary scores of shape (N,) or (N, 1) compared with ``threshold`` (use 0.0 for logits).
+    ``target`` holds class ids (N,) or one-hot/probability rows (N, C).
+    """
+    predicted = predicted_classes(output, threshold)
+    t = target.data if isinstance(target, Tensor) else target
+    t = backend.to_device(numpy.asarray(t) if not hasattr(t, "shape") else t, backend.device_of(predicted))
+    if t.ndim == 2 and t.shape[1] > 1:
+        t = t.argmax(axis=1)
+    t = t.reshape(t.shape[0])
+    if t.shape[0] != predicted.shape[0]:
+        raise ValueError(f"accuracy: {predicted.shape[0]} predictions but {t.shape[0]} targets")
+    if t.shape[0] == 0:
+        raise ValueError("accuracy: no samples")
+    return float((predicted == t).mean())
+
+
+def misclassification_rate(output, target, threshold=0.5):
+    """1 - accuracy: the fraction of wrong predictions."""
+    return 1.0 - accuracy(output, target, threshold)
+
+
+# ---- loss modules ----------------------------------------------------------------------------------------
+class _Loss(Module):
+    def __init__(self, reduction="mean"):
+        super().__init__()
+        _check_reduction(reduction)
+        self.reduction = reduction
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}"
+
+
+class CrossEntropyLoss(_Loss):
+    def __init__(self, reduction="mean", label_smoothing=0.0, ignore_index=-100):
+        super().__init__(reduction)
+        self.label_smoothing, self.ignore_index = label_smoothing, ignore_index
+
+    def forward(self, input, target):
+        return cross_entropy(input, target, self.reduction, self.label_smoothing, self.ignore_index)
+
+
+class NLLLoss(_Loss):
+    def __init__(self, reduction="mean", ignore_index=-100):
+        super().__init__(reduction)
+        self.ignore_index = ignore_index
+
+    def forward(self, input, target):
+        return nll_loss(input, target, self.reduction, self.ignore_index)
+
+
+class MSELoss(_Loss):
+    def forward(self, input, target):
+        return mse_loss(input, target, self.reduction)
+
+
+class L1Loss(_Loss):
+    def forward(self, input, target):
+        return l1_loss(input, target, self.reduction)
+
+
+class HuberLoss(_Loss):
+    def __init__(self, reduction="mean", delta=1.0):
+        super().__init__(reduction)
+        self.delta = delta
+
+    def forward(self, input, target):
+        return huber_loss(input, target, self.reduction, self.delta)
+
+
+class SmoothL1Loss(_Loss):
+    def __init__(self, reduction="mean", beta=1.0):
+        super().__init__(reduction)
+        self.beta = beta
+
+    def forward(self, input, target):
+        return smooth_l1_loss(input, target, self.reduction, self.beta)
+
+
+class BCELoss(_Loss):
+    def __init__(self, weight=None, reduction="mean"):
+        super().__init__(reduction)
+        self.register_buffer("weight", None if weight is None else as_tensor(weight))
+
+    def forward(self, input, target):
+        return binary_cross_entropy(input, target, self.weight, self.reduction)
+
+
+class BCEWithLogitsLoss(_Loss):
+    def __init__(self, weight=None, reduction="mean", pos_weight=None):
+        super().__init__(reduction)
+        self.register_buffer("weight", None if weight is None else as_tensor(weight))
+        self.register_buffer("pos_weight", None if pos_weight is None else as_tensor(pos_weight))
+
+    def forward(self, input, target):
+        return binary_cross_entropy_with_logits(input, target, self.weight, self.reduction, self.pos_weight)

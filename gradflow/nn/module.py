@@ -1,0 +1,406 @@
+"""``Module`` and ``Parameter``: models as trees of layers that own their weights.
+
+Assigning a ``Parameter`` or a ``Module`` to an attribute registers it (``__setattr__``), so
+``parameters()``, ``state_dict()``, ``to(device)`` and ``train()/eval()`` reach everything
+without bookkeeping in the subclass, as in PyTorch.
+"""
+from collections import OrderedDict, namedtuple
+
+import numpy
+
+from gradflow import backend
+from gradflow.compile import invalidate, replay_as_call
+from gradflow.tensor import Tensor
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module owns as a learnable weight (requires_grad=True by default)."""
+
+    def __init__(self, data=None, requires_grad=True):
+        if data is None:
+            data = numpy.empty(0, dtype=numpy.float32)
+        super().__init__(data, requires_grad=requires_grad)
+
+    def __repr__(self):
+        return "Parameter containing:\n" + super().__repr__()
+
+
+_IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+
+def _shape_str(shape):
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+class Module:
+    """Base class of every layer and model: subclasses set attributes in ``__init__`` and define ``forward``."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_non_persistent", set())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # ---- registration ----------------------------------------------------------------------
+    def _registries(self):
+        try:
+            return self.__dict__["_parameters"], self.__dict__["_buffers"], self.__dict__["_modules"]
+        except KeyError:
+            raise AttributeError(f"cannot assign to {type(self).__name__} before Module.__init__() is called; "
+                                 f"call super().__init__() first") from None
+
+    def _forget(self, name):
+        for registry in self._registries():
+            registry.pop(name, None)
+        self.__dict__.pop(name, None)
+
+    def __setattr__(self, name, value):
+        if isinstance(value, Parameter):
+            self._registries()
+            self._forget(name)
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._registries()
+            self._forget(name)
+            self._modules[name] = value
+        elif "_parameters" in self.__dict__ and name in self._parameters:
+            if value is not None:
+                raise TypeError(f"cannot assign {type(value).__name__} as parameter {name!r} "
+                                f"(gradflow.nn.Parameter or None expected)")
+            self._parameters[name] = None
+        elif "_modules" in self.__dict__ and name in self._modules:
+            if value is not None:
+                raise TypeError(f"cannot assign {type(value).__name__} as child module {name!r} "
+                                f"(gradflow.nn.Module or None expected)")
+            self._modules[name] = None
+        elif "_buffers" in self.__dict__ and name in self._buffers:
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(f"cannot assign {type(value).__name__} as buffer {name!r} (Tensor or None expected)")
+            self._buffers[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):  # only called when normal lookup fails
+        d = self.__dict__
+        for registry in ("_parameters", "_buffers", "_modules"):
+            if registry in d and name in d[registry]:
+                return d[registry][name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __delattr__(self, name):
+        if any(name in r for r in self._registries()):
+            self._forget(name)
+        else:
+            object.__delattr__(self, name)
+
+    def register_parameter(self, name, param):
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"register_parameter({name!r}): expected a Parameter or None, got {type(param).__name__}")
+        self._forget(name)
+        self._parameters[name] = param
+
+    def register_buffer(self, name, tensor, persistent=True):
+        """A non-learnable Tensor that moves with the module (and is saved when ``persistent``)."""
+        if tensor is not None and not isinstance(tensor, Tensor):
+            raise TypeError(f"register_buffer({name!r}): expected a Tensor or None, got {type(tensor).__name__}")
+        self._forget(name)
+        self._buffers[name] = tensor
+        if persistent:
+            self._non_persistent.discard(name)
+        else:
+            self._non_persistent.add(name)
+
+    def add_module(self, name, module):
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"add_module({name!r}): {type(module).__name__} is not a Module")
+        self._forget(name)
+        self._modules[name] = module
+
+    register_module = add_module
+
+    # ---- traversal -----------------------------------------------------------------------------
+    def named_modules(self, prefix="", _seen=None):
+        seen = set() if _seen is None else _seen
+        if id(self) in seen:
+            return
+        seen.add(id(self))
+        yield prefix, self
+        for name, child in self._modules.items():
+            if child is not None:
+                yield from child.named_modules(f"{prefix}.{name}" if prefix else name, seen)
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def named_children(self):
+        seen = set()
+        for name, child in self._modules.items():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                yield name, child
+
+    def children(self):
+        for _, child in self.named_children():
+            yield child
+
+    def _named_members(self, registry, prefix, recurse):
+        seen = set()
+        modules = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for module_prefix, module in modules:
+            for name, value in getattr(module, registry).items():
+                if value is None or id(value) in seen:
+                    continue
+                seen.add(id(value))
+                yield (f"{module_prefix}.{name}" if module_prefix else name), value
+
+    def named_parameters(self, prefix="", recurse=True):
+        """(dotted name, Parameter) pairs; a Parameter shared by two layers appears once."""
+        yield from self._named_members("_parameters", prefix, recurse)
+
+    def parameters(self, recurse=True):
+        for _, p in self.named_parameters(recurse=recurse):
+            yield p
+
+    def named_buffers(self, prefix="", recurse=True):
+        yield from self._named_members("_buffers", prefix, recurse)
+
+    def buffers(self, recurse=True):
+        for _, b in self.named_buffers(recurse=recurse):
+            yield b
+
+    # ---- modes, devices, gradients ------------------------------------------------------------
+    def train(self, mode=True):
+        """Training mode (dropout active) or, with ``mode=False``, evaluation mode."""
+        changed = False
+        for m in self.modules():
+            changed |= m.training != bool(mode)
+            object.__setattr__(m, "training", bool(mode))
+        if changed:
+            invalidate()  # compiled steps recorded in the other mode ran other ops
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def _apply(self, convert):
+        """Replace every parameter's and buffer's data in place (the objects stay the same)."""
+        for m in self.modules():
+            for p in m._parameters.values():
+                if p is not None:
+                    p.data = convert(p.data)
+                    if p.grad is not None:
+                        p.grad.data = convert(p.grad.data)
+            for name, b in m._buffers.items():
+                if b is not None:
+                    b.data = convert(b.data)
+        return self
+
+    def to(self, target):
+        """``to('cpu'|'cuda')`` moves the weights; ``to(dtype)`` casts the floating-point ones."""
+        if isinstance(target, str) and target in ("cpu", "cuda"):
+            backend.check_device(target)
+            return self._apply(lambda a: backend.to_device(a, target))
+        dtype = numpy.dtype(target)
+        if dtype.kind != "f":
+            raise TypeError(f"Module.to: only floating-point dtypes are allowed, got {dtype}")
+        return self._apply(lambda a: a.astype(dtype) if a.dtype.kind == "f" and a.dtype != dtype else a)
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self):
+        return self.to("cuda")
+
+    def float(self):
+        return self.to(numpy.float32)
+
+    def double(self):
+        return self.to(numpy.float64)
+
+    @replay_as_call
+    def zero_grad(self, set_to_none=True):
+        for p in self.parameters():
+            if p.grad is None:
+                continue
+            if set_to_none:
+                p.grad = None
+            else:
+                p.grad.data[...] = 0
+                p.grad._bump_version()
+
+    def requires_grad_(self, requires_grad=True):
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
+
+    # ---- state dict ----------------------------------------------------------------------------
+    def state_dict(self, prefix=""):
+        """An ordered mapping from dotted names to (detached) parameter and persistent buffer Tensors."""
+        out = OrderedDict()
+        for module_prefix, module in self.named_modules(prefix.rstrip(".")):
+            dot = f"{module_prefix}." if module_prefix else ""
+            for name, p in module._parameters.items():
+                if p is not None:
+                    out[dot + name] = p.detach()
+            for name, b in module._buffers.items():
+                if b is not None and name not in module._non_persistent:
+                    out[dot + name] = b.detach()
+        return out
+
+    def _state_targets(self):
+        targets = OrderedDict()
+        for module_prefix, module in self.named_modules():
+            dot = f"{module_prefix}." if module_prefix else ""
+            for name, p in module._parameters.items():
+                if p is not None:
+                    targets[dot + name] = p
+            for name, b in module._buffers.items():
+                if b is not None and name not in module._non_persistent:
+                    targets[dot + name] = b
+        return targets
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy values into this module's parameters and buffers (cast to their dtype and device).
+
+        Every problem is found before anything is copied: shape mismatches always raise; missing
+        and unexpected keys raise when ``strict``, else they are returned.
+        """
+        targets = self._state_targets()
+        missing = [k for k in targets if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in targets]
+        errors = []
+        if strict and unexpected:
+            errors.append("Unexpected key(s) in state_dict: " + ", ".join(
+                f"'{k}' {_shape_str(numpy.shape(_array(state_dict[k])))}" for k in unexpected))
+        if strict and missing:
+            errors.append("Missing key(s) in state_dict: " + ", ".join(
+                f"'{k}' (expected shape {_shape_str(targets[k].shape)})" for k in missing))
+        for key, target in targets.items():
+            if key in state_dict:
+                shape = tuple(numpy.shape(_array(state_dict[key])))
+                if shape != tuple(target.shape):
+                    errors.append(f"size mismatch for '{key}': copying a value of shape {_shape_str(shape)} from "
+                                  f"the state_dict, the shape in the current model is {_shape_str(target.shape)}")
+        if errors:
+            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t" + "\n\t".join(errors))
+        for key, target in targets.items():
+            if key in state_dict:
+                value = _array(state_dict[key])
+                target.data[...] = backend.to_device(value, target.device).astype(target.dtype, copy=False)
+                target._bump_version()
+        return _IncompatibleKeys(missing, unexpected)
+
+    # ---- calling and printing ---------------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def extra_repr(self):
+        """One line of settings shown inside the parentheses of ``repr``."""
+        return ""
+
+    def __repr__(self):
+        lines = []
+        extra = self.extra_repr()
+        if extra:
+            lines += extra.split("\n")
+        for name, child in self._modules.items():
+            body = repr(child).replace("\n", "\n  ")
+            lines.append(f"({name}): {body}")
+        if not lines:
+            return f"{type(self).__name__}()"
+        if len(lines) == 1 and not self._modules:
+            return f"{type(self).__name__}({lines[0]})"
+        return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(self._parameters) | set(self._buffers) | set(self._modules))
+
+
+def _array(value):
+    """The raw array inside a Tensor; anything else (lists, scalars) as a NumPy array."""
+    if isinstance(value, Tensor):
+        return value.data
+    return value if hasattr(value, "shape") and not isinstance(value, numpy.generic) else numpy.asarray(value)
+
+
+class Sequential(Module):
+    """Modules applied one after another; ``Sequential(a, b, c)(x) == c(b(a(x)))``."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], (dict, OrderedDict)):
+            for name, m in modules[0].items():
+                self.add_module(name, m)
+        else:
+            for i, m in enumerate(modules):
+                self.add_module(str(i), m)
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def __getitem__(self, index):
+        items = list(self._modules.values())
+        if isinstance(index, slice):
+            return Sequential(OrderedDict(list(self._modules.items())[index]))
+        return items[index]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def append(self, module):
+        self.add_module(str(len(self)), module)
+        return self
+
+
+class ModuleList(Module):
+    """A list of modules whose parameters are registered (a plain list would hide them)."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.extend(modules)
+
+    def __getitem__(self, index):
+        items = list(self._modules.values())
+        if isinstance(index, slice):
+            return ModuleList(items[index])
+        return items[index]
+
+    def __setitem__(self, index, module):
+        index = range(len(self))[index]
+        self.add_module(str(index), module)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def append(self, module):
+        self.add_module(str(len(self)), module)
+        return self
+
+    def extend(self, modules):
+        for m in modules:
+            self.append(m)
+        return self
+
+    def insert(self, index, module):
+        items = list(self._modules.values())
+        items.insert(index, module)
+        self._modules.clear()
+        for i, m in enumerate(items):
+            self.add_module(str(i), m)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError("ModuleList is a container; iterate over it in your own forward()")

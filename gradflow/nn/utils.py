@@ -1,0 +1,73 @@
+"""Regularisation helpers: gradient clipping (in place) and explicit weight penalties (differentiable)."""
+import math
+
+from gradflow import backend, ops
+from gradflow.tensor import Tensor
+
+
+def _params(parameters):
+    return [parameters] if isinstance(parameters, Tensor) else list(parameters)
+
+
+def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    """Scale all gradients together so their joint ``norm_type``-norm is at most ``max_norm``.
+
+    Returns the joint norm before clipping (a 0-d Tensor), as ``torch.nn.utils.clip_grad_norm_``.
+    """
+    grads = [p.grad for p in _params(parameters) if p.grad is not None]
+    max_norm, norm_type = float(max_norm), float(norm_type)
+    if not grads:
+        return Tensor(0.0)
+    xp = backend.xp_of(grads[0].data)
+    if norm_type == math.inf:
+        norms = xp.stack([xp.abs(g.data).max() for g in grads])
+        total = norms.max()
+    else:
+        norms = xp.stack([xp.linalg.norm(g.data.ravel(), norm_type) for g in grads])
+        total = xp.linalg.norm(norms, norm_type)
+    total_value = float(total)
+    if error_if_nonfinite and not math.isfinite(total_value):
+        raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} of the gradients is "
+                           f"{total_value}; pass error_if_nonfinite=False to clip anyway")
+    coef = max_norm / (total_value + 1e-6)
+    if coef < 1.0:
+        for g in grads:
+            g.data *= g.data.dtype.type(coef)
+            g._bump_version()
+    return Tensor._wrap(xp.asarray(total))
+
+
+def clip_grad_value_(parameters, clip_value):
+    """Clamp every gradient element into [-clip_value, clip_value], in place."""
+    clip_value = float(clip_value)
+    for p in _params(parameters):
+        if p.grad is not None:
+            xp = backend.xp_of(p.grad.data)
+            xp.clip(p.grad.data, -clip_value, clip_value, out=p.grad.data)
+            p.grad._bump_version()
+
+
+def l2_penalty(parameters):
+    """Sum of squared weights, differentiable. Adding ``0.5 * lam * l2_penalty(ps)`` to the loss
+    gives the same gradient as the optimizers' ``weight_decay=lam``."""
+    params = _params(parameters)
+    if not params:
+        raise ValueError("l2_penalty: no parameters")
+    total = None
+    for p in params:
+        term = ops.sum(p * p)
+        total = term if total is None else total + term
+    return total
+
+
+def l1_penalty(parameters):
+    """Sum of absolute weights, differentiable (its subgradient at 0 is 0). Encourages sparse weights;
+    the optimizers' ``l1=lam`` option applies the same ``lam * sign(w)`` term inside the update."""
+    params = _params(parameters)
+    if not params:
+        raise ValueError("l1_penalty: no parameters")
+    total = None
+    for p in params:
+        term = ops.sum(ops.abs(p))
+        total = term if total is None else total + term
+    return total

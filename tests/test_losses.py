@@ -1,0 +1,279 @@
+"""Losses (values vs closed forms and PyTorch, float64 gradchecks, edge cases) and metrics."""
+import math
+
+import numpy
+import pytest
+
+import gradflow
+from gradflow import nn
+from gradflow.nn import functional as F
+
+rng = numpy.random.default_rng(0)
+LOGITS = rng.standard_normal((5, 4))
+CLASSES = numpy.array([0, 3, 1, 1, 2])
+PROBS = rng.dirichlet(numpy.ones(4), size=5)
+PRED = rng.standard_normal((3, 4))
+TARGET = rng.standard_normal((3, 4))
+P01 = rng.uniform(0.05, 0.95, size=(3, 4))
+T01 = rng.uniform(0.0, 1.0, size=(3, 4))
+POS_WEIGHT = numpy.array([0.5, 1.0, 2.0, 3.0])
+WEIGHT = rng.uniform(0.5, 1.5, size=(3, 4))
+
+
+def T(a, grad=False):
+    return gradflow.Tensor(numpy.array(a, dtype=numpy.float64), requires_grad=grad)
+
+
+def I(a):
+    return gradflow.Tensor(numpy.array(a, dtype=numpy.int64))
+
+
+# ---- closed forms (no torch needed) -------------------------------------------------------------------------
+def test_cross_entropy_closed_forms():
+    # uniform logits: -log(1/C) per row
+    assert F.cross_entropy(T(numpy.zeros((3, 5))), I([0, 2, 4])).item() == pytest.approx(math.log(5))
+    x = LOGITS
+    logp = x - numpy.log(numpy.exp(x).sum(1, keepdims=True))
+    rows = -logp[numpy.arange(5), CLASSES]
+    assert F.cross_entropy(T(x), I(CLASSES)).item() == pytest.approx(rows.mean())
+    assert F.cross_entropy(T(x), I(CLASSES), reduction="sum").item() == pytest.approx(rows.sum())
+    assert numpy.allclose(F.cross_entropy(T(x), I(CLASSES), reduction="none").numpy(), rows)
+    eps = 0.2
+    smooth = (1 - eps) * rows - eps / 4 * logp.sum(1)
+    assert F.cross_entropy(T(x), I(CLASSES), label_smoothing=eps).item() == pytest.approx(smooth.mean())
+    assert F.cross_entropy(T(x), T(PROBS)).item() == pytest.approx(-(PROBS * logp).sum(1).mean())
+    # probability targets that are one-hot agree with class targets
+    onehot = numpy.eye(4)[CLASSES]
+    assert F.cross_entropy(T(x), T(onehot)).item() == pytest.approx(rows.mean())
+
+
+def test_cross_entropy_ignore_index():
+    x = LOGITS
+    target = CLASSES.copy()
+    target[1] = -100
+    logp = x - numpy.log(numpy.exp(x).sum(1, keepdims=True))
+    keep = target != -100
+    rows = -logp[numpy.arange(5)[keep], target[keep]]
+    assert F.cross_entropy(T(x), I(target)).item() == pytest.approx(rows.mean())
+    smooth = 0.9 * rows - 0.1 / 4 * logp[keep].sum(1)
+    assert F.cross_entropy(T(x), I(target), label_smoothing=0.1).item() == pytest.approx(smooth.mean())
+    assert F.nll_loss(T(logp), I(target)).item() == pytest.approx(rows.mean())
+
+
+def test_nll_loss_closed_form():
+    logp = numpy.log(PROBS)
+    expected = -logp[numpy.arange(5), CLASSES]
+    assert F.nll_loss(T(logp), I(CLASSES)).item() == pytest.approx(expected.mean())
+    assert numpy.allclose(F.nll_loss(T(logp), I(CLASSES), reduction="none").numpy(), expected)
+    # log_softmax + nll_loss == cross_entropy
+    x = T(LOGITS)
+    assert F.nll_loss(F.log_softmax(x, 1), I(CLASSES)).item() == pytest.approx(F.cross_entropy(x, I(CLASSES)).item())
+
+
+def test_regression_closed_forms():
+    d = PRED - TARGET
+    assert F.mse_loss(T(PRED), T(TARGET)).item() == pytest.approx((d ** 2).mean())
+    assert F.mse_loss(T(PRED), T(TARGET), reduction="sum").item() == pytest.approx((d ** 2).sum())
+    assert F.l1_loss(T(PRED), T(TARGET)).item() == pytest.approx(numpy.abs(d).mean())
+    for delta in (0.5, 1.0, 2.0):
+        a = numpy.abs(d)
+        huber = numpy.where(a < delta, 0.5 * d ** 2, delta * (a - 0.5 * delta))
+        assert numpy.allclose(F.huber_loss(T(PRED), T(TARGET), "none", delta).numpy(), huber)
+        smooth = numpy.where(a < delta, 0.5 * d ** 2 / delta, a - 0.5 * delta)
+        assert F.smooth_l1_loss(T(PRED), T(TARGET), beta=delta).item() == pytest.approx(smooth.mean())
+    assert F.smooth_l1_loss(T(PRED), T(TARGET), beta=0.0).item() == pytest.approx(numpy.abs(d).mean())
+
+
+def test_binary_closed_forms():
+    p, t = P01, T01
+    bce = -(t * numpy.log(p) + (1 - t) * numpy.log(1 - p))
+    assert F.binary_cross_entropy(T(p), T(t)).item() == pytest.approx(bce.mean())
+    assert F.binary_cross_entropy(T(p), T(t), weight=T(WEIGHT)).item() == pytest.approx((bce * WEIGHT).mean())
+    x = PRED
+    sig = 1 / (1 + numpy.exp(-x))
+    bcel = -(t * numpy.log(sig) + (1 - t) * numpy.log(1 - sig))
+    assert F.binary_cross_entropy_with_logits(T(x), T(t)).item() == pytest.approx(bcel.mean())
+    weighted = -(POS_WEIGHT * t * numpy.log(sig) + (1 - t) * numpy.log(1 - sig))
+    got = F.binary_cross_entropy_with_logits(T(x), T(t), pos_weight=T(POS_WEIGHT), reduction="sum").item()
+    assert got == pytest.approx(weighted.sum())
+
+
+def test_binary_losses_are_stable_at_extremes():
+    x = T([1000.0, -1000.0, 0.0], grad=True)
+    t = T([0.0, 0.0, 1.0])
+    loss = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    assert numpy.allclose(loss.numpy(), [1000.0, 0.0, math.log(2)])
+    loss.sum().backward()
+    assert numpy.allclose(x.grad.numpy(), [1.0, 0.0, -0.5])  # sigmoid(x) - t, even at x = 0
+    p = T([0.0, 1.0, 1.0, 0.0], grad=True)
+    bce = F.binary_cross_entropy(p, T([1.0, 0.0, 1.0, 0.0]), reduction="none")
+    assert bce.numpy().tolist() == [100.0, 100.0, 0.0, 0.0]  # logs clamped at -100 as in PyTorch
+    bce.sum().backward()
+    assert numpy.all(numpy.isfinite(p.grad.numpy()))
+
+
+def test_cross_entropy_is_stable_for_huge_logits():
+    x = T([[1e4, 0.0, -1e4]], grad=True)
+    loss = F.cross_entropy(x, I([1]))
+    assert loss.item() == pytest.approx(1e4)
+    loss.backward()
+    assert numpy.allclose(x.grad.numpy(), [[1.0, -1.0, 0.0]])
+
+
+# ---- gradients (float64 central differences) ---------------------------------------------------------------------
+GRADCHECKS = {
+    "cross_entropy": lambda: ([T(LOGITS, True)], lambda x: F.cross_entropy(x, I(CLASSES))),
+    "cross_entropy_sum": lambda: ([T(LOGITS, True)], lambda x: F.cross_entropy(x, I(CLASSES), reduction="sum")),
+    "cross_entropy_smooth": lambda: ([T(LOGITS, True)], lambda x: F.cross_entropy(x, I(CLASSES),
+                                                                                  label_smoothing=0.1)),
+    "cross_entropy_probs": lambda: ([T(LOGITS, True), T(PROBS, True)], lambda x, q: F.cross_entropy(x, q)),
+    "nll_loss": lambda: ([T(numpy.log(PROBS), True)], lambda x: F.nll_loss(x, I(CLASSES))),
+    "mse_loss": lambda: ([T(PRED, True), T(TARGET, True)], F.mse_loss),
+    "l1_loss": lambda: ([T(PRED, True), T(TARGET, True)], F.l1_loss),
+    "huber_loss": lambda: ([T(PRED, True), T(TARGET, True)], lambda a, b: F.huber_loss(a, b, delta=0.7)),
+    "smooth_l1_loss": lambda: ([T(PRED, True), T(TARGET, True)], lambda a, b: F.smooth_l1_loss(a, b, beta=0.7)),
+    "bce": lambda: ([T(P01, True), T(T01, True)], F.binary_cross_entropy),
+    "bce_weighted": lambda: ([T(P01, True)], lambda p: F.binary_cross_entropy(p, T(T01), weight=T(WEIGHT))),
+    "bce_logits": lambda: ([T(PRED, True), T(T01, True)], F.binary_cross_entropy_with_logits),
+    "bce_logits_pos_weight": lambda: ([T(PRED, True), T(T01, True), T(POS_WEIGHT, True)],
+                                      lambda x, t, w: F.binary_cross_entropy_with_logits(x, t, pos_weight=w)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRADCHECKS))
+def test_gradcheck(name):
+    inputs, fn = GRADCHECKS[name]()
+    assert gradflow.gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("name", ["bce", "bce_logits_pos_weight", "huber_loss", "cross_entropy_smooth"])
+def test_gradgradcheck(name):
+    inputs, fn = GRADCHECKS[name]()
+    assert gradflow.gradgradcheck(fn, inputs)
+
+
+# ---- against PyTorch -------------------------------------------------------------------------------------------------
+def _torch_case(torch, name):
+    tf = torch.nn.functional
+    t = lambda a: torch.tensor(a, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    ti = lambda a: torch.tensor(a, dtype=torch.int64)  # noqa: E731
+    ignored = CLASSES.copy()
+    ignored[2] = -100
+    cases = {
+        "ce": ((LOGITS,), lambda x: F.cross_entropy(x, I(CLASSES)), lambda x: tf.cross_entropy(x, ti(CLASSES))),
+        "ce_none": ((LOGITS,), lambda x: F.cross_entropy(x, I(CLASSES), reduction="none"),
+                    lambda x: tf.cross_entropy(x, ti(CLASSES), reduction="none")),
+        "ce_smooth": ((LOGITS,), lambda x: F.cross_entropy(x, I(CLASSES), label_smoothing=0.15),
+                      lambda x: tf.cross_entropy(x, ti(CLASSES), label_smoothing=0.15)),
+        "ce_smooth_ignore": ((LOGITS,), lambda x: F.cross_entropy(x, I(ignored), label_smoothing=0.15),
+                             lambda x: tf.cross_entropy(x, ti(ignored), label_smoothing=0.15)),
+        "ce_probs_smooth": ((LOGITS, PROBS), lambda x, q: F.cross_entropy(x, q, label_smoothing=0.1),
+                            lambda x, q: tf.cross_entropy(x, q, label_smoothing=0.1)),
+        "nll_sum": ((numpy.log(PROBS),), lambda x: F.nll_loss(x, I(CLASSES), reduction="sum"),
+                    lambda x: tf.nll_loss(x, ti(CLASSES), reduction="sum")),
+        "nll_ignore": ((numpy.log(PROBS),), lambda x: F.nll_loss(x, I(ignored)),
+                       lambda x: tf.nll_loss(x, ti(ignored))),
+        "mse": ((PRED, TARGET), F.mse_loss, tf.mse_loss),
+        "l1_sum": ((PRED, TARGET), lambda a, b: F.l1_loss(a, b, "sum"), lambda a, b: tf.l1_loss(a, b, reduction="sum")),
+        "huber": ((PRED, TARGET), lambda a, b: F.huber_loss(a, b, delta=0.6),
+                  lambda a, b: tf.huber_loss(a, b, delta=0.6)),
+        "smooth_l1": ((PRED, TARGET), lambda a, b: F.smooth_l1_loss(a, b, "none", 0.6),
+                      lambda a, b: tf.smooth_l1_loss(a, b, reduction="none", beta=0.6)),
+        "bce": ((P01, T01), F.binary_cross_entropy, tf.binary_cross_entropy),
+        "bce_weight": ((P01, T01), lambda p, q: F.binary_cross_entropy(p, q, weight=T(WEIGHT), reduction="sum"),
+                       lambda p, q: tf.binary_cross_entropy(p, q, weight=torch.tensor(WEIGHT), reduction="sum")),
+        "bce_logits": ((PRED, T01), F.binary_cross_entropy_with_logits, tf.binary_cross_entropy_with_logits),
+        "bce_logits_pw": ((PRED, T01),  # torch does not differentiate w.r.t. pos_weight; our gradcheck does
+                          lambda x, y: F.binary_cross_entropy_with_logits(x, y, weight=T(WEIGHT),
+                                                                          pos_weight=T(POS_WEIGHT)),
+                          lambda x, y: tf.binary_cross_entropy_with_logits(x, y, weight=torch.tensor(WEIGHT),
+                                                                           pos_weight=torch.tensor(POS_WEIGHT))),
+    }
+    arrays, ours, theirs = cases[name]
+    return arrays, ours, theirs, t
+
+
+TORCH_CASES = ["ce", "ce_none", "ce_smooth", "ce_smooth_ignore", "ce_probs_smooth", "nll_sum", "nll_ignore", "mse",
+               "l1_sum", "huber", "smooth_l1", "bce", "bce_weight", "bce_logits", "bce_logits_pw"]
+
+
+@pytest.mark.parametrize("name", TORCH_CASES)
+def test_matches_torch_values_and_gradients(name):
+    torch = pytest.importorskip("torch")
+    arrays, ours, theirs, t = _torch_case(torch, name)
+    xs = [T(a, True) for a in arrays]
+    ts = [t(a) for a in arrays]
+    got, want = ours(*xs), theirs(*ts)
+    assert numpy.allclose(got.numpy(), want.detach().numpy(), rtol=1e-10, atol=1e-12)
+    got.sum().backward()
+    want.sum().backward()
+    for x, tt in zip(xs, ts):
+        assert numpy.allclose(x.grad.numpy(), tt.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_float32_cross_entropy_matches_torch():
+    torch = pytest.importorskip("torch")
+    x = gradflow.Tensor(LOGITS.astype(numpy.float32), requires_grad=True)
+    tx = torch.tensor(LOGITS.astype(numpy.float32), requires_grad=True)
+    loss = nn.CrossEntropyLoss()(x, I(CLASSES))
+    want = torch.nn.CrossEntropyLoss()(tx, torch.tensor(CLASSES))
+    assert loss.dtype == numpy.float32 and loss.item() == pytest.approx(want.item(), rel=1e-6)
+    loss.backward()
+    want.backward()
+    assert numpy.allclose(x.grad.numpy(), tx.grad.numpy(), atol=1e-7)
+
+
+# ---- modules ------------------------------------------------------------------------------------------------------
+def test_loss_modules_match_functional():
+    pairs = [
+        (nn.CrossEntropyLoss(label_smoothing=0.1), lambda: F.cross_entropy(T(LOGITS), I(CLASSES), label_smoothing=0.1),
+         (T(LOGITS), I(CLASSES))),
+        (nn.NLLLoss(reduction="sum"), lambda: F.nll_loss(T(LOGITS), I(CLASSES), "sum"), (T(LOGITS), I(CLASSES))),
+        (nn.MSELoss(), lambda: F.mse_loss(T(PRED), T(TARGET)), (T(PRED), T(TARGET))),
+        (nn.L1Loss(), lambda: F.l1_loss(T(PRED), T(TARGET)), (T(PRED), T(TARGET))),
+        (nn.HuberLoss(delta=0.3), lambda: F.huber_loss(T(PRED), T(TARGET), delta=0.3), (T(PRED), T(TARGET))),
+        (nn.SmoothL1Loss(beta=0.3), lambda: F.smooth_l1_loss(T(PRED), T(TARGET), beta=0.3), (T(PRED), T(TARGET))),
+        (nn.BCELoss(), lambda: F.binary_cross_entropy(T(P01), T(T01)), (T(P01), T(T01))),
+        (nn.BCEWithLogitsLoss(pos_weight=POS_WEIGHT), lambda: F.binary_cross_entropy_with_logits(
+            T(PRED), T(T01), pos_weight=T(POS_WEIGHT)), (T(PRED), T(T01))),
+    ]
+    for module, expected, args in pairs:
+        assert module(*args).item() == pytest.approx(expected().item()), type(module).__name__
+    assert repr(nn.MSELoss(reduction="sum")) == "MSELoss(reduction='sum')"
+    assert [n for n, _ in nn.BCEWithLogitsLoss(pos_weight=POS_WEIGHT).named_buffers()] == ["pos_weight"]
+
+
+# ---- errors ----------------------------------------------------------------------------------------------------------
+def test_loss_errors():
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        F.mse_loss(T(PRED), T(TARGET), reduction="avg")
+    with pytest.raises(ValueError, match=r"input shape \(3, 1\) and target shape \(3,\) differ"):
+        F.mse_loss(T(numpy.zeros((3, 1))), T(numpy.zeros(3)))
+    with pytest.raises(IndexError, match="out of"):
+        F.cross_entropy(T(LOGITS), I([0, 1, 2, 3, 4]))
+    with pytest.raises(IndexError, match="target class 7 is out of range for 4 classes"):
+        F.nll_loss(T(LOGITS), I([0, 1, 2, 3, 7]))
+    with pytest.raises(TypeError, match="integer class indices"):
+        F.nll_loss(T(LOGITS), T(numpy.zeros(5)))
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        F.cross_entropy(T(LOGITS), I(CLASSES), label_smoothing=1.5)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        F.binary_cross_entropy(T([1.5]), T([1.0]))
+    with pytest.raises(ValueError, match="delta must be positive"):
+        F.huber_loss(T(PRED), T(TARGET), delta=0)
+
+
+# ---- metrics -----------------------------------------------------------------------------------------------------
+def test_accuracy_variants():
+    logits = T([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.5, 0.2, 0.9], [1.0, 0.0, 0.0]])
+    target = I([0, 1, 2, 2])
+    assert F.accuracy(logits, target) == 0.75
+    assert F.accuracy(F.softmax(logits, 1), target) == 0.75  # probabilities: same argmax
+    assert F.misclassification_rate(logits, target) == 0.25
+    assert F.accuracy(logits, T(numpy.eye(3)[[0, 1, 2, 2]])) == 0.75  # one-hot targets
+    assert F.accuracy(logits.numpy(), [0, 1, 2, 2]) == 0.75             # arrays and lists too
+    probs = T([0.9, 0.2, 0.6, 0.4])
+    assert F.accuracy(probs, I([1, 0, 0, 0])) == 0.75
+    assert F.accuracy(T([[2.0], [-1.0], [0.5], [-0.5]]), I([1, 0, 0, 0]), threshold=0.0) == 0.75
+    with pytest.raises(ValueError, match="4 predictions but 3 targets"):
+        F.accuracy(logits, I([0, 1, 2]))
