@@ -31,6 +31,7 @@ being produced by a recorded op. By default such a step warns once and runs eage
 import collections
 import functools
 import sys
+import types
 import warnings
 
 import numpy
@@ -66,6 +67,8 @@ def replay_as_call(func):
         recorder = _tape._recorder
         if recorder is None:
             return func(*args, **kwargs)
+        # a generator (model.parameters()) would be spent after one call: replay needs a list
+        args = tuple(list(a) if isinstance(a, types.GeneratorType) else a for a in args)
         recorder.ops.append((_CALL, func, args, kwargs))
         _tape._recorder = None
         try:

@@ -2,6 +2,7 @@
 import math
 
 from gradflow import backend, ops
+from gradflow.compile import replay_as_call
 from gradflow.tensor import Tensor
 
 
@@ -9,6 +10,7 @@ def _params(parameters):
     return [parameters] if isinstance(parameters, Tensor) else list(parameters)
 
 
+@replay_as_call  # in-place on .grad arrays: a captured step re-runs it as a call
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
     """Scale all gradients together so their joint ``norm_type``-norm is at most ``max_norm``.
 
@@ -37,6 +39,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     return Tensor._wrap(xp.asarray(total))
 
 
+@replay_as_call
 def clip_grad_value_(parameters, clip_value):
     """Clamp every gradient element into [-clip_value, clip_value], in place."""
     clip_value = float(clip_value)
