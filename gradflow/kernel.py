@@ -55,6 +55,8 @@ def expand(*names):
 
 
 def _on_gpu(args):
+    if type(args[0]) is numpy.ndarray:  # the common CPU case, decided by the first array
+        return False
     return any(hasattr(a, "__cuda_array_interface__") for a in args)
 
 

@@ -49,10 +49,14 @@ def _lerp(a, b, w):
 def _sgd_np(grad, neg_lr, weight_decay, l1, maximize, param, buf=None, momentum=0.0, one_minus_dampening=1.0,
             nesterov=0, first_step=0):
     g = _opt_grad(param, grad, maximize, weight_decay, l1)
-    if buf is not None:
-        buf[...] = g if first_step else buf * momentum + one_minus_dampening * g
+    if buf is not None:  # in place with out=: the same roundings, fewer temporaries
+        if first_step:
+            buf[...] = g
+        else:
+            numpy.multiply(buf, momentum, out=buf)
+            numpy.add(buf, g if one_minus_dampening == 1 else one_minus_dampening * g, out=buf)
         g = g + momentum * buf if nesterov else buf
-    param[...] = param + neg_lr * g
+    numpy.add(param, neg_lr * g, out=param)
 
 
 _sgd = Elementwise("sgd", "T grad, T neg_lr, T weight_decay, T l1, int32 maximize", "T param",
