@@ -54,6 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=None, help="use only this many training images (quick runs)")
     p.add_argument("--resume", default=None, help="continue from a checkpoint written by an earlier run")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--compile", action="store_true",
+                   help="replay each training step through gradflow.compile (same results, less overhead)")
     return p.parse_args(argv)
 
 
@@ -117,7 +119,7 @@ def main(argv=None):
     start = time.perf_counter()
     history = fit(model, nn.CrossEntropyLoss(), optimizer, train_loader, val_loader, epochs=args.epochs,
                   callbacks=[ModelCheckpoint(checkpoint)], scheduler=schedulers, progress=args.progress,
-                  resume=args.resume)
+                  resume=args.resume, compile=args.compile)
     seconds = time.perf_counter() - start
     if not args.progress:  # fit printed nothing
         for epoch, acc in zip(history.epochs, history["val_accuracy"]):

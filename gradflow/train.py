@@ -15,6 +15,7 @@ import sys
 import time
 
 from gradflow import backend, serialization
+from gradflow.compile import compile as compile_step
 from gradflow import random as gf_random
 from gradflow.nn.losses import predicted_classes
 from gradflow.nn.utils import clip_grad_norm_
@@ -296,15 +297,12 @@ def _log(message, progress):
         print(message)
 
 
-def train_epoch(model, loss_fn, optimizer, loader, progress=False, desc="train", clip_grad_norm=None,
-                refresh_every=20):
-    """One pass over ``loader`` taking an optimizer step per batch; returns {'loss', 'accuracy'?, ...}."""
-    model.train()
-    meter = _Meter()
-    bar = _progress_bar(loader, desc, progress)
-    start = time.perf_counter()
-    for i, batch in enumerate(loader):
-        x, y = _split(batch)
+def training_step(model, loss_fn, optimizer, clip_grad_norm=None):
+    """The function of one optimizer step on a batch: ``step(x, y) -> (output, loss)``.
+
+    Pass it to ``gradflow.compile`` to replay it without the tape (``fit(compile=True)``).
+    """
+    def step(x, y):
         optimizer.zero_grad()
         output = model(x)
         loss = loss_fn(output, y)
@@ -312,7 +310,25 @@ def train_epoch(model, loss_fn, optimizer, loader, progress=False, desc="train",
         if clip_grad_norm is not None:
             clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
-        meter.add(output.detach(), y, loss.detach())
+        return output.detach(), loss.detach()
+    return step
+
+
+def train_epoch(model, loss_fn, optimizer, loader, progress=False, desc="train", clip_grad_norm=None,
+                refresh_every=20, step=None):
+    """One pass over ``loader`` taking an optimizer step per batch; returns {'loss', 'accuracy'?, ...}.
+
+    ``step`` is the step function to call per batch (default: ``training_step(...)``).
+    """
+    model.train()
+    step = step or training_step(model, loss_fn, optimizer, clip_grad_norm)
+    meter = _Meter()
+    bar = _progress_bar(loader, desc, progress)
+    start = time.perf_counter()
+    for i, batch in enumerate(loader):
+        x, y = _split(batch)
+        output, loss = step(x, y)
+        meter.add(output, y, loss)
         if bar is not None:
             bar.update(y.shape[0])
             if i % refresh_every == 0:
@@ -380,13 +396,14 @@ def predict(model, data, batch_size=1024):
 
 
 def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs=1, callbacks=(), scheduler=None,
-        progress=True, resume=None, clip_grad_norm=None):
+        progress=True, resume=None, clip_grad_norm=None, compile=False):
     """Train ``model`` for ``epochs`` epochs in total; returns the ``History``.
 
     ``scheduler`` (one or a list, LR or momentum schedules) is stepped once per epoch.
     ``resume`` is a checkpoint path: training continues after the epoch it recorded, with
     the same random streams, so the result matches an uninterrupted run. ``progress`` shows
-    tqdm bars (loss and samples/s) and prints one summary line per epoch.
+    tqdm bars (loss and samples/s) and prints one summary line per epoch. ``compile=True``
+    replays each batch's step through ``gradflow.compile`` (same results, less overhead).
     """
     callbacks = list(callbacks)
     history = next((cb for cb in callbacks if isinstance(cb, History)), None)
@@ -394,6 +411,9 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs=1, call
         history = History()
         callbacks.insert(0, history)
     run = TrainingRun(model, loss_fn, optimizer, train_loader, _as_list(scheduler), history, callbacks)
+    step = training_step(model, loss_fn, optimizer, clip_grad_norm)
+    if compile:
+        step = compile_step(step)
     if resume is not None:
         run.load_checkpoint(resume)
         _log(f"resumed from {resume} after epoch {run.epoch}", progress)
@@ -403,7 +423,7 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs=1, call
         while run.epoch < epochs and not run.stop_training:
             epoch = run.epoch + 1
             logs = train_epoch(model, loss_fn, optimizer, train_loader, progress, f"epoch {epoch}/{epochs}",
-                               clip_grad_norm)
+                               step=step)
             logs["lr"] = optimizer.param_groups[0]["lr"]
             if val_loader is not None:
                 logs.update({"val_" + k: v for k, v in evaluate(model, val_loader, loss_fn).items()})

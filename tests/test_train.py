@@ -52,6 +52,19 @@ def test_fit_learns_and_records_history():
     assert model.training  # fit leaves the model in training mode
 
 
+def test_fit_compiled_matches_eager_exactly():
+    runs = []
+    for compiled in (False, True):
+        model, opt, sched, (train, val) = setup()
+        history = fit(model, nn.CrossEntropyLoss(), opt, train, val, epochs=3, scheduler=sched, progress=False,
+                      clip_grad_norm=1.0, compile=compiled)
+        runs.append((history["loss"], history["val_accuracy"], [p.numpy() for p in model.parameters()]))
+    (loss_e, acc_e, params_e), (loss_c, acc_c, params_c) = runs
+    assert loss_e == loss_c and acc_e == acc_c
+    for a, b in zip(params_e, params_c):
+        numpy.testing.assert_array_equal(a, b)
+
+
 def test_progress_bar_and_summary(capsys):
     model, opt, _, (train, val) = setup()
     fit(model, nn.CrossEntropyLoss(), opt, train, val, epochs=1, progress=True)
