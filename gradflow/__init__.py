@@ -16,5 +16,5 @@ from numpy import bool_, float32, float64, int32, int64  # dtypes, as gradflow.f
 
 __version__ = "0.1.0"
 
-from gradflow import data, datasets, nn, optim  # noqa: E402  (they build on the core above)
+from gradflow import data, datasets, nn, optim, train  # noqa: E402  (they build on the core above)
 from gradflow.serialization import load, save  # noqa: E402
