@@ -19,6 +19,16 @@ def _projection(outputs, seed):
     return [backend.to_device(rng.standard_normal(y.shape), y.device).astype(y.dtype) for y in outputs]
 
 
+def _weighted_sum(outputs, weights):
+    """sum(r * y) over the outputs that depend on the inputs (None when none does)."""
+    total = None
+    for y, w in zip(outputs, weights):
+        if y.requires_grad:
+            term = (y * Tensor._wrap(w)).sum()
+            total = term if total is None else total + term
+    return total
+
+
 def _scalar(outputs, weights):
     total = 0.0
     for y, w in zip(outputs, weights):
@@ -42,11 +52,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, raise_exceptio
             raise TypeError(f"gradcheck: input {i} is {inputs[i].dtype}; use float64 for central differences")
     outputs = _outputs(fn, inputs)
     weights = _projection(outputs, seed)
-    total = None
-    for y, w in zip(outputs, weights):
-        if y.requires_grad:
-            term = (y * Tensor._wrap(w)).sum()
-            total = term if total is None else total + term
+    total = _weighted_sum(outputs, weights)
     if total is None:  # outputs are constant in the inputs: the numeric side must find zeros
         analytic = [None] * len(checked)
     else:
@@ -87,12 +93,7 @@ def gradgradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, raise_exce
 
     def first_order(*xs):
         with enable_grad():  # gradcheck's numeric side runs under no_grad
-            outs = _outputs(fn, xs)
-            total = None
-            for y, w in zip(outs, weights):
-                if y.requires_grad:
-                    term = (y * Tensor._wrap(w)).sum()
-                    total = term if total is None else total + term
+            total = _weighted_sum(_outputs(fn, xs), weights)
             gs = grad(total, [xs[i] for i in checked], create_graph=True, allow_unused=True)
         return tuple(g for g in gs if g is not None)
 
