@@ -396,6 +396,8 @@ class GELUTanh(_Smooth):
 # ---- softmax along an axis: row kernels on a contiguous (rows, cols) view --------------------------
 def _as_rows(a, axis):
     """a with ``axis`` moved last, as a C-contiguous 2-D (rows, cols) array, and its moved shape."""
+    if a.ndim == 2 and axis % 2 == 1 and a.flags.c_contiguous:  # already rows: skip moveaxis
+        return a, a.shape
     xp = backend.xp_of(a)
     moved = xp.moveaxis(a, axis, -1)
     rows = math.prod(moved.shape[:-1])
@@ -403,6 +405,8 @@ def _as_rows(a, axis):
 
 
 def _from_rows(out, moved_shape, axis):
+    if out.ndim == 2 and axis % 2 == 1 and out.shape == moved_shape:
+        return out
     return backend.xp_of(out).moveaxis(out.reshape(moved_shape), -1, axis)
 
 
