@@ -115,10 +115,10 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}: {where} has shape {p.shape} but its grad has shape {g.shape}")
         if g.dtype != p.dtype:
             raise TypeError(f"{type(self).__name__}: {where} has dtype {p.dtype} but its grad has dtype {g.dtype}")
-        if g.device != p.device:
+        if type(g.data) is not type(p.data) and g.device != p.device:  # type test first: the hot path
             raise RuntimeError(f"{type(self).__name__}: {where} is on '{p.device}' but its grad is on '{g.device}'")
         for key, value in self.state.get(p, {}).items():
-            if isinstance(value, Tensor) and (value.shape != p.shape or value.device != p.device):
+            if isinstance(value, Tensor) and (value.shape != p.shape or type(value.data) is not type(p.data)):
                 raise RuntimeError(f"{type(self).__name__}: state {key!r} of {where} has shape {value.shape} on "
                                    f"'{value.device}', but the parameter has shape {p.shape} on '{p.device}'")
 
