@@ -328,40 +328,6 @@ def _array(value):
     return value if hasattr(value, "shape") and not isinstance(value, numpy.generic) else numpy.asarray(value)
 
 
-class Sequential(Module):
-    """Modules applied one after another; ``Sequential(a, b, c)(x) == c(b(a(x)))``."""
-
-    def __init__(self, *modules):
-        super().__init__()
-        if len(modules) == 1 and isinstance(modules[0], (dict, OrderedDict)):
-            for name, m in modules[0].items():
-                self.add_module(name, m)
-        else:
-            for i, m in enumerate(modules):
-                self.add_module(str(i), m)
-
-    def forward(self, x):
-        for m in self._modules.values():
-            x = m(x)
-        return x
-
-    def __getitem__(self, index):
-        items = list(self._modules.values())
-        if isinstance(index, slice):
-            return Sequential(OrderedDict(list(self._modules.items())[index]))
-        return items[index]
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
-    def append(self, module):
-        self.add_module(str(len(self)), module)
-        return self
-
-
 class ModuleList(Module):
     """A list of modules whose parameters are registered (a plain list would hide them)."""
 
@@ -373,7 +339,7 @@ class ModuleList(Module):
     def __getitem__(self, index):
         items = list(self._modules.values())
         if isinstance(index, slice):
-            return ModuleList(items[index])
+            return type(self)(items[index])
         return items[index]
 
     def __setitem__(self, index, module):
@@ -404,3 +370,25 @@ class ModuleList(Module):
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError("ModuleList is a container; iterate over it in your own forward()")
+
+
+class Sequential(ModuleList):
+    """Modules applied one after another; ``Sequential(a, b, c)(x) == c(b(a(x)))``."""
+
+    def __init__(self, *modules):
+        Module.__init__(self)
+        if len(modules) == 1 and isinstance(modules[0], (dict, OrderedDict)):
+            for name, m in modules[0].items():
+                self.add_module(name, m)
+        else:
+            self.extend(modules)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Sequential(OrderedDict(list(self._modules.items())[index]))
+        return list(self._modules.values())[index]
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
