@@ -1,0 +1,72 @@
+"""The PyTorch eager peer: the same MLP, initial weights, loss and optimizer as gradflow's.
+
+Plain eager mode as a user writes it -- ``nn.Sequential`` of ``nn.Linear``/``nn.ReLU``,
+``F.cross_entropy``, ``torch.optim.SGD(momentum=...)`` with its default implementation,
+``zero_grad(set_to_none=True)`` -- no ``torch.compile``, no CUDA graphs.
+"""
+import numpy
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # the suite reports PyTorch rows as skipped
+    torch = None
+    F = None
+
+
+def available(device="cpu"):
+    """(True, '') or (False, why) for running the peer on ``device``."""
+    if torch is None:
+        return False, "PyTorch is not importable"
+    if device == "cuda" and not torch.cuda.is_available():
+        return False, "torch.cuda.is_available() is False (CPU-only PyTorch build or no GPU)"
+    return True, ""
+
+
+def build_mlp(weights, device="cpu"):
+    """``nn.Sequential`` of Linear+ReLU with the given (W (out, in), b) pairs copied in."""
+    layers = []
+    for i, (w, b) in enumerate(weights):
+        lin = torch.nn.Linear(w.shape[1], w.shape[0])
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(numpy.ascontiguousarray(w, dtype=numpy.float32)))
+            lin.bias.copy_(torch.from_numpy(numpy.ascontiguousarray(b, dtype=numpy.float32)))
+        layers.append(lin)
+        if i < len(weights) - 1:
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers).to(device)
+
+
+class TorchMLP:
+    """Training and inference steps with the PyTorch peer."""
+
+    def __init__(self, weights, lr=0.1, momentum=0.9, device="cpu"):
+        self.device = device
+        self.model = build_mlp(weights, device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum)
+
+    def step(self, x, y):
+        self.opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.model(x), y)
+        loss.backward()
+        self.opt.step()
+        return loss
+
+    def predict(self, x):
+        with torch.no_grad():
+            return self.model(x)
+
+    def weights(self):
+        lins = [m for m in self.model if isinstance(m, torch.nn.Linear)]
+        return [(m.weight.detach().cpu().numpy().copy(), m.bias.detach().cpu().numpy().copy()) for m in lins]
+
+
+def to_torch(array, device="cpu"):
+    """A host NumPy array as a torch tensor on ``device`` (shares memory on the CPU)."""
+    t = torch.from_numpy(numpy.ascontiguousarray(array))
+    return t.to(device) if device != "cpu" else t
+
+
+def synchronize(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
