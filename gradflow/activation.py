@@ -50,6 +50,12 @@ class MaskScale(Function):
 
 @_quiet
 def _mask_scale_np(mask, g, a, b):
+    if b == 0:  # relu, dropout: a multiply by the 0/1 mask is the same and ~10x faster than where
+        if a == 1:
+            return numpy.multiply(g, mask, dtype=g.dtype)
+        out = numpy.multiply(g, a)
+        out *= mask
+        return out
     return numpy.where(mask, g * a, g * b)
 
 
@@ -126,8 +132,8 @@ class TanhGrad(Function):
 # ---- piecewise linear: forward writes the output and a one-byte mask --------------------------------
 @_quiet
 def _relu_np(x):
-    keep = ~(x <= 0)
-    return _where0(keep, x), keep
+    keep = ~(x <= 0)  # NaN counts as kept, as in the kernel
+    return numpy.maximum(x, x.dtype.type(0)), keep
 
 
 relu_fwd = Elementwise("relu_fwd", "T x", "T y, bool mask", "y = gf_relu(x); mask = gf_relu_mask(x)",
@@ -526,6 +532,10 @@ class LogSoftmaxGrad(Function):
 def _xent_rows_np(x, target, ignore_index):
     """(loss, lse) per row of logits x (rows, cols) for int64 class indices ``target`` (rows,)."""
     rows, cols = x.shape
+    if rows and cols and 0 <= target.min() and target.max() < cols:  # every row valid: the short path
+        m = x.max(axis=1, keepdims=True)
+        lse = (m + numpy.log(numpy.exp(x - m).sum(axis=1, keepdims=True)))[:, 0]
+        return lse - x[numpy.arange(rows), target], lse
     valid = target != ignore_index
     bad = valid & ((target < 0) | (target >= cols))
     if bad.any():
@@ -559,6 +569,11 @@ def _on_cuda(a):
 
 @_quiet
 def _xent_bwd_np(x, lse, target, w, cols, ignore_index):
+    if x.ndim == 2 and target.shape == (x.shape[0], 1) and x.size and target.min() >= 0:  # no ignored rows
+        gx = numpy.exp(x - lse)
+        gx[numpy.arange(x.shape[0]), target[:, 0]] -= 1
+        gx *= w
+        return gx
     onehot = (numpy.arange(cols) == target).astype(x.dtype)
     gx = (numpy.exp(x - lse) - onehot) * w
     return numpy.where(target == ignore_index, x.dtype.type(0), gx)
