@@ -13,20 +13,12 @@ def _make(array, dtype, device, requires_grad):
 
 
 def tensor(data, dtype=None, device=None, requires_grad=False):
-    """A new tensor that owns a copy of ``data`` (on the default device unless told)."""
+    """A new tensor that owns a copy of ``data``, on ``device`` (default: the default device)."""
     if isinstance(data, Tensor):
         data = data.data
-    src = data
-    if backend.device_of(data) == "cuda" and hasattr(data, "shape"):
-        src = data.copy()
-    else:
-        src = numpy.array(data, copy=True)
-        if not isinstance(data, numpy.ndarray) and src.dtype == numpy.float64 and dtype is None:
-            src = src.astype(numpy.float32)
-        elif not isinstance(data, numpy.ndarray) and src.dtype.kind in "iu" and dtype is None:
-            src = src.astype(numpy.int64)
-    return _make(src, dtype, device or (backend.device_of(data) if hasattr(data, "shape") and
-                                        not isinstance(data, numpy.ndarray) else None), requires_grad)
+    if hasattr(data, "shape") and not isinstance(data, numpy.generic):
+        data = data.copy()
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device or backend.default_device())
 
 
 def from_numpy(array):

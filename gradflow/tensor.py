@@ -56,11 +56,11 @@ def _default_dtype_array(data, dtype, xp):
     if dtype is not None:
         return xp.asarray(data, dtype=dtype)
     arr = xp.asarray(data)
-    if arr.dtype == numpy.float64 and not isinstance(data, (numpy.ndarray, numpy.generic)) \
-            and backend.device_of(data) == "cpu":
-        arr = arr.astype(numpy.float32)
-    elif arr.dtype.kind in "iu" and not hasattr(data, "dtype"):
-        arr = arr.astype(numpy.int64)
+    if not hasattr(data, "dtype"):  # Python numbers and lists
+        if arr.dtype == numpy.float64:
+            arr = arr.astype(numpy.float32)
+        elif arr.dtype.kind in "iu":
+            arr = arr.astype(numpy.int64)
     return arr
 
 
@@ -78,16 +78,11 @@ class Tensor:
     def __init__(self, data, requires_grad=False, dtype=None, device=None):
         if isinstance(data, Tensor):
             data = data.data
-        if device is not None:
-            xp = backend.xp_for(device)
-            if backend.device_of(data) != device and hasattr(data, "shape") \
-                    and not isinstance(data, numpy.generic):
-                data = backend.to_device(data, device)
-        else:
-            xp = backend.xp_of(data) if hasattr(data, "__array__") or hasattr(data, "__cuda_array_interface__") else numpy
-            if backend.device_of(data) == "cuda" and xp is None:
-                xp = backend.cupy()
-        self.data = _default_dtype_array(data, dtype, xp)
+        on_gpu = hasattr(data, "__cuda_array_interface__")
+        device = backend.check_device(device or ("cuda" if on_gpu else "cpu"))
+        if on_gpu and device == "cpu":
+            data = data.get()
+        self.data = _default_dtype_array(data, dtype, backend.xp_for(device))  # cupy.asarray uploads
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
