@@ -120,10 +120,12 @@ class Contestant:
         return True, ""
 
     def clock(self):
-        return harness.WallClock()
+        """CUDA events on the GPU (CuPy's stream; PyTorch overrides), the wall clock on the CPU."""
+        return harness.CupyClock() if self.device == "cuda" else harness.WallClock()
 
     def sync(self):
-        pass
+        if self.device == "cuda":
+            backend.cupy().cuda.get_current_stream().synchronize()
 
     def put(self, array):
         """A host array on this contestant's device, in its native type."""
@@ -154,13 +156,6 @@ class Gradflow(Contestant):
         except (ImportError, AttributeError) as e:
             return False, f"gradflow.nn / gradflow.optim not available yet ({e})"
         return True, ""
-
-    def clock(self):
-        return harness.CupyClock() if self.device == "cuda" else harness.WallClock()
-
-    def sync(self):
-        if self.device == "cuda":
-            backend.cupy().cuda.get_current_stream().synchronize()
 
     def put(self, array):
         from gradflow.tensor import Tensor
@@ -232,13 +227,6 @@ class NumpyLoop(Contestant):
     @property
     def xp(self):
         return backend.xp_for(self.device)
-
-    def clock(self):
-        return harness.CupyClock() if self.device == "cuda" else harness.WallClock()
-
-    def sync(self):
-        if self.device == "cuda":
-            backend.cupy().cuda.get_current_stream().synchronize()
 
     def put(self, array):
         return backend.to_device(numpy.ascontiguousarray(array), self.device)

@@ -290,15 +290,20 @@ def n_buffers(bytes_per_input, target_bytes=48 << 20, lo=2, hi=16):
 
 
 # ---- memory ----------------------------------------------------------------------------------------------
-def _proc_status(key):
+def _proc_bytes(path, key):
+    """A "Key:  N kB" field of a /proc file in bytes; None where unavailable."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def _proc_status(key):
+    return _proc_bytes("/proc/self/status", key)
 
 
 def _reset_rss_peak():
@@ -530,7 +535,7 @@ def machine_info():
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "usable_cores": usable_cores(),
-        "memory_bytes": _proc_meminfo_total(),
+        "memory_bytes": _proc_bytes("/proc/meminfo", "MemTotal"),
         "numpy": numpy.__version__,
         "numpy_blas": _numpy_blas(),
         "gradflow": getattr(gradflow, "__version__", "?"),
@@ -566,17 +571,6 @@ def _dist_version(name):
 
 def _cuda_version(v):
     return f"{v // 1000}.{(v % 1000) // 10}"
-
-
-def _proc_meminfo_total():
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def _numpy_blas():

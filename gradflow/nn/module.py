@@ -10,6 +10,7 @@ import numpy
 
 from gradflow import backend
 from gradflow.compile import invalidate, replay_as_call
+from gradflow.nn.utils import zero_grads
 from gradflow.tensor import Tensor
 
 
@@ -221,14 +222,7 @@ class Module:
 
     @replay_as_call
     def zero_grad(self, set_to_none=True):
-        for p in self.parameters():
-            if p.grad is None:
-                continue
-            if set_to_none:
-                p.grad = None
-            else:
-                p.grad.data[...] = 0
-                p.grad._bump_version()
+        zero_grads(self.parameters(), set_to_none)
 
     def requires_grad_(self, requires_grad=True):
         for p in self.parameters():

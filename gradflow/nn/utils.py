@@ -10,6 +10,18 @@ def _params(parameters):
     return [parameters] if isinstance(parameters, Tensor) else list(parameters)
 
 
+def zero_grads(parameters, set_to_none=True):
+    """Drop each gradient (``set_to_none``) or zero it in place; Module and Optimizer both use it."""
+    for p in _params(parameters):
+        if p.grad is None:
+            continue
+        if set_to_none:
+            p.grad = None
+        else:
+            p.grad.data[...] = 0
+            p.grad._bump_version()
+
+
 @replay_as_call  # in-place on .grad arrays: a captured step re-runs it as a call
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
     """Scale all gradients together so their joint ``norm_type``-norm is at most ``max_norm``.

@@ -15,6 +15,7 @@ import math
 
 from gradflow import backend
 from gradflow.compile import replay_as_call
+from gradflow.nn.utils import zero_grads
 from gradflow.tensor import Tensor, enable_grad
 
 
@@ -99,14 +100,7 @@ class Optimizer:
     @replay_as_call  # gradflow.compile re-runs it as a call rather than recording its array writes
     def zero_grad(self, set_to_none=True):
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if set_to_none:
-                    p.grad = None
-                else:
-                    p.grad.data[...] = 0
-                    p.grad._bump_version()
+            zero_grads(group["params"], set_to_none)
 
     # ---- the step -------------------------------------------------------------------------------
     def _check_param(self, p, where):
