@@ -14,10 +14,20 @@ setup(
     package_data={"gradflow.kernels": ["*.cu", "*.cuh"]},
     install_requires=["numpy>=1.24", "tqdm>=4.60"],
     extras_require={
-        "cuda12": ["cupy-cuda12x>=13"],
-        "cuda13": ["cupy-cuda13x>=13"],
+        # [ctk] brings NVRTC and the CUDA headers as wheels: CuPy compiles every kernel at
+        # run time and needs them on a machine without a CUDA toolkit.
+        "cuda12": ["cupy-cuda12x[ctk]>=13"],
+        "cuda13": ["cupy-cuda13x[ctk]>=13"],
         "plot": ["matplotlib>=3.5"],
-        "test": ["pytest>=7", "matplotlib>=3.5"],
+        "distributed": ["mpi4py>=4", "mpich>=4"],
+        "interop": ["safetensors>=0.4", "ml_dtypes>=0.4"],
+        # Everything the test suite uses, so the README's test command is complete on a new
+        # machine: PyTorch (CPU build, pinned) is the reference oracle; CuPy 14.2 with the
+        # NVRTC and runtime-header wheels compiles every kernel exactly as CuPy would on a
+        # GPU (no GPU needed); MPICH + mpi4py run the two-process distributed tests.
+        "test": ["pytest>=7", "matplotlib>=3.5", "torch==2.13.0",
+                 "cupy-cuda13x==14.2.0", "nvidia-cuda-nvrtc==13.*", "nvidia-cuda-runtime==13.*",
+                 "mpi4py>=4", "mpich>=4", "safetensors>=0.4", "ml_dtypes>=0.4"],
     },
     license="MIT",
 )
