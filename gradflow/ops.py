@@ -9,6 +9,7 @@ import builtins
 import numpy
 
 from gradflow import backend
+from gradflow.gemm import gemm
 from gradflow.tensor import Function, Tensor, _in_place, as_tensor, is_grad_enabled
 
 
@@ -321,7 +322,6 @@ class MatMul(Function):
 def _matmul_arrays(a, b):
     """a @ b; during CUDA-graph capture CuPy refuses cuBLAS, so gradflow's own GEMM runs."""
     if backend.capturing and a.ndim == 2 and b.ndim == 2:
-        from gradflow.compile import gemm
         return gemm(a, b)
     return a @ b
 
