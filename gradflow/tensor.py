@@ -99,10 +99,25 @@ class Tensor:
     shape = property(lambda self: self.data.shape)
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)
-    size = property(lambda self: self.data.size)
     device = property(lambda self: backend.device_of(self.data))
     is_leaf = property(lambda self: self.creator is None)
     _version = property(lambda self: 0 if self._vc is None else self._vc[0])
+
+    def size(self, dim=None):
+        """The shape as a ``Size`` (a tuple), or one dim's length: ``x.size()``, ``x.size(0)``, as PyTorch."""
+        if dim is None:
+            return Size(self.data.shape)
+        if self.data.ndim == 0:
+            raise IndexError(f"dimension specified as {dim} but tensor has no dimensions")
+        return self.data.shape[ops._dim(dim, self.data.ndim)]
+
+    def numel(self):
+        """The number of elements."""
+        return self.data.size
+
+    def dim(self):
+        """The number of dims (``ndim``)."""
+        return self.data.ndim
 
     def __len__(self):
         return len(self.data)
@@ -152,7 +167,7 @@ class Tensor:
 
     def item(self):
         _host_sync("item()")
-        if self.size != 1:
+        if self.data.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
         return self.data.reshape(()).item() if self.device == "cpu" else self.numpy().reshape(()).item()
 
@@ -193,7 +208,7 @@ class Tensor:
             raise RuntimeError("backward(): this tensor does not require grad and has no grad_fn; "
                                "make an input require grad (requires_grad=True) before computing it")
         if gradient is None:
-            if self.size != 1:
+            if self.data.size != 1:
                 raise RuntimeError(f"backward(): gradient can only be implicit for scalar outputs; this "
                                    f"tensor has shape {self.shape}, so pass backward(gradient) of that shape")
             gradient = Tensor._wrap(backend.xp_of(self.data).ones_like(self.data))
@@ -236,7 +251,7 @@ class Tensor:
 
     def __bool__(self):
         _host_sync("bool() (data-dependent Python control flow)")
-        if self.size != 1:
+        if self.data.size != 1:
             raise RuntimeError(f"the truth value of a tensor with shape {self.shape} is ambiguous")
         return bool(self.item())
 
@@ -255,19 +270,19 @@ class Tensor:
     def matmul(self, o): return ops.matmul(self, o)
     def sum(self, axis=None, keepdims=False, **kw): return ops.sum(self, axis, keepdims, **kw)
     def mean(self, axis=None, keepdims=False, **kw): return ops.mean(self, axis, keepdims, **kw)
-    def var(self, axis=None, keepdims=False, correction=1, **kw): return ops.var(self, axis, keepdims, correction, **kw)
-    def std(self, axis=None, keepdims=False, correction=1, **kw): return ops.sqrt(ops.var(self, axis, keepdims, correction, **kw))
+    def var(self, dim=None, unbiased=None, keepdim=False, **kw): return ops.var(self, dim, unbiased, keepdim, **kw)
+    def std(self, dim=None, unbiased=None, keepdim=False, **kw): return ops.std(self, dim, unbiased, keepdim, **kw)
     def max(self, axis=None, keepdims=False, **kw): return ops.max(self, axis, keepdims, **kw)
     def min(self, axis=None, keepdims=False, **kw): return ops.min(self, axis, keepdims, **kw)
-    def argmax(self, axis=None, keepdims=False): return ops.argmax(self, axis, keepdims)
-    def argmin(self, axis=None, keepdims=False): return ops.argmin(self, axis, keepdims)
+    def argmax(self, dim=None, keepdim=False, **kw): return ops.argmax(self, dim, keepdim, **kw)
+    def argmin(self, dim=None, keepdim=False, **kw): return ops.argmin(self, dim, keepdim, **kw)
     def reshape(self, *shape): return ops.reshape(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
     view = reshape
     def flatten(self, start_dim=0, end_dim=-1): return ops.flatten(self, start_dim, end_dim)
     def transpose(self, *axes): return ops.transpose(self, *axes)
     def permute(self, *axes): return ops.permute(self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else axes)
-    def squeeze(self, axis=None): return ops.squeeze(self, axis)
-    def unsqueeze(self, axis): return ops.unsqueeze(self, axis)
+    def squeeze(self, *dims, **kw): return ops.squeeze(self, dims[0] if len(dims) == 1 else (dims or None), **kw)
+    def unsqueeze(self, dim=None, **kw): return ops.unsqueeze(self, dim, **kw)
     def broadcast_to(self, shape): return ops.broadcast_to(self, shape)
     def expand(self, *shape): return ops.broadcast_to(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
     def sum_to(self, shape): return ops.sum_to(self, shape)
@@ -285,6 +300,20 @@ def as_tensor(value, like=None):
     if like is not None and not hasattr(value, "shape"):
         return Tensor._wrap(backend.xp_of(like.data).asarray(value, dtype=like.dtype))
     return Tensor(value)
+
+
+class Size(tuple):
+    """A shape, as ``torch.Size``: a tuple of ints with ``numel()``."""
+    __slots__ = ()
+
+    def numel(self):
+        n = 1
+        for s in self:
+            n *= s
+        return n
+
+    def __repr__(self):
+        return f"gradflow.Size({list(self)})"
 
 
 class Function:
@@ -546,7 +575,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
         if not y.requires_grad:
             raise RuntimeError("grad(): an output does not require grad; nothing to differentiate")
         if g is None:
-            if y.size != 1:
+            if y.data.size != 1:
                 raise RuntimeError(f"grad(): grad_outputs is needed for a non-scalar output of shape {y.shape}")
             g = Tensor._wrap(backend.xp_of(y.data).ones_like(y.data))
         gs.append(as_tensor(g, like=y))
@@ -563,7 +592,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
             raise RuntimeError("grad(): one of the inputs was not used to compute the outputs; "
                                "pass allow_unused=True to get None for it")
         out.append(g if g is None or create_graph else g.detach())
-    return out[0] if single_in else tuple(out)
+    return tuple(out)  # always a tuple, as torch.autograd.grad: ``g, = grad(loss, x)``
 
 
 from gradflow import ops  # noqa: E402  (ops needs Tensor and Function defined first)
