@@ -283,7 +283,9 @@ def _run_op(op, vals):
         if x.grad is None:
             # the parameter's own buffer, valid until the next step: never an array the plan
             # computes into (a CUDA graph rewrites those at every replay)
-            buf = own[0]
+            buf = getattr(x, "_grad_buffer", None)  # a view of its optimizer's flat gradient, if any
+            if buf is None or buf.shape != g.shape or buf.dtype != g.dtype or type(buf) is not type(g):
+                buf = own[0]
             if buf is None or buf.shape != g.shape or buf.dtype != g.dtype:
                 buf = own[0] = g.copy()
             else:
