@@ -371,34 +371,95 @@ def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_paddi
 
 
 # ---- pooling ----------------------------------------------------------------------------------
-class MaxPool(Function):
-    """Max over each window; returns (y, argmax as a flat index into each input plane, as PyTorch).
+def _padded(x, geom, oh, ow, value):
+    """x with the leading padding and as much trailing padding as the last window reads."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
+    (plh, plw) = geom.pad_lo
+    hi_h = max((oh - 1) * sh + dh * (kh - 1) + 1 - h - plh, 0)
+    hi_w = max((ow - 1) * sw + dw * (kw - 1) + 1 - w - plw, 0)
+    if not (plh or plw or hi_h or hi_w):
+        return x
+    padded = numpy.full((n, c, h + plh + hi_h, w + plw + hi_w), value, dtype=x.dtype)
+    padded[:, :, plh:plh + h, plw:plw + w] = x
+    return padded
 
-    Backward puts each output gradient at its window's argmax (col2im of a one-hot column
-    matrix), so ties and overlapping windows behave as in PyTorch (first maximum wins).
+
+def _taps(padded, geom, oh, ow):
+    """(tap number, (N, C, OH, OW) strided view of what that kernel tap reads) for every tap."""
+    (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
+    for i in range(kh):
+        for j in range(kw):
+            yield i * kw + j, padded[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
+
+
+def _crop(padded, x_shape, geom):
+    plh, plw = geom.pad_lo
+    h, w = x_shape[2:]
+    if padded.shape == tuple(x_shape):
+        return padded
+    return numpy.ascontiguousarray(padded[:, :, plh:plh + h, plw:plw + w])
+
+
+def _fold_taps(x_shape, geom, oh, ow, dtype, tap_grad):
+    """The adjoint of reading taps: sum ``tap_grad(t)`` (an (N, C, OH, OW) array or None) into an input image."""
+    n, c, h, w = x_shape
+    (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
+    plh, plw = geom.pad_lo
+    hp = max(h + plh, (oh - 1) * sh + dh * (kh - 1) + 1)
+    wp = max(w + plw, (ow - 1) * sw + dw * (kw - 1) + 1)
+    padded = numpy.zeros((n, c, hp, wp), dtype=dtype)
+    for t, view in _taps(padded, geom, oh, ow):
+        g = tap_grad(t)
+        if g is not None:
+            view += g
+    return _crop(padded, x_shape, geom)
+
+
+class MaxPool(Function):
+    """Max over each window (NaN wins, as in PyTorch); optionally also the flat argmax index per plane.
+
+    The winning kernel tap of each window is saved; backward routes each output gradient to
+    it (overlapping windows add up). On the CPU the max runs over the kh*kw strided tap views
+    of the input (no column matrix); on the GPU over the im2col columns.
     """
 
-    def __init__(self, geom):
-        self.geom = geom
+    def __init__(self, geom, return_indices=False):
+        self.geom, self.return_indices = geom, return_indices
 
     def forward(self, x):
         geom = self.geom
         n, c, h, w = x.shape
+        oh, ow = geom.out_size(h, w)
         xp = backend.xp_of(x)
-        kk = geom.kernel[0] * geom.kernel[1]
-        cols, (oh, ow) = im2col(x, geom, pad_value=-numpy.inf)
-        cols = cols.reshape(c, kk, n * oh * ow)
-        arg = cols.argmax(axis=1)  # (C, N*OH*OW); NaN wins, as in PyTorch
-        y = xp.take_along_axis(cols, arg[:, None, :], axis=1)[:, 0, :]
-        self.x_shape, self.out_hw = x.shape, (oh, ow)
+        self.x_shape = x.shape
+        if xp is numpy:
+            taps = list(_taps(_padded(x, geom, oh, ow, -numpy.inf), geom, oh, ow))
+            y = taps[0][1].copy()
+            for _, view in taps[1:]:
+                numpy.maximum(y, view, out=y)  # NaN propagates, as in PyTorch
+            arg = numpy.zeros(y.shape, numpy.int32)
+            for t, view in reversed(taps):  # the first tap holding the maximum wins
+                numpy.copyto(arg, t, where=view == y)
+            if numpy.isnan(y).any():  # PyTorch takes the last NaN of a window
+                for t, view in taps:
+                    numpy.copyto(arg, t, where=view != view)
+        else:
+            kk = geom.kernel[0] * geom.kernel[1]
+            cols, _ = im2col(x, geom, pad_value=-numpy.inf)
+            cols = cols.reshape(c, kk, n * oh * ow)
+            arg = cols.argmax(axis=1)
+            y = xp.take_along_axis(cols, arg[:, None, :], axis=1)[:, 0, :]
+            y = _nchw(y, n, oh, ow)
+            arg = _nchw(arg, n, oh, ow).astype(numpy.int32)
         self.save_for_backward(arg)
-        # flat index of the chosen element in its (H, W) plane
-        i, j = arg // geom.kernel[1], arg % geom.kernel[1]
-        pos = xp.arange(oh * ow).reshape(1, 1, oh, ow)
-        rows = (pos // ow) * geom.stride[0] - geom.pad_lo[0] + i.reshape(c, n, oh, ow) * geom.dilation[0]
-        cols_ = (pos % ow) * geom.stride[1] - geom.pad_lo[1] + j.reshape(c, n, oh, ow) * geom.dilation[1]
-        index = (rows * w + cols_).astype(numpy.int64).transpose(1, 0, 2, 3)
-        return _nchw(y, n, oh, ow), xp.ascontiguousarray(index)
+        if not self.return_indices:
+            return y
+        kw = geom.kernel[1]
+        i, j = arg // kw, arg % kw
+        rows = (xp.arange(oh) * geom.stride[0] - geom.pad_lo[0]).reshape(oh, 1) + i * geom.dilation[0]
+        cols_ = (xp.arange(ow) * geom.stride[1] - geom.pad_lo[1]).reshape(1, ow) + j * geom.dilation[1]
+        return y, (rows * w + cols_).astype(numpy.int64)
 
     def backward(self, gy, gindex=None):
         arg, = self.saved_tensors
@@ -406,44 +467,49 @@ class MaxPool(Function):
 
 
 class MaxPoolGrad(Function):
-    """Scatter of the output gradient to the argmax positions (linear in gy)."""
+    """Each output gradient added at its window's winning tap (linear in gy; arg is (N, C, OH, OW) taps)."""
 
     def __init__(self, geom, x_shape):
         self.geom, self.x_shape = geom, tuple(x_shape)
 
     def forward(self, gy, arg):
         geom = self.geom
-        c = self.x_shape[1]
-        kk = geom.kernel[0] * geom.kernel[1]
+        n, c, oh, ow = gy.shape
         xp = backend.xp_of(gy)
-        cells = arg.shape[1]
-        gcols = xp.zeros((c, kk * cells), dtype=gy.dtype)
-        gcols[xp.arange(c)[:, None], arg * cells + xp.arange(cells)] = _rows(gy)
         self.save_for_backward(arg)
+        if xp is numpy:
+            zero = gy.dtype.type(0)
+            return _fold_taps(self.x_shape, geom, oh, ow, gy.dtype, lambda t: numpy.where(arg == t, gy, zero))
+        kk = geom.kernel[0] * geom.kernel[1]
+        cells = n * oh * ow
+        gcols = xp.zeros((c, kk * cells), dtype=gy.dtype)
+        gcols[xp.arange(c)[:, None], _rows(arg) * cells + xp.arange(cells)] = _rows(gy)
         return col2im(gcols.reshape(c * kk, cells), self.x_shape, geom)
 
     def backward(self, ggx):
         arg, = self.saved_tensors
-        geom = self.geom
-        n, c = self.x_shape[:2]
-        oh, ow = geom.out_size(*self.x_shape[2:])
-        return _TakeWindows(geom, (n, c, oh, ow))(ggx, arg), None
+        return _TakeTaps(self.geom)(ggx, arg), None
 
 
-class _TakeWindows(Function):
-    """The adjoint of MaxPoolGrad: read each window's argmax element (for double backward)."""
+class _TakeTaps(Function):
+    """The adjoint of MaxPoolGrad: read each window's winning tap (for double backward)."""
 
-    def __init__(self, geom, y_shape):
-        self.geom, self.y_shape = geom, y_shape
+    def __init__(self, geom):
+        self.geom = geom
 
     def forward(self, x, arg):
         geom = self.geom
-        n, c, oh, ow = self.y_shape
+        n, c, oh, ow = arg.shape
         xp = backend.xp_of(x)
-        cols, _ = im2col(x, geom)
-        y = xp.take_along_axis(cols.reshape(c, -1, n * oh * ow), arg[:, None, :], axis=1)[:, 0, :]
         self.save_for_backward(arg)
         self.x_shape = x.shape
+        if xp is numpy:
+            y = numpy.zeros(arg.shape, dtype=x.dtype)
+            for t, view in _taps(_padded(x, geom, oh, ow, 0), geom, oh, ow):
+                numpy.copyto(y, view, where=arg == t)
+            return y
+        cols, _ = im2col(x, geom)
+        y = xp.take_along_axis(cols.reshape(c, -1, n * oh * ow), _rows(arg)[:, None, :], axis=1)[:, 0, :]
         return _nchw(y, n, oh, ow)
 
     def backward(self, gy):
@@ -452,42 +518,48 @@ class _TakeWindows(Function):
 
 
 class AvgPool(Function):
-    """Mean over each window; ``divisor`` is an (OH, OW) array (count_include_pad) or a number."""
+    """Mean over each window; the divisor follows PyTorch's count_include_pad/divisor_override rules."""
 
     def __init__(self, geom, divisor_override=None, count_include_pad=True):
         self.geom, self.divisor_override, self.count_include_pad = geom, divisor_override, count_include_pad
 
     def _divisor(self, x_shape, xp, dtype):
+        """A number when every window has the same divisor, else an (OH, OW) array."""
         geom = self.geom
         kh, kw = geom.kernel
         if self.divisor_override is not None:
             return dtype.type(self.divisor_override)
         h, w = x_shape[2:]
         oh, ow = geom.out_size(h, w)
-        # PyTorch counts padding cells but never the extra cells a ceil-mode window overhangs
+
         def counts(size, k, s, lo, out):
+            # PyTorch counts padding cells but never the cells a ceil-mode window overhangs
             start = numpy.arange(out) * s - lo
             end = numpy.minimum(start + k, size + lo)
             if not self.count_include_pad:
                 return numpy.minimum(end, size) - numpy.maximum(start, 0)
             return end - start
-        ch = counts(h, kh, geom.stride[0], geom.pad_lo[0], oh)
-        cw = counts(w, kw, geom.stride[1], geom.pad_lo[1], ow)
-        div = numpy.outer(ch, cw).astype(dtype)
+        div = numpy.outer(counts(h, kh, geom.stride[0], geom.pad_lo[0], oh),
+                          counts(w, kw, geom.stride[1], geom.pad_lo[1], ow)).astype(dtype)
         if (div == kh * kw).all():
             return dtype.type(kh * kw)
-        return xp.asarray(div.reshape(-1))
+        return xp.asarray(div)
 
     def forward(self, x):
         geom = self.geom
         n, c, h, w = x.shape
+        oh, ow = geom.out_size(h, w)
         xp = backend.xp_of(x)
-        cols, (oh, ow) = im2col(x, geom)
-        s = cols.reshape(c, -1, n, oh * ow).sum(axis=1)  # (C, N, OH*OW)
         self.divisor = div = self._divisor(x.shape, xp, x.dtype)
         self.x_shape = x.shape
-        y = s / div
-        return xp.ascontiguousarray(y.reshape(c, n, oh, ow).transpose(1, 0, 2, 3)).astype(x.dtype, copy=False)
+        if xp is numpy:
+            s = None
+            for _, view in _taps(_padded(x, geom, oh, ow, 0), geom, oh, ow):
+                s = view.copy() if s is None else numpy.add(s, view, out=s)
+        else:
+            cols, _ = im2col(x, geom)
+            s = _nchw(cols.reshape(c, -1, n * oh * ow).sum(axis=1), n, oh, ow)
+        return (s / div).astype(x.dtype, copy=False)
 
     def backward(self, gy):
         return AvgPoolGrad(self.geom, self.x_shape, self.divisor)(gy)
@@ -503,9 +575,11 @@ class AvgPoolGrad(Function):
         geom = self.geom
         n, c, oh, ow = gy.shape
         xp = backend.xp_of(gy)
+        g = (gy / self.divisor).astype(gy.dtype, copy=False)
+        if xp is numpy:
+            return _fold_taps(self.x_shape, geom, oh, ow, gy.dtype, lambda t: g)
         kk = geom.kernel[0] * geom.kernel[1]
-        g = (gy.transpose(1, 0, 2, 3).reshape(c, 1, n, oh * ow) / self.divisor).astype(gy.dtype, copy=False)
-        gcols = xp.broadcast_to(g, (c, kk, n, oh * ow)).reshape(c * kk, n * oh * ow)
+        gcols = xp.broadcast_to(_rows(g).reshape(c, 1, -1), (c, kk, n * oh * ow)).reshape(c * kk, -1)
         return col2im(gcols, self.x_shape, geom)
 
     def backward(self, ggx):
@@ -573,12 +647,11 @@ def _from_4d(y, dims, unbatched):
 def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, dims, name):
     x, unbatched = _as_4d(x, dims, name)
     geom = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, dims, name)
-    y, index = MaxPool(geom)(x)
+    if not return_indices:
+        return _from_4d(MaxPool(geom)(x), dims, unbatched)
+    y, index = MaxPool(geom, True)(x)
     index.requires_grad, index.creator = False, None  # integer positions: no gradient
-    y = _from_4d(y, dims, unbatched)
-    if return_indices:
-        return y, _from_4d(index, dims, unbatched)
-    return y
+    return _from_4d(y, dims, unbatched), _from_4d(index, dims, unbatched)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):

@@ -199,6 +199,15 @@ def test_adaptive_avg_pool2d_matches_torch(out):
     _parity(lambda a: F.adaptive_avg_pool2d(a, out), lambda a: torch.nn.functional.adaptive_avg_pool2d(a, out), [x])
 
 
+def test_max_pool_nan_matches_torch():
+    x = _rand(1, 2, 6, 6)
+    x[0, 0, 0, 1] = x[0, 0, 1, 0] = x[0, 1, 4, 4] = numpy.nan
+    y, idx = F.max_pool2d(gf.Tensor(x), 2, return_indices=True)
+    ty, tidx = torch.nn.functional.max_pool2d(torch.tensor(x), 2, return_indices=True)
+    numpy.testing.assert_array_equal(y.numpy(), ty.numpy())
+    numpy.testing.assert_array_equal(idx.numpy(), tidx.numpy())
+
+
 def test_adaptive_avg_pool1d_and_unbatched_match_torch():
     _parity(lambda a: F.adaptive_avg_pool1d(a, 4), lambda a: torch.nn.functional.adaptive_avg_pool1d(a, 4),
             [_rand(2, 3, 10)])
