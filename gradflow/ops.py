@@ -910,6 +910,63 @@ def getitem(x, index):
     return _view_of(y, x) if _is_basic(index) else y
 
 
+class Embedding(Function):
+    """Rows of ``weight`` picked by integer ``indices``: y[..., :] = weight[indices[...], :].
+
+    Backward scatter-adds the output gradient into the picked rows (repeated indices
+    accumulate); the row ``padding_idx`` gets no gradient, as in PyTorch.
+    """
+    def __init__(self, padding_idx=None):
+        self.padding_idx = padding_idx
+
+    def forward(self, weight, indices):
+        if indices.dtype.kind not in "iu":
+            raise TypeError(f"embedding: indices must be integers, got {indices.dtype}")
+        n = weight.shape[0]
+        if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n):
+            raise IndexError(f"embedding: index out of range: indices span [{int(indices.min())}, "
+                             f"{int(indices.max())}] but there are {n} embeddings")
+        self.num = n
+        self.save_for_backward(indices)
+        return backend.xp_of(weight).take(weight, indices, axis=0)
+
+    def backward(self, gy):
+        indices, = self.saved_tensors
+        return EmbeddingGrad(self.num, self.padding_idx)(gy, indices), None
+
+
+class EmbeddingGrad(Function):
+    """Scatter-add of (..., D) gradient rows into a (num, D) zero matrix at ``indices``."""
+    def __init__(self, num, padding_idx):
+        self.num, self.padding_idx = num, padding_idx
+
+    def forward(self, gy, indices):
+        xp = backend.xp_of(gy)
+        d = gy.shape[-1]
+        gw = xp.zeros((self.num, d), dtype=gy.dtype)
+        flat, rows = indices.reshape(-1), gy.reshape(-1, d)
+        if xp is numpy:
+            numpy.add.at(gw, flat, rows)
+        else:
+            import cupyx
+            cupyx.scatter_add(gw, flat, rows)
+        if self.padding_idx is not None:
+            gw[self.padding_idx] = 0
+        self.save_for_backward(indices)
+        return gw
+
+    def backward(self, ggw):
+        indices, = self.saved_tensors
+        g = Embedding(None)(ggw, indices)
+        if self.padding_idx is not None:
+            g = g * unsqueeze(astype(compare(indices, self.padding_idx, "not_equal"), ggw.dtype), -1)
+        return g, None
+
+
+def embedding(indices, weight, padding_idx=None):
+    return Embedding(padding_idx)(weight, as_tensor(indices))
+
+
 def setitem_(x, index, value):
     """``x[index] = value`` in place; refused where it would corrupt recorded history."""
     _in_place("index assignment")
