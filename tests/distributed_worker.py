@@ -279,11 +279,56 @@ def mismatch():
         return str(e)
 
 
+def nccl_checks():
+    """GPU tensors through NCCL (one GPU per rank; a single-rank group on a one-GPU machine)."""
+    import cupy
+    rank, world = dist.get_rank(), dist.get_world_size()
+    res = {"backend": dist.get_backend(), "device": cupy.cuda.Device().id}
+    t = gf.full((1000,), float(rank + 1), device="cuda")
+    dist.all_reduce(t)
+    res["sum"] = bool((t.numpy() == world * (world + 1) / 2).all())
+    t = gf.full((7,), float(rank + 1), device="cuda")
+    dist.all_reduce(t, dist.ReduceOp.AVG)
+    res["avg"] = bool(numpy.allclose(t.numpy(), (world + 1) / 2))
+    t = gf.full((3,), float(rank), device="cuda")
+    dist.broadcast(t, src=world - 1)
+    res["broadcast"] = bool((t.numpy() == world - 1).all())
+    out = [gf.zeros(2, device="cuda") for _ in range(world)]
+    dist.all_gather(out, gf.tensor([rank, rank + 0.5], device="cuda"))
+    res["all_gather"] = [o.numpy().tolist() for o in out]
+    # DDP on the GPU against one process on the whole batch
+    x, y = data(64)
+    gf.manual_seed(100 + rank)
+    model = nn.MLP(SIZES, device="cuda")
+    ddp = DDP(model, bucket_cap_mb=0.001)
+    reference = nn.MLP(SIZES, device="cuda")
+    reference.load_state_dict(model.state_dict())
+    opt, ref_opt = make_optimizer("sgd", ddp.parameters()), make_optimizer("sgd", reference.parameters())
+    loss_fn = nn.CrossEntropyLoss()
+    worst = 0.0
+    share = 16 // world
+    for step in range(4):
+        xb, yb = x[step * 16:(step + 1) * 16], y[step * 16:(step + 1) * 16]
+        mine = slice(rank * share, (rank + 1) * share)
+        opt.zero_grad()
+        loss_fn(ddp(gf.tensor(xb[mine], device="cuda")), gf.tensor(yb[mine], device="cuda")).backward()
+        opt.step()
+        ref_opt.zero_grad()
+        loss_fn(reference(gf.tensor(xb, device="cuda")), gf.tensor(yb, device="cuda")).backward()
+        ref_opt.step()
+        worst = max(worst, rel_diff(flat_params(model), flat_params(reference)))
+    res["ddp_rel_diff_vs_single"] = worst
+    res["ddp_rank_spread"] = max_rank_spread(flat_params(model))
+    return res
+
+
 def main():
     scenario, out_dir = sys.argv[1], sys.argv[2]
-    dist.init_process_group("mpi")
+    dist.init_process_group("nccl" if scenario == "nccl" else "mpi")
     rank = dist.get_rank()
-    if scenario == "main":
+    if scenario == "nccl":
+        result = {"world": dist.get_world_size(), **nccl_checks()}
+    elif scenario == "main":
         result = {"world": dist.get_world_size(), "collectives": collectives(),
                   "sgd": train_vs_reference("sgd"), "adam": train_vs_reference("adam"),
                   "one_bucket": train_vs_reference("sgd", bucket_cap_mb=25),
