@@ -19,3 +19,4 @@ __version__ = "0.1.0"
 
 from gradflow import data, datasets, nn, optim, train  # noqa: E402  (they build on the core above)
 from gradflow.serialization import load, save  # noqa: E402
+from gradflow import distributed  # noqa: E402  (MPI/NCCL process groups; mpi4py is imported on first use)

@@ -17,6 +17,10 @@ from gradflow import backend
 
 _grad_enabled = True
 _recorder = None   # set by gradflow.compile while it records a step
+_hooked_leaves = 0          # leaves with post-accumulate-grad hooks: backward counts their edges only then
+_backward_depth = 0         # backward passes now running (nested ones included)
+_backward_callbacks = []    # run when the outermost backward pass ends (queue_backward_callback)
+_hook_ids = itertools.count()
 
 
 def is_grad_enabled():
@@ -74,6 +78,7 @@ class Tensor:
     _index = 0            # which output of ``creator`` this is
     _vc = None            # version counter [n], created on first need, shared by views
     _retain_grad = False
+    _post_accumulate_grad_hooks = None   # {id: hook}, set by register_post_accumulate_grad_hook
 
     def __init__(self, data, requires_grad=False, dtype=None, device=None):
         if isinstance(data, Tensor):
@@ -144,6 +149,24 @@ class Tensor:
         """Keep ``.grad`` on this non-leaf tensor after backward, as in PyTorch."""
         self._retain_grad = True
         return self
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call ``hook(self)`` once per backward pass, when this leaf's ``.grad`` holds every
+        gradient that pass delivers to it (PyTorch's name). DistributedDataParallel uses it to
+        start a bucket's all-reduce as soon as the bucket's gradients are final. Returns a
+        handle whose ``remove()`` unregisters the hook.
+        """
+        global _hooked_leaves
+        if self.creator is not None:
+            raise RuntimeError("post accumulate grad hooks cannot be registered on non-leaf tensors")
+        if not callable(hook):
+            raise TypeError(f"register_post_accumulate_grad_hook: hook must be callable, got {type(hook).__name__}")
+        if self._post_accumulate_grad_hooks is None:
+            self._post_accumulate_grad_hooks = {}
+        key = next(_hook_ids)
+        self._post_accumulate_grad_hooks[key] = hook
+        _hooked_leaves += 1
+        return _HookHandle(self._post_accumulate_grad_hooks, key)
 
     def _bump_version(self):
         """Record an in-place change so backward can detect stale saved tensors."""
@@ -287,6 +310,26 @@ class Tensor:
     def expand(self, *shape): return ops.broadcast_to(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
     def sum_to(self, shape): return ops.sum_to(self, shape)
     def astype(self, dtype): return ops.astype(self, dtype)
+
+
+class _HookHandle:
+    """What hook registration returns: ``remove()`` takes the hook out again."""
+
+    def __init__(self, hooks, key):
+        self._hooks, self._key = hooks, key
+
+    def remove(self):
+        global _hooked_leaves
+        if self._hooks.pop(self._key, None) is not None:
+            _hooked_leaves -= 1
+
+
+def queue_backward_callback(callback):
+    """Run ``callback()`` once the backward pass now running has finished (every gradient
+    delivered), as PyTorch's ``queue_callback``: DistributedDataParallel's final sync."""
+    if _backward_depth == 0:
+        raise RuntimeError("queue_backward_callback: no backward pass is running")
+    _backward_callbacks.append(callback)
 
 
 def as_tensor(value, like=None):
@@ -476,6 +519,7 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
         results = {id(t): None for t in targets}
         target_outputs = {(id(t.creator), t._index): id(t) for t in targets if t.creator is not None}
     assigned = set()  # arrays already handed to a leaf's .grad in this pass
+    hooked = _hooked_edges(roots) if _hooked_leaves and targets is None else None
 
     def deliver(x, gx):
         if gx.dtype != x.dtype:
@@ -496,9 +540,34 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
                 results[id(x)] = gx if prev is None else prev + gx
         else:
             _accumulate_leaf(x, gx, create_graph, assigned)
+            if hooked is not None and id(x) in hooked:
+                _leaf_edge_done(hooked, x, True)
 
     if create_graph and _recorder is not None:
         _recorder.on_create_graph()
+    global _backward_depth
+    _backward_depth += 1
+    try:
+        results = _walk(roots, grads, targets, target_outputs if targets is not None else None, results, deliver,
+                        heap, pending, retain_graph, create_graph, hooked)
+    except BaseException:
+        _backward_depth -= 1
+        if _backward_depth == 0:
+            _backward_callbacks.clear()
+        raise
+    _backward_depth -= 1
+    if hooked:  # leaves whose last edge gave no gradient (a backward returned None for it)
+        for entry in list(hooked.values()):
+            if entry[2]:
+                _fire_post_accumulate_hooks(entry[0])
+    if _backward_depth == 0:
+        while _backward_callbacks:
+            _backward_callbacks.pop(0)()
+    return results
+
+
+def _walk(roots, grads, targets, target_outputs, results, deliver, heap, pending, retain_graph, create_graph, hooked):
+    """The body of ``run_backward``: pop Functions off the heap and push their input gradients."""
     mode = enable_grad() if create_graph else no_grad()
     with mode:
         for t, g in zip(roots, grads):
@@ -528,6 +597,8 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
                 gxs = (gxs,)
             for x, gx, need in zip(fn.inputs, gxs, fn.needs_input_grad):
                 if not need or gx is None:
+                    if need and hooked is not None and id(x) in hooked:
+                        _leaf_edge_done(hooked, x, False)
                     continue
                 if gx.shape != x.shape:
                     raise RuntimeError(f"{fn.name}.backward returned a gradient of shape {gx.shape} "
@@ -536,6 +607,45 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
             if not retain_graph:
                 fn.release()
     return results
+
+
+def _hooked_edges(roots):
+    """{id(leaf): [leaf, gradients still to come, got one]} for the hooked leaves this pass reaches."""
+    counts, seen = {}, set()
+    stack = []
+    for t in roots:
+        if t.creator is not None:
+            stack.append(t.creator)
+        elif t._post_accumulate_grad_hooks:
+            counts.setdefault(id(t), [t, 0, False])[1] += 1
+    while stack:
+        fn = stack.pop()
+        if id(fn) in seen or fn.inputs is None:
+            continue
+        seen.add(id(fn))
+        for x, need in zip(fn.inputs, fn.needs_input_grad):
+            if not need:
+                continue
+            if x.creator is not None:
+                stack.append(x.creator)
+            elif x._post_accumulate_grad_hooks:
+                counts.setdefault(id(x), [x, 0, False])[1] += 1
+    return counts
+
+
+def _leaf_edge_done(hooked, x, received):
+    entry = hooked[id(x)]
+    entry[1] -= 1
+    entry[2] = entry[2] or received
+    if entry[1] == 0:
+        del hooked[id(x)]
+        if entry[2]:
+            _fire_post_accumulate_hooks(x)
+
+
+def _fire_post_accumulate_hooks(x):
+    for hook in list((x._post_accumulate_grad_hooks or {}).values()):
+        hook(x)
 
 
 def _accumulate_leaf(x, gx, create_graph, assigned):
