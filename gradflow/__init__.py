@@ -14,6 +14,7 @@ from gradflow.random import manual_seed
 from gradflow.tensor import Function, Size, Tensor, enable_grad, grad, is_grad_enabled, no_grad
 
 from numpy import bool_, float16, float32, float64, int8, int16, int32, int64, uint8  # dtypes, as gradflow.float32 etc.
+bool = bool_  # noqa: A001  (torch.bool)
 
 __version__ = "0.1.0"
 

@@ -42,7 +42,11 @@ def ones(*shape, dtype=numpy.float32, device=None, requires_grad=False):
                   requires_grad=requires_grad)
 
 
-def full(shape, value, dtype=numpy.float32, device=None, requires_grad=False):
+def full(shape, value, dtype=None, device=None, requires_grad=False):
+    """``value`` everywhere; without ``dtype``, bool/int/float values give bool/int64/float32, as torch.full."""
+    if dtype is None:
+        dtype = bool if isinstance(value, (bool, numpy.bool_)) else numpy.int64 if isinstance(value, (int, numpy.integer)) \
+            else numpy.float32
     return Tensor(backend.xp_for(device or backend.default_device()).full(_shape((shape,)), value, dtype=dtype),
                   requires_grad=requires_grad)
 
