@@ -14,7 +14,7 @@ import math
 import numpy
 
 from gradflow import backend, ops, philox
-from gradflow.kernel import Elementwise, RowKernel, dtype_suffix, raw_function, row_threads
+from gradflow.kernel import Elementwise, RawKernel, RowKernel, row_threads
 from gradflow.tensor import DTypeError, Function, OpError, Tensor, as_tensor
 
 _ACT = ("activations.cuh",)
@@ -147,7 +147,7 @@ def _leaky_relu_np(x, slope):
 
 
 leaky_relu_fwd = Elementwise("leaky_relu_fwd", "T x, T slope", "T y, bool mask",
-                             "y = gf_leaky_relu(x, slope); mask = x > T(0)", headers=_ACT, scalars="slope",
+                             "y = gf_leaky_relu(x, slope); mask = gf_gt0(x)", headers=_ACT, scalars="slope",
                              numpy=_leaky_relu_np)
 
 
@@ -557,6 +557,9 @@ def _xent_rows_np(x, target, ignore_index):
     return numpy.where(valid, (m - picked) + logs, x.dtype.type(0)), m, logs
 
 
+xent_fwd_rows = RawKernel("softmax.cu", "gf_xent_fwd")
+
+
 def xent_rows(x, target, ignore_index):
     """Loss, row max and log-sum of exp(x - max) of each row in one pass (GPU: one block per row)."""
     if not _on_cuda(x):
@@ -567,10 +570,10 @@ def xent_rows(x, target, ignore_index):
     m = cp.empty(rows, dtype=x.dtype)
     logs = cp.empty(rows, dtype=x.dtype)
     if rows:
-        fn = raw_function("softmax.cu", f"gf_xent_fwd_{dtype_suffix(x.dtype)}")
-        fn((min(rows, 2 ** 31 - 1),), (row_threads(cols),),
-           (cp.ascontiguousarray(x), cp.ascontiguousarray(target, dtype=cp.int64), loss, m, logs,
-            numpy.int64(rows), numpy.int64(cols), numpy.int64(ignore_index)))
+        xent_fwd_rows.function(x.dtype)((min(rows, 2 ** 31 - 1),), (row_threads(cols),),
+                                        (cp.ascontiguousarray(x), cp.ascontiguousarray(target, dtype=cp.int64),
+                                         loss, m, logs, numpy.int64(rows), numpy.int64(cols),
+                                         numpy.int64(ignore_index)))
     return loss, m, logs
 
 
@@ -702,7 +705,7 @@ def _noisy_relu_np(x, sigma, seed, offset):
 
 
 noisy_relu_fwd = Elementwise("noisy_relu_fwd", "T x, T sigma, uint64 seed, uint64 offset", "T y, bool mask",
-                             "const T z = gf_noisy_preact(x, sigma, seed, offset + i); mask = z > T(0); "
+                             "const T z = gf_noisy_preact(x, sigma, seed, offset + i); mask = gf_gt0(z); "
                              "y = mask ? z : T(0)",
                              headers=_DROP, scalars="sigma seed offset", numpy=_noisy_relu_np)
 

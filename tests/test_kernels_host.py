@@ -227,3 +227,28 @@ def test_system_headers_only_in_the_host_branch():
                 stack.pop()
             elif s.startswith("#include <"):
                 assert stack and stack[-1] == [device_if, True], f"{name}: {s} is not host-only"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_sign_masks_keep_subnormals_like_torch(host, dtype):
+    """A positive subnormal is > 0 for relu/leaky_relu/prelu masks, as in PyTorch (which does not flush).
+
+    The GPU build compiles with -ftz=true, so the kernels test the sign on the bits (gf_gt0/gf_le0);
+    test_kernels_nvrtc checks that their float32 PTX has no flushing comparison left.
+    """
+    torch = pytest.importorskip("torch")
+    tiny = numpy.finfo(dtype).tiny
+    x = numpy.array([tiny / 8, -tiny / 8, tiny, -tiny, 0.0, -0.0, numpy.nan, numpy.inf, -numpy.inf, 1.0], dtype)
+    t = torch.tensor(x, requires_grad=True)
+    torch.relu(t).sum().backward()
+    relu_mask = (t.grad.numpy() != 0) | numpy.isnan(x)  # torch's relu passes NaN through (mask kept)
+    t.grad = None
+    torch.nn.functional.leaky_relu(t, 0.25).sum().backward()
+    leaky_mask = t.grad.numpy() == 1
+    for got, want in [(host.elementwise("relu_fwd", x)[1], relu_mask), (A.relu_fwd(x)[1], relu_mask),
+                      (host.elementwise("leaky_relu_fwd", x, 0.25)[1], leaky_mask),
+                      (A.leaky_relu_fwd(x, 0.25)[1], leaky_mask)]:
+        numpy.testing.assert_array_equal(got, want)
+    assert relu_mask[0] and not relu_mask[1]  # the subnormal case itself
+    y = host.elementwise("relu_fwd", x)[0]
+    numpy.testing.assert_array_equal(y[:6], torch.relu(torch.tensor(x[:6])).numpy())  # subnormal passes unchanged
