@@ -259,6 +259,8 @@ def pow(a, b):
             raise RuntimeError("Integers to negative integer powers are not allowed.")
         return PowScalar(b)(_operand(a, dtype, a))
     a, b = _pair(a, b)
+    if a.dtype == bool:
+        raise DTypeError("pow is not implemented for bool tensors")
     if a.dtype.kind in "iu" and bool((b.data < 0).any()):
         raise RuntimeError("Integers to negative integer powers are not allowed.")
     return Pow()(a, b)
@@ -1116,15 +1118,6 @@ def _t(x, like=None):
     return x if isinstance(x, Tensor) else as_tensor(x, like=like)
 
 
-def _dim(dim, ndim, name="dim"):
-    if ndim == 0 and dim in (0, -1):
-        return 0
-    if not -ndim <= dim < builtins.max(ndim, 1):
-        raise IndexError(f"Dimension out of range (expected to be in range of [{-ndim}, {ndim - 1}], "
-                         f"but got {dim}) for {name}")
-    return dim % builtins.max(ndim, 1)
-
-
 class _Unary(Function):
     """Shared __init__ for unary ops with a constant parameter."""
     def __init__(self, *params):
@@ -1198,7 +1191,11 @@ class Piecewise(_Unary):
     """floor/ceil/round/sign/trunc: constant between jumps, so the gradient is zero (as in torch)."""
     def forward(self, x):
         func, kwargs = self.params
-        return getattr(backend.xp_of(x), func)(x, **kwargs)
+        xp = backend.xp_of(x)
+        y = getattr(xp, func)(x, **kwargs)
+        if func == "sign" and x.dtype.kind == "f":  # torch.sign(nan) is 0
+            y = xp.where(xp.isnan(x), x.dtype.type(0), y)
+        return y
 
     def backward(self, gy):
         return zeros_like_array(gy)
@@ -1286,7 +1283,7 @@ def _bitwise(a, b, func):
     a, b = _pair(a, b)
     for x in (a, b):
         if x.dtype.kind not in "biu":
-            raise TypeError(f"{func} is only supported for integer and bool tensors, got dtype {x.dtype}")
+            raise DTypeError(f"{func} is only supported for integer and bool tensors, got dtype {x.dtype}")
     return NonDifferentiable(func)(a, b)
 
 
@@ -1305,7 +1302,7 @@ def bitwise_xor(a, b):
 def bitwise_not(x):
     x = _t(x)
     if x.dtype.kind not in "biu":
-        raise TypeError(f"bitwise_not is only supported for integer and bool tensors, got dtype {x.dtype}")
+        raise DTypeError(f"bitwise_not is only supported for integer and bool tensors, got dtype {x.dtype}")
     return NonDifferentiable("invert")(x)
 
 
