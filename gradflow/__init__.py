@@ -9,7 +9,7 @@ from gradflow.gradcheck import gradcheck, gradgradcheck
 from gradflow.ops import (abs, argmax, argmin, broadcast_to, cat, clamp, clip, concatenate, exp, flatten, log,
                           linear, matmul, max, maximum, mean, min, minimum, permute, reshape, sqrt, squeeze, stack, sum,
                           sum_to, swapaxes, transpose, unsqueeze, var, where)
-from gradflow.ops import promote_types, result_type, std
+from gradflow.ops import promote_types, result_type
 from gradflow.random import manual_seed
 from gradflow.tensor import Function, Size, Tensor, enable_grad, grad, is_grad_enabled, no_grad
 # ==== API breadth (issue 13) ====
@@ -27,7 +27,7 @@ from gradflow.ops import true_divide as div  # noqa: E402  (torch.div, with roun
 from gradflow.tensor import (get_default_dtype, inference_mode, is_inference_mode_enabled, set_default_dtype,
                              set_grad_enabled, set_printoptions)
 
-from numpy import bool_, float16, float32, float64, int8, int16, int32, int64, uint8  # dtypes, as gradflow.float32 etc.
+from numpy import bool_, float32, float64, int32, int64  # dtypes, as gradflow.float32 etc.
 
 __version__ = "0.1.0"
 

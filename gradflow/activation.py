@@ -15,7 +15,7 @@ import numpy
 
 from gradflow import backend, ops, philox
 from gradflow.kernel import Elementwise, RawKernel, RowKernel, row_threads
-from gradflow.tensor import Function, Tensor, as_tensor
+from gradflow.tensor import DTypeError, Function, OpError, Tensor, as_tensor
 
 _ACT = ("activations.cuh",)
 _quiet = numpy.errstate(all="ignore")  # NaN/inf propagate silently, as on the GPU
@@ -23,7 +23,7 @@ _quiet = numpy.errstate(all="ignore")  # NaN/inf propagate silently, as on the G
 
 def _check_float(x, name):
     if x.dtype not in (numpy.float32, numpy.float64):
-        raise TypeError(f"{name}: expected a float32 or float64 tensor, got {x.dtype}")
+        raise DTypeError(f"{name}: expected a float32 or float64 tensor, got {x.dtype}")
 
 
 def _where0(cond, a):
@@ -197,7 +197,7 @@ def _channel_shape(x_shape, w_size):
     if w_size == 1:
         return (1,) * len(x_shape)
     if len(x_shape) < 2 or x_shape[1] != w_size:
-        raise ValueError(f"prelu: a weight of {w_size} entries needs an input with {w_size} channels in "
+        raise OpError(f"prelu: a weight of {w_size} entries needs an input with {w_size} channels in "
                          f"dim 1, got shape {x_shape}")
     return (1, w_size) + (1,) * (len(x_shape) - 2)
 
@@ -205,9 +205,9 @@ def _channel_shape(x_shape, w_size):
 class PReLU(Function):
     def forward(self, x, w):
         if w.ndim != 1:
-            raise ValueError(f"prelu: weight must be 1-D (C,) or (1,), got shape {w.shape}")
+            raise OpError(f"prelu: weight must be 1-D (C,) or (1,), got shape {w.shape}")
         if x.dtype != w.dtype:
-            raise TypeError(f"prelu: input dtype {x.dtype} differs from weight dtype {w.dtype}")
+            raise DTypeError(f"prelu: input dtype {x.dtype} differs from weight dtype {w.dtype}")
         self.save_for_backward(x, w)
         return prelu_fwd(x, w.reshape(_channel_shape(x.shape, w.size)))
 
@@ -848,13 +848,13 @@ def softmax_cross_entropy(logits, target, reduction="mean", ignore_index=-100):
     if not isinstance(target, Tensor):
         target = Tensor._wrap(backend.xp_of(logits.data).asarray(target))
     if target.dtype.kind not in "iu":
-        raise TypeError(f"softmax_cross_entropy: target must hold integer class indices, got dtype {target.dtype}")
+        raise DTypeError(f"softmax_cross_entropy: target must hold integer class indices, got dtype {target.dtype}")
     squeeze = logits.ndim == 1
     if squeeze:
         logits, target = ops.unsqueeze(logits, 0), ops.reshape(target, (1,))
     expected = logits.shape[:1] + logits.shape[2:]
     if logits.ndim < 2 or target.shape != expected:
-        raise ValueError(f"softmax_cross_entropy: target shape {target.shape} does not match logits shape "
+        raise OpError(f"softmax_cross_entropy: target shape {target.shape} does not match logits shape "
                          f"{logits.shape} (expected {expected})")
     loss = SoftmaxCrossEntropy(reduction, int(ignore_index))(logits, ops.astype(target, numpy.int64))
     return ops.reshape(loss, ()) if squeeze and reduction == "none" else loss

@@ -22,7 +22,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from gradflow import backend, ops
 from gradflow.kernel import dtype_suffix, raw_function
-from gradflow.tensor import Function, Tensor, as_tensor
+from gradflow.tensor import Function, OpError, Tensor, as_tensor
 
 
 # ---- geometry ---------------------------------------------------------------------------------
@@ -60,7 +60,7 @@ def _tuple(value, n, name):
         return (int(value),) * n
     value = tuple(int(v) for v in value)
     if len(value) != n:
-        raise ValueError(f"{name} must be an int or a tuple of {n} ints, got {value}")
+        raise OpError(f"{name} must be an int or a tuple of {n} ints, got {value}")
     return value
 
 
@@ -83,7 +83,7 @@ def im2col(x, geom, pad_value=0.0):
     (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
     oh, ow = geom.out_size(h, w)
     if oh <= 0 or ow <= 0:
-        raise ValueError(f"the window (kernel {geom.kernel}, dilation {geom.dilation}) is larger than the "
+        raise OpError(f"the window (kernel {geom.kernel}, dilation {geom.dilation}) is larger than the "
                          f"padded input {(h + geom.pad_lo[0] + geom.pad_hi[0], w + geom.pad_lo[1] + geom.pad_hi[1])}")
     xp = backend.xp_of(x)
     if xp is not numpy:
@@ -252,7 +252,7 @@ class ConvWeight(Function):
 def _check_input(x, dims, name):
     x = as_tensor(x)
     if x.ndim != dims + 2:
-        raise ValueError(f"{name}: expected a {dims + 2}-d input (N, C, {'H, W' if dims == 2 else 'L'}), "
+        raise OpError(f"{name}: expected a {dims + 2}-d input (N, C, {'H, W' if dims == 2 else 'L'}), "
                          f"got shape {x.shape}")
     if x.dtype.kind != "f":
         raise TypeError(f"{name}: expected a floating-point input, got {x.dtype}")
@@ -266,13 +266,13 @@ def _padding(padding, kernel, stride, dilation, dims, name):
             return (0,) * dims, (0,) * dims
         if padding == "same":
             if any(s != 1 for s in stride):
-                raise ValueError(f"{name}: padding='same' is not supported for strided convolutions")
+                raise OpError(f"{name}: padding='same' is not supported for strided convolutions")
             total = [d * (k - 1) for k, d in zip(kernel, dilation)]
             return tuple(t // 2 for t in total), tuple(t - t // 2 for t in total)
-        raise ValueError(f"{name}: invalid padding string {padding!r}; expected 'valid' or 'same'")
+        raise OpError(f"{name}: invalid padding string {padding!r}; expected 'valid' or 'same'")
     pad = _tuple(padding, dims, "padding")
     if any(p < 0 for p in pad):
-        raise ValueError(f"{name}: negative padding {pad}")
+        raise OpError(f"{name}: negative padding {pad}")
     return pad, pad
 
 
@@ -280,25 +280,25 @@ def _conv_nd(x, weight, bias, stride, padding, dilation, groups, dims, name):
     x = _check_input(x, dims, name)
     weight = as_tensor(weight)
     if weight.ndim != dims + 2:
-        raise ValueError(f"{name}: weight must be {dims + 2}-d (out_channels, in_channels/groups, kernel...), "
+        raise OpError(f"{name}: weight must be {dims + 2}-d (out_channels, in_channels/groups, kernel...), "
                          f"got shape {weight.shape}")
     groups = int(groups)
     c, o = x.shape[1], weight.shape[0]
     if groups < 1 or c % groups or o % groups:
-        raise ValueError(f"{name}: groups={groups} must divide in_channels={c} and out_channels={o}")
+        raise OpError(f"{name}: groups={groups} must divide in_channels={c} and out_channels={o}")
     if weight.shape[1] * groups != c:
-        raise ValueError(f"{name}: input has {c} channels but weight {weight.shape} with groups={groups} "
+        raise OpError(f"{name}: input has {c} channels but weight {weight.shape} with groups={groups} "
                          f"expects {weight.shape[1] * groups}")
     if x.dtype != weight.dtype:
         raise TypeError(f"{name}: input dtype {x.dtype} differs from weight dtype {weight.dtype}")
     if bias is not None:
         bias = as_tensor(bias)
         if bias.shape != (o,):
-            raise ValueError(f"{name}: bias must have shape ({o},), got {bias.shape}")
+            raise OpError(f"{name}: bias must have shape ({o},), got {bias.shape}")
     kernel = weight.shape[2:]
     stride, dilation = _tuple(stride, dims, "stride"), _tuple(dilation, dims, "dilation")
     if any(s < 1 for s in stride) or any(d < 1 for d in dilation):
-        raise ValueError(f"{name}: stride {stride} and dilation {dilation} must be positive")
+        raise OpError(f"{name}: stride {stride} and dilation {dilation} must be positive")
     lo, hi = _padding(padding, kernel, stride, dilation, dims, name)
     if dims == 1:
         x, weight = ops.unsqueeze(x, 2), ops.unsqueeze(weight, 2)
@@ -306,7 +306,7 @@ def _conv_nd(x, weight, bias, stride, padding, dilation, groups, dims, name):
     geom = Geometry(kernel, stride, lo, hi, dilation, groups)
     h, w = x.shape[2:]
     if min(geom.out_size(h, w)) <= 0:
-        raise ValueError(f"{name}: kernel {weight.shape[2:]} (dilation {dilation[-dims:]}) is larger than the "
+        raise OpError(f"{name}: kernel {weight.shape[2:]} (dilation {dilation[-dims:]}) is larger than the "
                          f"padded input of spatial size {x.shape[2:][-dims:]}")
     y = Conv(geom)(x, weight) if bias is None else Conv(geom)(x, weight, bias)
     return ops.squeeze(y, 2) if dims == 1 else y
@@ -326,12 +326,12 @@ def _conv_transpose_nd(x, weight, bias, stride, padding, output_padding, groups,
     x = _check_input(x, dims, name)
     weight = as_tensor(weight)
     if weight.ndim != dims + 2:
-        raise ValueError(f"{name}: weight must be {dims + 2}-d (in_channels, out_channels/groups, kernel...), "
+        raise OpError(f"{name}: weight must be {dims + 2}-d (in_channels, out_channels/groups, kernel...), "
                          f"got shape {weight.shape}")
     groups = int(groups)
     c = x.shape[1]
     if weight.shape[0] != c or groups < 1 or c % groups:
-        raise ValueError(f"{name}: input has {c} channels but weight {weight.shape} (groups={groups}) expects "
+        raise OpError(f"{name}: input has {c} channels but weight {weight.shape} (groups={groups}) expects "
                          f"{weight.shape[0]}")
     if x.dtype != weight.dtype:
         raise TypeError(f"{name}: input dtype {x.dtype} differs from weight dtype {weight.dtype}")
@@ -340,12 +340,12 @@ def _conv_transpose_nd(x, weight, bias, stride, padding, output_padding, groups,
     stride, dilation = _tuple(stride, dims, "stride"), _tuple(dilation, dims, "dilation")
     pad, out_pad = _tuple(padding, dims, "padding"), _tuple(output_padding, dims, "output_padding")
     if any(op >= max(s, d) for op, s, d in zip(out_pad, stride, dilation)):
-        raise ValueError(f"{name}: output_padding {out_pad} must be smaller than either stride {stride} "
+        raise OpError(f"{name}: output_padding {out_pad} must be smaller than either stride {stride} "
                          f"or dilation {dilation}")
     out = [(i - 1) * s - 2 * p + d * (k - 1) + op + 1
            for i, s, p, d, k, op in zip(x.shape[2:], stride, pad, dilation, kernel, out_pad)]
     if min(out) <= 0:
-        raise ValueError(f"{name}: the output size {tuple(out)} is not positive")
+        raise OpError(f"{name}: the output size {tuple(out)} is not positive")
     if dims == 1:
         x, weight = ops.unsqueeze(x, 2), ops.unsqueeze(weight, 2)
         kernel, stride, dilation, pad, out_pad, out = ((1,) + kernel, (1,) + stride, (1,) + dilation, (0,) + pad,
@@ -603,16 +603,16 @@ def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, dims, n
         _tuple(stride, dims, "stride")
     pad, dilation = _tuple(padding, dims, "padding"), _tuple(dilation, dims, "dilation")
     if any(k < 1 for k in kernel) or any(s < 1 for s in stride):
-        raise ValueError(f"{name}: kernel_size {kernel} and stride {stride} must be positive")
+        raise OpError(f"{name}: kernel_size {kernel} and stride {stride} must be positive")
     if any(2 * p > k for p, k in zip(pad, kernel)):
-        raise ValueError(f"{name}: pad should be at most half of effective kernel size, but got pad={pad} "
+        raise OpError(f"{name}: pad should be at most half of effective kernel size, but got pad={pad} "
                          f"and kernel_size={kernel}")
     sizes = x.shape[2:] if dims == 2 else x.shape[3:]
     hi = []
     for size, k, s, p, d in zip(sizes, kernel, stride, pad, dilation):
         span = size + 2 * p - d * (k - 1) - 1
         if span < 0:
-            raise ValueError(f"{name}: the window (kernel {kernel}, dilation {dilation}) is larger than the "
+            raise OpError(f"{name}: the window (kernel {kernel}, dilation {dilation}) is larger than the "
                              f"padded input of size {tuple(sizes)}")
         out = span // s + 1
         if ceil_mode:
@@ -629,7 +629,7 @@ def _as_4d(x, dims, name):
     """Pooling accepts batched or unbatched input, as PyTorch: (N, C, *) or (C, *)."""
     x = as_tensor(x)
     if x.ndim not in (dims + 1, dims + 2):
-        raise ValueError(f"{name}: expected a {dims + 1}-d or {dims + 2}-d input, got shape {x.shape}")
+        raise OpError(f"{name}: expected a {dims + 1}-d or {dims + 2}-d input, got shape {x.shape}")
     unbatched = x.ndim == dims + 1
     if unbatched:
         x = ops.unsqueeze(x, 0)
@@ -665,7 +665,7 @@ def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 def _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, dims, name):
     x, unbatched = _as_4d(x, dims, name)
     if divisor_override is not None and divisor_override == 0:
-        raise ValueError(f"{name}: divisor must be not zero")
+        raise OpError(f"{name}: divisor must be not zero")
     geom = _pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode, dims, name)
     y = AvgPool(geom, divisor_override, count_include_pad)(x)
     return _from_4d(y, dims, unbatched)
@@ -694,11 +694,11 @@ def _adaptive_avg_pool(x, output_size, dims, name):
     x, unbatched = _as_4d(x, dims, name)
     out = (output_size,) * dims if isinstance(output_size, int) else tuple(output_size)
     if len(out) != dims:
-        raise ValueError(f"{name}: output_size must be an int or a tuple of {dims}, got {output_size}")
+        raise OpError(f"{name}: output_size must be an int or a tuple of {dims}, got {output_size}")
     sizes = x.shape[2:] if dims == 2 else x.shape[3:]
     out = tuple(s if o is None else o for o, s in zip(out, sizes))
     if any(o < 1 for o in out):
-        raise ValueError(f"{name}: output_size {out} must be positive")
+        raise OpError(f"{name}: output_size {out} must be positive")
     xp = backend.xp_of(x.data)
     if dims == 1:
         out = (1,) + out

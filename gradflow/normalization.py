@@ -18,7 +18,7 @@ import numpy
 
 from gradflow import backend, ops
 from gradflow.kernel import dtype_suffix, raw_function, row_threads
-from gradflow.tensor import Function, as_tensor, is_grad_enabled
+from gradflow.tensor import Function, OpError, as_tensor, is_grad_enabled
 
 
 # ---- the row kernels and their NumPy twins -----------------------------------------------------------
@@ -170,17 +170,17 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """
     x = _float_tensor(input, "batch_norm")
     if x.ndim < 2:
-        raise ValueError(f"batch_norm: expected an input of at least 2 dimensions (N, C, *), got shape {x.shape}")
+        raise OpError(f"batch_norm: expected an input of at least 2 dimensions (N, C, *), got shape {x.shape}")
     c = x.shape[1]
     for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
                     ("bias", bias)):
         if t is not None and tuple(t.shape) != (c,):
-            raise ValueError(f"batch_norm: {name} must have shape ({c},) for an input with {c} channels, "
+            raise OpError(f"batch_norm: {name} must have shape ({c},) for an input with {c} channels, "
                              f"got {tuple(t.shape)}")
     shape = (1, c) + (1,) * (x.ndim - 2)
     if not training:
         if running_mean is None or running_var is None:
-            raise ValueError("batch_norm: running_mean and running_var are required when training=False")
+            raise OpError("batch_norm: running_mean and running_var are required when training=False")
         scale = 1.0 / ops.sqrt(as_tensor(running_var) + eps)
         if weight is not None:
             scale = scale * as_tensor(weight)
@@ -191,12 +191,12 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     n = x.shape[0]
     length = int(numpy.prod(x.shape[2:])) if x.ndim > 2 else 1
     if n * length <= 1:
-        raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input of "
+        raise OpError(f"batch_norm: expected more than 1 value per channel when training, got input of "
                          f"shape {x.shape}")
     xhat, mean, var = NormRows((n, c, length), eps)(x)
     if running_mean is not None and running_var is not None:
         if momentum is None and num_batches_tracked is None:
-            raise ValueError("batch_norm: momentum=None (cumulative average) needs num_batches_tracked")
+            raise OpError("batch_norm: momentum=None (cumulative average) needs num_batches_tracked")
         stats = [mean.detach(), var.detach(), as_tensor(running_mean), as_tensor(running_var)]
         if num_batches_tracked is not None:
             stats.append(num_batches_tracked)
@@ -210,11 +210,11 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     k = len(normalized_shape)
     if x.shape[x.ndim - k:] != normalized_shape or k > x.ndim:
-        raise ValueError(f"layer_norm: expected an input with shape [*, {', '.join(map(str, normalized_shape))}], "
+        raise OpError(f"layer_norm: expected an input with shape [*, {', '.join(map(str, normalized_shape))}], "
                          f"got {x.shape}")
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and tuple(t.shape) != normalized_shape:
-            raise ValueError(f"layer_norm: {name} must have shape {normalized_shape}, got {tuple(t.shape)}")
+            raise OpError(f"layer_norm: {name} must have shape {normalized_shape}, got {tuple(t.shape)}")
     length = int(numpy.prod(normalized_shape))
     xhat, _, _ = NormRows((1, x.numel() // length if length else 0, length), eps)(x)
     return _affine(xhat, weight, bias, normalized_shape)
@@ -224,13 +224,13 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     """Normalize each sample's channels in ``num_groups`` groups (over the group's channels and positions)."""
     x = _float_tensor(input, "group_norm")
     if x.ndim < 2:
-        raise ValueError(f"group_norm: expected an input of at least 2 dimensions (N, C, *), got shape {x.shape}")
+        raise OpError(f"group_norm: expected an input of at least 2 dimensions (N, C, *), got shape {x.shape}")
     n, c = x.shape[:2]
     if num_groups < 1 or c % num_groups:
-        raise ValueError(f"group_norm: num_groups ({num_groups}) must divide the number of channels ({c})")
+        raise OpError(f"group_norm: num_groups ({num_groups}) must divide the number of channels ({c})")
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and tuple(t.shape) != (c,):
-            raise ValueError(f"group_norm: {name} must have shape ({c},), got {tuple(t.shape)}")
+            raise OpError(f"group_norm: {name} must have shape ({c},), got {tuple(t.shape)}")
     xhat, _, _ = NormRows((1, n * num_groups, x.numel() // max(n * num_groups, 1)), eps)(x)
     return _affine(xhat, weight, bias, (1, c) + (1,) * (x.ndim - 2))
 

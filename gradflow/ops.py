@@ -11,11 +11,10 @@ import numpy
 
 from gradflow import backend
 from gradflow.gemm import gemm
-from gradflow.tensor import Function, Tensor, _in_place, as_tensor, is_grad_enabled
+from gradflow.tensor import DTypeError, Function, OpError, Tensor, _in_place, as_tensor, is_grad_enabled
 
 
 # ---- type promotion: PyTorch's rules, in one place -------------------------------------------
-DEFAULT_FLOAT = numpy.dtype(numpy.float32)   # what a Python float or int / int becomes, as torch's default dtype
 _CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2, "c": 3}
 
 
@@ -41,10 +40,10 @@ def _combine(higher, lower):
 
 
 def _scalar_dtype(v):
-    """A Python number's dtype in promotion: bool, int64, or the default float (float32)."""
+    """A Python number's dtype in promotion: bool, int64, or the default float dtype (float32 unless set)."""
     kind = numpy.asarray(v).dtype.kind
     return {"b": numpy.dtype(bool), "u": numpy.dtype(numpy.int64), "i": numpy.dtype(numpy.int64),
-            "f": DEFAULT_FLOAT, "c": numpy.dtype(numpy.complex64)}[kind]
+            "f": numpy.dtype(_default_float()), "c": numpy.dtype(numpy.complex64)}[kind]
 
 
 def result_type(*operands):
@@ -196,10 +195,10 @@ class PowScalar(Function):
     def backward(self, gy):
         x, = self.saved_tensors
         if self.c == 2:
-            return gy * x * 2.0
+            return gy * (x * 2.0)  # torch's order: 2x overflows to inf as there
         if self.c == 0:  # d(x**0)/dx is 0 everywhere, x = 0 included (0 * 0**-1 would be NaN)
             return zeros_like_array(gy)
-        return gy * self.c * x ** (self.c - 1)
+        return gy * (x ** (self.c - 1) * self.c)
 
 
 class Pow(Function):
@@ -234,6 +233,10 @@ def add(a, b):
 
 
 def sub(a, b):
+    if (a.dtype if isinstance(a, Tensor) else numpy.asarray(a).dtype) == bool or \
+            (b.dtype if isinstance(b, Tensor) else numpy.asarray(b).dtype) == bool:
+        raise DTypeError("Subtraction, the `-` operator, with a bool tensor is not supported; use ~ or logical_not "
+                         "to invert a mask")
     return Sub()(*_pair(a, b))
 
 
@@ -245,7 +248,7 @@ def div(a, b):
     """True division; integer (or bool) operands give the default float dtype, as in PyTorch."""
     a, b = _pair(a, b)
     if a.dtype.kind in "biu":
-        a, b = astype(a, DEFAULT_FLOAT), astype(b, DEFAULT_FLOAT)
+        a, b = astype(a, _default_float()), astype(b, _default_float())
     return Div()(a, b)
 
 
@@ -256,6 +259,8 @@ def pow(a, b):
             raise RuntimeError("Integers to negative integer powers are not allowed.")
         return PowScalar(b)(_operand(a, dtype, a))
     a, b = _pair(a, b)
+    if a.dtype == bool:
+        raise DTypeError("pow is not implemented for bool tensors")
     if a.dtype.kind in "iu" and bool((b.data < 0).any()):
         raise RuntimeError("Integers to negative integer powers are not allowed.")
     return Pow()(a, b)
@@ -301,7 +306,7 @@ class Sqrt(Function):
 class Abs(Function):
     def forward(self, x):
         xp = backend.xp_of(x)
-        self.save_for_backward(xp.sign(x))
+        self.save_for_backward((x > 0).astype(x.dtype) - (x < 0).astype(x.dtype))  # sign, 0 at NaN as torch
         return xp.abs(x)
 
     def backward(self, gy):
@@ -336,15 +341,19 @@ class Maximum(Function):
     def forward(self, a, b):
         xp = backend.xp_of(a)
         dtype = xp.result_type(a, b)
-        wins = (a > b) if self.kind == "maximum" else (a < b)
-        share = wins.astype(dtype) + (a == b).astype(dtype) * 0.5
-        self.save_for_backward(share)
+        # torch's masks: each side gets the gradient unless it lost (so both get it at NaN), halved at ties
+        half = xp.where(a == b, dtype.type(0.5), dtype.type(1)) if dtype.kind in "fc" else None
+        lose_a, lose_b = ((a < b), (a > b)) if self.kind == "maximum" else ((a > b), (a < b))
+        if half is None:
+            self.save_for_backward(None, None)
+        else:
+            self.save_for_backward(xp.where(lose_a, dtype.type(0), half), xp.where(lose_b, dtype.type(0), half))
         return getattr(xp, self.kind)(a, b)
 
     def backward(self, gy):
-        share, = self.saved_tensors
+        share_a, share_b = self.saved_tensors
         a, b = self.inputs
-        return _unbroadcast(gy * share, a.shape), _unbroadcast(gy * (1.0 - share), b.shape)
+        return _unbroadcast(gy * share_a, a.shape), _unbroadcast(gy * share_b, b.shape)
 
 
 class Where(Function):
@@ -378,12 +387,14 @@ def sqrt(x):
 
 
 def abs(x):
+    if x.dtype == bool:
+        raise DTypeError("abs is not implemented for bool tensors")
     return Abs()(x)
 
 
 def clamp(x, min=None, max=None):
     if min is None and max is None:
-        raise ValueError("clamp: give at least one of min and max")
+        raise OpError("clamp: give at least one of min and max")
     return Clamp(min, max)(x)
 
 
@@ -419,7 +430,7 @@ class MatMul(Function):
         if ka != kb:
             raise ValueError(f"matmul: {a.shape} @ {b.shape}: inner dimensions {ka} and {kb} differ")
         if a.dtype != b.dtype:
-            raise RuntimeError(f"matmul: dtypes differ ({a.dtype} @ {b.dtype}); cast one with .to(dtype)")
+            raise DTypeError(f"matmul: dtypes differ ({a.dtype} @ {b.dtype}); cast one with .to(dtype)")
         self.save_for_backward(a, b)
         return _matmul_arrays(a, b)
 
@@ -492,7 +503,10 @@ class MaxMin(Function):
         if x.size == 0:
             raise ValueError(f"{self.kind}: cannot reduce an empty tensor of shape {x.shape}")
         y = getattr(x, self.kind)(axis=self.axes, keepdims=True)
-        hit = (x == y).astype(x.dtype)
+        hit = x == y
+        if x.dtype.kind == "f":  # a NaN result: the NaNs share the gradient, as in torch
+            hit |= backend.xp_of(x).isnan(x) & backend.xp_of(y).isnan(y)
+        hit = hit.astype(x.dtype)
         self.save_for_backward(hit / hit.sum(axis=self.axes, keepdims=True))
         self.x_shape = x.shape
         return y if self.keepdims else y.reshape(tuple(s for i, s in enumerate(x.shape) if i not in self.axes))
@@ -749,6 +763,13 @@ def transpose(x, *axes):
     return permute(x, axes)
 
 
+def _matrix_transpose(x):
+    """``x.mT``: the last two dims swapped; matrices (or batches of them) only."""
+    if x.ndim < 2:
+        raise OpError(f"tensor.mT is only supported on matrices or batches of matrices, got a {x.ndim}-D tensor")
+    return swapaxes(x, -1, -2)
+
+
 def swapaxes(x, a, b):
     a, b = _dim(a, x.ndim), _dim(b, x.ndim)
     if x.ndim == 0:
@@ -991,7 +1012,9 @@ def inplace_(x, other, ufunc):
     try:
         getattr(xp, ufunc)(x.data, o, out=x.data, casting="same_kind")
     except ValueError as e:
-        raise ValueError(f"in-place {ufunc}: {x.shape} and {getattr(o, 'shape', ())}: {e}") from None
+        raise OpError(f"in-place {ufunc}: {x.shape} and {getattr(o, 'shape', ())}: {e}") from None
+    except TypeError as e:  # e.g. a float result into an int tensor
+        raise DTypeError(f"in-place {ufunc}: {e}") from None
     x._bump_version()
     return x
 
@@ -1054,7 +1077,7 @@ class Linear(Function):
             raise ValueError(f"linear: input {x.shape} does not match weight {weight.shape} "
                              f"(in_features {weight.shape[1]})")
         if x.dtype != weight.dtype:
-            raise TypeError(f"linear: input dtype {x.dtype} differs from weight dtype {weight.dtype}")
+            raise DTypeError(f"linear: input dtype {x.dtype} differs from weight dtype {weight.dtype}")
         self.save_for_backward(x, weight)
         y = _matmul_arrays(x, weight.T) if x.ndim == 2 else x @ weight.T
         if bias is not None:
@@ -1168,7 +1191,11 @@ class Piecewise(_Unary):
     """floor/ceil/round/sign/trunc: constant between jumps, so the gradient is zero (as in torch)."""
     def forward(self, x):
         func, kwargs = self.params
-        return getattr(backend.xp_of(x), func)(x, **kwargs)
+        xp = backend.xp_of(x)
+        y = getattr(xp, func)(x, **kwargs)
+        if func == "sign" and x.dtype.kind == "f":  # torch.sign(nan) is 0
+            y = xp.where(xp.isnan(x), x.dtype.type(0), y)
+        return y
 
     def backward(self, gy):
         return zeros_like_array(gy)
@@ -1256,7 +1283,7 @@ def _bitwise(a, b, func):
     a, b = _pair(a, b)
     for x in (a, b):
         if x.dtype.kind not in "biu":
-            raise TypeError(f"{func} is only supported for integer and bool tensors, got dtype {x.dtype}")
+            raise DTypeError(f"{func} is only supported for integer and bool tensors, got dtype {x.dtype}")
     return NonDifferentiable(func)(a, b)
 
 
@@ -1275,7 +1302,7 @@ def bitwise_xor(a, b):
 def bitwise_not(x):
     x = _t(x)
     if x.dtype.kind not in "biu":
-        raise TypeError(f"bitwise_not is only supported for integer and bool tensors, got dtype {x.dtype}")
+        raise DTypeError(f"bitwise_not is only supported for integer and bool tensors, got dtype {x.dtype}")
     return NonDifferentiable("invert")(x)
 
 
@@ -1461,7 +1488,7 @@ def logsumexp(x, dim, keepdim=False):
     xp = backend.xp_of(x.data)
     axes = _axes(dim, x.ndim)
     with numpy.errstate(invalid="ignore"):
-        m = x.data.max(axis=axes, keepdims=True) if x.size else xp.zeros((1,) * x.ndim, x.dtype)
+        m = x.data.max(axis=axes, keepdims=True) if x.data.size else xp.zeros((1,) * x.ndim, x.dtype)
         m = xp.where(xp.isinf(m), x.dtype.type(0), m)
     shift = Tensor._wrap(m)
     y = log(sum(exp(x - shift), axes, keepdims=True)) + shift
@@ -1981,7 +2008,7 @@ def meshgrid(*tensors, indexing="ij"):
         if x.ndim > 1:
             raise RuntimeError(f"meshgrid: expected 0D or 1D tensors, got a {x.ndim}D one")
     n = len(tensors)
-    sizes = [x.size for x in tensors]
+    sizes = [x.numel() for x in tensors]
     if indexing == "xy" and n >= 2:
         sizes[0], sizes[1] = sizes[1], sizes[0]
     out = []

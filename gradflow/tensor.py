@@ -216,14 +216,6 @@ class Tensor:
             raise IndexError(f"dimension specified as {dim} but tensor has no dimensions")
         return self.data.shape[ops._dim(dim, self.data.ndim)]
 
-    def numel(self):
-        """The number of elements."""
-        return self.data.size
-
-    def dim(self):
-        """The number of dims (``ndim``)."""
-        return self.data.ndim
-
     def __len__(self):
         return len(self.data)
 
@@ -239,7 +231,7 @@ class Tensor:
 
     def requires_grad_(self, requires_grad=True):
         if requires_grad and self.data.dtype.kind not in "fc":
-            raise TypeError(f"only floating-point tensors can require gradients, got dtype {self.dtype}")
+            raise DTypeError(f"only floating-point tensors can require gradients, got dtype {self.dtype}")
         if not requires_grad and self.creator is not None:
             raise RuntimeError("requires_grad can only be turned off on leaf tensors; use detach()")
         self.requires_grad = requires_grad
@@ -291,7 +283,7 @@ class Tensor:
     def item(self):
         _host_sync("item()")
         if self.data.size != 1:
-            raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
+            raise OpError(f"item() needs a tensor with one element, got shape {self.shape}")
         return self.data.reshape(()).item() if self.device == "cpu" else self.numpy().reshape(()).item()
 
     def tolist(self):
@@ -363,7 +355,7 @@ class Tensor:
     def __matmul__(self, o): return ops.matmul(self, o)
     def __rmatmul__(self, o): return ops.matmul(o, self)
     def __neg__(self): return ops.neg(self)
-    def __pos__(self): return self
+    def __pos__(self): return self if self.dtype != bool else ops.neg(self)  # neg's bool error, as torch
     def __abs__(self): return ops.abs(self)
     def __getitem__(self, index): return ops.getitem(self, index)
     def __setitem__(self, index, value): ops.setitem_(self, index, value)
@@ -389,7 +381,7 @@ class Tensor:
     def __int__(self): return int(self.item())
 
     T = property(lambda self: ops.transpose(self))
-    mT = property(lambda self: ops.swapaxes(self, -1, -2))
+    mT = property(lambda self: ops._matrix_transpose(self))
 
     def exp(self): return ops.exp(self)
     def log(self): return ops.log(self)
@@ -683,6 +675,25 @@ def as_tensor(value, like=None):
     return Tensor(value)
 
 
+class OpError(ValueError, RuntimeError):
+    """An op's arguments do not fit (shapes, values): a ValueError, as NumPy and gradflow
+    raise, that is also the RuntimeError PyTorch raises, so ported ``except RuntimeError``
+    code still catches it."""
+
+
+class DTypeError(TypeError, RuntimeError):
+    """An op does not support a dtype (or a mix of dtypes): a TypeError that is also
+    PyTorch's RuntimeError."""
+
+
+def _raise_op_error(e):
+    """Re-raise a ValueError/TypeError from an op's forward as OpError/DTypeError (also RuntimeErrors, as
+    PyTorch raises), unless it is a RuntimeError or IndexError (NumPy's AxisError) already."""
+    if isinstance(e, (RuntimeError, IndexError)):
+        raise e
+    raise (OpError if isinstance(e, ValueError) else DTypeError)(*e.args) from e
+
+
 class Size(tuple):
     """A shape, as ``torch.Size``: a tuple of ints with ``numel()``."""
     __slots__ = ()
@@ -715,10 +726,13 @@ class Function:
         arrays = [x.data for x in inputs]
         if _recorder is not None:
             constructed = dict(vars(self))  # set by __init__: must be equal in every step
-            ys = self.forward(*arrays)
+            ys = self._forward_checked(arrays)
             _recorder.on_function(self, arrays, ys, constructed)
         else:
-            ys = self.forward(*arrays)
+            try:
+                ys = self.forward(*arrays)
+            except (ValueError, TypeError) as e:  # NumPy's types for bad shapes/dtypes: also PyTorch's RuntimeError
+                _raise_op_error(e)
         record = False
         if _grad_enabled:
             for x in inputs:
@@ -739,6 +753,12 @@ class Function:
         else:
             self._saved = ()
         return outputs
+
+    def _forward_checked(self, arrays):
+        try:
+            return self.forward(*arrays)
+        except (ValueError, TypeError) as e:
+            _raise_op_error(e)
 
     def _record(self, inputs, outputs):
         self.inputs = inputs

@@ -9,7 +9,7 @@ import numpy
 
 from gradflow import activation, backend, ops
 from gradflow.nn.module import Module
-from gradflow.tensor import Function, Tensor, as_tensor
+from gradflow.tensor import DTypeError, Function, OpError, Tensor, as_tensor
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -48,12 +48,12 @@ def _same_shape(name, input, target):
 def _class_targets(name, input, target, ignore_index):
     """Validate int class targets (N,) for scores (N, C); returns (raw targets, mask of rows that count)."""
     if input.ndim != 2:
-        raise ValueError(f"{name}: expected input of shape (N, C), got {input.shape}")
+        raise OpError(f"{name}: expected input of shape (N, C), got {input.shape}")
     if target.dtype.kind not in "iu":
-        raise TypeError(f"{name}: target must hold integer class indices, got dtype {target.dtype}")
+        raise DTypeError(f"{name}: target must hold integer class indices, got dtype {target.dtype}")
     t = target.data
     if t.ndim != 1 or t.shape[0] != input.shape[0]:
-        raise ValueError(f"{name}: class targets must have shape ({input.shape[0]},), got {t.shape}")
+        raise OpError(f"{name}: class targets must have shape ({input.shape[0]},), got {t.shape}")
     valid = t != ignore_index
     bad = valid & ((t < 0) | (t >= input.shape[1]))
     if bool(bad.any()):
@@ -90,7 +90,7 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_i
     """
     _check_reduction(reduction)
     if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        raise OpError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     target = _as_target(target, input)
     valid = None
     if target.dtype.kind in "iu":
@@ -102,7 +102,7 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_i
         q = Tensor._wrap(q)
     else:
         if target.shape != input.shape or input.ndim != 2:
-            raise ValueError(f"cross_entropy: probability targets need input (N, C) and a target of the same "
+            raise OpError(f"cross_entropy: probability targets need input (N, C) and a target of the same "
                              f"shape, got {input.shape} and {target.shape}")
         q = target
         if label_smoothing:
@@ -139,7 +139,7 @@ def l1_loss(input, target, reduction="mean"):
 def huber_loss(input, target, reduction="mean", delta=1.0):
     """0.5 d^2 where |d| < delta, delta * (|d| - 0.5 delta) beyond: quadratic near 0, linear in the tails."""
     if delta <= 0:
-        raise ValueError(f"huber_loss: delta must be positive, got {delta}")
+        raise OpError(f"huber_loss: delta must be positive, got {delta}")
     target = _as_target(target, input)
     _same_shape("huber_loss", input, target)
     d = ops.abs(input - target)
@@ -150,7 +150,7 @@ def huber_loss(input, target, reduction="mean", delta=1.0):
 def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
     """Huber loss divided by ``beta``: 0.5 d^2 / beta where |d| < beta, |d| - 0.5 beta beyond."""
     if beta < 0:
-        raise ValueError(f"smooth_l1_loss: beta must be non-negative, got {beta}")
+        raise OpError(f"smooth_l1_loss: beta must be non-negative, got {beta}")
     if beta == 0:
         return l1_loss(input, target, reduction)
     _check_reduction(reduction)
@@ -163,7 +163,7 @@ class BinaryCrossEntropy(Function):
     def forward(self, p, t):
         xp = backend.xp_of(p)
         if p.size and bool(((p < 0) | (p > 1)).any()):
-            raise ValueError("binary_cross_entropy: all elements of input should be between 0 and 1 "
+            raise OpError("binary_cross_entropy: all elements of input should be between 0 and 1 "
                              "(pass logits to binary_cross_entropy_with_logits instead)")
         self.save_for_backward(p, t)
         with numpy.errstate(divide="ignore"):
@@ -177,7 +177,8 @@ class BinaryCrossEntropy(Function):
         if self.needs_input_grad[0]:
             gp = gy * (p - t) / ops.clamp((1.0 - p) * p, min=1e-12)
         if self.needs_input_grad[1]:
-            gt = gy * (ops.clamp(ops.log(1.0 - p), min=-100) - ops.clamp(ops.log(p), min=-100))
+            with numpy.errstate(divide="ignore"):  # -logit(p), unclamped, as torch: ±inf at p = 0 or 1
+                gt = gy * (ops.log(1.0 - p) - ops.log(p))
         return gp, gt
 
 
