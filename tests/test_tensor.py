@@ -8,7 +8,7 @@ from gradflow import backend
 
 def test_properties_and_conversions():
     x = gf.tensor([[1.0, 2.0], [3.0, 4.0]])
-    assert x.shape == (2, 2) and x.ndim == 2 and x.size == 4 and x.dtype == numpy.float32
+    assert x.shape == (2, 2) and x.ndim == 2 and x.numel() == 4 and x.size() == (2, 2) and x.size(-1) == 2 and x.dtype == numpy.float32
     assert x.device == "cpu" and len(x) == 2
     host = x.numpy()
     host[0, 0] = 100
