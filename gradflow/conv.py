@@ -21,7 +21,7 @@ import numpy
 from numpy.lib.stride_tricks import sliding_window_view
 
 from gradflow import backend, ops
-from gradflow.kernel import dtype_suffix, raw_function
+from gradflow.kernel import RawKernel
 from gradflow.tensor import Function, OpError, Tensor, as_tensor
 
 
@@ -65,8 +65,11 @@ def _tuple(value, n, name):
 
 
 # ---- im2col / col2im on raw arrays ------------------------------------------------------------
+_KERNELS = {entry: RawKernel("conv.cu", entry) for entry in ("gf_im2col", "gf_col2im")}  # declared: compile-tested
+
+
 def _launch(entry, dtype, total, args):
-    fn = raw_function("conv.cu", f"{entry}_{dtype_suffix(dtype)}")
+    fn = _KERNELS[entry].function(dtype)
     blocks = int(min((total + 255) // 256, 2 ** 31 - 1))
     fn((max(blocks, 1),), (256,), args)
 

@@ -4,9 +4,10 @@ An ``Elementwise`` holds the pieces of a ``cupy.ElementwiseKernel`` (parameters,
 per-element operation, the ``kernels/`` headers it calls) next to a NumPy function with
 the same signature. Called with NumPy arrays it runs the NumPy twin; called with CuPy
 arrays it builds the CuPy kernel once and launches it. A ``RowKernel`` does the same for
-the row-wise kernels of ``kernels/softmax.cu``. The tests compile every declared
-operation with nvcc and with g++ from these same declarations, so the GPU code, the host
-harness and the NumPy twins cannot drift apart.
+the row-wise kernels of ``kernels/softmax.cu``; a ``RawKernel`` names any other entry of
+a ``kernels/*.cu`` file. The tests compile every declared operation from these same
+declarations with NVRTC exactly as CuPy does (tests/test_kernels_nvrtc.py), with nvcc and
+with g++, so the GPU code, the host harness and the NumPy twins cannot drift apart.
 """
 import functools
 import importlib.resources

@@ -17,13 +17,16 @@ own, so ``gradflow.compile`` records and replays the update with the rest of the
 import numpy
 
 from gradflow import backend, ops
-from gradflow.kernel import dtype_suffix, raw_function, row_threads
+from gradflow.kernel import RawKernel, row_threads
 from gradflow.tensor import Function, OpError, as_tensor, is_grad_enabled
 
 
 # ---- the row kernels and their NumPy twins -----------------------------------------------------------
+_KERNELS = {entry: RawKernel("norm.cu", entry) for entry in ("gf_norm_fwd", "gf_norm_bwd")}  # declared: compile-tested
+
+
 def _launch(entry, rows, count, dtype, args):
-    fn = raw_function("norm.cu", f"{entry}_{dtype_suffix(dtype)}")
+    fn = _KERNELS[entry].function(dtype)
     fn((int(min(rows, 2 ** 31 - 1)),), (row_threads(count),), args)
 
 

@@ -8,6 +8,9 @@ import pytest
 
 import gradflow as gf
 
+# Every test runs on the CPU and, where a usable GPU exists, on CUDA (conftest's ``device``).
+pytestmark = pytest.mark.usefixtures("device")
+
 
 def test_shared_input_accumulates():
     x = gf.tensor([2.0, -1.0], requires_grad=True)
@@ -210,9 +213,9 @@ def test_detach_shares_data_but_not_history():
 
 def test_training_loop_does_not_leak_memory():
     rng = numpy.random.default_rng(0)
-    w = gf.Tensor(0.1 * rng.standard_normal((16, 8)).astype(numpy.float32), requires_grad=True)
-    b = gf.Tensor(numpy.zeros(8, numpy.float32), requires_grad=True)
-    x = gf.Tensor(rng.standard_normal((4, 16)).astype(numpy.float32))
+    w = gf.tensor(0.1 * rng.standard_normal((16, 8)).astype(numpy.float32), requires_grad=True)
+    b = gf.tensor(numpy.zeros(8, numpy.float32), requires_grad=True)
+    x = gf.tensor(rng.standard_normal((4, 16)).astype(numpy.float32))
 
     def step():
         loss = ((x @ w + b).exp().mean() - 1.0) ** 2

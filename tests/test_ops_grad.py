@@ -5,13 +5,17 @@ import pytest
 import gradflow as gf
 from gradflow import gradcheck, gradgradcheck
 
+# Every test here runs on the CPU and, where a usable GPU exists, on CUDA (conftest's ``device``):
+# tensors are made with gf.tensor, which follows the pinned default device.
+pytestmark = pytest.mark.usefixtures("device")
+
 
 def t(*shape, positive=False, seed=None):
     rng = numpy.random.default_rng(seed if seed is not None else sum(shape) + len(shape))
     a = rng.standard_normal(shape)
     if positive:
         a = numpy.abs(a) + 0.5
-    return gf.Tensor(a, requires_grad=True)
+    return gf.tensor(a, requires_grad=True)
 
 
 BINARY = {
@@ -81,7 +85,7 @@ def test_reductions(op, axis, keepdims):
 
 def test_reduction_values_match_numpy():
     x = numpy.random.default_rng(1).standard_normal((3, 4, 5))
-    g = gf.Tensor(x)
+    g = gf.tensor(x)
     assert numpy.allclose(g.sum(axis=1).numpy(), x.sum(axis=1))
     assert numpy.allclose(g.mean(axis=(0, 2), keepdims=True).numpy(), x.mean(axis=(0, 2), keepdims=True))
     assert numpy.allclose(g.var(axis=0).numpy(), x.var(axis=0, ddof=1))
@@ -91,7 +95,7 @@ def test_reduction_values_match_numpy():
 
 
 def test_max_ties_share_gradient():
-    x = gf.Tensor(numpy.array([1.0, 3.0, 3.0, 2.0]), requires_grad=True)
+    x = gf.tensor(numpy.array([1.0, 3.0, 3.0, 2.0]), requires_grad=True)
     x.max().backward()
     assert numpy.allclose(x.grad.numpy(), [0, 0.5, 0.5, 0])
 
@@ -131,7 +135,7 @@ def test_getitem_boolean_mask_and_repeated_indices_accumulate():
     mask = x.data > 0
     gradcheck(lambda x: x[mask], [x])
     x.grad = None
-    idx = gf.Tensor(numpy.array([1, 1, 1, 3]))
+    idx = gf.tensor(numpy.array([1, 1, 1, 3]))
     x[idx].sum().backward()
     expected = numpy.zeros((4, 5))
     expected[1] = 3

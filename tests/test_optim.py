@@ -9,12 +9,8 @@ from gradflow import nn, optim, serialization
 from gradflow.nn import functional as F
 
 
-@pytest.fixture(autouse=True)
-def _on_cpu(monkeypatch):
-    """Modules and factories follow the default device; pin it so these tests mean the same on a GPU host."""
-    monkeypatch.setenv("GRADFLOW_DEVICE", "cpu")
-
-
+# Modules and factories follow the default device, which conftest pins: the CPU, or the ``device``
+# of the tests parametrized over it (the torch step-for-step comparisons also run on CUDA).
 STEPS = 12
 
 
@@ -32,7 +28,7 @@ def train_ours(model, opt, data, dtype=numpy.float64):
     trace = []
     for x, y in data:
         opt.zero_grad()
-        F.cross_entropy(model(gradflow.Tensor(x.astype(dtype))), gradflow.Tensor(y)).backward()
+        F.cross_entropy(model(gradflow.tensor(x.astype(dtype))), gradflow.tensor(y)).backward()
         opt.step()
         trace.append([p.numpy().copy() for p in model.parameters()])
     return trace
@@ -86,7 +82,7 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("name,kwargs", CONFIGS, ids=[f"{n}-{'-'.join(k) or 'defaults'}" for n, k in CONFIGS])
-def test_matches_torch_step_for_step_float64(name, kwargs):
+def test_matches_torch_step_for_step_float64(name, kwargs, device):
     torch = pytest.importorskip("torch")
     model = small_model()
     theirs = torch_twin(torch, model, torch.float64)
@@ -105,7 +101,7 @@ FLOAT32_CONFIGS = [("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)), ("Adam", 
 
 
 @pytest.mark.parametrize("name,kwargs", FLOAT32_CONFIGS, ids=[n for n, _ in FLOAT32_CONFIGS])
-def test_matches_torch_float32(name, kwargs):
+def test_matches_torch_float32(name, kwargs, device):
     torch = pytest.importorskip("torch")
     model = small_model(numpy.float32)
     theirs = torch_twin(torch, model, torch.float32)

@@ -1,0 +1,74 @@
+"""python -m gradflow.selftest: runs cleanly without a GPU (every GPU check skipped, with why), and its
+pieces (time limits, pytest result grouping, the compile-replay check) work."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gradflow import backend, selftest
+
+GPU_CHECKS = ["pytest-gpu", "gemm", "kernels-vs-numpy", "dropout-mask", "compile-replay", "benchmarks", "memcheck",
+              "racecheck"]
+
+
+@pytest.mark.skipif(backend.cuda_is_available(), reason="checks the report of a machine without a GPU")
+def test_selftest_without_gpu_skips_every_gpu_check_and_says_why(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "gradflow.selftest", "--device", "cuda", "--out", str(tmp_path)],
+                         capture_output=True, text=True, cwd=root, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads((tmp_path / "selftest.json").read_text())
+    text = (tmp_path / "selftest.txt").read_text()
+    assert set(report) >= {"command", "date", "device", "environment", "budget_s", "seconds", "checks", "ok"}
+    assert report["ok"] is True and report["device"] == "cuda"
+    env = report["environment"]
+    assert env["gradflow"] and env["device"] is None and "cuda_unavailable" in env
+    checks = {c["name"]: c for c in report["checks"]}
+    assert list(checks) == ["environment"] + GPU_CHECKS
+    assert checks["environment"]["status"] == "passed"
+    for name in GPU_CHECKS:
+        assert checks[name]["status"] == "skipped", checks[name]
+        assert checks[name]["detail"].startswith("no usable CUDA device: "), checks[name]
+        assert f"SKIPPED {name}" in text
+    assert text.rstrip().endswith("RESULT: ok")
+
+
+def test_a_hanging_check_is_killed_at_its_time_limit():
+    start = time.monotonic()
+    rc, _ = selftest.run_bounded([sys.executable, "-c", "import time; time.sleep(60)"], 1.0)
+    assert rc is None and time.monotonic() - start < 30
+    rc, out = selftest.run_bounded([sys.executable, "-c", "print('hi')"], 30)
+    assert rc == 0 and out.strip() == "hi"
+
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">
+<testcase classname="tests.test_kernels_gpu" name="test_elementwise_kernel_matches_numpy[f32-relu_fwd]"/>
+<testcase classname="tests.test_kernels_gpu" name="test_dropout_masks_identical_on_cpu_and_gpu">
+  <failure message="AssertionError: arrays differ&#10;more">trace</failure></testcase>
+<testcase classname="tests.test_gemm_kernel" name="test_gpu_gemm_matches_cublas[float32]">
+  <skipped message="no usable CUDA device" /></testcase>
+<testcase classname="tests.test_ops_grad" name="test_unary[cuda-exp]"/>
+<testcase classname="tests.test_ops_grad" name="test_unary[cuda-log]"><error message="">boom</error></testcase>
+</testsuite></testsuites>"""
+
+
+def test_pytest_results_are_grouped_into_report_lines(tmp_path):
+    junit = tmp_path / "junit.xml"
+    junit.write_text(JUNIT)
+    checks = {c.name: c for c in selftest.checks_from_junit(junit, 3.0)}
+    assert list(checks) == ["pytest-gpu", "gemm", "kernels-vs-numpy", "dropout-mask"]
+    assert checks["kernels-vs-numpy"].status == "passed"
+    assert checks["dropout-mask"].status == "failed" and "arrays differ" in checks["dropout-mask"].detail
+    assert "more" not in checks["dropout-mask"].detail  # the first line of the first error
+    assert checks["gemm"].status == "skipped" and checks["gemm"].detail == "no usable CUDA device"
+    assert checks["pytest-gpu"].status == "failed" and "test_unary[cuda-log]" in checks["pytest-gpu"].detail
+
+
+def test_compile_replay_check_on_the_cpu():
+    """The check itself runs (on the CPU replay is bit-identical, so every difference is 0)."""
+    result = selftest.compile_replay("cpu", steps=12, batch=16)
+    assert result["steps"] == 12 and result["max_loss_diff"] == 0 and result["max_param_diff"] == 0
