@@ -39,7 +39,7 @@ import numpy
 from gradflow import backend
 from gradflow.tensor import Tensor
 
-_tape = sys.modules["gradflow.tensor"]  # holds the active recorder (``gradflow.tensor`` the name is the factory)
+_tape = sys.modules["gradflow.tensor"]._state  # this thread's tape state: holds its active recorder
 _epoch = 0                              # bumped by invalidate(): every cached plan is re-recorded
 
 _FUNCTION, _LEAF, _CALL = 0, 1, 2

@@ -9,35 +9,46 @@ graph is freed as soon as the loss is dropped or backward has run.
 import contextlib
 import heapq
 import itertools
+import threading
 import weakref
 
 import numpy
 
 from gradflow import backend
 
-_grad_enabled = True
-_recorder = None   # set by gradflow.compile while it records a step
+class _TapeState(threading.local):
+    """The tape's per-thread state, as in PyTorch: one thread's ``no_grad``, backward or
+    compiled-step recording never changes what another thread's ops do. Class attributes
+    are each new thread's starting values."""
+    grad_enabled = True
+    _recorder = None   # set by gradflow.compile while it records a step in this thread
+
+    def __init__(self):
+        self.mode_stack = []   # grad modes to restore, one per open no_grad/enable_grad
+
+
+_state = _TapeState()
 
 
 def is_grad_enabled():
-    return _grad_enabled
+    return _state.grad_enabled
 
 
 class _GradMode(contextlib.ContextDecorator):
-    """Base of ``no_grad``/``enable_grad``: a context manager and a decorator."""
+    """Base of ``no_grad``/``enable_grad``: a context manager and a decorator.
+
+    The mode to restore lives on the thread's own stack, so one instance (a decorator)
+    can be entered by several threads at once."""
     mode = None
 
-    def __init__(self):
-        self._prev = []
-
     def __enter__(self):
-        global _grad_enabled
-        self._prev.append(_grad_enabled)
-        _grad_enabled = self.mode
+        state = _state
+        state.mode_stack.append(state.grad_enabled)
+        state.grad_enabled = self.mode
 
     def __exit__(self, *exc):
-        global _grad_enabled
-        _grad_enabled = self._prev.pop()
+        state = _state
+        state.grad_enabled = state.mode_stack.pop()
         return False
 
 
@@ -303,14 +314,16 @@ class Function:
         if len(inputs) > 1:
             _check_same_device(self, inputs)
         arrays = [x.data for x in inputs]
-        if _recorder is not None:
+        state = _state
+        recorder = state._recorder
+        if recorder is not None:
             constructed = dict(vars(self))  # set by __init__: must be equal in every step
             ys = self.forward(*arrays)
-            _recorder.on_function(self, arrays, ys, constructed)
+            recorder.on_function(self, arrays, ys, constructed)
         else:
             ys = self.forward(*arrays)
         record = False
-        if _grad_enabled:
+        if state.grad_enabled:
             for x in inputs:
                 if x.requires_grad:
                     record = True
@@ -410,13 +423,20 @@ class Function:
 
 
 def _in_place(what):
-    if _recorder is not None:
-        _recorder.on_in_place(what)
+    recorder = _state._recorder
+    if recorder is not None:
+        recorder.on_in_place(what)
 
 
 def _host_sync(what):
-    if _recorder is not None:
-        _recorder.on_host_sync(what)
+    recorder = _state._recorder
+    if recorder is not None:
+        recorder.on_host_sync(what)
+
+
+def _active_recorder():
+    """The compile recorder of the calling thread, or None."""
+    return _state._recorder
 
 
 def _freed_error():
@@ -468,8 +488,8 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
         else:
             _accumulate_leaf(x, gx, create_graph, assigned)
 
-    if create_graph and _recorder is not None:
-        _recorder.on_create_graph()
+    if create_graph and _state._recorder is not None:
+        _state._recorder.on_create_graph()
     mode = enable_grad() if create_graph else no_grad()
     with mode:
         for t, g in zip(roots, grads):
@@ -527,8 +547,9 @@ def _accumulate_leaf(x, gx, create_graph, assigned):
     else:
         result = x.grad.data + a
     x.grad = Tensor._wrap(result)
-    if _recorder is not None:
-        _recorder.on_leaf_grad(x, a, copy, result)
+    recorder = _state._recorder
+    if recorder is not None:
+        recorder.on_leaf_grad(x, a, copy, result)
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False):
