@@ -532,9 +532,10 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
 def _accumulate_leaf(x, gx, create_graph, assigned):
     if not x.requires_grad:
         return
-    if create_graph:
+    if create_graph and (gx.requires_grad or (x.grad is not None and x.grad.requires_grad)):
         x.grad = gx if x.grad is None else x.grad + gx
         return
+    # a gradient without history gets its own buffer, whether or not create_graph was asked
     a = gx.data
     copy = False
     if x.grad is None:

@@ -1,6 +1,8 @@
 """Regularisation helpers: gradient clipping (in place) and explicit weight penalties (differentiable)."""
 import math
 
+import numpy
+
 from gradflow import backend, ops
 from gradflow.compile import replay_as_call
 from gradflow.tensor import Tensor
@@ -11,15 +13,24 @@ def _params(parameters):
 
 
 def zero_grads(parameters, set_to_none=True):
-    """Drop each gradient (``set_to_none``) or zero it in place; Module and Optimizer both use it."""
+    """Drop each gradient (``set_to_none``) or zero it in place; Module and Optimizer both use it.
+
+    A gradient left by ``backward(create_graph=True)`` is part of a graph: zeroing it in
+    place would keep that graph alive and chain the next backward onto it (memory grows
+    every step). As PyTorch detaches it first, it is replaced by fresh zeros without
+    history; its array may be shared with the graph, so it is never written to.
+    """
     for p in _params(parameters):
-        if p.grad is None:
+        g = p.grad
+        if g is None:
             continue
         if set_to_none:
             p.grad = None
+        elif g.requires_grad or g.creator is not None:
+            p.grad = Tensor._wrap(backend.xp_of(g.data).zeros_like(g.data))
         else:
-            p.grad.data[...] = 0
-            p.grad._bump_version()
+            g.data[...] = 0
+            g._bump_version()
 
 
 @replay_as_call  # in-place on .grad arrays: a captured step re-runs it as a call
@@ -44,10 +55,13 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} of the gradients is "
                            f"{total_value}; pass error_if_nonfinite=False to clip anyway")
     coef = max_norm / (total_value + 1e-6)
-    if coef < 1.0:
-        for g in grads:
-            g.data *= g.data.dtype.type(coef)
-            g._bump_version()
+    # "not coef >= 1" rather than "coef < 1": a NaN norm (a NaN gradient) must scale every
+    # gradient to NaN and an inf norm scales finite entries to 0, as PyTorch's clamped coef
+    if not coef >= 1.0:
+        with numpy.errstate(invalid="ignore"):  # inf * 0 is NaN, silently, as on the GPU
+            for g in grads:
+                g.data *= g.data.dtype.type(coef)
+                g._bump_version()
     return Tensor._wrap(xp.asarray(total))
 
 
