@@ -529,6 +529,10 @@ def transpose(x, *axes):
 
 
 def swapaxes(x, a, b):
+    for d in (a, b):
+        if not -builtins.max(x.ndim, 1) <= d < builtins.max(x.ndim, 1):
+            raise IndexError(f"Dimension out of range (expected to be in range of [{-builtins.max(x.ndim, 1)}, "
+                             f"{builtins.max(x.ndim, 1) - 1}], but got {d}) for a tensor of shape {x.shape}")
     order = list(range(x.ndim))
     order[a], order[b] = order[b], order[a]
     return permute(x, order)
@@ -751,11 +755,15 @@ class Linear(Function):
     directly in the parameter's own layout, so no transposed copies are made.
     """
     def forward(self, x, weight, bias=None):
+        if x.ndim == 0:
+            raise RuntimeError(f"linear: the input is 0-d (a scalar); it needs at least 1 dimension whose last "
+                               f"size is in_features={weight.shape[1]} (reshape it, e.g. x.reshape(1, -1))")
         if x.shape[-1] != weight.shape[1]:
             raise ValueError(f"linear: input {x.shape} does not match weight {weight.shape} "
                              f"(in_features {weight.shape[1]})")
         if x.dtype != weight.dtype:
-            raise TypeError(f"linear: input dtype {x.dtype} differs from weight dtype {weight.dtype}")
+            raise TypeError(f"linear: input dtype {x.dtype} differs from weight dtype {weight.dtype}; cast the "
+                            f"input (x.float() for float32: NumPy arrays default to float64) or the model")
         self.save_for_backward(x, weight)
         y = _matmul_arrays(x, weight.T) if x.ndim == 2 else x @ weight.T
         if bias is not None:

@@ -64,9 +64,15 @@ class enable_grad(_GradMode):
 
 def _default_dtype_array(data, dtype, xp):
     """Python data becomes float32/int64/bool like ``torch.tensor``; arrays keep their dtype."""
+    if data is None or isinstance(data, (str, bytes)):
+        raise TypeError(f"cannot make a tensor from {type(data).__name__}: expected numbers, (nested) lists "
+                        f"of numbers or a numeric array")
     if dtype is not None:
         return xp.asarray(data, dtype=dtype)
     arr = xp.asarray(data)
+    if arr.dtype.kind not in "biufc":  # object (None, ragged lists, mixed), strings, bytes, records
+        raise TypeError(f"cannot make a tensor from {type(data).__name__} data of dtype {arr.dtype}: expected "
+                        f"numbers (bool, int, float, complex); ragged lists, strings and objects are refused")
     if not hasattr(data, "dtype"):  # Python numbers and lists
         if arr.dtype == numpy.float64:
             arr = arr.astype(numpy.float32)
@@ -311,9 +317,14 @@ class Function:
 
     def __call__(self, *inputs):
         # the hot path of every op: keep it flat and cheap
-        if len(inputs) > 1:
-            _check_same_device(self, inputs)
-        arrays = [x.data for x in inputs]
+        try:
+            if len(inputs) > 1:
+                _check_same_device(self, inputs)
+            arrays = [x.data for x in inputs]
+        except AttributeError:
+            if all(isinstance(x, Tensor) for x in inputs):
+                raise
+            raise _not_tensor_error(self, inputs) from None
         state = _state
         recorder = state._recorder
         if recorder is not None:
@@ -444,9 +455,17 @@ def _freed_error():
                         "freed by the first backward); pass retain_graph=True to the first backward")
 
 
+def _not_tensor_error(fn, inputs):
+    bad = next(x for x in inputs if not isinstance(x, Tensor))
+    return TypeError(f"{fn.name}: expected a Tensor, got {type(bad).__name__}; convert it with "
+                     f"gradflow.tensor(...) (or gradflow.from_numpy for a NumPy array)")
+
+
 def _check_same_device(fn, inputs):
     first = type(inputs[0].data)
     for x in inputs[1:]:
+        if type(x.data) is not first and not all(isinstance(y, Tensor) for y in inputs):
+            raise _not_tensor_error(fn, inputs)  # a NumPy array's .data is a memoryview
         if type(x.data) is not first and backend.device_of(x.data) != backend.device_of(inputs[0].data):
             raise RuntimeError(f"{fn.name}: inputs are on different devices "
                                f"('{inputs[0].device}' and '{x.device}'); move them with .to(device)")

@@ -371,6 +371,9 @@ def train_epoch(model, loss_fn, optimizer, loader, progress=False, desc="train",
     seconds = time.perf_counter() - start
     if bar is not None:
         bar.close()
+    if meter.count == 0:
+        raise ValueError("train_epoch: the training loader yielded no samples (an empty dataset, or drop_last "
+                         "with fewer samples than batch_size); nothing to train on")
     logs = meter.result()
     if logs and not math.isfinite(logs["loss"]):
         raise FloatingPointError(f"training loss became {logs['loss']}; lower the learning rate or clip gradients")
@@ -440,6 +443,9 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs=1, call
     tqdm bars (loss and samples/s) and prints one summary line per epoch. ``compile=True``
     replays each batch's step through ``gradflow.compile`` (same results, less overhead).
     """
+    if hasattr(train_loader, "__len__") and len(train_loader) == 0:
+        raise ValueError("fit: the training loader is empty (no samples, or drop_last with fewer samples than "
+                         "batch_size); nothing to train on")
     callbacks = list(callbacks)
     history = next((cb for cb in callbacks if isinstance(cb, History)), None)
     if history is None:

@@ -303,6 +303,8 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def __call__(self, *args, **kwargs):
+        if args and not isinstance(args[0], Tensor):
+            args = _arrays_as_tensors(args)
         return self.forward(*args, **kwargs)
 
     def extra_repr(self):
@@ -325,6 +327,13 @@ class Module:
 
     def __dir__(self):
         return sorted(set(super().__dir__()) | set(self._parameters) | set(self._buffers) | set(self._modules))
+
+
+def _arrays_as_tensors(args):
+    """NumPy/CuPy arrays passed to a module become Tensors (sharing memory); the rest is left alone."""
+    return tuple(Tensor(a) if not isinstance(a, Tensor) and (hasattr(a, "__array_interface__")
+                                                              or hasattr(a, "__cuda_array_interface__")) else a
+                 for a in args)
 
 
 def _array(value):
