@@ -67,9 +67,15 @@ def _default_dtype_array(data, dtype, xp):
     if data is None or isinstance(data, (str, bytes)):
         raise TypeError(f"cannot make a tensor from {type(data).__name__}: expected numbers, (nested) lists "
                         f"of numbers or a numeric array")
+    try:
+        arr = xp.asarray(data, dtype=dtype)
+    except ValueError as e:
+        if "inhomogeneous" not in str(e):
+            raise
+        raise ValueError(f"cannot make a tensor from ragged nested lists: every row needs the same length "
+                         f"({e})") from None
     if dtype is not None:
-        return xp.asarray(data, dtype=dtype)
-    arr = xp.asarray(data)
+        return arr
     if arr.dtype.kind not in "biufc":  # object (None, ragged lists, mixed), strings, bytes, records
         raise TypeError(f"cannot make a tensor from {type(data).__name__} data of dtype {arr.dtype}: expected "
                         f"numbers (bool, int, float, complex); ragged lists, strings and objects are refused")
