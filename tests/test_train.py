@@ -387,3 +387,25 @@ def test_loading_sgd_state_into_adam_names_the_problem():
     for bad in ({"state": {}}, [1, 2], {"state": {}, "param_groups": [{"lr": 1}]}):
         with pytest.raises(ValueError, match="state_dict|param_groups"):
             adam.load_state_dict(bad)
+
+
+def test_checkpoint_with_missing_or_mistyped_parts_is_corrupt(tmp_path):
+    model, opt, sched, (train, _) = setup()
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, model, opt, sched, epoch=1, train_loader=train)
+    good = serialization.load(path)
+    before = [p.numpy().copy() for p in model.parameters()]
+    for key, value in (("model", None), ("epoch", "one"), ("schedulers", {}), ("rng", None)):
+        state = dict(good)
+        if value is None and key == "model":
+            del state[key]
+        else:
+            state[key] = value
+        serialization.save(state, path)
+        with pytest.raises(ValueError, match=f"corrupt checkpoint .*c.npz: its '{key}' entry is"):
+            load_checkpoint(path, model, opt, sched)
+    for a, b in zip(before, model.parameters()):
+        numpy.testing.assert_array_equal(a, b.numpy())
+    path.write_bytes(b"")
+    with pytest.raises(serialization.CheckpointError, match="not a valid gradflow checkpoint"):
+        load_checkpoint(path, model, opt, sched)
