@@ -102,7 +102,7 @@ def xavier_normal_(tensor, gain=1.0, generator=None):
 
 def _zero_element(tensor):
     """As in PyTorch: a zero-element tensor (``Linear(0, n)``) has nothing to draw; its fan may be 0."""
-    if tensor.size == 0:
+    if tensor.data.size == 0:
         warnings.warn("Initializing zero-element tensors is a no-op", UserWarning, stacklevel=3)
         return True
     return False
