@@ -204,3 +204,24 @@ def test_compiled_step_beside_eager_training():
     got_a, got_b = _run_threads(lambda: _train(model_a, data_a, barrier, lambda s: gf.compile(s, strict=True)),
                                 lambda: _train(model_b, data_b, barrier), barrier=barrier)
     assert want_a[0] == got_a[0] and want_b[0] == got_b[0]
+
+
+def test_set_grad_enabled_and_inference_mode_are_per_thread():
+    switched, done = threading.Event(), threading.Event()
+    seen = []
+
+    def other():
+        gf.set_grad_enabled(False)  # a plain call: switches this thread only
+        with gf.inference_mode():
+            switched.set()
+            done.wait(10)
+        seen.append(gf.is_grad_enabled())
+
+    t = threading.Thread(target=other)
+    t.start()
+    switched.wait(10)
+    assert gf.is_grad_enabled() and not gf.is_inference_mode_enabled()
+    assert (gf.ones(2, requires_grad=True) * 2).requires_grad
+    done.set()
+    t.join()
+    assert seen == [False] and gf.is_grad_enabled()
