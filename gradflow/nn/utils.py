@@ -1,7 +1,6 @@
 """Regularisation helpers: gradient clipping (in place) and explicit weight penalties (differentiable)."""
 import math
 
-
 from gradflow import backend, ops
 from gradflow.compile import replay_as_call
 from gradflow.tensor import Tensor
