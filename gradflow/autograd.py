@@ -69,12 +69,12 @@ class _CustomNode(_tape.Function):
         ctx.needs_input_grad = self._needs
         it = iter(arrays)
         args = [Tensor._wrap(next(it)) if a is _TENSOR else a for a in self.template]
-        recorder, _tape._recorder = _tape._recorder, None  # the user's ops are inside this one op
+        recorder, _tape._state._recorder = _tape._state._recorder, None  # the user's ops are inside this one op
         try:
             with no_grad():
                 out = self.cls.forward(ctx, *args)
         finally:
-            _tape._recorder = recorder
+            _tape._state._recorder = recorder
         single = not isinstance(out, tuple)
         outs = (out,) if single else out
         for o in outs:

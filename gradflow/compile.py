@@ -42,7 +42,7 @@ from gradflow import backend
 from gradflow.gemm import gemm
 from gradflow.tensor import Tensor
 
-_tape = sys.modules["gradflow.tensor"]  # holds the active recorder (``gradflow.tensor`` the name is the factory)
+_tape = sys.modules["gradflow.tensor"]._state  # this thread's tape state: holds its active recorder
 _epoch = 0                              # bumped by invalidate(): every cached plan is re-recorded
 _modes = 0                              # XOR of the tags of modules switched train/eval an odd number of
 _mode_tags = weakref.WeakKeyDictionary()  # times: part of every cache key, so each mode state keeps its plan

@@ -117,11 +117,56 @@ def _tensor_source(dataset):
 
 
 def default_collate(samples):
-    """Stack a list of samples (tuples of Tensors/arrays/numbers, or single values) into batch Tensors."""
+    """Stack a list of samples into a batch, as ``torch.utils.data.default_collate`` does.
+
+    Tensors, arrays and numbers stack into one Tensor with a new leading batch axis; tuples
+    and lists collate position by position (into a tuple), dicts key by key, nested to any
+    depth; strings stay a list. Anything else, or samples whose shapes differ, raises an
+    error naming the field (``sample['image']``, ``sample[1]``) and the shapes.
+    """
+    if not len(samples):
+        raise ValueError("default_collate: got an empty batch")
+    return _collate(samples, "sample")
+
+
+def _collate(samples, field):
     first = samples[0]
+    if isinstance(first, dict):
+        for i, s in enumerate(samples):
+            if not isinstance(s, dict) or s.keys() != first.keys():
+                got = sorted(map(str, s)) if isinstance(s, dict) else type(s).__name__
+                raise ValueError(f"default_collate: {field} of sample 0 has keys {sorted(map(str, first))} but "
+                                 f"sample {i} has {got}; every sample needs the same keys")
+        return {k: _collate([s[k] for s in samples], f"{field}[{k!r}]") for k in first}
     if isinstance(first, (tuple, list)):
-        return tuple(default_collate([s[i] for s in samples]) for i in range(len(first)))
-    arrays = [_raw(s) for s in samples]
+        for i, s in enumerate(samples):
+            if not isinstance(s, (tuple, list)) or len(s) != len(first):
+                got = f"{len(s)} elements" if isinstance(s, (tuple, list)) else f"a {type(s).__name__}"
+                raise ValueError(f"default_collate: {field} has {len(first)} elements in sample 0 but {got} in "
+                                 f"sample {i}; every sample needs the same structure")
+        return tuple(_collate([s[j] for s in samples], f"{field}[{j}]") for j in range(len(first)))
+    if isinstance(first, str):
+        return list(samples)
+    arrays = []
+    for i, s in enumerate(samples):
+        if isinstance(s, Tensor):
+            a = s.data
+        elif hasattr(s, "shape") and hasattr(s, "dtype"):  # NumPy/CuPy arrays and NumPy scalars
+            a = s
+        elif isinstance(s, (bool, int, float, complex)):
+            a = numpy.asarray(s)  # int -> int64, float -> float64, as torch's collate
+        else:
+            raise TypeError(f"default_collate: cannot batch {field} of type {type(s).__name__} (sample {i}); "
+                            f"samples may hold Tensors, arrays, numbers, strings, and tuples, lists or dicts of "
+                            f"them; pass a collate_fn for anything else")
+        if a.dtype.kind not in "biufc":
+            raise TypeError(f"default_collate: cannot batch {field} of dtype {a.dtype} (sample {i}); "
+                            f"only numeric data stacks into a Tensor")
+        if a.shape != getattr(arrays[0] if arrays else a, "shape"):
+            raise ValueError(f"default_collate: cannot stack {field}: sample 0 has shape {tuple(arrays[0].shape)} "
+                             f"but sample {i} has shape {tuple(a.shape)}; make every sample the same shape "
+                             f"(pad or crop) or pass a collate_fn")
+        arrays.append(a)
     xp = backend.xp_of(arrays[0]) or numpy
     return Tensor(xp.stack(arrays))
 
@@ -136,7 +181,11 @@ class DataLoader:
 
     def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, generator=None, device=None,
                  collate_fn=None, sampler=None):
-        if int(batch_size) != batch_size or batch_size < 1:
+        if batch_size is None:
+            raise ValueError("DataLoader: batch_size=None (no automatic batching) is not supported; pass a "
+                             "positive batch_size, or iterate over the dataset itself for single samples")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, float, numpy.integer)) \
+                or int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive integer, got {batch_size!r}")
         if sampler is not None and shuffle:
             raise ValueError("DataLoader: sampler option is mutually exclusive with shuffle (the sampler orders "

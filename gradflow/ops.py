@@ -1073,11 +1073,15 @@ class Linear(Function):
     directly in the parameter's own layout, so no transposed copies are made.
     """
     def forward(self, x, weight, bias=None):
+        if x.ndim == 0:
+            raise RuntimeError(f"linear: the input is 0-d (a scalar); it needs at least 1 dimension whose last "
+                               f"size is in_features={weight.shape[1]} (reshape it, e.g. x.reshape(1, -1))")
         if x.shape[-1] != weight.shape[1]:
             raise ValueError(f"linear: input {x.shape} does not match weight {weight.shape} "
                              f"(in_features {weight.shape[1]})")
         if x.dtype != weight.dtype:
-            raise DTypeError(f"linear: input dtype {x.dtype} differs from weight dtype {weight.dtype}")
+            raise DTypeError(f"linear: input dtype {x.dtype} differs from weight dtype {weight.dtype}; cast the "
+                             f"input (x.float() for float32: NumPy arrays default to float64) or the model")
         self.save_for_backward(x, weight)
         y = _matmul_arrays(x, weight.T) if x.ndim == 2 else x @ weight.T
         if bias is not None:

@@ -21,7 +21,7 @@ class Generator:
 
     def next_offset(self, count):
         """Reserve ``count`` counter values for one kernel call; returns (seed, offset)."""
-        recorder = sys.modules["gradflow.tensor"]._recorder
+        recorder = sys.modules["gradflow.tensor"]._active_recorder()
         if recorder is not None:
             recorder.on_random_draw()  # a captured CUDA graph would freeze this offset
         offset = self.offset

@@ -9,39 +9,50 @@ graph is freed as soon as the loss is dropped or backward has run.
 import contextlib
 import heapq
 import itertools
+import threading
 import weakref
 
 import numpy
 
 from gradflow import backend
 
-_grad_enabled = True
-_recorder = None   # set by gradflow.compile while it records a step
+class _TapeState(threading.local):
+    """The tape's per-thread state, as in PyTorch: one thread's ``no_grad``, backward or
+    compiled-step recording never changes what another thread's ops do. Class attributes
+    are each new thread's starting values."""
+    grad_enabled = True
+    _recorder = None        # set by gradflow.compile while it records a step in this thread
+    backward_depth = 0      # backward passes now running in this thread (nested ones included)
+
+    def __init__(self):
+        self.mode_stack = []          # grad modes to restore, one per open no_grad/enable_grad
+        self.backward_callbacks = []  # run when this thread's outermost backward ends (queue_backward_callback)
+
+
+_state = _TapeState()
 _hooked_leaves = 0          # leaves with post-accumulate-grad hooks: backward counts their edges only then
-_backward_depth = 0         # backward passes now running (nested ones included)
-_backward_callbacks = []    # run when the outermost backward pass ends (queue_backward_callback)
 _hook_ids = itertools.count()
 
 
 def is_grad_enabled():
-    return _grad_enabled
+    return _state.grad_enabled
 
 
 class _GradMode(contextlib.ContextDecorator):
-    """Base of ``no_grad``/``enable_grad``: a context manager and a decorator."""
+    """Base of ``no_grad``/``enable_grad``: a context manager and a decorator.
+
+    The mode to restore lives on the thread's own stack, so one instance (a decorator)
+    can be entered by several threads at once."""
     mode = None
 
-    def __init__(self):
-        self._prev = []
-
     def __enter__(self):
-        global _grad_enabled
-        self._prev.append(_grad_enabled)
-        _grad_enabled = self.mode
+        state = _state
+        state.mode_stack.append(state.grad_enabled)
+        state.grad_enabled = self.mode
 
     def __exit__(self, *exc):
-        global _grad_enabled
-        _grad_enabled = self._prev.pop()
+        state = _state
+        state.grad_enabled = state.mode_stack.pop()
         return False
 
 
@@ -67,25 +78,20 @@ class set_grad_enabled(_GradMode):
     """``set_grad_enabled(False)`` turns recording off now (a function call) or for a ``with`` block."""
 
     def __init__(self, mode):
-        global _grad_enabled
-        super().__init__()
         self.mode = bool(mode)
-        self._prev.append(_grad_enabled)  # a plain call switches immediately, like torch
-        _grad_enabled = self.mode
+        self._prev_mode = _state.grad_enabled  # a plain call switches immediately, like torch
+        _state.grad_enabled = self.mode
 
     def __enter__(self):
         pass  # already switched in __init__
 
     def __exit__(self, *exc):
-        global _grad_enabled
-        _grad_enabled = self._prev.pop()
+        _state.grad_enabled = self._prev_mode
         return False
 
     def __call__(self, func):
-        global _grad_enabled
-        _grad_enabled = self._prev.pop()  # used as a decorator: undo the switch made by __init__
-        mode = self.mode
-        return _GradModeSwitch(mode)(func)
+        _state.grad_enabled = self._prev_mode  # used as a decorator: undo the switch made by __init__
+        return _GradModeSwitch(self.mode)(func)
 
 
 class _GradModeSwitch(_GradMode):
@@ -108,7 +114,7 @@ class inference_mode(_GradMode):
 
 
 def is_inference_mode_enabled():
-    return not _grad_enabled
+    return not _state.grad_enabled
 
 
 # ---- default floating dtype (torch.set_default_dtype) ----------------------------------------
@@ -157,9 +163,21 @@ def set_printoptions(precision=None, threshold=None, edgeitems=None, linewidth=N
 
 def _default_dtype_array(data, dtype, xp):
     """Python data becomes float32/int64/bool like ``torch.tensor``; arrays keep their dtype."""
+    if data is None or isinstance(data, (str, bytes)):
+        raise TypeError(f"cannot make a tensor from {type(data).__name__}: expected numbers, (nested) lists "
+                        f"of numbers or a numeric array")
+    try:
+        arr = xp.asarray(data, dtype=dtype)
+    except ValueError as e:
+        if "inhomogeneous" not in str(e):
+            raise
+        raise ValueError(f"cannot make a tensor from ragged nested lists: every row needs the same length "
+                         f"({e})") from None
     if dtype is not None:
-        return xp.asarray(data, dtype=dtype)
-    arr = xp.asarray(data)
+        return arr
+    if arr.dtype.kind not in "biufc":  # object (None, ragged lists, mixed), strings, bytes, records
+        raise TypeError(f"cannot make a tensor from {type(data).__name__} data of dtype {arr.dtype}: expected "
+                        f"numbers (bool, int, float, complex); ragged lists, strings and objects are refused")
     if not hasattr(data, "dtype"):  # Python numbers and lists
         if arr.dtype == numpy.float64:
             arr = arr.astype(_default_float)
@@ -657,9 +675,9 @@ class _HookHandle:
 def queue_backward_callback(callback):
     """Run ``callback()`` once the backward pass now running has finished (every gradient
     delivered), as PyTorch's ``queue_callback``: DistributedDataParallel's final sync."""
-    if _backward_depth == 0:
+    if _state.backward_depth == 0:
         raise RuntimeError("queue_backward_callback: no backward pass is running")
-    _backward_callbacks.append(callback)
+    _state.backward_callbacks.append(callback)
 
 
 def as_tensor(value, like=None):
@@ -721,20 +739,27 @@ class Function:
 
     def __call__(self, *inputs):
         # the hot path of every op: keep it flat and cheap
-        if len(inputs) > 1:
-            _check_same_device(self, inputs)
-        arrays = [x.data for x in inputs]
-        if _recorder is not None:
+        try:
+            if len(inputs) > 1:
+                _check_same_device(self, inputs)
+            arrays = [x.data for x in inputs]
+        except AttributeError:
+            if all(isinstance(x, Tensor) for x in inputs):
+                raise
+            raise _not_tensor_error(self, inputs) from None
+        state = _state
+        recorder = state._recorder
+        if recorder is not None:
             constructed = dict(vars(self))  # set by __init__: must be equal in every step
             ys = self._forward_checked(arrays)
-            _recorder.on_function(self, arrays, ys, constructed)
+            recorder.on_function(self, arrays, ys, constructed)
         else:
             try:
                 ys = self.forward(*arrays)
             except (ValueError, TypeError) as e:  # NumPy's types for bad shapes/dtypes: also PyTorch's RuntimeError
                 _raise_op_error(e)
         record = False
-        if _grad_enabled:
+        if state.grad_enabled:
             for x in inputs:
                 if x.requires_grad:
                     record = True
@@ -840,13 +865,20 @@ class Function:
 
 
 def _in_place(what):
-    if _recorder is not None:
-        _recorder.on_in_place(what)
+    recorder = _state._recorder
+    if recorder is not None:
+        recorder.on_in_place(what)
 
 
 def _host_sync(what):
-    if _recorder is not None:
-        _recorder.on_host_sync(what)
+    recorder = _state._recorder
+    if recorder is not None:
+        recorder.on_host_sync(what)
+
+
+def _active_recorder():
+    """The compile recorder of the calling thread, or None."""
+    return _state._recorder
 
 
 def _freed_error():
@@ -854,9 +886,17 @@ def _freed_error():
                         "freed by the first backward); pass retain_graph=True to the first backward")
 
 
+def _not_tensor_error(fn, inputs):
+    bad = next(x for x in inputs if not isinstance(x, Tensor))
+    return TypeError(f"{fn.name}: expected a Tensor, got {type(bad).__name__}; convert it with "
+                     f"gradflow.tensor(...) (or gradflow.from_numpy for a NumPy array)")
+
+
 def _check_same_device(fn, inputs):
     first = type(inputs[0].data)
     for x in inputs[1:]:
+        if type(x.data) is not first and not all(isinstance(y, Tensor) for y in inputs):
+            raise _not_tensor_error(fn, inputs)  # a NumPy array's .data is a memoryview
         if type(x.data) is not first and backend.device_of(x.data) != backend.device_of(inputs[0].data):
             raise RuntimeError(f"{fn.name}: inputs are on different devices "
                                f"('{inputs[0].device}' and '{x.device}'); move them with .to(device)")
@@ -905,10 +945,10 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
             if hooked is not None and id(x) in hooked:
                 _leaf_edge_done(hooked, x, True)
 
-    if create_graph and _recorder is not None:
-        _recorder.on_create_graph()
-    global _backward_depth
-    _backward_depth += 1
+    state = _state
+    if create_graph and state._recorder is not None:
+        state._recorder.on_create_graph()
+    state.backward_depth += 1
     try:
         results = _walk(roots, grads, targets, target_outputs if targets is not None else None, results, deliver,
                         heap, pending, retain_graph, create_graph, hooked)
@@ -919,18 +959,18 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
                     if hooked is not None and hooked.pop(id(x), None) is not None:
                         _fire_post_accumulate_hooks(x)
     except BaseException:
-        _backward_depth -= 1
-        if _backward_depth == 0:
-            _backward_callbacks.clear()
+        state.backward_depth -= 1
+        if state.backward_depth == 0:
+            state.backward_callbacks.clear()
         raise
-    _backward_depth -= 1
+    state.backward_depth -= 1
     if hooked:  # leaves whose last edge gave no gradient (a backward returned None for it)
         for entry in list(hooked.values()):
             if entry[2]:
                 _fire_post_accumulate_hooks(entry[0])
-    if _backward_depth == 0:
-        while _backward_callbacks:
-            _backward_callbacks.pop(0)()
+    if state.backward_depth == 0:
+        while state.backward_callbacks:
+            state.backward_callbacks.pop(0)()
     return results
 
 
@@ -1021,9 +1061,10 @@ def _fire_post_accumulate_hooks(x):
 def _accumulate_leaf(x, gx, create_graph, assigned):
     if not x.requires_grad:
         return
-    if create_graph:
+    if create_graph and (gx.requires_grad or (x.grad is not None and x.grad.requires_grad)):
         x.grad = gx if x.grad is None else x.grad + gx
         return
+    # a gradient without history gets its own buffer, whether or not create_graph was asked
     a = gx.data
     copy = False
     if x.grad is None:
@@ -1036,8 +1077,9 @@ def _accumulate_leaf(x, gx, create_graph, assigned):
     else:
         result = x.grad.data + a
     x.grad = Tensor._wrap(result)
-    if _recorder is not None:
-        _recorder.on_leaf_grad(x, a, copy, result)
+    recorder = _state._recorder
+    if recorder is not None:
+        recorder.on_leaf_grad(x, a, copy, result)
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False):

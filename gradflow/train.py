@@ -9,6 +9,7 @@ streams and the data loader's generator; ``fit(..., resume=path)`` continues fro
 Classification accuracy is reported whenever the model's output is (N, C) and the targets
 are integer class ids. Losses are assumed to be batch means (``reduction='mean'``).
 """
+import copy
 import math
 import os
 import sys
@@ -182,31 +183,65 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch=0, histor
     serialization.save(state, path)
 
 
+_CHECKPOINT_PARTS = {"epoch": int, "model": dict, "optimizer": (dict, type(None)), "schedulers": list, "rng": dict,
+                     "history": (dict, type(None)), "loader": (dict, type(None)), "callbacks": list}
+
+
 def load_checkpoint(path, model, optimizer=None, scheduler=None, history=None, train_loader=None, callbacks=(),
                     restore_rng=True):
-    """Restore what ``save_checkpoint`` wrote into the given objects; returns the checkpoint dict."""
+    """Restore what ``save_checkpoint`` wrote into the given objects; returns the checkpoint dict.
+
+    All or nothing: the model and optimizer parts are checked in full (keys, shapes, which
+    optimizer saved the state) before anything changes, and the small parts (schedulers,
+    history, loader, callbacks, random streams) are rolled back if one of them fails, so a
+    checkpoint that does not fit raises and leaves every object as it was.
+    """
     state = serialization.load(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a gradflow checkpoint (use gradflow.serialization.load for other files)")
-    model.load_state_dict(state["model"])
+    for key, kind in _CHECKPOINT_PARTS.items():
+        if not isinstance(state.get(key), kind):
+            raise ValueError(f"corrupt checkpoint {path}: its {key!r} entry is "
+                             f"{'missing' if key not in state else type(state[key]).__name__}")
+    # 1. check: nothing is changed here
+    model._check_state_dict(state["model"])
+    staged_optimizer = None
     if optimizer is not None:
         if state["optimizer"] is None:
             raise ValueError(f"{path} holds no optimizer state")
-        optimizer.load_state_dict(state["optimizer"])
+        staged_optimizer = optimizer._check_state_dict(state["optimizer"])
+    small = []  # (what, object, its saved state)
     schedulers = _as_list(scheduler)
     if schedulers:
         if len(schedulers) != len(state["schedulers"]):
             raise ValueError(f"{path} holds {len(state['schedulers'])} scheduler states, got {len(schedulers)} schedulers")
-        for s, sd in zip(schedulers, state["schedulers"]):
-            s.load_state_dict(sd)
+        small += [(f"scheduler {i}", s, sd) for i, (s, sd) in enumerate(zip(schedulers, state["schedulers"]))]
     if history is not None and state["history"] is not None:
-        history.load_state_dict(state["history"])
+        small.append(("history", history, state["history"]))
     if train_loader is not None and state["loader"] and hasattr(train_loader, "load_state_dict"):
-        train_loader.load_state_dict(state["loader"])
-    for cb, cb_state in zip(callbacks, state["callbacks"]):
-        cb.load_state_dict(cb_state)
-    if restore_rng:
-        gf_random.set_rng_state(state["rng"])
+        small.append(("data loader", train_loader, state["loader"]))
+    small += [(f"callback {type(cb).__name__}", cb, cb_state) for cb, cb_state in zip(callbacks, state["callbacks"])]
+    # 2. apply the small parts, undoing them all if one does not fit
+    before = [copy.deepcopy(obj.state_dict()) for _, obj, _ in small]
+    rng_before = gf_random.get_rng_state()
+    done = 0
+    try:
+        for what, obj, part in small:
+            obj.load_state_dict(part)
+            done += 1
+        if restore_rng:
+            gf_random.set_rng_state(state["rng"])
+    except Exception as e:
+        for (_, obj, _), old in zip(small[:done + 1], before):
+            obj.load_state_dict(old)
+        gf_random.set_rng_state(rng_before)
+        what = small[done][0] if done < len(small) else "random-stream"
+        raise ValueError(f"corrupt checkpoint {path}: its {what} state does not fit ({type(e).__name__}: {e}); "
+                         f"nothing was loaded") from e
+    # 3. the checked model and optimizer parts
+    model.load_state_dict(state["model"])
+    if staged_optimizer is not None:
+        optimizer._apply_loaded(*staged_optimizer)
     return state
 
 
@@ -358,6 +393,9 @@ def train_epoch(model, loss_fn, optimizer, loader, progress=False, desc="train",
     if distributed:
         meter.all_reduce()
         seconds = _max_over_ranks(seconds)
+    if meter.count == 0:
+        raise ValueError("train_epoch: the training loader yielded no samples (an empty dataset, or drop_last "
+                         "with fewer samples than batch_size); nothing to train on")
     logs = meter.result()
     if logs and not math.isfinite(logs["loss"]):
         raise FloatingPointError(f"training loss became {logs['loss']}; lower the learning rate or clip gradients")
@@ -460,6 +498,9 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs=1, call
     over all ranks' samples (so every rank logs the same numbers and callbacks decide the
     same), only rank 0 shows progress and writes checkpoints, and every rank resumes.
     """
+    if hasattr(train_loader, "__len__") and len(train_loader) == 0:
+        raise ValueError("fit: the training loader is empty (no samples, or drop_last with fewer samples than "
+                         "batch_size); nothing to train on")
     callbacks = list(callbacks)
     history = next((cb for cb in callbacks if isinstance(cb, History)), None)
     if history is None:

@@ -294,3 +294,118 @@ def test_example_reports_missing_data(tmp_path, monkeypatch, capsys):
     spec.loader.exec_module(example)
     assert example.main(["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "not found. Looked in" in capsys.readouterr().err
+
+
+# ---- load_checkpoint is all or nothing ---------------------------------------------------------
+def _snapshot(model, opt, sched, history):
+    return ([p.numpy().copy() for p in model.parameters()],
+            {id(p): {k: (v.numpy().copy() if hasattr(v, "numpy") else v) for k, v in s.items()}
+             for p, s in opt.state.items()},
+            [dict(g, params=None) for g in opt.param_groups], sched.state_dict(), dict(history.history),
+            gradflow.random.get_rng_state())
+
+
+def _assert_untouched(before, after):
+    for a, b in zip(before[0], after[0]):
+        numpy.testing.assert_array_equal(a, b)
+    assert before[1].keys() == after[1].keys()
+    for key in before[1]:
+        for name, value in before[1][key].items():
+            numpy.testing.assert_array_equal(value, after[1][key][name])
+    assert before[2:] == after[2:]
+
+
+def _trained_objects(tmp_path, seed=0):
+    model, opt, sched, (train, val) = setup(seed)
+    history = fit(model, nn.CrossEntropyLoss(), opt, train, epochs=1, scheduler=sched, progress=False)
+    return model, opt, sched, history, train
+
+
+@pytest.mark.parametrize("fault", ["optimizer_for_other_model", "sgd_state_into_adam", "scheduler_state",
+                                   "history_state", "optimizer_hyperparameter", "model_shape"])
+def test_failing_checkpoint_load_changes_nothing(tmp_path, fault):
+    model, opt, sched, history, train = _trained_objects(tmp_path)
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, model, opt, sched, epoch=1, history=history, train_loader=train)
+    gradflow.manual_seed(7)
+    target_model, target_opt, target_sched, _ = setup(seed=3)
+    target_history = History()
+    if fault == "optimizer_for_other_model":   # the model part fits, the optimizer part does not
+        state = serialization.load(path)
+        state["optimizer"]["state"][0]["momentum_buffer"] = numpy.zeros((5, 5), numpy.float32)
+        serialization.save(state, path)
+        match = "has shape"
+    elif fault == "sgd_state_into_adam":
+        target_opt = optim.Adam(target_model.parameters(), lr=0.1)
+        target_sched = lr_scheduler.StepLR(target_opt, step_size=1)
+        match = "different optimizer"
+    elif fault == "optimizer_hyperparameter":
+        state = serialization.load(path)
+        state["optimizer"]["param_groups"][0]["momentum"] = -1.0
+        serialization.save(state, path)
+        match = "momentum"
+    elif fault == "scheduler_state":
+        state = serialization.load(path)
+        state["schedulers"][0] = [1, 2]  # not a scheduler's state dict
+        serialization.save(state, path)
+        match = "scheduler 0"
+    elif fault == "history_state":
+        state = serialization.load(path)
+        state["history"] = {"epochs": [1]}   # no "history" key
+        serialization.save(state, path)
+        match = "history"  # applied after the scheduler part, which must be rolled back
+    else:
+        target_model = nn.MLP([2, 8, 3])
+        target_opt = optim.SGD(target_model.parameters(), lr=0.1, momentum=0.9)
+        target_sched = lr_scheduler.StepLR(target_opt, step_size=1, gamma=0.5)
+        match = "size mismatch"
+    before = _snapshot(target_model, target_opt, target_sched, target_history)
+    try:
+        load_checkpoint(path, target_model, target_opt, target_sched, target_history, train)
+    except ValueError as e:
+        assert match is None or match in str(e)
+    except RuntimeError as e:
+        assert match in str(e)
+    else:
+        pytest.fail("the checkpoint should not fit")
+    _assert_untouched(before, _snapshot(target_model, target_opt, target_sched, target_history))
+
+
+def test_loading_sgd_state_into_adam_names_the_problem():
+    model = nn.Linear(3, 2)
+    sgd = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(gradflow.ones((4, 3))).sum().backward()
+    sgd.step()
+    adam = optim.Adam(model.parameters())
+    with pytest.raises(ValueError, match=r"\['momentum_buffer'\] that Adam does not keep.*different optimizer"):
+        adam.load_state_dict(sgd.state_dict())
+    assert adam.state == {}
+    adam.step()
+    sgd2 = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="that SGD does not keep"):
+        sgd2.load_state_dict(adam.state_dict())
+    for bad in ({"state": {}}, [1, 2], {"state": {}, "param_groups": [{"lr": 1}]}):
+        with pytest.raises(ValueError, match="state_dict|param_groups"):
+            adam.load_state_dict(bad)
+
+
+def test_checkpoint_with_missing_or_mistyped_parts_is_corrupt(tmp_path):
+    model, opt, sched, (train, _) = setup()
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, model, opt, sched, epoch=1, train_loader=train)
+    good = serialization.load(path)
+    before = [p.numpy().copy() for p in model.parameters()]
+    for key, value in (("model", None), ("epoch", "one"), ("schedulers", {}), ("rng", None)):
+        state = dict(good)
+        if value is None and key == "model":
+            del state[key]
+        else:
+            state[key] = value
+        serialization.save(state, path)
+        with pytest.raises(ValueError, match=f"corrupt checkpoint .*c.npz: its '{key}' entry is"):
+            load_checkpoint(path, model, opt, sched)
+    for a, b in zip(before, model.parameters()):
+        numpy.testing.assert_array_equal(a, b.numpy())
+    path.write_bytes(b"")
+    with pytest.raises(serialization.CheckpointError, match="not a valid gradflow checkpoint"):
+        load_checkpoint(path, model, opt, sched)

@@ -45,8 +45,15 @@ def one_hot(target, num_classes=-1):
     """Integer class ids of any shape as an int64 one-hot tensor with a trailing class axis."""
     t = target.data if isinstance(target, Tensor) else target
     xp = backend.xp_of(t)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"one_hot: class ids must be an integer tensor, got dtype {t.dtype} "
+                        f"(convert with .astype('int64'))")
+    if t.size and int(t.min()) < 0:
+        raise ValueError(f"one_hot: class values must be non-negative, got {int(t.min())}")
     if num_classes < 0:
-        num_classes = int(t.max()) + 1
+        num_classes = int(t.max()) + 1 if t.size else 0
+    elif t.size and int(t.max()) >= num_classes:
+        raise ValueError(f"one_hot: class values must be smaller than num_classes={num_classes}, got {int(t.max())}")
     flat = t.reshape(-1)
     out = xp.zeros((flat.size, num_classes), dtype="int64")
     out[xp.arange(flat.size), flat] = 1

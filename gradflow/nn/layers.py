@@ -23,6 +23,11 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
         super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, (int, numpy.integer)) or isinstance(value, bool):
+                raise TypeError(f"Linear: {name} must be an int, got {value!r} ({type(value).__name__})")
+            if value < 0:
+                raise ValueError(f"Linear: {name} must be >= 0, got {value}")
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.weight = Parameter(_empty((self.out_features, self.in_features), device, dtype))
         if bias:

@@ -92,6 +92,13 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_i
     if not 0.0 <= label_smoothing <= 1.0:
         raise OpError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     target = _as_target(target, input)
+    if input.ndim == 0:
+        raise ValueError("cross_entropy: input is 0-d (a single number); expected unnormalised class scores of "
+                         "shape (N, C) (or (N, C, d1, ...)), one row per sample")
+    if target.dtype.kind == "b":
+        raise TypeError("cross_entropy: bool targets are ambiguous; pass class indices as integers "
+                        "(target.astype('int64')) or class probabilities as floats of the input's shape "
+                        "(for one yes/no output use binary_cross_entropy_with_logits)")
     valid = None
     if target.dtype.kind in "iu":
         if label_smoothing == 0.0:
@@ -165,6 +172,9 @@ class BinaryCrossEntropy(Function):
         if p.size and bool(((p < 0) | (p > 1)).any()):
             raise OpError("binary_cross_entropy: all elements of input should be between 0 and 1 "
                              "(pass logits to binary_cross_entropy_with_logits instead)")
+        if t.size and bool(((t < 0) | (t > 1)).any()):
+            raise ValueError("binary_cross_entropy: all elements of target should be between 0 and 1 "
+                             "(targets are probabilities or 0/1 labels)")
         self.save_for_backward(p, t)
         with numpy.errstate(divide="ignore"):
             log_p = xp.maximum(xp.log(p), -100)

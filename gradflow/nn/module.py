@@ -263,6 +263,19 @@ class Module:
         Every problem is found before anything is copied: shape mismatches always raise; missing
         and unexpected keys raise when ``strict``, else they are returned.
         """
+        targets, missing, unexpected = self._check_state_dict(state_dict, strict)
+        for key, target in targets.items():
+            if key in state_dict:
+                value = _array(state_dict[key])
+                target.data[...] = backend.to_device(value, target.device).astype(target.dtype, copy=False)
+                target._bump_version()
+        return _IncompatibleKeys(missing, unexpected)
+
+    def _check_state_dict(self, state_dict, strict=True):
+        """Raise what ``load_state_dict`` would raise, changing nothing (``load_checkpoint`` checks first)."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"{type(self).__name__}.load_state_dict: expected a dict of name -> tensor "
+                            f"(as Module.state_dict() returns), got {type(state_dict).__name__}")
         targets = self._state_targets()
         missing = [k for k in targets if k not in state_dict]
         unexpected = [k for k in state_dict if k not in targets]
@@ -275,24 +288,25 @@ class Module:
                 f"'{k}' (expected shape {_shape_str(targets[k].shape)})" for k in missing))
         for key, target in targets.items():
             if key in state_dict:
+                kind = getattr(_array(state_dict[key]), "dtype", numpy.dtype(object)).kind
+                if kind not in "biuf":
+                    errors.append(f"value for '{key}' is not numeric (dtype kind {kind!r}); expected a tensor")
+                    continue
                 shape = tuple(numpy.shape(_array(state_dict[key])))
                 if shape != tuple(target.shape):
                     errors.append(f"size mismatch for '{key}': copying a value of shape {_shape_str(shape)} from "
                                   f"the state_dict, the shape in the current model is {_shape_str(target.shape)}")
         if errors:
             raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t" + "\n\t".join(errors))
-        for key, target in targets.items():
-            if key in state_dict:
-                value = _array(state_dict[key])
-                target.data[...] = backend.to_device(value, target.device).astype(target.dtype, copy=False)
-                target._bump_version()
-        return _IncompatibleKeys(missing, unexpected)
+        return targets, missing, unexpected
 
     # ---- calling and printing ---------------------------------------------------------------------
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def __call__(self, *args, **kwargs):
+        if args and not isinstance(args[0], Tensor):
+            args = _arrays_as_tensors(args)
         return self.forward(*args, **kwargs)
 
     def extra_repr(self):
@@ -315,6 +329,13 @@ class Module:
 
     def __dir__(self):
         return sorted(set(super().__dir__()) | set(self._parameters) | set(self._buffers) | set(self._modules))
+
+
+def _arrays_as_tensors(args):
+    """NumPy/CuPy arrays passed to a module become Tensors (sharing memory); the rest is left alone."""
+    return tuple(Tensor(a) if not isinstance(a, Tensor) and (hasattr(a, "__array_interface__")
+                                                              or hasattr(a, "__cuda_array_interface__")) else a
+                 for a in args)
 
 
 def _array(value):

@@ -196,7 +196,7 @@ class DistributedDataParallel(Module):
         """Parameter ``index`` has its final gradient for this backward pass."""
         if not self._active:
             self._active = True
-            if _tape._backward_depth:  # eager backward: sync at its end (replay calls _finish itself)
+            if _tape._state.backward_depth:  # eager backward: sync at its end (replay calls _finish itself)
                 _tape.queue_backward_callback(self._finish)
         if self._ready[index]:
             raise RuntimeError(f"DistributedDataParallel: parameter {self._named_params[index][0]!r} was marked "

@@ -11,15 +11,24 @@ def _params(parameters):
 
 
 def zero_grads(parameters, set_to_none=True):
-    """Drop each gradient (``set_to_none``) or zero it in place; Module and Optimizer both use it."""
+    """Drop each gradient (``set_to_none``) or zero it in place; Module and Optimizer both use it.
+
+    A gradient left by ``backward(create_graph=True)`` is part of a graph: zeroing it in
+    place would keep that graph alive and chain the next backward onto it (memory grows
+    every step). As PyTorch detaches it first, it is replaced by fresh zeros without
+    history; its array may be shared with the graph, so it is never written to.
+    """
     for p in _params(parameters):
-        if p.grad is None:
+        g = p.grad
+        if g is None:
             continue
         if set_to_none:
             p.grad = None
+        elif g.requires_grad or g.creator is not None:
+            p.grad = Tensor._wrap(backend.xp_of(g.data).zeros_like(g.data))
         else:
-            p.grad.data[...] = 0
-            p.grad._bump_version()
+            g.data[...] = 0
+            g._bump_version()
 
 
 @replay_as_call  # in-place on .grad arrays: a captured step re-runs it as a call

@@ -11,13 +11,14 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
                  maximize=False, decoupled_weight_decay=False, l1=0):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+        super().__init__(params, dict(lr=lr, betas=tuple(betas) if isinstance(betas, (tuple, list)) else betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                                       maximize=maximize, decoupled_weight_decay=decoupled_weight_decay, l1=l1))
 
     def _check_group(self, group, where):
         self._check_nonneg(group, where, "lr", "eps", "weight_decay", "l1")
         betas = group["betas"]
-        self._check(len(betas) == 2, where, "betas", betas, "must be a pair (beta1, beta2)")
+        self._check(isinstance(betas, (tuple, list)) and len(betas) == 2, where, "betas", betas,
+                    "must be a pair (beta1, beta2), e.g. betas=(0.9, 0.999)")
         for i, beta in enumerate(betas):
             self._check(isinstance(beta, (int, float)) and 0.0 <= beta < 1.0, where, f"beta{i + 1}", beta,
                         "must be in [0, 1)")

@@ -131,7 +131,14 @@ class Optimizer:
         if isinstance(params, Tensor):
             raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
                             "but got a Tensor; wrap it in a list")
-        groups = list(params)
+        if callable(getattr(params, "parameters", None)):
+            raise TypeError(f"params argument given to the optimizer should be an iterable of Tensors or dicts, "
+                            f"but got a {type(params).__name__} module; pass model.parameters()")
+        try:
+            groups = list(params)
+        except TypeError:
+            raise TypeError(f"params argument given to the optimizer should be an iterable of Tensors or dicts, "
+                            f"but got {type(params).__name__}") from None
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
         if not isinstance(groups[0], dict):
@@ -153,6 +160,9 @@ class Optimizer:
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
         group = dict(param_group)
+        if "params" not in group:
+            raise ValueError(f"a parameter group must have a 'params' entry (its Tensors), got keys "
+                             f"{sorted(group)}; e.g. {{'params': model.parameters(), 'lr': 0.01}}")
         params = group["params"]
         group["params"] = [params] if isinstance(params, Tensor) else list(params)
         for p in group["params"]:
@@ -310,20 +320,41 @@ class Optimizer:
 
     def load_state_dict(self, state_dict):
         """Restore hyperparameters and state; checks group sizes and state shapes before changing anything."""
+        self._apply_loaded(*self._check_state_dict(state_dict))
+
+    def _check_state_dict(self, state_dict):
+        """Everything ``load_state_dict`` would set, validated and copied; nothing is changed yet.
+
+        ``gradflow.train.load_checkpoint`` calls it for the optimizer part before it changes
+        the model, so a checkpoint that does not fit leaves both untouched.
+        """
+        name = type(self).__name__
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
+            got = sorted(map(str, state_dict)) if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"{name}.load_state_dict: expected a dict with 'state' and 'param_groups' "
+                             f"(as Optimizer.state_dict() returns), got {got}")
         saved_groups = state_dict["param_groups"]
+        if not isinstance(saved_groups, (list, tuple)) or not all(isinstance(g, dict) and "params" in g
+                                                                 for g in saved_groups):
+            raise ValueError(f"{name}.load_state_dict: 'param_groups' must be a list of dicts, each with 'params'")
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"loaded state dict has {len(saved_groups)} parameter groups, "
                              f"this optimizer has {len(self.param_groups)}")
-        id_map = {}
+        id_map, new_groups = {}, []
         for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
             if len(group["params"]) != len(saved["params"]):
                 raise ValueError(f"loaded state dict's param_groups[{gi}] has {len(saved['params'])} parameters, "
                                  f"this optimizer's has {len(group['params'])}")
+            values = {key: tuple(value) if isinstance(value, list) and key == "betas" else copy.deepcopy(value)
+                      for key, value in saved.items() if key != "params"}
+            merged = {**group, **values}
+            self._check_group(merged, f"the loaded state dict's param_groups[{gi}]")
+            new_groups.append(values)
             for index, p in zip(saved["params"], group["params"]):
-                id_map[int(index)] = p
+                id_map[int(index)] = (p, merged)
         new_state = {}
         for index, values in state_dict["state"].items():
-            p = id_map.get(int(index))
+            p, group = id_map.get(int(index), (None, None))
             if p is None:
                 raise ValueError(f"loaded state dict has state for parameter {index}, which no group lists")
             restored = {}
@@ -341,9 +372,28 @@ class Optimizer:
                     restored[key] = value.item()
                 else:
                     restored[key] = copy.deepcopy(value)
+            self._check_state_keys(p, restored, group, index)
             new_state[p] = restored
-        for group, saved in zip(self.param_groups, saved_groups):
-            for key, value in saved.items():
-                if key != "params":
-                    group[key] = tuple(value) if isinstance(value, list) and key == "betas" else copy.deepcopy(value)
+        return new_state, new_groups
+
+    def _check_state_keys(self, p, restored, group, index):
+        """State saved by another optimizer class (SGD's into Adam) fails here, not at the next step."""
+        if not restored:
+            return
+        fresh, completed = {}, dict(restored)
+        self._init_state(p, fresh, group)
+        self._init_state(p, completed, group)
+        # bool entries are one-step markers (SGD's first-step flag), never part of saved state
+        needed = {k for k, v in fresh.items() if not isinstance(v, bool)}
+        unknown, missing = sorted(restored.keys() - fresh.keys()), sorted(needed - completed.keys())
+        if unknown or missing:
+            problem = f"has entries {unknown} that {type(self).__name__} does not keep" if unknown else \
+                f"lacks {missing}"
+            raise ValueError(f"loaded state for parameter {index} {problem} ({type(self).__name__} keeps "
+                             f"{sorted(needed)}): the state dict was saved by a different optimizer; load it "
+                             f"into the optimizer class that saved it, or start this optimizer afresh")
+
+    def _apply_loaded(self, new_state, new_groups):
+        for group, values in zip(self.param_groups, new_groups):
+            group.update(values)
         self.state = new_state
