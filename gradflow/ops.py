@@ -781,8 +781,10 @@ class Linear(Function):
             y = x @ weight.T
         elif backend.capturing:
             y = _matmul_arrays(x, weight.T)
-        else:  # the same dot products; OpenBLAS runs this orientation ~1.4x faster for small batches
-            y = (weight @ x.T).T
+        elif weight.size >= 16384:  # same dot products; OpenBLAS runs this orientation of a large
+            y = (weight @ x.T).T    # weight ~1.4x faster for small batches (the output is F-ordered)
+        else:
+            y = x @ weight.T
         if bias is not None:
             y += bias
         return y
@@ -791,7 +793,9 @@ class Linear(Function):
     def replay_source(x, weight, bias=None, arrays=(), saved=()):
         if arrays[0].ndim != 2 or bias is None or saved:
             return None
-        return f"_iadd(({weight} @ {x}.T).T, {bias})"
+        if arrays[1].size >= 16384:  # as forward
+            return f"_iadd(({weight} @ {x}.T).T, {bias})"
+        return f"_iadd({x} @ {weight}.T, {bias})"
 
     def backward(self, gy):
         x, weight = self.saved_tensors
