@@ -91,9 +91,14 @@ class CapturedTrainer(GradflowTrainer):
     def __init__(self, sizes, weights, lr, momentum, device):
         super().__init__(sizes, weights, lr, momentum, device)
         self._captured = self.gf.compile(super().step)
+        self._forward = self.gf.compile(self.model)   # inference: recorded under no_grad, replayed
 
     def step(self, x, y):
         return self._captured(x, y)
+
+    def predict(self, x):
+        with self.gf.no_grad():
+            return self._forward(x)
 
     def capture_status(self):
         """Whether the step really replays a captured plan, and if not, gradflow's reason."""
@@ -214,6 +219,20 @@ class Torch(Contestant):
         return value.detach().cpu().numpy()
 
 
+class TorchCudaGraph(Torch):
+    """PyTorch's own whole-step capture: ``torch.cuda.CUDAGraph`` over forward, backward and
+    ``optimizer.step()``, replayed after copying each batch into static inputs (GPU only)."""
+    name = "torch-cudagraph"
+
+    def available(self):
+        if self.device != "cuda":
+            return False, "CUDA graphs need a GPU"
+        return torch_peer.available(self.device)
+
+    def trainer(self, sizes, weights, lr, momentum):
+        return torch_peer.TorchCudaGraphMLP(weights, lr, momentum, self.device)
+
+
 class NumpyLoop(Contestant):
     """The hand-written loop: NumPy on the CPU, the same code on CuPy on the GPU."""
     name = "numpy-loop"
@@ -243,7 +262,7 @@ class NumpyLoop(Contestant):
         return backend.to_numpy(value)
 
 
-ALL = (Gradflow, GradflowCaptured, Torch, NumpyLoop)
+ALL = (Gradflow, GradflowCaptured, Torch, TorchCudaGraph, NumpyLoop)
 
 
 def contestants(devices, kinds=ALL):

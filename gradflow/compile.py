@@ -40,7 +40,7 @@ import weakref
 import numpy
 
 from gradflow import backend
-from gradflow.tensor import Tensor
+from gradflow.tensor import Tensor, is_grad_enabled
 
 _tape = sys.modules["gradflow.tensor"]  # holds the active recorder (``gradflow.tensor`` the name is the factory)
 _epoch = 0                              # bumped by invalidate(): every cached plan is re-recorded
@@ -653,6 +653,7 @@ class CompiledStep:
                                     f"got {type(a).__name__}") from None
                 key.append(("V", a))
         key.append(_modes)
+        key.append(is_grad_enabled())  # a step recorded under no_grad ran other ops
         return tuple(key)
 
     def __call__(self, *args):
