@@ -284,6 +284,7 @@ def _generate(plan, arrays):
         return f"e{slot}" if slot in external else f"v{slot}"
 
     fused = _matmuls_into_grads(plan, arrays)
+    read = {s for op in plan.ops for s in _reads(op)} | set(_output_slots(plan.outputs))
     lines = [f"def replay({', '.join(f'v{s}' for s in range(plan.n_inputs))}):"]
     for i, op in enumerate(plan.ops):
         kind = op[0]
@@ -295,9 +296,15 @@ def _generate(plan, arrays):
             lines.append(f"    v{dst} = _deliver_matmul(x{j}, {a}, {b}, b{j}, o{j})")
         elif kind == _FUNCTION:
             fn, ins, outs, single, saved = op[1:6]
+            saved = [(k, s) for k, s in saved if s in read]  # what forward saves for a backward that never runs
             inline = getattr(fn, "replay_source", None)
             expr = None if inline is None or not single else \
                 inline(*[ref(s) for s in ins], arrays=[arrays[s] for s in ins], saved=tuple(k for k, _ in saved))
+            if isinstance(expr, tuple):  # (expression, the globals it names)
+                expr, bindings = expr
+                for key, value in bindings.items():
+                    if names.setdefault(key, value) is not value:
+                        raise RuntimeError(f"gradflow.compile: two ops bind {key!r} to different objects")
             if expr is not None:
                 targets = ", ".join([f"v{outs[0]}"] + [f"v{s}" for _, s in saved])
                 lines.append(f"    {targets} = {expr}")
