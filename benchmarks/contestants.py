@@ -92,19 +92,22 @@ class CapturedTrainer(GradflowTrainer):
         super().__init__(sizes, weights, lr, momentum, device)
         self._captured = self.gf.compile(super().step)
         self._forward = self.gf.compile(self.model)   # inference: recorded under no_grad, replayed
+        self._used = self._captured
 
     def step(self, x, y):
+        self._used = self._captured
         return self._captured(x, y)
 
     def predict(self, x):
+        self._used = self._forward
         with self.gf.no_grad():
             return self._forward(x)
 
     def capture_status(self):
-        """Whether the step really replays a captured plan, and if not, gradflow's reason."""
-        reasons = [e.eager_reason for e in getattr(self._captured, "cache", {}).values()
-                   if getattr(e, "eager_reason", None)]
-        return {"captured": bool(getattr(self._captured, "captured", False)),
+        """Whether the last used compiled function (step or predict) replays a plan, and if not, why."""
+        used = self._used
+        reasons = [e.eager_reason for e in getattr(used, "cache", {}).values() if getattr(e, "eager_reason", None)]
+        return {"captured": bool(getattr(used, "captured", False)),
                 "eager_reason": reasons[-1] if reasons else None}
 
 

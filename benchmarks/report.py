@@ -145,7 +145,8 @@ def compute_ratios(records):
             continue
         groups.setdefault(_key(r), {})[(r["contestant"], r["device"])] = r
     pairs = [("gradflow", "torch"), ("gradflow", "numpy-loop"), ("gradflow-captured", "torch"),
-             ("gradflow-captured", "gradflow")]
+             ("gradflow-captured", "gradflow"), ("gradflow-captured", "numpy-loop"),
+             ("gradflow-captured", "torch-cudagraph"), ("torch-cudagraph", "torch")]
     out = []
     for key, by in groups.items():
         for device in ("cpu", "cuda"):
