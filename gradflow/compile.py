@@ -40,6 +40,7 @@ import weakref
 import numpy
 
 from gradflow import backend
+from gradflow.gemm import gemm
 from gradflow.tensor import Tensor, is_grad_enabled
 
 _tape = sys.modules["gradflow.tensor"]  # holds the active recorder (``gradflow.tensor`` the name is the factory)
@@ -428,26 +429,6 @@ def _writes(op):
     if op[0] == _LEAF:
         return [op[4]]
     return []
-
-
-def gemm(a, b):
-    """a @ b for 2-D CuPy arrays of any strides with gradflow's tiled kernel (capturable)."""
-    from gradflow.kernel import raw_function
-    cp = backend.cupy()
-    if a.dtype != b.dtype or a.dtype not in (numpy.float32, numpy.float64):
-        raise TypeError(f"gemm: needs two float32 or two float64 matrices, got {a.dtype} and {b.dtype}")
-    (m, k), (k2, n) = a.shape, b.shape
-    if k != k2:
-        raise ValueError(f"gemm: {a.shape} @ {b.shape}: inner dimensions differ")
-    c = cp.zeros((m, n), dtype=a.dtype)
-    if c.size == 0 or k == 0:
-        return c
-    entry = "gf_gemm_f32" if a.dtype == numpy.float32 else "gf_gemm_f64"
-    item = a.itemsize
-    strides = [numpy.int64(s // item) for s in (a.strides[0], a.strides[1], b.strides[0], b.strides[1])]
-    raw_function("gemm.cu", entry)(((n + 15) // 16, (m + 15) // 16), (16, 16),
-                                   (a, b, c, numpy.int32(m), numpy.int32(n), numpy.int32(k), *strides))
-    return c
 
 
 def capture_stream(stream, run):

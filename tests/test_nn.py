@@ -361,7 +361,7 @@ def test_mlp_structure():
     model = nn.MLP([784, 128, 32, 10])
     kinds = [type(m).__name__ for m in model.layers]
     assert kinds == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
-    assert sum(p.size for p in model.parameters()) == 784 * 128 + 128 + 128 * 32 + 32 + 32 * 10 + 10
+    assert sum(p.numel() for p in model.parameters()) == 784 * 128 + 128 + 128 * 32 + 32 + 32 * 10 + 10
     assert model(gradflow.ones(3, 784)).shape == (3, 10)
     assert repr(model).startswith("MLP(\n  (layers): Sequential(\n    (0): Linear(in_features=784, out_features=128")
 
