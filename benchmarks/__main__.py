@@ -31,6 +31,8 @@ def parse_args(argv=None):
     p.add_argument("--quiet-wait", type=float, default=None, metavar="SECONDS",
                    help="before each measurement, wait up to this long for other processes to leave the "
                         "machine idle (default 20, quick 1; 0 disables)")
+    p.add_argument("--batches", default=None, metavar="N,N,...",
+                   help="batch sizes of the mlp and inference cases (default 32,128,512,2048,8192; quick 128,2048)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     args = p.parse_args(argv)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -38,6 +40,13 @@ def parse_args(argv=None):
     if unknown:
         p.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
     args.cases = cases
+    if args.batches is not None:
+        try:
+            args.batches = tuple(int(b) for b in args.batches.split(",") if b.strip())
+        except ValueError:
+            p.error(f"--batches: expected comma-separated integers, got {args.batches!r}")
+        if not args.batches or min(args.batches) < 1:
+            p.error("--batches: give at least one batch size >= 1")
     return args
 
 
@@ -75,6 +84,8 @@ def main(argv=None):
     harness.set_thread_env(threads)
     machine = harness.machine_info()
     cfg = cases.Config.make(quick=args.quick, repeats=args.repeats, devices=devices, threads=threads)
+    if args.batches:
+        cfg.mlp_batches = cfg.inference_batches = args.batches
     if args.quiet_wait is not None:
         cfg.quiet_wait = max(0.0, args.quiet_wait)
     out_dir = args.out or default_out(devices, machine)

@@ -276,8 +276,6 @@ def _throughput_session(ctx, case, sizes, batch, mode="train"):
 
     session = Session(record, error)
     for c in ctx.active:
-        if mode != "train" and c.name == "gradflow-captured":
-            continue   # gradflow.compile captures training steps; its inference would be plain eager
         try:
             trainer = c.trainer(sizes, weights, cfg.lr, cfg.momentum)
             inputs = [(c.put(x), c.put(y)) for x, y in data]

@@ -91,15 +91,23 @@ class CapturedTrainer(GradflowTrainer):
     def __init__(self, sizes, weights, lr, momentum, device):
         super().__init__(sizes, weights, lr, momentum, device)
         self._captured = self.gf.compile(super().step)
+        self._forward = self.gf.compile(self.model)   # inference: recorded under no_grad, replayed
+        self._used = self._captured
 
     def step(self, x, y):
+        self._used = self._captured
         return self._captured(x, y)
 
+    def predict(self, x):
+        self._used = self._forward
+        with self.gf.no_grad():
+            return self._forward(x)
+
     def capture_status(self):
-        """Whether the step really replays a captured plan, and if not, gradflow's reason."""
-        reasons = [e.eager_reason for e in getattr(self._captured, "cache", {}).values()
-                   if getattr(e, "eager_reason", None)]
-        return {"captured": bool(getattr(self._captured, "captured", False)),
+        """Whether the last used compiled function (step or predict) replays a plan, and if not, why."""
+        used = self._used
+        reasons = [e.eager_reason for e in getattr(used, "cache", {}).values() if getattr(e, "eager_reason", None)]
+        return {"captured": bool(getattr(used, "captured", False)),
                 "eager_reason": reasons[-1] if reasons else None}
 
 
@@ -214,6 +222,20 @@ class Torch(Contestant):
         return value.detach().cpu().numpy()
 
 
+class TorchCudaGraph(Torch):
+    """PyTorch's own whole-step capture: ``torch.cuda.CUDAGraph`` over forward, backward and
+    ``optimizer.step()``, replayed after copying each batch into static inputs (GPU only)."""
+    name = "torch-cudagraph"
+
+    def available(self):
+        if self.device != "cuda":
+            return False, "CUDA graphs need a GPU"
+        return torch_peer.available(self.device)
+
+    def trainer(self, sizes, weights, lr, momentum):
+        return torch_peer.TorchCudaGraphMLP(weights, lr, momentum, self.device)
+
+
 class NumpyLoop(Contestant):
     """The hand-written loop: NumPy on the CPU, the same code on CuPy on the GPU."""
     name = "numpy-loop"
@@ -243,7 +265,7 @@ class NumpyLoop(Contestant):
         return backend.to_numpy(value)
 
 
-ALL = (Gradflow, GradflowCaptured, Torch, NumpyLoop)
+ALL = (Gradflow, GradflowCaptured, Torch, TorchCudaGraph, NumpyLoop)
 
 
 def contestants(devices, kinds=ALL):

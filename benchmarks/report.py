@@ -145,7 +145,8 @@ def compute_ratios(records):
             continue
         groups.setdefault(_key(r), {})[(r["contestant"], r["device"])] = r
     pairs = [("gradflow", "torch"), ("gradflow", "numpy-loop"), ("gradflow-captured", "torch"),
-             ("gradflow-captured", "gradflow")]
+             ("gradflow-captured", "gradflow"), ("gradflow-captured", "numpy-loop"),
+             ("gradflow-captured", "torch-cudagraph"), ("torch-cudagraph", "torch")]
     out = []
     for key, by in groups.items():
         for device in ("cpu", "cuda"):
@@ -199,10 +200,10 @@ def _target(what, a, b, threshold, a_label, b_label):
 
 def compute_targets(records, mlp_batches, large_batches):
     """The issue's throughput targets, each met / missed / not measured."""
-    def check(what, case, batch, device, peer, threshold):
-        a = _find(records, case, "gradflow", device, batch)
+    def check(what, case, batch, device, peer, threshold, ours="gradflow"):
+        a = _find(records, case, ours, device, batch)
         b = _find(records, case, peer, device, batch)
-        out.append(_target(what, a, b, threshold, f"gradflow/{device}", f"{peer}/{device}"))
+        out.append(_target(what, a, b, threshold, f"{ours}/{device}", f"{peer}/{device}"))
 
     out = []
     for b in mlp_batches:
@@ -212,6 +213,17 @@ def compute_targets(records, mlp_batches, large_batches):
     for b in large_batches:
         check(f"GPU mlp_large batch {b} (matmul-bound): gradflow >= 0.9x PyTorch eager", "mlp_large", b, "cuda",
               "torch", 0.9)
+    # issue 12: the whole step as one replayed plan
+    cap = "gradflow-captured"
+    for b in (32, 128):
+        if b in mlp_batches:
+            check(f"CPU mlp batch {b}: compiled step >= 1.0x NumPy loop", "mlp", b, "cpu", "numpy-loop", 1.0, cap)
+            check(f"CPU mlp batch {b}: compiled step >= 1.3x gradflow eager", "mlp", b, "cpu", "gradflow", 1.3, cap)
+    check("CPU inference batch 128: compiled forward >= 1.0x PyTorch no_grad", "inference", 128, "cpu", "torch",
+          1.0, cap)
+    check("GPU mlp batch 128: compiled step >= 3x PyTorch eager", "mlp", 128, "cuda", "torch", 3.0, cap)
+    check("GPU mlp batch 128: compiled step >= 1.0x PyTorch CUDA graph", "mlp", 128, "cuda", "torch-cudagraph",
+          1.0, cap)
     return out
 
 

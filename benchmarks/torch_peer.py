@@ -61,6 +61,42 @@ class TorchMLP:
         return [(m.weight.detach().cpu().numpy().copy(), m.bias.detach().cpu().numpy().copy()) for m in lins]
 
 
+class TorchCudaGraphMLP(TorchMLP):
+    """The same step captured whole with ``torch.cuda.CUDAGraph`` (PyTorch's recipe for
+    whole-network capture): warm-up steps on a side stream, then forward, backward and
+    ``optimizer.step()`` captured once; each step copies the batch into the static inputs
+    and replays the graph. SGD keeps no step count, so it needs no ``capturable`` flag
+    (Adam would: ``capturable=True``). The loss returned is the graph's static output."""
+
+    def __init__(self, weights, lr=0.1, momentum=0.9, device="cuda"):
+        super().__init__(weights, lr, momentum, device)
+        self.graph = None
+        self.static_x = self.static_y = self.static_loss = None
+
+    def _capture(self, x, y):
+        self.static_x, self.static_y = x.clone(), y.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):   # warm-up (allocates grads and momentum buffers) outside the graph
+                super().step(self.static_x, self.static_y)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            self.static_loss = F.cross_entropy(self.model(self.static_x), self.static_y)
+            self.static_loss.backward()
+            self.opt.step()
+
+    def step(self, x, y):
+        if self.graph is None:
+            self._capture(x, y)
+        self.static_x.copy_(x)
+        self.static_y.copy_(y)
+        self.graph.replay()
+        return self.static_loss
+
+
 def to_torch(array, device="cpu"):
     """A host NumPy array as a torch tensor on ``device`` (shares memory on the CPU)."""
     t = torch.from_numpy(numpy.ascontiguousarray(array))

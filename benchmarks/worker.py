@@ -15,7 +15,7 @@ import warnings
 
 GROUPS = {
     "numpy": ("Gradflow", "GradflowCaptured", "NumpyLoop"),   # one OpenBLAS (or CuPy) pool
-    "torch": ("Torch",),
+    "torch": ("Torch", "TorchCudaGraph"),
 }
 
 

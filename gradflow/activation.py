@@ -43,6 +43,12 @@ class MaskScale(Function):
         self.save_for_backward(mask)
         return mask_scale(mask, g, self.a, self.b)
 
+    def replay_source(self, mask, g, arrays, saved=()):
+        """What ``gradflow.compile``'s generated CPU replay runs: the NumPy twin, without the op around it."""
+        if saved or type(arrays[1]) is not numpy.ndarray or not all(type(v) in (int, float) for v in (self.a, self.b)):
+            return None
+        return f"mask_scale_np({mask}, {g}, {self.a!r}, {self.b!r})", {"mask_scale_np": mask_scale.numpy}
+
     def backward(self, ggx):
         mask, = self.saved_tensors
         return None, MaskScale(self.a, self.b)(mask, ggx)
@@ -156,6 +162,12 @@ class ReLU(Function):
         y, mask = relu_fwd(x)
         self.save_for_backward(mask)
         return y
+
+    def replay_source(self, x, arrays, saved=()):
+        """What ``gradflow.compile``'s generated CPU replay runs: the NumPy twin (and the mask if read later)."""
+        if type(arrays[0]) is not numpy.ndarray or saved not in ((), (0,)):
+            return None
+        return f"relu_np({x})" + ("" if saved else "[0]"), {"relu_np": relu_fwd.numpy}
 
     def backward(self, gy):
         mask, = self.saved_tensors
@@ -642,7 +654,7 @@ class SoftmaxCrossEntropyGrad(Function):
         if self.reduction == "none":
             return g.reshape(rows, 1)
         w = g / count if self.reduction == "mean" else g
-        return xp.broadcast_to(xp.asarray(w, dtype=g.dtype).reshape(1, 1), (rows, 1))
+        return xp.asarray(w, dtype=g.dtype).reshape(1, 1)  # broadcasts against the rows in the kernel
 
     def forward(self, x, target, m, logs, count, g):
         self.save_for_backward(x, target, count, g)

@@ -28,6 +28,7 @@ edits of arrays outside the recorded ops, and arrays that change between steps w
 being produced by a recorded op. By default such a step warns once and runs eagerly;
 ``strict=True`` raises ``CaptureError`` at the point of detection instead.
 """
+import builtins  # this module defines its own compile()
 import collections
 import functools
 import random
@@ -40,7 +41,7 @@ import numpy
 
 from gradflow import backend
 from gradflow.gemm import gemm
-from gradflow.tensor import Tensor
+from gradflow.tensor import Tensor, is_grad_enabled
 
 _tape = sys.modules["gradflow.tensor"]._state  # this thread's tape state: holds its active recorder
 _epoch = 0                              # bumped by invalidate(): every cached plan is re-recorded
@@ -250,18 +251,155 @@ class _Plan:
         self.ops = [(op[:6] if op[0] == _FUNCTION else op + ([None],) if op[0] == _LEAF else op) +
                     (tuple(frees.get(i, ())),) for i, op in enumerate(recording.ops)]
 
+        self.replay = _generate(self, recording.arrays)
+
     def run(self, arrays):
         if self.cuda_graphs and arrays and backend.device_of(arrays[0]) == "cuda":
             if self.graph_runner is None:
                 self.graph_runner = _CudaGraphRunner(self)
             return self.graph_runner.run(arrays)
-        vals = list(self.template)
-        vals[:self.n_inputs] = arrays
-        for op in self.ops:
-            _run_op(op, vals)
-            for s in op[-1]:
-                vals[s] = None
-        return _build(self.outputs, vals)
+        return self.replay(*arrays)
+
+
+def _iadd(y, b):
+    y += b
+    return y
+
+
+def _generate(plan, arrays):
+    """The plan as one straight-line Python function, written the way one would by hand.
+
+    Each slot is a local variable (``v12``), each array read from outside the step a
+    global of the function (``e7``), each op one line: the op's ``replay_source`` (its
+    forward without checks, next to the forward in ops.py/activation.py) or else a call of
+    its forward; each leaf delivery one call; a local is deleted after its last use. A
+    weight gradient computed by a matmul is computed straight into the parameter's own
+    gradient buffer (``out=``). No slot table, no per-op objects or dispatch in between.
+    """
+    names = {"_wrap": Tensor._wrap, "_deliver": _deliver_leaf, "_iadd": _iadd, "_deliver_matmul": _deliver_matmul}
+    external = {s for s, a in enumerate(plan.template) if a is not None}
+    for s in external:
+        names[f"e{s}"] = plan.template[s]
+
+    def ref(slot):
+        return f"e{slot}" if slot in external else f"v{slot}"
+
+    fused = _matmuls_into_grads(plan, arrays)
+    read = {s for op in plan.ops for s in _reads(op)} | set(_output_slots(plan.outputs))
+    lines = [f"def replay({', '.join(f'v{s}' for s in range(plan.n_inputs))}):"]
+    for i, op in enumerate(plan.ops):
+        kind = op[0]
+        if kind == _FUNCTION and i in fused:
+            j = fused[i]
+            x, dst, own = plan.ops[j][1], plan.ops[j][4], plan.ops[j][5]
+            a, b = (ref(s) for s in op[2])
+            names[f"x{j}"], names[f"o{j}"], names[f"b{j}"] = x, own, x._grad_buffer
+            lines.append(f"    v{dst} = _deliver_matmul(x{j}, {a}, {b}, b{j}, o{j})")
+        elif kind == _FUNCTION:
+            fn, ins, outs, single, saved = op[1:6]
+            saved = [(k, s) for k, s in saved if s in read]  # what forward saves for a backward that never runs
+            inline = getattr(fn, "replay_source", None)
+            expr = None if inline is None or not single else \
+                inline(*[ref(s) for s in ins], arrays=[arrays[s] for s in ins], saved=tuple(k for k, _ in saved))
+            if isinstance(expr, tuple):  # (expression, the globals it names)
+                expr, bindings = expr
+                for key, value in bindings.items():
+                    if names.setdefault(key, value) is not value:
+                        raise RuntimeError(f"gradflow.compile: two ops bind {key!r} to different objects")
+            if expr is not None:
+                targets = ", ".join([f"v{outs[0]}"] + [f"v{s}" for _, s in saved])
+                lines.append(f"    {targets} = {expr}")
+            else:
+                names[f"f{i}"], names[f"n{i}"] = fn.forward, fn
+                targets = ", ".join(f"v{s}" for s in outs) + ("" if single or len(outs) > 1 else ",")
+                lines.append(f"    {targets} = f{i}({', '.join(ref(s) for s in ins)})")
+                lines.extend(f"    v{s} = n{i}._saved[{k}]" for k, s in saved)
+                lines.append(f"    n{i}._saved = ()")
+        elif kind == _LEAF:
+            if i in fused.values():
+                continue
+            x, src, copy, dst, own = op[1:6]
+            names[f"x{i}"], names[f"o{i}"] = x, own
+            lines.append(f"    v{dst} = _deliver(x{i}, {ref(src)}, o{i})")
+        else:
+            names[f"c{i}"], names[f"a{i}"], names[f"k{i}"] = op[1], op[2], op[3]
+            lines.append(f"    c{i}(*a{i}, **k{i})")
+        dead = [f"v{s}" for s in op[-1] if s not in external]
+        if dead:
+            lines.append(f"    del {', '.join(dead)}")
+    lines.append(f"    return {_emit_outputs(plan.outputs, ref, names)}")
+    source = "\n".join(lines) + "\n"
+    exec(builtins.compile(source, "<gradflow.compile plan>", "exec"), names)
+    replay = names["replay"]
+    replay.source = source
+    return replay
+
+
+def _matmuls_into_grads(plan, arrays):
+    """{matmul op index: leaf op index} for 2-D NumPy matmuls whose result only becomes a
+    parameter's gradient, with no call or other delivery to that parameter in between."""
+    readers = collections.Counter(s for op in plan.ops for s in _reads(op))
+    outputs = set(_output_slots(plan.outputs))
+    producer = {}
+    fused = {}
+    for i, op in enumerate(plan.ops):
+        if op[0] == _FUNCTION and type(op[1]).__name__ == "MatMul" and not op[5] and \
+                all(type(arrays[s]) is numpy.ndarray and arrays[s].ndim == 2 for s in op[2]):
+            producer[op[3][0]] = i
+        elif op[0] == _LEAF:
+            x, src = op[1], op[2]
+            j = producer.get(src)
+            buf = getattr(x, "_grad_buffer", None)
+            if j is not None and readers[src] == 1 and src not in outputs and type(buf) is numpy.ndarray and \
+                    buf.shape == arrays[src].shape and buf.dtype == arrays[src].dtype and \
+                    not any(o[0] == _CALL or (o[0] == _LEAF and o[1] is x) for o in plan.ops[j + 1:i]):
+                fused[j] = i
+    return fused
+
+
+def _deliver_matmul(x, a, b, buf, own):
+    """A leaf's gradient ``a @ b``, computed into its own buffer when it has no gradient yet."""
+    if x.grad is None and getattr(x, "_grad_buffer", None) is buf:
+        g = numpy.matmul(a, b, out=buf)
+        x.grad = Tensor._wrap(g)
+        return g
+    return _deliver_leaf(x, a @ b, own)
+
+
+def _emit_outputs(structure, ref, names):
+    kind = structure[0]
+    if kind == "tensor":
+        return f"_wrap({ref(structure[1])})"
+    if kind == "const":
+        key = f"k_out{len(names)}"
+        names[key] = structure[1]
+        return key
+    if kind is dict:
+        key = f"t_out{len(names)}"
+        names[key] = list(structure[1])
+        return "dict(zip(" + key + ", (" + "".join(_emit_outputs(v, ref, names) + ", " for v in structure[1].values()) + ")))"
+    key = f"t_out{len(names)}"
+    names[key] = kind
+    return key + "((" + "".join(_emit_outputs(v, ref, names) + ", " for v in structure[1]) + "))"
+
+
+def _deliver_leaf(x, g, own):
+    """A gradient handed to leaf ``x`` in a replay: what ``x.grad`` becomes (see ``_run_op``)."""
+    if x.grad is None:
+        # the parameter's own buffer, valid until the next step: never an array the plan
+        # computes into (a CUDA graph rewrites those at every replay)
+        buf = getattr(x, "_grad_buffer", None)  # a view of its optimizer's flat gradient, if any
+        if buf is None or buf.shape != g.shape or buf.dtype != g.dtype or type(buf) is not type(g):
+            buf = own[0]
+        if buf is None or buf.shape != g.shape or buf.dtype != g.dtype or type(buf) is not type(g):
+            buf = own[0] = g.copy()
+        else:
+            buf[...] = g
+        g = buf
+    else:
+        g = x.grad.data + g
+    x.grad = Tensor._wrap(g)
+    return g
 
 
 def _run_op(op, vals):
@@ -280,22 +418,7 @@ def _run_op(op, vals):
         fn._saved = ()
     elif kind == _LEAF:
         x, src, copy, dst, own = op[1:6]
-        g = vals[src]
-        if x.grad is None:
-            # the parameter's own buffer, valid until the next step: never an array the plan
-            # computes into (a CUDA graph rewrites those at every replay)
-            buf = getattr(x, "_grad_buffer", None)  # a view of its optimizer's flat gradient, if any
-            if buf is None or buf.shape != g.shape or buf.dtype != g.dtype or type(buf) is not type(g):
-                buf = own[0]
-            if buf is None or buf.shape != g.shape or buf.dtype != g.dtype:
-                buf = own[0] = g.copy()
-            else:
-                buf[...] = g
-            g = buf
-        else:
-            g = x.grad.data + g
-        x.grad = Tensor._wrap(g)
-        vals[dst] = g
+        vals[dst] = _deliver_leaf(x, vals[src], own)
     else:
         op[1](*op[2], **op[3])
 
@@ -518,6 +641,7 @@ class CompiledStep:
                                     f"got {type(a).__name__}") from None
                 key.append(("V", a))
         key.append(_modes)
+        key.append(is_grad_enabled())  # a step recorded under no_grad ran other ops
         return tuple(key)
 
     def __call__(self, *args):

@@ -160,3 +160,30 @@ def test_group_without_every_gradient_takes_the_per_parameter_path():
     assert first.grad is not None
     for p, q in zip(model.parameters(), ref_model.parameters()):
         assert p.data.tobytes() == q.data.tobytes()
+
+
+def test_compiled_inference_under_no_grad_replays_generated_code_bit_for_bit():
+    model, _, _ = build("sgd", 0.3)
+    model.eval()
+    forward = gf.compile(model, strict=True)
+    data = batches(4, bs=64)
+    with gf.no_grad():
+        for x, _ in data * 2:
+            assert forward(x).data.tobytes() == model(x).data.tobytes()
+    plan = next(iter(forward.cache.values())).plan
+    assert "def replay" in plan.replay.source and "_deliver" not in plan.replay.source  # forward only
+    x = data[0][0]
+    with gf.enable_grad():  # grad mode is part of the key: a recording of its own
+        forward(x)
+    assert len(forward.cache) == 2
+
+
+def test_generated_replay_is_straight_line_code():
+    model, opt, _ = build("adam", 0.0)
+    step = gf.compile(make_step(model, opt, 1.0), strict=True)
+    for x, y in batches(3):
+        step(x, y)
+    source = next(iter(step.cache.values())).plan.replay.source
+    assert source.startswith("def replay(v0, v1):")
+    assert "vals[" not in source and "for " not in source and "_run_op" not in source
+    assert "_deliver_matmul" in source  # weight gradients computed into the parameters' own buffers

@@ -83,6 +83,22 @@ class _FlatGroup:
                 return False
         return True
 
+    def ready(self, state):
+        """Whether every parameter, its gradient and its state are this layout's views (the
+        steady state of a replayed step), so they cannot be of the wrong shape, dtype or device."""
+        held = self.state
+        for k, p in enumerate(self.params):
+            grad = p.grad
+            if grad is None or p.data is not self.param_views[k] or grad.data is not self.grad_views[k]:
+                return False
+            s = state.get(p)
+            if s is None:
+                return False
+            for key, value in s.items():
+                if isinstance(value, Tensor) and (key not in held or value.data is not held[key][1][k]):
+                    return False
+        return True
+
     def gather_grads(self):
         for p, view in zip(self.params, self.grad_views):
             g = p.grad.data
@@ -229,6 +245,10 @@ class Optimizer:
         work = []
         for gi, group in enumerate(self.param_groups):
             self._check_group(group, f"param_groups[{gi}]")
+            layout = self._flat.get(id(group))
+            if layout is not None and layout.ready(self.state):  # the layout's own views: nothing to check
+                work.extend((p, group) for p in group["params"])
+                continue
             for pi, p in enumerate(group["params"]):
                 if p.grad is not None:
                     self._check_param(p, f"param_groups[{gi}]['params'][{pi}]")
