@@ -6,9 +6,14 @@ from gradflow.nn.losses import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, Hu
                                 SmoothL1Loss)
 from gradflow.nn.module import Module, ModuleList, Parameter, Sequential
 from gradflow.nn.utils import clip_grad_norm_, clip_grad_value_, l1_penalty, l2_penalty
+# issue 13
+from gradflow.nn.layers import (CELU, Hardsigmoid, Hardswish, Hardtanh, LogSigmoid, Mish, ReLU6, SiLU, Softmin,
+                                Softsign, Unflatten)
+from gradflow.nn.module import ModuleDict, ParameterDict, ParameterList
 
 __all__ = ["BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "Dropout", "ELU", "Flatten", "GELU", "HuberLoss",
            "Identity", "L1Loss", "LeakyReLU", "Linear", "LogSoftmax", "MLP", "MSELoss", "Module", "ModuleList",
            "NLLLoss", "NoisyReLU", "PReLU", "Parameter", "ReLU", "SELU", "Sequential", "Sigmoid", "SmoothL1Loss",
            "Softmax", "Softplus", "Tanh", "clip_grad_norm_", "clip_grad_value_", "functional", "init", "l1_penalty",
-           "l2_penalty", "utils"]
+           "l2_penalty", "utils", "CELU", "Hardsigmoid", "Hardswish", "Hardtanh", "LogSigmoid", "Mish", "ReLU6",
+           "SiLU", "Softmin", "Softsign", "Unflatten", "ModuleDict", "ParameterDict", "ParameterList"]

@@ -7,6 +7,10 @@ from gradflow.nn.losses import (accuracy, binary_cross_entropy, binary_cross_ent
                                 nll_loss, smooth_l1_loss)
 from gradflow.nn.utils import l1_penalty, l2_penalty
 from gradflow.tensor import Tensor
+# issue 13
+from gradflow.activation import (celu, hardsigmoid, hardswish, hardtanh, logsigmoid, mish, relu6, silu, softmin,
+                                 softsign)
+from gradflow.nn.losses import kl_div
 
 
 def linear(input, weight, bias=None):
@@ -18,15 +22,70 @@ def one_hot(target, num_classes=-1):
     """Integer class ids of any shape as an int64 one-hot tensor with a trailing class axis."""
     t = target.data if isinstance(target, Tensor) else target
     xp = backend.xp_of(t)
+    if t.dtype.kind not in "iu":
+        raise RuntimeError(f"one_hot is only applicable to index tensor (integer dtype), got {t.dtype}")
+    if t.size and int(t.min()) < 0:
+        raise RuntimeError(f"one_hot: class values must be non-negative, got {int(t.min())}")
     if num_classes < 0:
-        num_classes = int(t.max()) + 1
+        num_classes = int(t.max()) + 1 if t.size else 0
+        if not t.size:
+            raise RuntimeError("one_hot: can not infer total number of classes from an empty tensor")
+    elif t.size and int(t.max()) >= num_classes:
+        raise RuntimeError(f"one_hot: class values must be smaller than num_classes ({num_classes}), "
+                           f"got {int(t.max())}")
     flat = t.reshape(-1)
     out = xp.zeros((flat.size, num_classes), dtype="int64")
     out[xp.arange(flat.size), flat] = 1
     return Tensor(out.reshape(t.shape + (num_classes,)))
 
 
-__all__ = ["accuracy", "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy", "dropout",
+# ==== issue 13: padding, normalization, similarity ==================================================
+def pad(input, pad, mode="constant", value=None):
+    """Pad the last len(pad)//2 dimensions: ``pad = (left_last, right_last, left_prev, right_prev, ...)``.
+
+    Only ``mode='constant'``; negative amounts crop, as in torch. Differentiable (the gradient is the
+    matching slice of the output gradient).
+    """
+    if mode != "constant":
+        raise NotImplementedError(f"F.pad: only mode='constant' is supported, got {mode!r}")
+    pad = [int(p) for p in pad]
+    if len(pad) % 2 or len(pad) // 2 > input.ndim:
+        raise ValueError(f"F.pad: padding length must be even and at most 2 * ndim ({2 * input.ndim}), got "
+                         f"{len(pad)}")
+    x = input
+    fill = 0.0 if value is None else value
+    for i in range(len(pad) // 2):
+        dim = input.ndim - 1 - i
+        left, right = pad[2 * i], pad[2 * i + 1]
+        n = x.shape[dim]
+        if left < 0 or right < 0:  # crop first
+            x = ops.getitem(x, (slice(None),) * dim + (slice(max(-left, 0), n - max(-right, 0)),))
+        parts = []
+        for amount in (max(left, 0), max(right, 0)):
+            shape = x.shape[:dim] + (amount,) + x.shape[dim + 1:]
+            parts.append(Tensor._wrap(backend.xp_of(x.data).full(shape, fill, dtype=x.dtype)))
+        if parts[0].shape[dim] or parts[1].shape[dim]:
+            x = ops.concatenate([parts[0], x, parts[1]], dim)
+    return x
+
+
+def normalize(input, p=2.0, dim=1, eps=1e-12, out=None):
+    """input / max(||input||_p along dim, eps)."""
+    denom = ops.clamp(ops.norm(input, p, dim, keepdim=True), min=eps)
+    return input / ops.broadcast_to(denom, input.shape)
+
+
+def cosine_similarity(x1, x2, dim=1, eps=1e-8):
+    """sum(x1 * x2) / (max(||x1||, eps) * max(||x2||, eps)) along ``dim`` (torch's formula since 2.0)."""
+    x1, x2 = ops._pair(x1, x2)
+    n1 = ops.clamp(ops.norm(x1, 2, dim, keepdim=True), min=eps)
+    n2 = ops.clamp(ops.norm(x2, 2, dim, keepdim=True), min=eps)
+    return ops.sum((x1 / n1) * (x2 / n2), dim)
+
+
+__all__ = ["pad", "normalize", "cosine_similarity", "kl_div", "silu", "relu6", "hardtanh", "hardsigmoid",
+           "hardswish", "mish", "softsign", "logsigmoid", "celu", "softmin",
+           "accuracy", "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy", "dropout",
            "elu", "gelu", "huber_loss", "l1_loss", "l1_penalty", "l2_penalty", "leaky_relu", "linear",
            "log_softmax", "misclassification_rate", "mse_loss", "nll_loss", "noisy_relu", "one_hot", "prelu",
            "relu", "selu", "sigmoid", "smooth_l1_loss", "softmax", "softmax_cross_entropy", "softplus", "tanh"]
