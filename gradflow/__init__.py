@@ -9,8 +9,9 @@ from gradflow.gradcheck import gradcheck, gradgradcheck
 from gradflow.ops import (abs, argmax, argmin, broadcast_to, cat, clamp, clip, concatenate, exp, flatten, log,
                           linear, matmul, max, maximum, mean, min, minimum, permute, reshape, sqrt, squeeze, stack, sum,
                           sum_to, swapaxes, transpose, unsqueeze, var, where)
+from gradflow.ops import promote_types, result_type, std
 from gradflow.random import manual_seed
-from gradflow.tensor import Function, Tensor, enable_grad, grad, is_grad_enabled, no_grad
+from gradflow.tensor import Function, Size, Tensor, enable_grad, grad, is_grad_enabled, no_grad
 # ==== API breadth (issue 13) ====
 from gradflow.creation import (empty_like, full_like, linspace, logspace, rand_like, randint_like, randn_like,
                                randperm)
@@ -26,7 +27,7 @@ from gradflow.ops import true_divide as div  # noqa: E402  (torch.div, with roun
 from gradflow.tensor import (get_default_dtype, inference_mode, is_inference_mode_enabled, set_default_dtype,
                              set_grad_enabled, set_printoptions)
 
-from numpy import bool_, float32, float64, int32, int64  # dtypes, as gradflow.float32 etc.
+from numpy import bool_, float16, float32, float64, int8, int16, int32, int64, uint8  # dtypes, as gradflow.float32 etc.
 
 __version__ = "0.1.0"
 
@@ -65,3 +66,4 @@ class device(str):
     def index(self):
         return 0 if self == "cuda" else None
 from gradflow.serialization import load, save  # noqa: E402
+from gradflow import distributed  # noqa: E402  (MPI/NCCL process groups; mpi4py is imported on first use)

@@ -5,31 +5,135 @@ is written with these same ops, so a backward pass can be recorded for higher-or
 gradients. Broadcast operands get their gradient back through ``sum_to``.
 """
 import builtins
+import collections
 
 import numpy
 
 from gradflow import backend
+from gradflow.gemm import gemm
 from gradflow.tensor import Function, Tensor, _in_place, as_tensor, is_grad_enabled
 
 
-def _pair(a, b):
-    """Two operands as Tensors; a Python scalar takes the other's dtype and device."""
-    if not isinstance(a, Tensor):
+# ---- type promotion: PyTorch's rules, in one place -------------------------------------------
+DEFAULT_FLOAT = numpy.dtype(numpy.float32)   # what a Python float or int / int becomes, as torch's default dtype
+_CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2, "c": 3}
+
+
+def promote_types(a, b):
+    """``torch.promote_types``: the higher category (bool < int < float < complex) wins whole,
+    so int64 with float32 is float32 (NumPy says float64); within a category, the wider type."""
+    a, b = numpy.dtype(a), numpy.dtype(b)
+    ca, cb = _CATEGORY[a.kind], _CATEGORY[b.kind]
+    if ca == cb or {ca, cb} == {2, 3}:
+        return numpy.promote_types(a, b)
+    return a if ca > cb else b
+
+
+def _combine(higher, lower):
+    """A lower-priority operand only counts when it is of a higher category (torch's combine_categories)."""
+    if higher is None or lower is None:
+        return lower if higher is None else higher
+    if higher.kind in "fc" and not (higher.kind == "f" and lower.kind == "c"):
+        return higher
+    if higher.kind == "b" or _CATEGORY[lower.kind] > _CATEGORY[higher.kind]:
+        return promote_types(higher, lower)
+    return higher
+
+
+def _scalar_dtype(v):
+    """A Python number's dtype in promotion: bool, int64, or the default float (float32)."""
+    kind = numpy.asarray(v).dtype.kind
+    return {"b": numpy.dtype(bool), "u": numpy.dtype(numpy.int64), "i": numpy.dtype(numpy.int64),
+            "f": DEFAULT_FLOAT, "c": numpy.dtype(numpy.complex64)}[kind]
+
+
+def result_type(*operands):
+    """The dtype PyTorch gives an op on ``operands`` (Tensors and Python numbers), as ``torch.result_type``.
+
+    Tensors with dimensions outrank 0-d tensors, which outrank Python numbers: a lower
+    rank only raises the result when it is of a higher category. So ``int64 + float32``
+    is float32, a Python float does not upcast a float32 tensor, ``int_tensor + 0.5`` is
+    float32, and a float64 0-d tensor does not upcast a float32 vector.
+    """
+    ranks = [None, None, None]  # dimensioned tensors, 0-d tensors, Python numbers
+    for o in operands:
+        if isinstance(o, Tensor) or hasattr(o, "dtype") and hasattr(o, "shape") and not isinstance(o, numpy.generic):
+            rank, dt = (0 if o.ndim else 1), numpy.dtype(o.dtype)
+        else:
+            rank, dt = 2, _scalar_dtype(o)
+        ranks[rank] = dt if ranks[rank] is None else promote_types(ranks[rank], dt)
+    return _combine(ranks[0], _combine(ranks[1], ranks[2]))
+
+
+def _is_number(v):
+    return isinstance(v, (int, float, complex, numpy.generic))
+
+
+def _operand(v, dtype, like):
+    """``v`` as a Tensor of ``dtype`` (a differentiable cast for Tensors), on ``like``'s device."""
+    if isinstance(v, Tensor):
+        return v if v.dtype == dtype else astype(v, dtype)
+    if not _is_number(v) and like is None:
+        return astype(as_tensor(v), dtype)
+    xp = backend.xp_of(like.data) if like is not None else numpy
+    return Tensor._wrap(xp.asarray(v, dtype=dtype))
+
+
+def _pair(a, b, like=None):
+    """Two operands as Tensors of one dtype, promoted as PyTorch does (``result_type``).
+
+    A Python number lives on the other operand's device (or ``like``'s); arrays and lists
+    that are not Tensors take the other operand's dtype, as before promotion existed."""
+    if isinstance(a, Tensor):
+        if isinstance(b, Tensor):
+            if a.dtype == b.dtype:  # the hot path
+                return a, b
+        elif type(b) is float and a.dtype.kind in "fc" or type(b) is int and a.dtype.kind in "fciu":
+            return a, Tensor._wrap(backend.xp_of(a.data).asarray(b, dtype=a.dtype))
+        elif not _is_number(b):
+            b = as_tensor(b, like=a)
+    elif isinstance(b, Tensor) and not _is_number(a):
         a = as_tensor(a, like=b)
-    elif not isinstance(b, Tensor):
-        b = as_tensor(b, like=a)
-    return a, b
+    like = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else like
+    dtype = result_type(a, b)
+    return _operand(a, dtype, like), _operand(b, dtype, like)
 
 
 def _unbroadcast(g, shape):
     return g if g.shape == shape else sum_to(g, shape)
 
 
+def _dim(d, ndim, extra=0):
+    """One dim in [-n, n) as a non-negative index, n = ndim + extra (unsqueeze/stack: extra=1).
+
+    A 0-d tensor accepts 0 and -1, as in PyTorch; anything else raises IndexError naming
+    the valid range (a wrapped-around dim silently reduces the wrong axis)."""
+    n = builtins.max(ndim + extra, 1)
+    if isinstance(d, bool) or not isinstance(d, (int, numpy.integer)):
+        raise TypeError(f"a dim must be an int, got {type(d).__name__}")
+    if not -n <= d < n:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {d})")
+    return int(d) % n
+
+
 def _axes(axis, ndim):
+    """Dims to reduce, validated: None or () mean all of them, as in PyTorch."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    return tuple(a % ndim if ndim else a for a in axes)
+    axes = (axis,) if isinstance(axis, (int, numpy.integer)) else tuple(axis)
+    if not axes:
+        return tuple(range(ndim))
+    out = tuple(_dim(a, ndim) for a in axes)
+    if len(set(out)) != len(out):
+        raise RuntimeError(f"dim {next(a for a in out if out.count(a) > 1)} appears multiple times in the list of dims")
+    return out if ndim else ()
+
+
+def _check_floating(x, name):
+    """mean/var of integers would compute with a truncated 1/n: PyTorch refuses, so does gradflow."""
+    if x.dtype.kind not in "fc":
+        raise RuntimeError(f"{name}(): could not infer output dtype. Input dtype must be either a floating point "
+                           f"or complex dtype. Got: {x.dtype} (convert with .float() first)")
 
 
 def _pick(axis, dim, keepdims, keepdim):
@@ -93,6 +197,8 @@ class PowScalar(Function):
         x, = self.saved_tensors
         if self.c == 2:
             return gy * x * 2.0
+        if self.c == 0:  # d(x**0)/dx is 0 everywhere, x = 0 included (0 * 0**-1 would be NaN)
+            return zeros_like_array(gy)
         return gy * self.c * x ** (self.c - 1)
 
 
@@ -103,9 +209,15 @@ class Pow(Function):
         return y
 
     def backward(self, gy):
+        # PyTorch's masks: d/da is 0 where b == 0 (a**0 is constant), d/db is 0 where a == 0
+        # and b >= 0 (0**b is constant there), so no 0 * inf NaN appears at a = 0
         a, b, y = self.saved_tensors
-        ga = _unbroadcast(gy * b * a ** (b - 1.0), a.shape) if self.needs_input_grad[0] else None
-        gb = _unbroadcast(gy * y * log(a), b.shape) if self.needs_input_grad[1] else None
+        ga = gb = None
+        if self.needs_input_grad[0]:
+            ga = _unbroadcast(where(b.data == 0, 0.0, gy * b * a ** (b - 1.0)), a.shape)
+        if self.needs_input_grad[1]:
+            with numpy.errstate(divide="ignore", invalid="ignore"):
+                gb = _unbroadcast(where((a.data == 0) & (b.data >= 0), 0.0, gy * y * log(a)), b.shape)
         return ga, gb
 
 
@@ -130,13 +242,23 @@ def mul(a, b):
 
 
 def div(a, b):
-    return Div()(*_pair(a, b))
+    """True division; integer (or bool) operands give the default float dtype, as in PyTorch."""
+    a, b = _pair(a, b)
+    if a.dtype.kind in "biu":
+        a, b = astype(a, DEFAULT_FLOAT), astype(b, DEFAULT_FLOAT)
+    return Div()(a, b)
 
 
 def pow(a, b):
     if isinstance(a, Tensor) and isinstance(b, (int, float)) and not isinstance(b, bool):
-        return PowScalar(b)(a)
-    return Pow()(*_pair(a, b))
+        dtype = result_type(a, b)
+        if dtype.kind in "iu" and b < 0:
+            raise RuntimeError("Integers to negative integer powers are not allowed.")
+        return PowScalar(b)(_operand(a, dtype, a))
+    a, b = _pair(a, b)
+    if a.dtype.kind in "iu" and bool((b.data < 0).any()):
+        raise RuntimeError("Integers to negative integer powers are not allowed.")
+    return Pow()(a, b)
 
 
 def neg(x):
@@ -207,13 +329,17 @@ class Clamp(Function):
 
 
 class Maximum(Function):
-    """Elementwise max; at ties the gradient is split evenly, as in PyTorch."""
+    """Elementwise max (or min, ``kind='minimum'``); at ties the gradient is split evenly, as in PyTorch."""
+    def __init__(self, kind="maximum"):
+        self.kind = kind
+
     def forward(self, a, b):
         xp = backend.xp_of(a)
         dtype = xp.result_type(a, b)
-        share = (a > b).astype(dtype) + (a == b).astype(dtype) * 0.5
+        wins = (a > b) if self.kind == "maximum" else (a < b)
+        share = wins.astype(dtype) + (a == b).astype(dtype) * 0.5
         self.save_for_backward(share)
-        return xp.maximum(a, b)
+        return getattr(xp, self.kind)(a, b)
 
     def backward(self, gy):
         share, = self.saved_tensors
@@ -269,12 +395,12 @@ def maximum(a, b):
 
 
 def minimum(a, b):
-    return -maximum(-as_tensor(a) if not isinstance(a, Tensor) else -a,
-                    -as_tensor(b) if not isinstance(b, Tensor) else -b)
+    return Maximum("minimum")(*_pair(a, b))
 
 
 def where(condition, a, b):
-    a, b = _pair(a, b)
+    """``condition ? a : b``; a and b may be Python numbers (both too), promoted as PyTorch does."""
+    a, b = _pair(a, b, like=condition if isinstance(condition, Tensor) else None)
     if not isinstance(condition, Tensor):
         condition = Tensor._wrap(backend.xp_of(a.data).asarray(condition, dtype=bool))
     elif condition.dtype != bool:
@@ -293,7 +419,7 @@ class MatMul(Function):
         if ka != kb:
             raise ValueError(f"matmul: {a.shape} @ {b.shape}: inner dimensions {ka} and {kb} differ")
         if a.dtype != b.dtype:
-            raise TypeError(f"matmul: dtypes differ ({a.dtype} @ {b.dtype}); cast one with .to(dtype)")
+            raise RuntimeError(f"matmul: dtypes differ ({a.dtype} @ {b.dtype}); cast one with .to(dtype)")
         self.save_for_backward(a, b)
         return _matmul_arrays(a, b)
 
@@ -306,8 +432,8 @@ class MatMul(Function):
         a2 = a if a.ndim > 1 else reshape(a, (1,) + a.shape)
         b2 = b if b.ndim > 1 else reshape(b, b.shape + (1,))
         gy2 = gy
-        if a.ndim == 1:
-            gy2 = unsqueeze(gy2, -2)
+        if a.ndim == 1:  # (..., n) -> (..., 1, n); a 0-d gy (vector @ vector) -> (1,)
+            gy2 = reshape(gy2, gy2.shape[:-1] + (1,) + gy2.shape[-1:]) if gy2.ndim else reshape(gy2, (1,))
         if b.ndim == 1:
             gy2 = unsqueeze(gy2, -1)
         ga = gb = None
@@ -321,13 +447,13 @@ class MatMul(Function):
 def _matmul_arrays(a, b):
     """a @ b; during CUDA-graph capture CuPy refuses cuBLAS, so gradflow's own GEMM runs."""
     if backend.capturing and a.ndim == 2 and b.ndim == 2:
-        from gradflow.compile import gemm
         return gemm(a, b)
     return a @ b
 
 
 def matmul(a, b):
-    a, b = _pair(a, b)
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor)):  # PyTorch never promotes two tensors here
+        a, b = _pair(a, b)
     return MatMul()(a, b)
 
 
@@ -380,33 +506,103 @@ class MaxMin(Function):
 
 def sum(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     axis, keepdims = _pick(axis, dim, keepdims, keepdim)
-    return Sum(axis, keepdims)(x)
+    return Sum(_axes(axis, x.ndim), keepdims)(x)
 
 
 def mean(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     axis, keepdims = _pick(axis, dim, keepdims, keepdim)
+    _check_floating(x, "mean")
     axes = _axes(axis, x.ndim)
     n = int(numpy.prod([x.shape[a] for a in axes])) if axes else 1
-    return Sum(axis, keepdims, 1.0 / n if n else float("nan"))(x)
+    return Sum(axes, keepdims, 1.0 / n if n else float("nan"))(x)
 
 
-def var(x, axis=None, keepdims=False, correction=1, *, dim=None, keepdim=None):
-    """Variance with PyTorch's default Bessel correction (``correction=0`` for the population)."""
-    axis, keepdims = _pick(axis, dim, keepdims, keepdim)
-    axes = _axes(axis, x.ndim)
+def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None, keepdims=None):
+    """Variance with PyTorch's default Bessel correction (``correction=0`` or ``unbiased=False``
+    for the population). Positional arguments follow ``torch.var(dim, unbiased, keepdim)``."""
+    dim, keepdim = _pick(dim, axis, keepdim, keepdims)
+    if unbiased is not None and correction is not None:
+        raise TypeError("var: give either unbiased or correction, not both")
+    correction = (1 if unbiased is None else int(bool(unbiased))) if correction is None else correction
+    if x.dtype.kind not in "fc":
+        raise RuntimeError(f"std and var only support floating point and complex dtypes, got {x.dtype}")
+    axes = _axes(dim, x.ndim)
     n = int(numpy.prod([x.shape[a] for a in axes])) if axes else 1
     d = x - mean(x, axes, keepdims=True)
-    return sum(d * d, axes, keepdims) / builtins.max(n - correction, 0)
+    return sum(d * d, axes, keepdim) / builtins.max(n - correction, 0)
+
+
+def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None, keepdims=None):
+    """sqrt(var(...)), with ``var``'s arguments."""
+    return sqrt(var(x, dim, unbiased, keepdim, correction=correction, axis=axis, keepdims=keepdims))
+
+
+def _return_type(name):
+    """A named tuple like ``torch.return_types.max``: unpacks as (values, indices)."""
+    return collections.namedtuple(name, ["values", "indices"])
+
+
+_MAX_RESULT, _MIN_RESULT = _return_type("max"), _return_type("min")
+
+
+class MaxMinDim(Function):
+    """Values of max/min along one dim, as ``torch.max(x, dim)``: the gradient goes to the
+    returned index alone (``amax``-style ``max(x)`` splits it among ties instead)."""
+    def __init__(self, axis, keepdims, kind):
+        self.axis, self.keepdims, self.kind = axis, keepdims, kind
+
+    def forward(self, x):
+        xp = backend.xp_of(x)
+        self.x_shape = x.shape
+        if x.ndim == 0:
+            self.indices = xp.zeros((), dtype=numpy.int64)
+            return x.copy()
+        if x.shape[self.axis] == 0:
+            raise IndexError(f"{self.kind}(): Expected reduction dim {self.axis} to have non-zero size.")
+        idx = getattr(xp, "arg" + self.kind)(x, axis=self.axis, keepdims=True)  # NaN wins, as in torch
+        y = xp.take_along_axis(x, idx, self.axis)
+        self.indices = idx.astype(numpy.int64, copy=False)
+        if not self.keepdims:
+            y, self.indices = y.squeeze(self.axis), self.indices.squeeze(self.axis)
+        return y
+
+    def backward(self, gy):
+        if not self.x_shape:
+            return gy
+        xp = backend.xp_of(gy.data)
+        idx = self.indices if self.keepdims else xp.expand_dims(self.indices, self.axis)
+        shape = [1] * len(self.x_shape)
+        shape[self.axis] = self.x_shape[self.axis]
+        hit = xp.arange(self.x_shape[self.axis]).reshape(shape) == idx
+        g = gy if self.keepdims else unsqueeze(gy, self.axis)
+        return where(hit, broadcast_to(g, self.x_shape), 0.0)
+
+
+def _max_min(x, axis, keepdims, dim, keepdim, kind):
+    if isinstance(axis, Tensor):  # torch.max(a, b) is the elementwise maximum
+        return (maximum if kind == "max" else minimum)(x, axis)
+    axis, keepdims = _pick(axis, dim, keepdims, keepdim)
+    if axis is None:
+        if x.data.size == 0:
+            raise RuntimeError(f"{kind}(): Expected reduction dim to be specified for input.numel() == 0. "
+                               f"Specify the reduction dim with the 'dim' argument.")
+        return MaxMin(None, keepdims, kind)(x)
+    if not isinstance(axis, (int, numpy.integer)):  # several dims at once: amax/amin semantics
+        return MaxMin(_axes(axis, x.ndim), keepdims, kind)(x)
+    fn = MaxMinDim(_dim(axis, x.ndim), keepdims, kind)
+    values = fn(x)
+    return (_MAX_RESULT if kind == "max" else _MIN_RESULT)(values, Tensor._wrap(fn.indices))
 
 
 def max(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
-    axis, keepdims = _pick(axis, dim, keepdims, keepdim)
-    return MaxMin(axis, keepdims, "max")(x)
+    """Largest element; with ``dim``, a named tuple (values, indices) as ``torch.max``;
+    with a Tensor second argument, the elementwise maximum."""
+    return _max_min(x, axis, keepdims, dim, keepdim, "max")
 
 
 def min(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
-    axis, keepdims = _pick(axis, dim, keepdims, keepdim)
-    return MaxMin(axis, keepdims, "min")(x)
+    """Smallest element; with ``dim``, a named tuple (values, indices) as ``torch.min``."""
+    return _max_min(x, axis, keepdims, dim, keepdim, "min")
 
 
 class NonDifferentiable(Function):
@@ -415,7 +611,8 @@ class NonDifferentiable(Function):
         self.func, self.kwargs = func, kwargs
 
     def forward(self, *xs):
-        return getattr(backend.xp_of(xs[0]), self.func)(*xs, **self.kwargs)
+        xp = backend.xp_of(xs[0])
+        return xp.asarray(getattr(xp, self.func)(*xs, **self.kwargs))  # full reductions give scalars
 
     def __call__(self, *inputs):
         y = super().__call__(*inputs)
@@ -423,12 +620,29 @@ class NonDifferentiable(Function):
         return y
 
 
-def argmax(x, axis=None, keepdims=False):
-    return NonDifferentiable("argmax", axis=axis, keepdims=keepdims)(x)
+def _arg(x, dim, keepdim, kind):
+    if dim is None:
+        if x.data.size == 0:
+            raise IndexError(f"{kind}(): Expected reduction dim to be specified for input.numel() == 0.")
+        y = NonDifferentiable(kind)(reshape(x, (-1,)))
+        return reshape(y, (1,) * x.ndim) if keepdim else y
+    dim = _dim(dim, x.ndim)
+    if x.ndim == 0:
+        return Tensor._wrap(backend.xp_of(x.data).zeros((), dtype=numpy.int64))
+    if x.shape[dim] == 0:
+        raise IndexError(f"{kind}(): Expected reduction dim {dim} to have non-zero size.")
+    return NonDifferentiable(kind, axis=dim, keepdims=keepdim)(x)
 
 
-def argmin(x, axis=None, keepdims=False):
-    return NonDifferentiable("argmin", axis=axis, keepdims=keepdims)(x)
+def argmax(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    """Index of the largest element (of the flattened tensor without ``dim``), int64."""
+    dim, keepdim = _pick(dim, axis, keepdim, keepdims)
+    return _arg(x, dim, keepdim, "argmax")
+
+
+def argmin(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    dim, keepdim = _pick(dim, axis, keepdim, keepdims)
+    return _arg(x, dim, keepdim, "argmin")
 
 
 # ---- shapes ---------------------------------------------------------------------------------------
@@ -514,7 +728,14 @@ def reshape(x, shape):
 
 
 def permute(x, axes):
-    return _view_of(Permute(tuple(axes))(x), x)
+    axes = tuple(axes)
+    if len(axes) != x.ndim:
+        raise RuntimeError(f"permute(sizes): number of dims don't match in permute: got {len(axes)} dims for a "
+                           f"tensor of shape {x.shape}")
+    dims = tuple(_dim(a, x.ndim) for a in axes)
+    if len(set(dims)) != len(dims):
+        raise RuntimeError(f"permute(): duplicate dims are not allowed, got {axes}")
+    return _view_of(Permute(dims)(x), x) if x.ndim else x
 
 
 def transpose(x, *axes):
@@ -529,33 +750,38 @@ def transpose(x, *axes):
 
 
 def swapaxes(x, a, b):
+    a, b = _dim(a, x.ndim), _dim(b, x.ndim)
+    if x.ndim == 0:
+        return x
     order = list(range(x.ndim))
     order[a], order[b] = order[b], order[a]
     return permute(x, order)
 
 
 def flatten(x, start_dim=0, end_dim=-1):
-    start, end = start_dim % builtins.max(x.ndim, 1), end_dim % builtins.max(x.ndim, 1)
+    start, end = _dim(start_dim, x.ndim), _dim(end_dim, x.ndim)
+    if start > end:
+        raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
     shape = x.shape[:start] + (-1,) + x.shape[end + 1:]
     if x.ndim == 0:
         shape = (1,)
     return reshape(x, tuple(int(numpy.prod(x.shape[start:end + 1])) if s == -1 else s for s in shape))
 
 
-def squeeze(x, axis=None):
+def squeeze(x, axis=None, *, dim=None):
+    """Drop size-1 dims (all, or those in ``dim``); a named dim that is not 1 is left alone, as in PyTorch."""
+    axis = axis if dim is None else dim
     if axis is None:
         shape = tuple(s for s in x.shape if s != 1)
     else:
-        axes = _axes(axis, x.ndim)
-        for a in axes:
-            if x.shape[a] != 1:
-                raise ValueError(f"squeeze: dimension {a} of shape {x.shape} is not 1")
-        shape = tuple(s for i, s in enumerate(x.shape) if i not in axes)
+        axes = (_dim(axis, x.ndim),) if isinstance(axis, (int, numpy.integer)) else \
+            tuple(_dim(a, x.ndim) for a in axis)
+        shape = tuple(s for i, s in enumerate(x.shape) if not (i in axes and s == 1))
     return reshape(x, shape)
 
 
-def unsqueeze(x, axis):
-    axis = axis % (x.ndim + 1)
+def unsqueeze(x, axis=None, *, dim=None):
+    axis = _dim(axis if dim is None else dim, x.ndim, extra=1)
     return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
 
 
@@ -595,18 +821,34 @@ class Concatenate(Function):
         return tuple(grads)
 
 
-def concatenate(tensors, axis=0):
+def concatenate(tensors, axis=0, *, dim=None):
+    """Join along an existing dim (``torch.cat``); dtypes are promoted as PyTorch does."""
+    axis = axis if dim is None else dim
     tensors = [as_tensor(t) for t in tensors]
     if not tensors:
         raise ValueError("concatenate: needs at least one tensor")
-    return Concatenate(axis)(*tensors)
+    for i, t in enumerate(tensors):
+        if t.ndim == 0:
+            raise RuntimeError(f"zero-dimensional tensor (at position {i}) cannot be concatenated")
+    axis = _dim(axis, tensors[0].ndim)
+    dtype = result_type(*tensors)
+    return Concatenate(axis)(*[_operand(t, dtype, t) for t in tensors])
 
 
 cat = concatenate
 
 
-def stack(tensors, axis=0):
-    return concatenate([unsqueeze(as_tensor(t), axis) for t in tensors], axis)
+def stack(tensors, axis=0, *, dim=None):
+    """Join along a new dim; every tensor must have the same shape."""
+    axis = axis if dim is None else dim
+    tensors = [as_tensor(t) for t in tensors]
+    if not tensors:
+        raise ValueError("stack: needs at least one tensor")
+    for t in tensors[1:]:
+        if t.shape != tensors[0].shape:
+            raise RuntimeError(f"stack expects each tensor to be equal size, got shapes {[t.shape for t in tensors]}")
+    axis = _dim(axis, tensors[0].ndim, extra=1)
+    return concatenate([unsqueeze(t, axis) for t in tensors], axis)
 
 
 # ---- indexing ------------------------------------------------------------------------------
@@ -666,6 +908,63 @@ def getitem(x, index):
     index = _index_arrays(index, backend.xp_of(x.data))
     y = GetItem(index)(x)
     return _view_of(y, x) if _is_basic(index) else y
+
+
+class Embedding(Function):
+    """Rows of ``weight`` picked by integer ``indices``: y[..., :] = weight[indices[...], :].
+
+    Backward scatter-adds the output gradient into the picked rows (repeated indices
+    accumulate); the row ``padding_idx`` gets no gradient, as in PyTorch.
+    """
+    def __init__(self, padding_idx=None):
+        self.padding_idx = padding_idx
+
+    def forward(self, weight, indices):
+        if indices.dtype.kind not in "iu":
+            raise TypeError(f"embedding: indices must be integers, got {indices.dtype}")
+        n = weight.shape[0]
+        if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n):
+            raise IndexError(f"embedding: index out of range: indices span [{int(indices.min())}, "
+                             f"{int(indices.max())}] but there are {n} embeddings")
+        self.num = n
+        self.save_for_backward(indices)
+        return backend.xp_of(weight).take(weight, indices, axis=0)
+
+    def backward(self, gy):
+        indices, = self.saved_tensors
+        return EmbeddingGrad(self.num, self.padding_idx)(gy, indices), None
+
+
+class EmbeddingGrad(Function):
+    """Scatter-add of (..., D) gradient rows into a (num, D) zero matrix at ``indices``."""
+    def __init__(self, num, padding_idx):
+        self.num, self.padding_idx = num, padding_idx
+
+    def forward(self, gy, indices):
+        xp = backend.xp_of(gy)
+        d = gy.shape[-1]
+        gw = xp.zeros((self.num, d), dtype=gy.dtype)
+        flat, rows = indices.reshape(-1), gy.reshape(-1, d)
+        if xp is numpy:
+            numpy.add.at(gw, flat, rows)
+        else:
+            import cupyx
+            cupyx.scatter_add(gw, flat, rows)
+        if self.padding_idx is not None:
+            gw[self.padding_idx] = 0
+        self.save_for_backward(indices)
+        return gw
+
+    def backward(self, ggw):
+        indices, = self.saved_tensors
+        g = Embedding(None)(ggw, indices)
+        if self.padding_idx is not None:
+            g = g * unsqueeze(astype(compare(indices, self.padding_idx, "not_equal"), ggw.dtype), -1)
+        return g, None
+
+
+def embedding(indices, weight, padding_idx=None):
+    return Embedding(padding_idx)(weight, as_tensor(indices))
 
 
 def setitem_(x, index, value):

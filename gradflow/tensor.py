@@ -17,6 +17,10 @@ from gradflow import backend
 
 _grad_enabled = True
 _recorder = None   # set by gradflow.compile while it records a step
+_hooked_leaves = 0          # leaves with post-accumulate-grad hooks: backward counts their edges only then
+_backward_depth = 0         # backward passes now running (nested ones included)
+_backward_callbacks = []    # run when the outermost backward pass ends (queue_backward_callback)
+_hook_ids = itertools.count()
 
 
 def is_grad_enabled():
@@ -174,6 +178,7 @@ class Tensor:
     _index = 0            # which output of ``creator`` this is
     _vc = None            # version counter [n], created on first need, shared by views
     _retain_grad = False
+    _post_accumulate_grad_hooks = None   # {id: hook}, set by register_post_accumulate_grad_hook
 
     def __init__(self, data, requires_grad=False, dtype=None, device=None):
         if isinstance(data, Tensor):
@@ -199,10 +204,25 @@ class Tensor:
     shape = property(lambda self: self.data.shape)
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)
-    size = property(lambda self: _Size(self.data.size, self.data.shape))  # x.size (int) and x.size(dim)
     device = property(lambda self: backend.device_of(self.data))
     is_leaf = property(lambda self: self.creator is None)
     _version = property(lambda self: 0 if self._vc is None else self._vc[0])
+
+    def size(self, dim=None):
+        """The shape as a ``Size`` (a tuple), or one dim's length: ``x.size()``, ``x.size(0)``, as PyTorch."""
+        if dim is None:
+            return Size(self.data.shape)
+        if self.data.ndim == 0:
+            raise IndexError(f"dimension specified as {dim} but tensor has no dimensions")
+        return self.data.shape[ops._dim(dim, self.data.ndim)]
+
+    def numel(self):
+        """The number of elements."""
+        return self.data.size
+
+    def dim(self):
+        """The number of dims (``ndim``)."""
+        return self.data.ndim
 
     def __len__(self):
         return len(self.data)
@@ -230,6 +250,24 @@ class Tensor:
         self._retain_grad = True
         return self
 
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call ``hook(self)`` once per backward pass, when this leaf's ``.grad`` holds every
+        gradient that pass delivers to it (PyTorch's name). DistributedDataParallel uses it to
+        start a bucket's all-reduce as soon as the bucket's gradients are final. Returns a
+        handle whose ``remove()`` unregisters the hook.
+        """
+        global _hooked_leaves
+        if self.creator is not None:
+            raise RuntimeError("post accumulate grad hooks cannot be registered on non-leaf tensors")
+        if not callable(hook):
+            raise TypeError(f"register_post_accumulate_grad_hook: hook must be callable, got {type(hook).__name__}")
+        if self._post_accumulate_grad_hooks is None:
+            self._post_accumulate_grad_hooks = {}
+        key = next(_hook_ids)
+        self._post_accumulate_grad_hooks[key] = hook
+        _hooked_leaves += 1
+        return _HookHandle(self._post_accumulate_grad_hooks, key)
+
     def _bump_version(self):
         """Record an in-place change so backward can detect stale saved tensors."""
         self._version_box()[0] += 1
@@ -252,7 +290,7 @@ class Tensor:
 
     def item(self):
         _host_sync("item()")
-        if self.size != 1:
+        if self.data.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
         return self.data.reshape(()).item() if self.device == "cpu" else self.numpy().reshape(()).item()
 
@@ -300,7 +338,7 @@ class Tensor:
             raise RuntimeError("backward(): this tensor does not require grad and has no grad_fn; "
                                "make an input require grad (requires_grad=True) before computing it")
         if gradient is None:
-            if self.size != 1:
+            if self.data.size != 1:
                 raise RuntimeError(f"backward(): gradient can only be implicit for scalar outputs; this "
                                    f"tensor has shape {self.shape}, so pass backward(gradient) of that shape")
             gradient = Tensor._wrap(backend.xp_of(self.data).ones_like(self.data))
@@ -343,7 +381,7 @@ class Tensor:
 
     def __bool__(self):
         _host_sync("bool() (data-dependent Python control flow)")
-        if self.size != 1:
+        if self.data.size != 1:
             raise RuntimeError(f"the truth value of a tensor with shape {self.shape} is ambiguous")
         return bool(self.item())
 
@@ -362,19 +400,19 @@ class Tensor:
     def matmul(self, o): return ops.matmul(self, o)
     def sum(self, axis=None, keepdims=False, **kw): return ops.sum(self, axis, keepdims, **kw)
     def mean(self, axis=None, keepdims=False, **kw): return ops.mean(self, axis, keepdims, **kw)
-    def var(self, axis=None, keepdims=False, correction=1, **kw): return ops.var(self, axis, keepdims, correction, **kw)
-    def std(self, axis=None, keepdims=False, correction=1, **kw): return ops.sqrt(ops.var(self, axis, keepdims, correction, **kw))
+    def var(self, dim=None, unbiased=None, keepdim=False, **kw): return ops.var(self, dim, unbiased, keepdim, **kw)
+    def std(self, dim=None, unbiased=None, keepdim=False, **kw): return ops.std(self, dim, unbiased, keepdim, **kw)
     def max(self, axis=None, keepdims=False, **kw): return ops.max(self, axis, keepdims, **kw)
     def min(self, axis=None, keepdims=False, **kw): return ops.min(self, axis, keepdims, **kw)
-    def argmax(self, axis=None, keepdims=False): return ops.argmax(self, axis, keepdims)
-    def argmin(self, axis=None, keepdims=False): return ops.argmin(self, axis, keepdims)
+    def argmax(self, dim=None, keepdim=False, **kw): return ops.argmax(self, dim, keepdim, **kw)
+    def argmin(self, dim=None, keepdim=False, **kw): return ops.argmin(self, dim, keepdim, **kw)
     def reshape(self, *shape): return ops.reshape(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
     view = reshape
     def flatten(self, start_dim=0, end_dim=-1): return ops.flatten(self, start_dim, end_dim)
     def transpose(self, *axes): return ops.transpose(self, *axes)
     def permute(self, *axes): return ops.permute(self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else axes)
-    def squeeze(self, axis=None): return ops.squeeze(self, axis)
-    def unsqueeze(self, axis): return ops.unsqueeze(self, axis)
+    def squeeze(self, *dims, **kw): return ops.squeeze(self, dims[0] if len(dims) == 1 else (dims or None), **kw)
+    def unsqueeze(self, dim=None, **kw): return ops.unsqueeze(self, dim, **kw)
     def broadcast_to(self, shape): return ops.broadcast_to(self, shape)
     def expand(self, *shape): return ops.broadcast_to(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
     def sum_to(self, shape): return ops.sum_to(self, shape)
@@ -584,18 +622,6 @@ def _to_args(args, kwargs):
     return device, (None if dtype is None else numpy.dtype(dtype)), copy
 
 
-class _Size(int):
-    """The element count (gradflow's ``x.size``) that is also torch's ``x.size()``/``x.size(dim)``."""
-
-    def __new__(cls, n, shape):
-        obj = super().__new__(cls, n)
-        obj.shape = shape
-        return obj
-
-    def __call__(self, dim=None):
-        return self.shape if dim is None else self.shape[dim]
-
-
 class RemovableHandle:
     """What ``register_hook``/``register_forward_hook`` return: ``remove()`` unregisters the hook."""
     _next = itertools.count()
@@ -626,6 +652,26 @@ def _run_hooks(t, g):
     return g
 
 
+class _HookHandle:
+    """What hook registration returns: ``remove()`` takes the hook out again."""
+
+    def __init__(self, hooks, key):
+        self._hooks, self._key = hooks, key
+
+    def remove(self):
+        global _hooked_leaves
+        if self._hooks.pop(self._key, None) is not None:
+            _hooked_leaves -= 1
+
+
+def queue_backward_callback(callback):
+    """Run ``callback()`` once the backward pass now running has finished (every gradient
+    delivered), as PyTorch's ``queue_callback``: DistributedDataParallel's final sync."""
+    if _backward_depth == 0:
+        raise RuntimeError("queue_backward_callback: no backward pass is running")
+    _backward_callbacks.append(callback)
+
+
 def as_tensor(value, like=None):
     """``value`` as a Tensor; Python scalars take ``like``'s dtype and device."""
     if isinstance(value, Tensor):
@@ -637,6 +683,20 @@ def as_tensor(value, like=None):
     if like is not None and not hasattr(value, "shape"):
         return Tensor._wrap(backend.xp_of(like.data).asarray(value, dtype=like.dtype))
     return Tensor(value)
+
+
+class Size(tuple):
+    """A shape, as ``torch.Size``: a tuple of ints with ``numel()``."""
+    __slots__ = ()
+
+    def numel(self):
+        n = 1
+        for s in self:
+            n *= s
+        return n
+
+    def __repr__(self):
+        return f"gradflow.Size({list(self)})"
 
 
 class Function:
@@ -799,7 +859,8 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
         results = {id(t): None for t in targets}
         target_outputs = {(id(t.creator), t._index): id(t) for t in targets if t.creator is not None}
     assigned = set()  # arrays already handed to a leaf's .grad in this pass
-    hooked_leaves = {}  # id -> (leaf with hooks, its summed gradient)
+    hooked = _hooked_edges(roots) if _hooked_leaves and targets is None else None
+    hooked_leaves = {}  # id -> (leaf with tensor hooks, its summed gradient): hooked once, at the end
 
     def deliver(x, gx):
         if gx.dtype != x.dtype:
@@ -823,9 +884,40 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
             hooked_leaves[id(x)] = (x, gx if prev is None else prev[1] + gx)
         else:
             _accumulate_leaf(x, gx, create_graph, assigned)
+            if hooked is not None and id(x) in hooked:
+                _leaf_edge_done(hooked, x, True)
 
     if create_graph and _recorder is not None:
         _recorder.on_create_graph()
+    global _backward_depth
+    _backward_depth += 1
+    try:
+        results = _walk(roots, grads, targets, target_outputs if targets is not None else None, results, deliver,
+                        heap, pending, retain_graph, create_graph, hooked)
+        if hooked_leaves:
+            with enable_grad() if create_graph else no_grad():
+                for x, gx in hooked_leaves.values():
+                    _accumulate_leaf(x, _run_hooks(x, gx), create_graph, assigned)
+                    if hooked is not None and hooked.pop(id(x), None) is not None:
+                        _fire_post_accumulate_hooks(x)
+    except BaseException:
+        _backward_depth -= 1
+        if _backward_depth == 0:
+            _backward_callbacks.clear()
+        raise
+    _backward_depth -= 1
+    if hooked:  # leaves whose last edge gave no gradient (a backward returned None for it)
+        for entry in list(hooked.values()):
+            if entry[2]:
+                _fire_post_accumulate_hooks(entry[0])
+    if _backward_depth == 0:
+        while _backward_callbacks:
+            _backward_callbacks.pop(0)()
+    return results
+
+
+def _walk(roots, grads, targets, target_outputs, results, deliver, heap, pending, retain_graph, create_graph, hooked):
+    """The body of ``run_backward``: pop Functions off the heap and push their input gradients."""
     mode = enable_grad() if create_graph else no_grad()
     with mode:
         for t, g in zip(roots, grads):
@@ -857,6 +949,8 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
                 gxs = (gxs,)
             for x, gx, need in zip(fn.inputs, gxs, fn.needs_input_grad):
                 if not need or gx is None:
+                    if need and hooked is not None and id(x) in hooked:
+                        _leaf_edge_done(hooked, x, False)
                     continue
                 if gx.shape != x.shape:
                     raise RuntimeError(f"{fn.name}.backward returned a gradient of shape {gx.shape} "
@@ -864,9 +958,46 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
                 deliver(x, gx)
             if not retain_graph:
                 fn.release()
-        for x, gx in hooked_leaves.values():
-            _accumulate_leaf(x, _run_hooks(x, gx), create_graph, assigned)
     return results
+
+
+def _hooked_edges(roots):
+    """{id(leaf): [leaf, gradients still to come, got one]} for the hooked leaves this pass reaches."""
+    counts, seen = {}, set()
+    stack = []
+    for t in roots:
+        if t.creator is not None:
+            stack.append(t.creator)
+        elif t._post_accumulate_grad_hooks:
+            counts.setdefault(id(t), [t, 0, False])[1] += 1
+    while stack:
+        fn = stack.pop()
+        if id(fn) in seen or fn.inputs is None:
+            continue
+        seen.add(id(fn))
+        for x, need in zip(fn.inputs, fn.needs_input_grad):
+            if not need:
+                continue
+            if x.creator is not None:
+                stack.append(x.creator)
+            elif x._post_accumulate_grad_hooks:
+                counts.setdefault(id(x), [x, 0, False])[1] += 1
+    return counts
+
+
+def _leaf_edge_done(hooked, x, received):
+    entry = hooked[id(x)]
+    entry[1] -= 1
+    entry[2] = entry[2] or received
+    if entry[1] == 0:
+        del hooked[id(x)]
+        if entry[2]:
+            _fire_post_accumulate_hooks(x)
+
+
+def _fire_post_accumulate_hooks(x):
+    for hook in list((x._post_accumulate_grad_hooks or {}).values()):
+        hook(x)
 
 
 def _accumulate_leaf(x, gx, create_graph, assigned):
@@ -906,7 +1037,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
         if not y.requires_grad:
             raise RuntimeError("grad(): an output does not require grad; nothing to differentiate")
         if g is None:
-            if y.size != 1:
+            if y.data.size != 1:
                 raise RuntimeError(f"grad(): grad_outputs is needed for a non-scalar output of shape {y.shape}")
             g = Tensor._wrap(backend.xp_of(y.data).ones_like(y.data))
         gs.append(as_tensor(g, like=y))
@@ -923,7 +1054,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
             raise RuntimeError("grad(): one of the inputs was not used to compute the outputs; "
                                "pass allow_unused=True to get None for it")
         out.append(g if g is None or create_graph else g.detach())
-    return out[0] if single_in else tuple(out)
+    return tuple(out)  # always a tuple, as torch.autograd.grad: ``g, = grad(loss, x)``
 
 
 from gradflow import ops  # noqa: E402  (ops needs Tensor and Function defined first)
