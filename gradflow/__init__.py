@@ -67,3 +67,7 @@ class device(str):
         return 0 if self == "cuda" else None
 from gradflow.serialization import load, save  # noqa: E402
 from gradflow import distributed  # noqa: E402  (MPI/NCCL process groups; mpi4py is imported on first use)
+
+# torch.norm is a function; importing the submodule gradflow.norm (normalization layers) set the package
+# attribute of that name to the module, so put the function back (``import gradflow.norm`` still works)
+norm = ops.norm  # noqa: E305

@@ -1095,15 +1095,6 @@ def _t(x, like=None):
     return x if isinstance(x, Tensor) else as_tensor(x, like=like)
 
 
-def _dim(dim, ndim, name="dim"):
-    if ndim == 0 and dim in (0, -1):
-        return 0
-    if not -ndim <= dim < builtins.max(ndim, 1):
-        raise IndexError(f"Dimension out of range (expected to be in range of [{-ndim}, {ndim - 1}], "
-                         f"but got {dim}) for {name}")
-    return dim % builtins.max(ndim, 1)
-
-
 class _Unary(Function):
     """Shared __init__ for unary ops with a constant parameter."""
     def __init__(self, *params):
@@ -1470,7 +1461,7 @@ def logsumexp(x, dim, keepdim=False):
     xp = backend.xp_of(x.data)
     axes = _axes(dim, x.ndim)
     with numpy.errstate(invalid="ignore"):
-        m = x.data.max(axis=axes, keepdims=True) if x.size else xp.zeros((1,) * x.ndim, x.dtype)
+        m = x.data.max(axis=axes, keepdims=True) if x.data.size else xp.zeros((1,) * x.ndim, x.dtype)
         m = xp.where(xp.isinf(m), x.dtype.type(0), m)
     shift = Tensor._wrap(m)
     y = log(sum(exp(x - shift), axes, keepdims=True)) + shift
@@ -1521,14 +1512,8 @@ def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
     return sum(abs(x) ** float(p), axes, keepdim) ** (1.0 / float(p))
 
 
-def std(x, dim=None, keepdim=False, correction=1, *, unbiased=None):
-    if unbiased is not None:
-        correction = 1 if unbiased else 0
-    return sqrt(var(x, dim, keepdim, correction))
-
-
 # ---- sorting and selection -----------------------------------------------------------------------
-_ValuesIndices = collections.namedtuple("ValuesIndices", ["values", "indices"])
+_SORT_RESULT, _TOPK_RESULT = _return_type("sort"), _return_type("topk")
 
 
 def _argsort_array(a, axis, descending, stable=True):
@@ -1554,9 +1539,9 @@ def sort(x, dim=-1, descending=False, stable=False):
     """(values, indices) sorted along ``dim``; values carry the gradient through gather."""
     x = _t(x)
     if x.ndim == 0:
-        return _ValuesIndices(x, argsort(x))
+        return _SORT_RESULT(x, argsort(x))
     idx = argsort(x, dim, descending)
-    return _ValuesIndices(gather(x, dim, idx), idx)
+    return _SORT_RESULT(gather(x, dim, idx), idx)
 
 
 def topk(x, k, dim=-1, largest=True, sorted=True):
@@ -1566,10 +1551,10 @@ def topk(x, k, dim=-1, largest=True, sorted=True):
     if not 0 <= k <= n:
         raise RuntimeError(f"topk: k ({k}) is out of range for dimension {dim} of size {n}")
     if x.ndim == 0:
-        return _ValuesIndices(x, argsort(x))
+        return _TOPK_RESULT(x, argsort(x))
     idx = argsort(x, dim, descending=largest)
     idx = getitem(idx, (slice(None),) * dim + (slice(0, k),))
-    return _ValuesIndices(gather(x, dim, idx), idx)
+    return _TOPK_RESULT(gather(x, dim, idx), idx)
 
 
 # ---- gather / scatter ----------------------------------------------------------------------------
@@ -1996,7 +1981,7 @@ def meshgrid(*tensors, indexing="ij"):
         if x.ndim > 1:
             raise RuntimeError(f"meshgrid: expected 0D or 1D tensors, got a {x.ndim}D one")
     n = len(tensors)
-    sizes = [x.size for x in tensors]
+    sizes = [x.data.size for x in tensors]
     if indexing == "xy" and n >= 2:
         sizes[0], sizes[1] = sizes[1], sizes[0]
     out = []
@@ -2005,7 +1990,7 @@ def meshgrid(*tensors, indexing="ij"):
         if indexing == "xy" and n >= 2 and i < 2:
             pos = 1 - i
         shape = [1] * n
-        shape[pos] = x.size
+        shape[pos] = x.data.size
         out.append(broadcast_to(reshape(x, tuple(shape)), tuple(sizes)))
     return tuple(out)
 
