@@ -10,7 +10,7 @@ from gradflow.ops import (abs, argmax, argmin, broadcast_to, cat, clamp, clip, c
                           linear, matmul, max, maximum, mean, min, minimum, permute, reshape, sqrt, squeeze, stack, sum,
                           sum_to, swapaxes, transpose, unsqueeze, var, where)
 from gradflow.ops import promote_types, result_type, std
-from gradflow.random import manual_seed
+from gradflow.random import Generator, manual_seed
 from gradflow.tensor import Function, Size, Tensor, enable_grad, grad, is_grad_enabled, no_grad
 # ==== API breadth (issue 13) ====
 from gradflow.creation import (empty_like, full_like, linspace, logspace, rand_like, randint_like, randn_like,
