@@ -40,7 +40,7 @@ class _Bucket:
         self.offsets, total = [], 0
         for p in params:
             self.offsets.append(total)
-            total += p.size
+            total += p.numel()
         self.flat = backend.xp_of(params[0].data).zeros(total, dtype=params[0].dtype)
         self.nbytes = self.flat.nbytes
         self.work = None
@@ -48,7 +48,7 @@ class _Bucket:
 
     def views(self):
         for p, start in zip(self.params, self.offsets):
-            yield p, self.flat[start:start + p.size].reshape(p.shape)
+            yield p, self.flat[start:start + p.numel()].reshape(p.shape)
 
 
 class DistributedDataParallel(Module):
@@ -126,9 +126,9 @@ class DistributedDataParallel(Module):
             dist.broadcast(flat, src=0)
             start = 0
             for t in group:
-                t.data[...] = flat.data[start:start + t.size].reshape(t.shape)
+                t.data[...] = flat.data[start:start + t.numel()].reshape(t.shape)
                 t._bump_version()
-                start += t.size
+                start += t.numel()
 
     def _make_buckets(self, cap_bytes):
         """Buckets of parameters in reverse order, split by device and dtype, each at most ``cap_bytes``
