@@ -971,8 +971,8 @@ def setitem_(x, index, value):
     """``x[index] = value`` in place; refused where it would corrupt recorded history."""
     _in_place("index assignment")
     if is_grad_enabled() and (x.requires_grad or (isinstance(value, Tensor) and value.requires_grad)):
-        raise RuntimeError("in-place assignment into a tensor that requires grad is not differentiable "
-                           "in gradflow; build a new tensor (e.g. with where) or do it under no_grad()")
+        index_put_(x, index, value)  # recorded: x's history is rebased, as in torch
+        return
     v = value.data if isinstance(value, Tensor) else value
     x.data[_index_arrays(index, backend.xp_of(x.data))] = v
     x._bump_version()
@@ -2170,3 +2170,36 @@ def uniform_(x, a=0.0, b=1.0, generator=None):
         return _constant_in_place(x, lambda: rng.uniform(a, b, x.shape), "uniform_")
     check_in_place(x, "uniform_")
     return _store(x, rng.uniform(a, b, x.shape), "uniform_")
+
+
+class IndexPut(Function):
+    """out = x with ``out[index] = value`` (value broadcast to the indexed part): the recorded form of
+    ``x[index] = value``. The gradient reaches x outside the written part and value through it."""
+    def __init__(self, index):
+        self.index = index
+
+    def forward(self, x, value):
+        out = x.copy()
+        out[self.index] = value
+        return out
+
+    def backward(self, gy):
+        x, value = self.inputs
+        gx = gv = None
+        if self.needs_input_grad[0]:
+            kept = backend.xp_of(gy.data).ones(gy.shape, dtype=gy.dtype)
+            kept[self.index] = 0
+            gx = gy * Tensor._wrap(kept)
+        if self.needs_input_grad[1]:
+            gv = sum_to(getitem(gy, self.index), value.shape)
+        return gx, gv
+
+
+def index_put_(x, index, value):
+    """``x[index] = value`` recorded on the tape (x's history rebased; a leaf that requires grad refused)."""
+    xp = backend.xp_of(x.data)
+    idx = _index_arrays(index, xp)
+    v = value if isinstance(value, Tensor) else Tensor._wrap(xp.asarray(value, dtype=x.dtype))
+    if v.dtype != x.dtype:
+        v = astype(v, x.dtype)
+    return rebase_in_place(x, lambda old: IndexPut(idx)(old, v), "index assignment", keep_old=False)

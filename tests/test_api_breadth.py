@@ -317,3 +317,23 @@ def test_in_place_errors_like_torch():
     with gf.no_grad():
         a += 1  # fine without recording
     assert a.tolist() == [2.0, 3.0]
+
+
+def test_index_assignment_on_recorded_tensors_matches_torch():
+    rng = numpy.random.default_rng(1)
+    a0, v0 = rng.standard_normal((4, 5)), rng.standard_normal(5)
+
+    def run(lib, tensor):
+        a, v = tensor(a0, requires_grad=True), tensor(v0, requires_grad=True)
+        h = a * 2
+        h[1] = v                       # a row from a tensor that requires grad
+        h[:, 0] = 0.5                  # a constant column
+        h[tensor(numpy.array([3, 0]))] = v * 3  # advanced index, broadcast value
+        (h * h).sum().backward()
+        return a.grad.numpy(), v.grad.numpy(), h.detach().numpy()
+
+    for x, y in zip(run(gf, gf.tensor), run(torch, torch.tensor)):
+        numpy.testing.assert_allclose(x, y, rtol=1e-12)
+    leaf = gf.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
+        leaf[0] = 3.0
