@@ -2203,3 +2203,20 @@ def index_put_(x, index, value):
     if v.dtype != x.dtype:
         v = astype(v, x.dtype)
     return rebase_in_place(x, lambda old: IndexPut(idx)(old, v), "index assignment", keep_old=False)
+
+
+def expand(x, shape):
+    """torch's expand: broadcast_to where -1 keeps that dimension's size."""
+    shape = tuple(int(s) for s in shape)
+    lead = len(shape) - x.ndim
+    if lead < 0:
+        raise RuntimeError(f"expand: the number of sizes provided ({len(shape)}) must be greater or equal to the "
+                           f"number of dimensions in the tensor ({x.ndim})")
+    resolved = []
+    for i, s in enumerate(shape):
+        if s == -1:
+            if i < lead:
+                raise RuntimeError(f"expand: -1 is not allowed in a leading, non-existing dimension ({i})")
+            s = x.shape[i - lead]
+        resolved.append(s)
+    return broadcast_to(x, tuple(resolved))

@@ -414,7 +414,7 @@ class Tensor:
     def squeeze(self, *dims, **kw): return ops.squeeze(self, dims[0] if len(dims) == 1 else (dims or None), **kw)
     def unsqueeze(self, dim=None, **kw): return ops.unsqueeze(self, dim, **kw)
     def broadcast_to(self, shape): return ops.broadcast_to(self, shape)
-    def expand(self, *shape): return ops.broadcast_to(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
+    def expand(self, *shape): return ops.expand(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
     def sum_to(self, shape): return ops.sum_to(self, shape)
     def astype(self, dtype): return ops.astype(self, dtype)
 
