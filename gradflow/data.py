@@ -368,6 +368,10 @@ class DistributedSampler:
 def _move(batch, device):
     if isinstance(batch, tuple):
         return tuple(_move(b, device) for b in batch)
+    if isinstance(batch, list):
+        return [_move(b, device) for b in batch]
+    if isinstance(batch, dict):
+        return {k: _move(v, device) for k, v in batch.items()}
     if isinstance(batch, Tensor) and batch.device != device:
         return Tensor(backend.to_device(batch.data, device))
     return batch
