@@ -307,7 +307,10 @@ class DataLoader:
     def __del__(self):
         pool = self.__dict__.get("_pool")
         if pool is not None:
-            pool.shutdown()
+            try:
+                pool.shutdown()
+            except Exception:  # interpreter shutdown: the workers are daemons and die with us
+                pass
 
 
 class DistributedSampler:
