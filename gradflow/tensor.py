@@ -513,7 +513,8 @@ class Tensor:
     def roll(self, shifts, dims=None): return ops.roll(self, shifts, dims)
     def masked_fill(self, mask, value): return ops.masked_fill(self, mask, value)
     def gather(self, dim, index): return ops.gather(self, dim, index)
-    def scatter(self, dim, index, src=None, value=None, reduce=None): return ops.scatter(self, dim, index, src, value, reduce)
+    def scatter(self, dim, index, src=None, value=None, reduce=None):
+        return ops.scatter(self, dim, index, src, value, reduce)
     def scatter_add(self, dim, index, src): return ops.scatter_add(self, dim, index, src)
     def topk(self, k, dim=-1, largest=True, sorted=True): return ops.topk(self, k, dim, largest, sorted)
     def sort(self, dim=-1, descending=False, stable=False): return ops.sort(self, dim, descending, stable)

@@ -22,5 +22,5 @@ __all__ = ["AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "
            "Identity", "L1Loss", "LeakyReLU", "Linear", "LogSoftmax", "MLP", "MSELoss", "Module", "ModuleList",
            "NLLLoss", "NoisyReLU", "PReLU", "Parameter", "ReLU", "SELU", "Sequential", "Sigmoid", "SmoothL1Loss",
            "Softmax", "Softplus", "Tanh", "clip_grad_norm_", "clip_grad_value_", "functional", "init", "l1_penalty",
-           "l2_penalty", "parallel", "utils", "CELU", "Hardsigmoid", "Hardswish", "Hardtanh", "LogSigmoid", "Mish", "ReLU6",
-           "SiLU", "Softmin", "Softsign", "ModuleDict", "ParameterDict", "ParameterList"]
+           "l2_penalty", "parallel", "utils", "CELU", "Hardsigmoid", "Hardswish", "Hardtanh", "LogSigmoid", "Mish",
+           "ReLU6", "SiLU", "Softmin", "Softsign", "ModuleDict", "ParameterDict", "ParameterList"]

@@ -8,4 +8,5 @@ from gradflow.optim.optimizer import Optimizer
 from gradflow.optim.rmsprop import RMSprop
 from gradflow.optim.sgd import SGD
 
-__all__ = ["Adadelta", "Adagrad", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "Optimizer", "RMSprop", "SGD", "lr_scheduler"]
+__all__ = ["Adadelta", "Adagrad", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "Optimizer", "RMSprop", "SGD",
+           "lr_scheduler"]
