@@ -424,7 +424,7 @@ class Tensor:
     def squeeze(self, *dims, **kw): return ops.squeeze(self, dims[0] if len(dims) == 1 else (dims or None), **kw)
     def unsqueeze(self, dim=None, **kw): return ops.unsqueeze(self, dim, **kw)
     def broadcast_to(self, shape): return ops.broadcast_to(self, shape)
-    def expand(self, *shape): return ops.broadcast_to(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
+    def expand(self, *shape): return ops.expand(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
     def sum_to(self, shape): return ops.sum_to(self, shape)
     def astype(self, dtype): return ops.astype(self, dtype)
 
@@ -523,7 +523,8 @@ class Tensor:
     def roll(self, shifts, dims=None): return ops.roll(self, shifts, dims)
     def masked_fill(self, mask, value): return ops.masked_fill(self, mask, value)
     def gather(self, dim, index): return ops.gather(self, dim, index)
-    def scatter(self, dim, index, src=None, value=None, reduce=None): return ops.scatter(self, dim, index, src, value, reduce)
+    def scatter(self, dim, index, src=None, value=None, reduce=None):
+        return ops.scatter(self, dim, index, src, value, reduce)
     def scatter_add(self, dim, index, src): return ops.scatter_add(self, dim, index, src)
     def topk(self, k, dim=-1, largest=True, sorted=True): return ops.topk(self, k, dim, largest, sorted)
     def sort(self, dim=-1, descending=False, stable=False): return ops.sort(self, dim, descending, stable)

@@ -1,4 +1,5 @@
 """Normalization, embedding, Dropout2d/Unflatten and the conv/pool/norm modules against PyTorch."""
+
 import numpy
 import pytest
 import torch
