@@ -61,6 +61,16 @@ class TorchMLP:
         return [(m.weight.detach().cpu().numpy().copy(), m.bias.detach().cpu().numpy().copy()) for m in lins]
 
 
+class TorchCNN(TorchMLP):
+    """The MNIST CNN (built by the caller with torch.nn) from a given initial state_dict."""
+
+    def __init__(self, model, state, lr=0.1, momentum=0.9, device="cpu"):
+        self.device = device
+        model.load_state_dict({k: torch.from_numpy(numpy.array(v)) for k, v in state.items()})
+        self.model = model.to(device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum)
+
+
 def to_torch(array, device="cpu"):
     """A host NumPy array as a torch tensor on ``device`` (shares memory on the CPU)."""
     t = torch.from_numpy(numpy.ascontiguousarray(array))
