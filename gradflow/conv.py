@@ -21,7 +21,7 @@ import numpy
 from numpy.lib.stride_tricks import sliding_window_view
 
 from gradflow import backend, ops
-from gradflow.kernel import dtype_suffix, raw_function
+from gradflow.kernel import RawKernel
 from gradflow.tensor import Function, Tensor, as_tensor
 
 
@@ -65,10 +65,14 @@ def _tuple(value, n, name):
 
 
 # ---- im2col / col2im on raw arrays ------------------------------------------------------------
-def _launch(entry, dtype, total, args):
-    fn = raw_function("conv.cu", f"{entry}_{dtype_suffix(dtype)}")
+IM2COL = RawKernel("conv.cu", "gf_im2col")
+COL2IM = RawKernel("conv.cu", "gf_col2im")
+
+
+def _launch(kernel, dtype, total, args):
+    """One thread per element, grid-strided."""
     blocks = int(min((total + 255) // 256, 2 ** 31 - 1))
-    fn((max(blocks, 1),), (256,), args)
+    kernel(dtype, (max(blocks, 1),), (256,), args)
 
 
 def _geometry_scalars(x_shape, geom, out_hw):
@@ -89,7 +93,7 @@ def im2col(x, geom, pad_value=0.0):
     if xp is not numpy:
         cols = xp.empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
         if cols.size:
-            _launch("gf_im2col", x.dtype, cols.size,
+            _launch(IM2COL, x.dtype, cols.size,
                     (xp.ascontiguousarray(x), cols, *_geometry_scalars(x.shape, geom, (oh, ow)),
                      x.dtype.type(pad_value)))
         return cols, (oh, ow)
@@ -117,7 +121,7 @@ def col2im(cols, x_shape, geom):
     if xp is not numpy:
         x = xp.empty(x_shape, dtype=cols.dtype)
         if x.size:
-            _launch("gf_col2im", cols.dtype, x.size,
+            _launch(COL2IM, cols.dtype, x.size,
                     (xp.ascontiguousarray(cols), x, *_geometry_scalars(x_shape, geom, (oh, ow))))
         return x
     (plh, plw) = geom.pad_lo
@@ -483,7 +487,7 @@ class MaxPoolGrad(Function):
         kk = geom.kernel[0] * geom.kernel[1]
         cells = n * oh * ow
         gcols = xp.zeros((c, kk * cells), dtype=gy.dtype)
-        gcols[xp.arange(c)[:, None], _rows(arg) * cells + xp.arange(cells)] = _rows(gy)
+        gcols[xp.arange(c)[:, None], _rows(arg).astype(numpy.int64) * cells + xp.arange(cells)] = _rows(gy)
         return col2im(gcols.reshape(c * kk, cells), self.x_shape, geom)
 
     def backward(self, ggx):

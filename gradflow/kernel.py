@@ -19,6 +19,7 @@ from gradflow import backend
 
 ELEMENTWISE = {}  # name -> Elementwise: every declared kernel, for the compile/host tests
 ROW_KERNELS = {}  # entry -> RowKernel
+RAW_KERNELS = {}  # entry -> RawKernel: hand-launched extern "C" kernels (conv.cu, norm.cu)
 
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILINE)
 _PARAM = re.compile(r"^(?:(raw)\s+)?(\w+)\s+(\w+)$")
@@ -176,3 +177,18 @@ class RowKernel:
 
     def __repr__(self):
         return f"RowKernel({self.entry!r})"
+
+
+class RawKernel:
+    """One ``extern "C"`` kernel of a ``kernels/*.cu`` file, compiled for float32 and float64
+    as ``<entry>_f32``/``<entry>_f64``; the caller launches it (grid, block, arguments)."""
+
+    def __init__(self, source, entry):
+        self.source, self.entry = source, entry
+        RAW_KERNELS[entry] = self
+
+    def __call__(self, dtype, grid, block, args):
+        raw_function(self.source, f"{self.entry}_{dtype_suffix(dtype)}")(grid, block, args)
+
+    def __repr__(self):
+        return f"RawKernel({self.source}:{self.entry})"
