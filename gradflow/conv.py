@@ -72,7 +72,7 @@ COL2IM = RawKernel("conv.cu", "gf_col2im")
 def _launch(kernel, dtype, total, args):
     """One thread per element, grid-strided."""
     blocks = int(min((total + 255) // 256, 2 ** 31 - 1))
-    kernel(dtype, (max(blocks, 1),), (256,), args)
+    kernel.function(dtype)((max(blocks, 1),), (256,), args)
 
 
 def _geometry_scalars(x_shape, geom, out_hw):

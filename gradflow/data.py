@@ -135,9 +135,13 @@ class DataLoader:
     """
 
     def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, generator=None, device=None,
-                 collate_fn=None):
+                 collate_fn=None, sampler=None):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive integer, got {batch_size!r}")
+        if sampler is not None and shuffle:
+            raise ValueError("DataLoader: sampler option is mutually exclusive with shuffle (the sampler orders "
+                             "the samples; DistributedSampler shuffles itself)")
+        self.sampler = sampler  # an iterable of dataset indices with len(), e.g. DistributedSampler
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -151,7 +155,7 @@ class DataLoader:
         self._resident = None  # (host arrays, their device copies) for the fast path
 
     def __len__(self):
-        n = len(self.dataset)
+        n = len(self.dataset) if self.sampler is None else len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     # The generator's state belongs to a checkpoint when it is the loader's own.
@@ -165,6 +169,8 @@ class DataLoader:
             _numpy_generator(self._generator).bit_generator.state = state["generator"]
 
     def _order(self, n):
+        if self.sampler is not None:
+            return numpy.fromiter(iter(self.sampler), dtype=numpy.int64)
         if self.shuffle:
             return _numpy_generator(self._generator).permutation(n)
         return None
@@ -199,6 +205,8 @@ class DataLoader:
         where = backend.device_of(source[0])  # indices must live with the arrays they index
         order = self._order(n)
         if order is not None:
+            n = len(order)  # a sampler may yield fewer (or repeated) indices
+        if order is not None:
             order = backend.to_device(order, where)
         if indices is not None:
             indices = backend.to_device(indices, where)
@@ -215,12 +223,69 @@ class DataLoader:
     def _iter_samples(self):
         n = len(self.dataset)
         order = self._order(n)
+        if order is not None:
+            n = len(order)
         for start, stop in self._batches(n):
             ids = range(start, stop) if order is None else order[start:stop]
             batch = self.collate_fn([self.dataset[int(i)] for i in ids])
             if self.device is not None:
                 batch = _move(batch, self.device)
             yield batch
+
+
+class DistributedSampler:
+    """The indices of this rank's share of ``dataset``, for ``DataLoader(sampler=...)``.
+
+    Every epoch the indices are shuffled (``shuffle``) by a generator seeded with
+    ``(seed, epoch)`` — the same permutation on every rank; call ``set_epoch(epoch)`` before each epoch (``fit``
+    does) — then rank r takes every ``num_replicas``-th index starting at r. So each epoch
+    the ranks see disjoint shares that together cover the dataset exactly once: when it
+    does not divide evenly, the order is padded with its first indices (a few samples are
+    seen twice) or, with ``drop_last``, cut to a multiple of ``num_replicas``.
+    ``num_replicas``/``rank`` default to the process group's.
+    """
+
+    def __init__(self, dataset, num_replicas=None, rank=None, shuffle=True, seed=0, drop_last=False):
+        if num_replicas is None or rank is None:
+            from gradflow import distributed
+            if not distributed.is_initialized():
+                raise RuntimeError("DistributedSampler: pass num_replicas and rank, or call "
+                                   "gradflow.distributed.init_process_group() first")
+            num_replicas = distributed.get_world_size() if num_replicas is None else num_replicas
+            rank = distributed.get_rank() if rank is None else rank
+        if int(num_replicas) != num_replicas or num_replicas < 1:
+            raise ValueError(f"DistributedSampler: num_replicas must be a positive integer, got {num_replicas!r}")
+        if int(rank) != rank or not 0 <= rank < num_replicas:
+            raise ValueError(f"DistributedSampler: invalid rank {rank}, rank should be in the interval "
+                             f"[0, {num_replicas - 1}]")
+        self.dataset, self.num_replicas, self.rank = dataset, int(num_replicas), int(rank)
+        self.shuffle, self.seed, self.drop_last = shuffle, int(seed), drop_last
+        self.epoch = 0
+        n = len(dataset)
+        if drop_last and n % self.num_replicas:
+            self.num_samples = n // self.num_replicas
+        else:
+            self.num_samples = -(-n // self.num_replicas)
+        self.total_size = self.num_samples * self.num_replicas
+
+    def set_epoch(self, epoch):
+        """Shuffle differently in each epoch (the same way on every rank)."""
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return self.num_samples
+
+    def __iter__(self):
+        n = len(self.dataset)
+        if self.shuffle:
+            order = numpy.random.default_rng([self.seed, self.epoch]).permutation(n)
+        else:
+            order = numpy.arange(n)
+        if self.total_size > n:  # pad with the first indices (repeated as often as needed)
+            order = numpy.concatenate([order, numpy.resize(order, self.total_size - n)])
+        else:
+            order = order[:self.total_size]
+        return iter(order[self.rank:self.total_size:self.num_replicas].tolist())
 
 
 def _move(batch, device):

@@ -28,7 +28,7 @@ NORM_BWD = RawKernel("norm.cu", "gf_norm_bwd")
 
 def _launch(kernel, rows, count, dtype, args):
     """One block per row (grid-strided), threads by row length."""
-    kernel(dtype, (int(min(rows, 2 ** 31 - 1)),), (row_threads(count),), args)
+    kernel.function(dtype)((int(min(rows, 2 ** 31 - 1)),), (row_threads(count),), args)
 
 
 def norm_forward(x3, eps):

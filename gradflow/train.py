@@ -14,6 +14,8 @@ import os
 import sys
 import time
 
+import numpy
+
 from gradflow import backend, serialization
 from gradflow.compile import compile as compile_step
 from gradflow import random as gf_random
@@ -217,8 +219,11 @@ class TrainingRun:
         self.history, self.callbacks = history, callbacks
         self.epoch = 0  # completed epochs
         self.stop_training = False
+        self.is_main = True  # False on ranks other than 0 of a distributed run: they do not write files
 
     def save_checkpoint(self, path, extra=None):
+        if not self.is_main:
+            return
         save_checkpoint(path, self.model, self.optimizer, self.schedulers, self.epoch, self.history,
                         self.train_loader, [cb for cb in self.callbacks if cb is not self.history], extra)
 
@@ -259,6 +264,18 @@ class _Meter:
             self.correct = hits if self.correct is None else self.correct + hits
         self.count += n
 
+    def all_reduce(self):
+        """Sum the counts of every rank (distributed training): each rank then reports the global mean."""
+        from gradflow import distributed
+        sums = Tensor(numpy.array([float(self.loss_sum if self.loss_sum is not None else 0.0),
+                                   float(self.correct if self.correct is not None else 0), float(self.count),
+                                   float(self.classification)]))
+        distributed.all_reduce(sums)
+        loss_sum, correct, count, classification = sums.numpy().tolist()
+        self.loss_sum, self.count = loss_sum, int(count)
+        self.correct = correct if classification else None
+        self.classification = bool(classification)
+
     def result(self, prefix=""):
         if not self.count:
             return {}
@@ -272,7 +289,8 @@ def _samples(loader):
     dataset, batch_size = getattr(loader, "dataset", None), getattr(loader, "batch_size", None)
     if dataset is None or batch_size is None:
         return None
-    n = len(dataset)
+    sampler = getattr(loader, "sampler", None)
+    n = len(dataset) if sampler is None else len(sampler)
     return n - n % batch_size if getattr(loader, "drop_last", False) else n
 
 
@@ -315,10 +333,11 @@ def training_step(model, loss_fn, optimizer, clip_grad_norm=None):
 
 
 def train_epoch(model, loss_fn, optimizer, loader, progress=False, desc="train", clip_grad_norm=None,
-                refresh_every=20, step=None):
+                refresh_every=20, step=None, distributed=False):
     """One pass over ``loader`` taking an optimizer step per batch; returns {'loss', 'accuracy'?, ...}.
 
     ``step`` is the step function to call per batch (default: ``training_step(...)``).
+    ``distributed``: every rank runs this on its share; the numbers are over all ranks.
     """
     model.train()
     step = step or training_step(model, loss_fn, optimizer, clip_grad_norm)
@@ -336,6 +355,9 @@ def train_epoch(model, loss_fn, optimizer, loader, progress=False, desc="train",
     seconds = time.perf_counter() - start
     if bar is not None:
         bar.close()
+    if distributed:
+        meter.all_reduce()
+        seconds = _max_over_ranks(seconds)
     logs = meter.result()
     if logs and not math.isfinite(logs["loss"]):
         raise FloatingPointError(f"training loss became {logs['loss']}; lower the learning rate or clip gradients")
@@ -344,8 +366,29 @@ def train_epoch(model, loss_fn, optimizer, loader, progress=False, desc="train",
     return logs
 
 
-def evaluate(model, loader, loss_fn=None):
-    """Mean loss (when ``loss_fn`` is given) and accuracy over ``loader``, in eval mode without gradients."""
+def _max_over_ranks(value):
+    from gradflow import distributed
+    t = Tensor(numpy.array([value], dtype=numpy.float64))
+    distributed.all_reduce(t, distributed.ReduceOp.MAX)
+    return float(t.numpy()[0])
+
+
+def _is_distributed(model, loader):
+    """True in a multi-process run where ``fit`` sees a DDP model or a DistributedSampler."""
+    from gradflow import distributed
+    from gradflow.data import DistributedSampler
+    from gradflow.nn.parallel import DistributedDataParallel
+    if not distributed.is_initialized() or distributed.get_world_size() == 1:
+        return False
+    return isinstance(model, DistributedDataParallel) or isinstance(getattr(loader, "sampler", None),
+                                                                    DistributedSampler)
+
+
+def evaluate(model, loader, loss_fn=None, distributed=False):
+    """Mean loss (when ``loss_fn`` is given) and accuracy over ``loader``, in eval mode without gradients.
+
+    ``distributed``: every rank evaluates its own ``loader``; the means are over all ranks' samples.
+    """
     was_training = model.training
     model.eval()
     loss_sum, correct, count, classification = 0.0, 0, 0, False
@@ -363,6 +406,12 @@ def evaluate(model, loader, loss_fn=None):
                 count += n
     finally:
         model.train(was_training)
+    if distributed:
+        from gradflow import distributed as dist
+        sums = Tensor(numpy.array([loss_sum, correct, count, classification], dtype=numpy.float64))
+        dist.all_reduce(sums)
+        loss_sum, correct, count, classification = sums.numpy().tolist()
+        count, classification = int(count), bool(classification)
     if count == 0:
         raise ValueError("evaluate: the loader yielded no samples")
     logs = {}
@@ -404,6 +453,12 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs=1, call
     the same random streams, so the result matches an uninterrupted run. ``progress`` shows
     tqdm bars (loss and samples/s) and prints one summary line per epoch. ``compile=True``
     replays each batch's step through ``gradflow.compile`` (same results, less overhead).
+
+    Distributed (``gradflow.distributed`` initialized with several ranks, and ``model`` a
+    ``DistributedDataParallel`` or the loader's sampler a ``DistributedSampler``): every rank
+    calls ``fit``; the sampler's epoch is set before each epoch, losses and accuracies are
+    over all ranks' samples (so every rank logs the same numbers and callbacks decide the
+    same), only rank 0 shows progress and writes checkpoints, and every rank resumes.
     """
     callbacks = list(callbacks)
     history = next((cb for cb in callbacks if isinstance(cb, History)), None)
@@ -411,6 +466,11 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs=1, call
         history = History()
         callbacks.insert(0, history)
     run = TrainingRun(model, loss_fn, optimizer, train_loader, _as_list(scheduler), history, callbacks)
+    distributed = _is_distributed(model, train_loader)
+    if distributed:
+        from gradflow import distributed as dist
+        run.is_main = dist.get_rank() == 0
+        progress = progress and run.is_main
     step = training_step(model, loss_fn, optimizer, clip_grad_norm)
     if compile:
         step = compile_step(step)
@@ -422,11 +482,13 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs=1, call
     try:
         while run.epoch < epochs and not run.stop_training:
             epoch = run.epoch + 1
+            if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
+                train_loader.sampler.set_epoch(run.epoch)  # a new shuffle each epoch, the same on every rank
             logs = train_epoch(model, loss_fn, optimizer, train_loader, progress, f"epoch {epoch}/{epochs}",
-                               step=step)
+                               step=step, distributed=distributed)
             logs["lr"] = optimizer.param_groups[0]["lr"]
             if val_loader is not None:
-                logs.update({"val_" + k: v for k, v in evaluate(model, val_loader, loss_fn).items()})
+                logs.update({"val_" + k: v for k, v in evaluate(model, val_loader, loss_fn, distributed).items()})
             for s in run.schedulers:
                 s.step()
             run.epoch = epoch

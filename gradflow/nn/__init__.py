@@ -9,6 +9,7 @@ from gradflow.nn.losses import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, Hu
 from gradflow.nn.normalization import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm
 from gradflow.nn.module import Module, ModuleList, Parameter, Sequential
 from gradflow.nn.utils import clip_grad_norm_, clip_grad_value_, l1_penalty, l2_penalty
+from gradflow.nn import parallel  # noqa: E402  (DistributedDataParallel: needs gradflow.distributed)
 
 __all__ = ["AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d",
            "Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "Dropout2d", "Embedding", "GroupNorm",
@@ -17,4 +18,4 @@ __all__ = ["AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "
            "Identity", "L1Loss", "LeakyReLU", "Linear", "LogSoftmax", "MLP", "MSELoss", "Module", "ModuleList",
            "NLLLoss", "NoisyReLU", "PReLU", "Parameter", "ReLU", "SELU", "Sequential", "Sigmoid", "SmoothL1Loss",
            "Softmax", "Softplus", "Tanh", "clip_grad_norm_", "clip_grad_value_", "functional", "init", "l1_penalty",
-           "l2_penalty", "utils"]
+           "l2_penalty", "parallel", "utils"]
