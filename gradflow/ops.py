@@ -1095,15 +1095,6 @@ def _t(x, like=None):
     return x if isinstance(x, Tensor) else as_tensor(x, like=like)
 
 
-def _dim(dim, ndim, name="dim"):
-    if ndim == 0 and dim in (0, -1):
-        return 0
-    if not -ndim <= dim < builtins.max(ndim, 1):
-        raise IndexError(f"Dimension out of range (expected to be in range of [{-ndim}, {ndim - 1}], "
-                         f"but got {dim}) for {name}")
-    return dim % builtins.max(ndim, 1)
-
-
 class _Unary(Function):
     """Shared __init__ for unary ops with a constant parameter."""
     def __init__(self, *params):

@@ -9,7 +9,7 @@ import pytest
 import gradflow as gf
 from gradflow import conv as C
 from gradflow import nn
-from gradflow import norm as N
+from gradflow import normalization as N
 from gradflow.nn import functional as F
 
 pytestmark = pytest.mark.gpu

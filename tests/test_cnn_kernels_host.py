@@ -13,7 +13,7 @@ import numpy
 import pytest
 
 from gradflow import conv as C
-from gradflow import norm as N
+from gradflow import normalization as N
 
 HOST = Path(__file__).parent / "host"
 SUFFIX = {numpy.float32: "f32", numpy.float64: "f64"}
