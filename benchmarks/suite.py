@@ -137,10 +137,11 @@ class Suite:
 
     def throughput(self, case, sizes, batches, mode="train"):
         title = {"mlp": "MLP training throughput", "mlp_large": "large MLP training throughput (matmul-bound)",
-                 "inference": "inference throughput"}[case]
-        self.reporter.header(f"{title}: {cases.model_name(sizes)}", *THROUGHPUT_COLUMNS)
+                 "inference": "inference throughput", "cnn": "MNIST CNN training throughput"}[case]
+        name = sizes if case == "cnn" else cases.model_name(sizes)
+        self.reporter.header(f"{title}: {name}", *THROUGHPUT_COLUMNS)
         records = []
-        with self.reporter.progress(len(batches), f"{case} {cases.model_name(sizes)}") as bar:
+        with self.reporter.progress(len(batches), f"{case} {name}") as bar:
             for batch in batches:
                 for rec in self._timed("throughput", case=case, sizes=sizes, batch=batch, mode=mode):
                     records.append(rec)
