@@ -279,3 +279,17 @@ def test_launcher_finds_the_environments_mpiexec():
         os.environ["PATH"] = old_path
         if old is not None:
             os.environ["GRADFLOW_MPIEXEC"] = old
+
+
+@needs_mpi
+def test_ddp_benchmark_job_reports_throughput_and_bandwidth():
+    """One ``ddp`` case job of ``python -m benchmarks`` (2 processes, tiny timings): sane numbers."""
+    command = [launcher.find_mpiexec(), "-n", "2", sys.executable, "-m", "benchmarks.ddp_bench", "--batch", "64",
+               "--repeats", "2", "--min-time", "0.02", "--warmup", "2"]
+    proc = subprocess.run(command, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=JOB_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["processes"] == 2 and res["per_process_batch"] == 32 and res["backend"] == "mpi"
+    assert res["samples_per_s"] > 0 and len(res["step_times_s"]) == 2
+    assert res["gradient_bytes"] == 4 * (784 * 128 + 128 + 128 * 32 + 32 + 32 * 10 + 10)
+    assert res["allreduce_GBps"] > 0

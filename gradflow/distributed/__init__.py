@@ -174,10 +174,15 @@ def _result(work, async_op):
     return None
 
 
+_OP_NAMES = frozenset(o.value for o in ReduceOp)
+
+
 def _op_name(op):
+    if op in _OP_NAMES:
+        return op
     if isinstance(op, ReduceOp):
         return op.value
-    if isinstance(op, str) and op.lower() in {o.value for o in ReduceOp}:
+    if isinstance(op, str) and op.lower() in _OP_NAMES:
         return op.lower()
     raise ValueError(f"unknown reduce op {op!r}; use gradflow.distributed.ReduceOp.SUM/AVG/PRODUCT/MIN/MAX")
 
