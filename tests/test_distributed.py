@@ -131,6 +131,17 @@ def test_distributed_sampler_covers_each_index_once_per_epoch(two_ranks):
         assert orders[0] != orders[1]   # set_epoch reshuffles
 
 
+@needs_mpi
+def test_ddp_on_one_process(tmp_path):
+    """World size 1: the same trajectory as no DDP at all, with or without running the bucket path."""
+    proc, _ = _mpiexec_job("one", tmp_path, n=1)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    res = _result(tmp_path)
+    assert res["world"] == 1
+    for case in ("plain", "synced"):
+        assert res[case]["rel_diff_vs_single"] == 0.0 and res[case]["moved"] > 0.05
+
+
 # ---- failures end the job -------------------------------------------------------------------------------------
 @needs_mpi
 @pytest.mark.parametrize("scenario", ["kill", "hang", "raise"])

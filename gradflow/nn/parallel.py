@@ -58,6 +58,9 @@ class DistributedDataParallel(Module):
     parameter is an error at the end of backward. ``device_ids``/``output_device`` are
     accepted for PyTorch compatibility (one device per process is implied).
     """
+    # With one process the average is the gradient itself and backward does nothing more;
+    # True runs the synchronization anyway (the tests use it to exercise NCCL on one GPU).
+    sync_one_process = False
 
     def __init__(self, module, device_ids=None, output_device=None, broadcast_buffers=True, process_group=None,
                  bucket_cap_mb=25, find_unused_parameters=False):
@@ -87,9 +90,9 @@ class DistributedDataParallel(Module):
         self._buckets, self._bucket_of = self._make_buckets(bucket_cap_mb * 2 ** 20)
         self._reset_pass()
         me = weakref.ref(self)
-        # one process: the average over one rank is the gradient itself, nothing to do in backward
         self._hook_handles = [p.register_post_accumulate_grad_hook(_ready_hook(me, i))
-                              for i, (_, p) in enumerate(self._named_params)] if self.world_size > 1 else []
+                              for i, (_, p) in enumerate(self._named_params)] \
+            if self.world_size > 1 or self.sync_one_process else []
 
     # ---- construction ------------------------------------------------------------------------------
     def _verify_same_model(self):
