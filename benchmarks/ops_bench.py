@@ -165,7 +165,7 @@ def build_activation(framework, device, rng, n_inputs, name, shape):
             f = _tanh_gelu(f)
 
         def fn(x, g):
-            return gradflow.grad(f(x), x, grad_outputs=g)
+            return gradflow.grad(f(x), x, grad_outputs=g)[0]
         return fn, inputs
     if framework == "torch":
         import torch
@@ -193,7 +193,7 @@ def build_dropout(framework, device, rng, n_inputs, shape, p):
         import gradflow
 
         def fn(x, g):
-            return gradflow.grad(F.dropout(x, p, True), x, grad_outputs=g)
+            return gradflow.grad(F.dropout(x, p, True), x, grad_outputs=g)[0]
         return fn, inputs
     if framework == "torch":
         import torch
@@ -223,7 +223,7 @@ def build_softmax_ce(framework, device, rng, n_inputs, shape):
         inputs = [(_gf_tensor(x, device, True), _gf_tensor(y, device)) for x, y in host]
 
         def fn(x, y):
-            return gradflow.grad(F.cross_entropy(x, y), x)
+            return gradflow.grad(F.cross_entropy(x, y), x)[0]
         return fn, inputs
     if framework == "torch":
         import torch

@@ -128,16 +128,17 @@ def main(argv=None):
     print(f"test accuracy {test['accuracy'] * 100:.2f}% (loss {test['loss']:.4f}) after {history.epochs[-1]} "
           f"epochs, {seconds:.1f}s of training")
 
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+    metrics = os.path.join(args.out, "metrics.json")
+    with open(metrics, "w") as f:
         json.dump({"args": vars(args), "device": device, "train_seconds": seconds, "test": test,
                    "history": history.history}, f, indent=2)
     try:
         from gradflow.plot import plot_history
         plot_history(history, os.path.join(args.out, "curves.png"),
                      title=f"MNIST MLP: test accuracy {test['accuracy'] * 100:.2f}%")
-        print(f"wrote {checkpoint}, {os.path.join(args.out, 'curves.png')} and metrics.json")
+        print(f"wrote {checkpoint}, {os.path.join(args.out, 'curves.png')} and {metrics}")
     except ImportError as e:
-        print(f"note: no plot ({e}); wrote {checkpoint} and metrics.json")
+        print(f"note: no plot ({e}); wrote {checkpoint} and {metrics}")
     return 0
 
 

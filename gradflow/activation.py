@@ -14,7 +14,7 @@ import math
 import numpy
 
 from gradflow import backend, ops, philox
-from gradflow.kernel import Elementwise, RowKernel, dtype_suffix, raw_function, row_threads
+from gradflow.kernel import Elementwise, RawKernel, RowKernel, row_threads
 from gradflow.tensor import Function, Tensor, as_tensor
 
 _ACT = ("activations.cuh",)
@@ -147,7 +147,7 @@ def _leaky_relu_np(x, slope):
 
 
 leaky_relu_fwd = Elementwise("leaky_relu_fwd", "T x, T slope", "T y, bool mask",
-                             "y = gf_leaky_relu(x, slope); mask = x > T(0)", headers=_ACT, scalars="slope",
+                             "y = gf_leaky_relu(x, slope); mask = gf_gt0(x)", headers=_ACT, scalars="slope",
                              numpy=_leaky_relu_np)
 
 
@@ -530,37 +530,51 @@ class LogSoftmaxGrad(Function):
 # ---- fused softmax cross-entropy ---------------------------------------------------------------------
 @_quiet
 def _xent_rows_np(x, target, ignore_index):
-    """(loss, lse) per row of logits x (rows, cols) for int64 class indices ``target`` (rows,)."""
+    """(loss, m, logs) per row of logits x (rows, cols) for int64 class indices ``target`` (rows,).
+
+    m is the row max and logs = log(sum(exp(x - m))); they are kept apart (not folded into
+    one log-sum-exp m + logs, which is rounded at the magnitude of m) so that the loss
+    (m - x[t]) + logs and the backward's softmax exp((x - m) - logs) stay accurate for
+    large logits, as PyTorch's log_softmax.
+    """
     rows, cols = x.shape
-    if rows and cols and 0 <= target.min() and target.max() < cols:  # every row valid: the short path
+    if cols:
         m = x.max(axis=1, keepdims=True)
-        lse = (m + numpy.log(numpy.exp(x - m).sum(axis=1, keepdims=True)))[:, 0]
-        return lse - x[numpy.arange(rows), target], lse
+        logs = numpy.log(numpy.exp(x - m).sum(axis=1, keepdims=True))[:, 0]
+        m = m[:, 0]
+    else:
+        m, logs = numpy.zeros(rows, x.dtype), numpy.full(rows, -numpy.inf, x.dtype)
+    # the short path needs every row valid; an ignore_index inside [0, cols) may mark some
+    if rows and cols and 0 <= target.min() and target.max() < cols and \
+            not (0 <= ignore_index < cols and (target == ignore_index).any()):
+        return (m - x[numpy.arange(rows), target]) + logs, m, logs
     valid = target != ignore_index
     bad = valid & ((target < 0) | (target >= cols))
     if bad.any():
         raise IndexError(f"softmax_cross_entropy: target {int(target[bad][0])} is out of bounds for "
                          f"{cols} classes")
-    m = x.max(axis=1, keepdims=True) if cols else numpy.zeros((rows, 1), x.dtype)
-    lse = (m + numpy.log(numpy.exp(x - m).sum(axis=1, keepdims=True)))[:, 0]
-    picked = x[numpy.arange(rows), numpy.where(valid, target, 0)] if cols else lse
-    return numpy.where(valid, lse - picked, x.dtype.type(0)), lse
+    picked = x[numpy.arange(rows), numpy.where(valid, target, 0)] if cols else m + logs
+    return numpy.where(valid, (m - picked) + logs, x.dtype.type(0)), m, logs
+
+
+xent_fwd_rows = RawKernel("softmax.cu", "gf_xent_fwd")
 
 
 def xent_rows(x, target, ignore_index):
-    """Loss and log-sum-exp of each row in one pass (GPU: one block per row)."""
+    """Loss, row max and log-sum of exp(x - max) of each row in one pass (GPU: one block per row)."""
     if not _on_cuda(x):
         return _xent_rows_np(x, target, ignore_index)
     cp = backend.cupy()
     rows, cols = x.shape
     loss = cp.empty(rows, dtype=x.dtype)
-    lse = cp.empty(rows, dtype=x.dtype)
+    m = cp.empty(rows, dtype=x.dtype)
+    logs = cp.empty(rows, dtype=x.dtype)
     if rows:
-        fn = raw_function("softmax.cu", f"gf_xent_fwd_{dtype_suffix(x.dtype)}")
-        fn((min(rows, 2 ** 31 - 1),), (row_threads(cols),),
-           (cp.ascontiguousarray(x), cp.ascontiguousarray(target, dtype=cp.int64), loss, lse,
-            numpy.int64(rows), numpy.int64(cols), numpy.int64(ignore_index)))
-    return loss, lse
+        xent_fwd_rows.function(x.dtype)((min(rows, 2 ** 31 - 1),), (row_threads(cols),),
+                                        (cp.ascontiguousarray(x), cp.ascontiguousarray(target, dtype=cp.int64),
+                                         loss, m, logs, numpy.int64(rows), numpy.int64(cols),
+                                         numpy.int64(ignore_index)))
+    return loss, m, logs
 
 
 def _on_cuda(a):
@@ -568,19 +582,20 @@ def _on_cuda(a):
 
 
 @_quiet
-def _xent_bwd_np(x, lse, target, w, cols, ignore_index):
-    if x.ndim == 2 and target.shape == (x.shape[0], 1) and x.size and target.min() >= 0:  # no ignored rows
-        gx = numpy.exp(x - lse)
-        gx[numpy.arange(x.shape[0]), target[:, 0]] -= 1
-        gx *= w
-        return gx
+def _xent_bwd_np(x, m, logs, target, w, cols, ignore_index):
+    p = numpy.exp((x - m) - logs)
+    if x.ndim == 2 and target.shape == (x.shape[0], 1) and x.size and target.min() >= 0 and \
+            not (0 <= ignore_index < cols and (target == ignore_index).any()):  # no ignored rows
+        p[numpy.arange(x.shape[0]), target[:, 0]] -= 1
+        p *= w
+        return p
     onehot = (numpy.arange(cols) == target).astype(x.dtype)
-    gx = (numpy.exp(x - lse) - onehot) * w
+    gx = (p - onehot) * w
     return numpy.where(target == ignore_index, x.dtype.type(0), gx)
 
 
-xent_bwd = Elementwise("xent_bwd", "T x, T lse, int64 target, T w, int64 cols, int64 ignore_index", "T gx",
-                       "gx = gf_xent_grad(x, lse, target, (long long)(i % cols), w, ignore_index)",
+xent_bwd = Elementwise("xent_bwd", "T x, T m, T logs, int64 target, T w, int64 cols, int64 ignore_index", "T gx",
+                       "gx = gf_xent_grad(x, m, logs, target, (long long)(i % cols), w, ignore_index)",
                        headers=("softmax.cuh",), scalars="cols ignore_index", numpy=_xent_bwd_np)
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -589,8 +604,9 @@ _REDUCTIONS = ("mean", "sum", "none")
 class SoftmaxCrossEntropy(Function):
     """Cross-entropy of logits (N, C[, d...]) against class indices (N[, d...]), class axis 1.
 
-    Forward: one row pass gives each row's log-sum-exp and loss. Backward: one kernel
-    (softmax - onehot) * g / N; the per-row log-sum-exp is all it keeps besides the logits.
+    Forward: one row pass gives each row's max, log-sum of exp(x - max) and loss. Backward:
+    one kernel (softmax - onehot) * g / N; the two per-row statistics are all it keeps
+    besides the logits.
     The target is an input (without gradient), so a captured step sees each batch's.
     """
 
@@ -602,17 +618,17 @@ class SoftmaxCrossEntropy(Function):
         x2, _ = _as_rows(x, 1)
         t = target.reshape(-1)
         xp = backend.xp_of(x)
-        loss, lse = xent_rows(x2, t, self.ignore_index)
+        loss, m, logs = xent_rows(x2, t, self.ignore_index)
         count = xp.asarray((t != self.ignore_index).sum(), dtype=x.dtype)  # stays on the device
-        self.save_for_backward(x, target, lse, count)
+        self.save_for_backward(x, target, m, logs, count)
         if self.reduction == "none":
             return loss.reshape(target.shape)
         total = loss.sum()
         return xp.asarray(total / count if self.reduction == "mean" else total, dtype=x.dtype)
 
     def backward(self, gy):
-        x, target, lse, count = self.saved_tensors
-        return SoftmaxCrossEntropyGrad(self.reduction, self.ignore_index)(x, target, lse, count, gy), None
+        x, target, m, logs, count = self.saved_tensors
+        return SoftmaxCrossEntropyGrad(self.reduction, self.ignore_index)(x, target, m, logs, count, gy), None
 
 
 class SoftmaxCrossEntropyGrad(Function):
@@ -628,12 +644,13 @@ class SoftmaxCrossEntropyGrad(Function):
         w = g / count if self.reduction == "mean" else g
         return xp.broadcast_to(xp.asarray(w, dtype=g.dtype).reshape(1, 1), (rows, 1))
 
-    def forward(self, x, target, lse, count, g):
+    def forward(self, x, target, m, logs, count, g):
         self.save_for_backward(x, target, count, g)
         x2, moved = _as_rows(x, 1)
         rows, cols = x2.shape
         t = target.reshape(rows, 1)
-        gx = xent_bwd(x2, lse.reshape(rows, 1), t, self._row_weights(g, count, rows), cols, self.ignore_index)
+        gx = xent_bwd(x2, m.reshape(rows, 1), logs.reshape(rows, 1), t, self._row_weights(g, count, rows), cols,
+                      self.ignore_index)
         return _from_rows(gx, moved, 1)
 
     def backward(self, ggx):
@@ -653,7 +670,7 @@ class SoftmaxCrossEntropyGrad(Function):
                 w = w / count
             w = ops.where(valid, ops.unsqueeze(w, 1), 0.0)
             g_x = w * p * (ggx - ops.sum(ggx * p, 1, keepdims=True))
-        if self.needs_input_grad[4]:
+        if self.needs_input_grad[5]:
             z = ops.squeeze(ops.sum(ops.where(valid, ggx * (p - onehot), 0.0), 1, keepdims=True), 1)
             if self.reduction == "sum":
                 g_g = ops.sum(z)
@@ -661,7 +678,7 @@ class SoftmaxCrossEntropyGrad(Function):
                 g_g = ops.sum(z) / count
             else:
                 g_g = z
-        return g_x, None, None, None, g_g
+        return g_x, None, None, None, None, g_g
 
 
 # ---- dropout and noisy relu: Philox draws keyed on (seed, offset + element index) -------------------
@@ -688,7 +705,7 @@ def _noisy_relu_np(x, sigma, seed, offset):
 
 
 noisy_relu_fwd = Elementwise("noisy_relu_fwd", "T x, T sigma, uint64 seed, uint64 offset", "T y, bool mask",
-                             "const T z = gf_noisy_preact(x, sigma, seed, offset + i); mask = z > T(0); "
+                             "const T z = gf_noisy_preact(x, sigma, seed, offset + i); mask = gf_gt0(z); "
                              "y = mask ? z : T(0)",
                              headers=_DROP, scalars="sigma seed offset", numpy=_noisy_relu_np)
 
@@ -798,23 +815,24 @@ def gelu(x, approximate="none"):
 def _axis(axis, ndim, name):
     if ndim == 0:
         if axis not in (0, -1):
-            raise ValueError(f"{name}: axis {axis} is out of range for a 0-d tensor")
+            raise IndexError(f"{name}: dimension out of range (expected to be in range of [-1, 0], but got {axis})")
         return -1
     if not -ndim <= axis < ndim:
-        raise ValueError(f"{name}: axis {axis} is out of range for a {ndim}-d tensor")
+        raise IndexError(f"{name}: dimension out of range (expected to be in range of [{-ndim}, {ndim - 1}], "
+                         f"but got {axis})")
     return axis % ndim
 
 
-def softmax(x, axis=-1):
-    """exp(x - max) / sum(exp(x - max)) along ``axis``."""
+def softmax(x, dim=-1, *, axis=None):
+    """exp(x - max) / sum(exp(x - max)) along ``dim`` (``axis`` is the NumPy spelling)."""
     x = _tensor(x, "softmax")
-    return Softmax(_axis(axis, x.ndim, "softmax"))(x)
+    return Softmax(_axis(dim if axis is None else axis, x.ndim, "softmax"))(x)
 
 
-def log_softmax(x, axis=-1):
-    """x - max - log(sum(exp(x - max))) along ``axis``."""
+def log_softmax(x, dim=-1, *, axis=None):
+    """x - max - log(sum(exp(x - max))) along ``dim`` (``axis`` is the NumPy spelling)."""
     x = _tensor(x, "log_softmax")
-    return LogSoftmax(_axis(axis, x.ndim, "log_softmax"))(x)
+    return LogSoftmax(_axis(dim if axis is None else axis, x.ndim, "log_softmax"))(x)
 
 
 def softmax_cross_entropy(logits, target, reduction="mean", ignore_index=-100):

@@ -30,17 +30,23 @@ being produced by a recorded op. By default such a step warns once and runs eage
 """
 import collections
 import functools
+import random
 import sys
 import types
 import warnings
+import weakref
 
 import numpy
 
 from gradflow import backend
+from gradflow.gemm import gemm
 from gradflow.tensor import Tensor
 
 _tape = sys.modules["gradflow.tensor"]  # holds the active recorder (``gradflow.tensor`` the name is the factory)
 _epoch = 0                              # bumped by invalidate(): every cached plan is re-recorded
+_modes = 0                              # XOR of the tags of modules switched train/eval an odd number of
+_mode_tags = weakref.WeakKeyDictionary()  # times: part of every cache key, so each mode state keeps its plan
+_tag_source = random.Random()
 
 _FUNCTION, _LEAF, _CALL = 0, 1, 2
 _RUNTIME_ATTRS = {"inputs", "outputs", "_saved", "generation", "needs_input_grad", "_out_meta"}
@@ -51,9 +57,24 @@ class CaptureError(RuntimeError):
 
 
 def invalidate():
-    """Forget every recording (train/eval switches call this: they change the op sequence)."""
+    """Forget every recording (``Module.to`` calls this: plans hold the arrays it replaces)."""
     global _epoch
     _epoch += 1
+
+
+def mode_switched(module):
+    """``module`` switched between train and eval (``Module.train`` calls this).
+
+    Recordings are keyed by the mode state rather than dropped, so ``fit`` switching to
+    eval for validation and back replays the training step it recorded in the first epoch.
+    The key is the XOR of random per-module tags over the modules switched an odd number
+    of times: equal keys mean every module is in the same mode.
+    """
+    global _modes
+    tag = _mode_tags.get(module)
+    if tag is None:
+        tag = _mode_tags[module] = _tag_source.getrandbits(64)
+    _modes ^= tag
 
 
 def replay_as_call(func):
@@ -207,8 +228,9 @@ def _equal(a, b):
 class _Plan:
     """A recording turned into a replayable program over a slot table."""
 
-    def __init__(self, recording, cuda_graphs=True):
+    def __init__(self, recording, cuda_graphs=True, strict=False):
         self.cuda_graphs = cuda_graphs
+        self.strict = strict
         self.graph_runner = None
         self.rng_ops = recording.rng_ops
         self.template = [None] * len(recording.arrays)
@@ -225,8 +247,8 @@ class _Plan:
         for slot, i in last_use.items():
             if slot not in keep:
                 frees[i].append(slot)
-        self.ops = [(op[:6] if op[0] == _FUNCTION else op) + (tuple(frees.get(i, ())),)
-                    for i, op in enumerate(recording.ops)]
+        self.ops = [(op[:6] if op[0] == _FUNCTION else op + ([None],) if op[0] == _LEAF else op) +
+                    (tuple(frees.get(i, ())),) for i, op in enumerate(recording.ops)]
 
     def run(self, arrays):
         if self.cuda_graphs and arrays and backend.device_of(arrays[0]) == "cuda":
@@ -257,10 +279,19 @@ def _run_op(op, vals):
             vals[s] = fn._saved[k]
         fn._saved = ()
     elif kind == _LEAF:
-        x, src, copy, dst = op[1:5]
+        x, src, copy, dst, own = op[1:6]
         g = vals[src]
         if x.grad is None:
-            g = g.copy() if copy else g
+            # the parameter's own buffer, valid until the next step: never an array the plan
+            # computes into (a CUDA graph rewrites those at every replay)
+            buf = getattr(x, "_grad_buffer", None)  # a view of its optimizer's flat gradient, if any
+            if buf is None or buf.shape != g.shape or buf.dtype != g.dtype or type(buf) is not type(g):
+                buf = own[0]
+            if buf is None or buf.shape != g.shape or buf.dtype != g.dtype:
+                buf = own[0] = g.copy()
+            else:
+                buf[...] = g
+            g = buf
         else:
             g = x.grad.data + g
         x.grad = Tensor._wrap(g)
@@ -277,24 +308,27 @@ def _writes(op):
     return []
 
 
-def gemm(a, b):
-    """a @ b for 2-D CuPy arrays of any strides with gradflow's tiled kernel (capturable)."""
-    from gradflow.kernel import raw_function
-    cp = backend.cupy()
-    if a.dtype != b.dtype or a.dtype not in (numpy.float32, numpy.float64):
-        raise TypeError(f"gemm: needs two float32 or two float64 matrices, got {a.dtype} and {b.dtype}")
-    (m, k), (k2, n) = a.shape, b.shape
-    if k != k2:
-        raise ValueError(f"gemm: {a.shape} @ {b.shape}: inner dimensions differ")
-    c = cp.zeros((m, n), dtype=a.dtype)
-    if c.size == 0 or k == 0:
-        return c
-    entry = "gf_gemm_f32" if a.dtype == numpy.float32 else "gf_gemm_f64"
-    item = a.itemsize
-    strides = [numpy.int64(s // item) for s in (a.strides[0], a.strides[1], b.strides[0], b.strides[1])]
-    raw_function("gemm.cu", entry)(((n + 15) // 16, (m + 15) // 16), (16, 16),
-                                   (a, b, c, numpy.int32(m), numpy.int32(n), numpy.int32(k), *strides))
-    return c
+def capture_stream(stream, run):
+    """Run ``run()`` under stream capture: ``(graph, None)``, or ``(None, error)`` when it failed.
+
+    An op that is not capturable invalidates the capture, and then ``end_capture`` raises
+    too; the error reported is the first one (the op's), never the one from ending capture.
+    """
+    failure = graph = None
+    stream.begin_capture()
+    backend.capturing = True
+    try:
+        run()
+    except Exception as e:
+        failure = e
+    finally:
+        backend.capturing = False
+        try:
+            graph = stream.end_capture()
+        except Exception as e:
+            if failure is None:
+                failure = e
+    return (None, failure) if failure is not None else (graph, None)
 
 
 class _CudaGraphRunner:
@@ -367,25 +401,18 @@ class _CudaGraphRunner:
         cp = backend.cupy()
         vals = self.vals
         before = {s: vals[s] for op in segment for s in _writes(op)}
-        graph = None
+
+        def run():
+            for op in segment:
+                _run_op(op, vals)
+
         with cp.cuda.using_allocator(self.pool.malloc), self.stream:
-            self.stream.begin_capture()
-            backend.capturing = True
-            try:
-                for op in segment:
-                    _run_op(op, vals)
-            except Exception as e:  # something in it is not capturable: run the segment eagerly
-                failure = e
-            else:
-                failure = None
-            finally:
-                backend.capturing = False
-                captured = self.stream.end_capture()
-            if failure is None:
-                graph = captured
+            graph, failure = capture_stream(self.stream, run)
         if graph is None:
-            warnings.warn(f"gradflow.compile: {len(segment)} ops could not be captured as a CUDA graph "
-                          f"({failure}); replaying them without one", RuntimeWarning, stacklevel=4)
+            message = f"gradflow.compile: {len(segment)} ops could not be captured as a CUDA graph ({failure!r})"
+            if self.plan.strict:
+                raise CaptureError(message) from failure
+            warnings.warn(message + "; replaying them without one", RuntimeWarning, stacklevel=4)
             for s, a in before.items():
                 vals[s] = a
             for op in segment:
@@ -490,6 +517,7 @@ class CompiledStep:
                     raise TypeError(f"gradflow.compile: arguments must be Tensors or hashable values, "
                                     f"got {type(a).__name__}") from None
                 key.append(("V", a))
+        key.append(_modes)
         return tuple(key)
 
     def __call__(self, *args):
@@ -527,7 +555,7 @@ class CompiledStep:
             return result
         reason = recording.mismatch(entry.last) if entry.last is not None else "first recording"
         if reason is None:
-            entry.plan = _Plan(recording, self.cuda_graphs)
+            entry.plan = _Plan(recording, self.cuda_graphs, self.strict)
             entry.last = None
         elif entry.tries >= self.max_recordings:
             self._give_up(entry, reason)

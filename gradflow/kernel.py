@@ -19,6 +19,8 @@ from gradflow import backend
 
 ELEMENTWISE = {}  # name -> Elementwise: every declared kernel, for the compile/host tests
 ROW_KERNELS = {}  # entry -> RowKernel
+RAW_KERNELS = {}  # (source, entry) -> RawKernel: every extern "C" kernel of kernels/*.cu that gradflow launches
+RAW_MODULE_OPTIONS = ("--std=c++11",)  # NVRTC options of every RawModule (CuPy adds its own after them)
 
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILINE)
 _PARAM = re.compile(r"^(?:(raw)\s+)?(\w+)\s+(\w+)$")
@@ -113,10 +115,14 @@ class Elementwise:
     def cupy_kernel(self):
         """The compiled ``cupy.ElementwiseKernel`` (built on first use, then reused)."""
         if self._kernel is None:
-            cp = backend.cupy()
-            self._kernel = cp.ElementwiseKernel(self.in_params, self.out_params, self.operation,
-                                                "gf_" + self.name, preamble=expand(*self.headers))
+            self._kernel = self.make_cupy_kernel(backend.cupy())
         return self._kernel
+
+    def make_cupy_kernel(self, cupy):
+        """A new ``cupy.ElementwiseKernel`` for this declaration (needs no device: CuPy compiles at
+        the first call); the NVRTC compile test builds its kernels here too."""
+        return cupy.ElementwiseKernel(self.in_params, self.out_params, self.operation, "gf_" + self.name,
+                                      preamble=expand(*self.headers))
 
     def __repr__(self):
         return f"Elementwise({self.name!r}: {self.in_params} -> {self.out_params})"
@@ -138,7 +144,29 @@ def raw_function(source_name, entry):
 
 @functools.lru_cache(maxsize=None)
 def _raw_module(source_name):
-    return backend.cupy().RawModule(code=expand(source_name), options=("--std=c++11",))
+    return make_raw_module(backend.cupy(), source_name)
+
+
+def make_raw_module(cupy, source_name):
+    """A new ``cupy.RawModule`` of one ``kernels/*.cu`` file (compiled by CuPy at first use)."""
+    return cupy.RawModule(code=expand(source_name), options=RAW_MODULE_OPTIONS)
+
+
+class RawKernel:
+    """One ``extern "C"`` kernel of a ``kernels/*.cu`` file, instantiated as ``<entry>_f32`` and
+    ``<entry>_f64``. Declaring it registers it, so the NVRTC compile test checks that every
+    declared entry exists and that every entry of the file is declared."""
+
+    def __init__(self, source, entry):
+        self.source, self.entry = source, entry
+        RAW_KERNELS[(source, entry)] = self
+
+    def function(self, dtype):
+        """The CuPy kernel function for ``dtype`` (float32 or float64)."""
+        return raw_function(self.source, f"{self.entry}_{dtype_suffix(dtype)}")
+
+    def __repr__(self):
+        return f"RawKernel({self.source!r}, {self.entry!r})"
 
 
 def dtype_suffix(dtype):
@@ -159,6 +187,7 @@ class RowKernel:
 
     def __init__(self, entry, *, numpy, source="softmax.cu"):
         self.entry, self.numpy, self.source = entry, numpy, source
+        self.raw = RawKernel(source, entry)
         ROW_KERNELS[entry] = self
 
     def __call__(self, a, b=None):
@@ -170,7 +199,7 @@ class RowKernel:
         rows, cols = a.shape
         out = cp.empty_like(a)
         if a.size:
-            fn = raw_function(self.source, f"{self.entry}_{dtype_suffix(a.dtype)}")
+            fn = self.raw.function(a.dtype)
             fn((min(rows, 2 ** 31 - 1),), (row_threads(cols),), (a, b, out, numpy.int64(rows), numpy.int64(cols)))
         return out
 

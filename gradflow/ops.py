@@ -5,31 +5,135 @@ is written with these same ops, so a backward pass can be recorded for higher-or
 gradients. Broadcast operands get their gradient back through ``sum_to``.
 """
 import builtins
+import collections
 
 import numpy
 
 from gradflow import backend
+from gradflow.gemm import gemm
 from gradflow.tensor import Function, Tensor, _in_place, as_tensor, is_grad_enabled
 
 
-def _pair(a, b):
-    """Two operands as Tensors; a Python scalar takes the other's dtype and device."""
-    if not isinstance(a, Tensor):
+# ---- type promotion: PyTorch's rules, in one place -------------------------------------------
+DEFAULT_FLOAT = numpy.dtype(numpy.float32)   # what a Python float or int / int becomes, as torch's default dtype
+_CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2, "c": 3}
+
+
+def promote_types(a, b):
+    """``torch.promote_types``: the higher category (bool < int < float < complex) wins whole,
+    so int64 with float32 is float32 (NumPy says float64); within a category, the wider type."""
+    a, b = numpy.dtype(a), numpy.dtype(b)
+    ca, cb = _CATEGORY[a.kind], _CATEGORY[b.kind]
+    if ca == cb or {ca, cb} == {2, 3}:
+        return numpy.promote_types(a, b)
+    return a if ca > cb else b
+
+
+def _combine(higher, lower):
+    """A lower-priority operand only counts when it is of a higher category (torch's combine_categories)."""
+    if higher is None or lower is None:
+        return lower if higher is None else higher
+    if higher.kind in "fc" and not (higher.kind == "f" and lower.kind == "c"):
+        return higher
+    if higher.kind == "b" or _CATEGORY[lower.kind] > _CATEGORY[higher.kind]:
+        return promote_types(higher, lower)
+    return higher
+
+
+def _scalar_dtype(v):
+    """A Python number's dtype in promotion: bool, int64, or the default float (float32)."""
+    kind = numpy.asarray(v).dtype.kind
+    return {"b": numpy.dtype(bool), "u": numpy.dtype(numpy.int64), "i": numpy.dtype(numpy.int64),
+            "f": DEFAULT_FLOAT, "c": numpy.dtype(numpy.complex64)}[kind]
+
+
+def result_type(*operands):
+    """The dtype PyTorch gives an op on ``operands`` (Tensors and Python numbers), as ``torch.result_type``.
+
+    Tensors with dimensions outrank 0-d tensors, which outrank Python numbers: a lower
+    rank only raises the result when it is of a higher category. So ``int64 + float32``
+    is float32, a Python float does not upcast a float32 tensor, ``int_tensor + 0.5`` is
+    float32, and a float64 0-d tensor does not upcast a float32 vector.
+    """
+    ranks = [None, None, None]  # dimensioned tensors, 0-d tensors, Python numbers
+    for o in operands:
+        if isinstance(o, Tensor) or hasattr(o, "dtype") and hasattr(o, "shape") and not isinstance(o, numpy.generic):
+            rank, dt = (0 if o.ndim else 1), numpy.dtype(o.dtype)
+        else:
+            rank, dt = 2, _scalar_dtype(o)
+        ranks[rank] = dt if ranks[rank] is None else promote_types(ranks[rank], dt)
+    return _combine(ranks[0], _combine(ranks[1], ranks[2]))
+
+
+def _is_number(v):
+    return isinstance(v, (int, float, complex, numpy.generic))
+
+
+def _operand(v, dtype, like):
+    """``v`` as a Tensor of ``dtype`` (a differentiable cast for Tensors), on ``like``'s device."""
+    if isinstance(v, Tensor):
+        return v if v.dtype == dtype else astype(v, dtype)
+    if not _is_number(v) and like is None:
+        return astype(as_tensor(v), dtype)
+    xp = backend.xp_of(like.data) if like is not None else numpy
+    return Tensor._wrap(xp.asarray(v, dtype=dtype))
+
+
+def _pair(a, b, like=None):
+    """Two operands as Tensors of one dtype, promoted as PyTorch does (``result_type``).
+
+    A Python number lives on the other operand's device (or ``like``'s); arrays and lists
+    that are not Tensors take the other operand's dtype, as before promotion existed."""
+    if isinstance(a, Tensor):
+        if isinstance(b, Tensor):
+            if a.dtype == b.dtype:  # the hot path
+                return a, b
+        elif type(b) is float and a.dtype.kind in "fc" or type(b) is int and a.dtype.kind in "fciu":
+            return a, Tensor._wrap(backend.xp_of(a.data).asarray(b, dtype=a.dtype))
+        elif not _is_number(b):
+            b = as_tensor(b, like=a)
+    elif isinstance(b, Tensor) and not _is_number(a):
         a = as_tensor(a, like=b)
-    elif not isinstance(b, Tensor):
-        b = as_tensor(b, like=a)
-    return a, b
+    like = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else like
+    dtype = result_type(a, b)
+    return _operand(a, dtype, like), _operand(b, dtype, like)
 
 
 def _unbroadcast(g, shape):
     return g if g.shape == shape else sum_to(g, shape)
 
 
+def _dim(d, ndim, extra=0):
+    """One dim in [-n, n) as a non-negative index, n = ndim + extra (unsqueeze/stack: extra=1).
+
+    A 0-d tensor accepts 0 and -1, as in PyTorch; anything else raises IndexError naming
+    the valid range (a wrapped-around dim silently reduces the wrong axis)."""
+    n = builtins.max(ndim + extra, 1)
+    if isinstance(d, bool) or not isinstance(d, (int, numpy.integer)):
+        raise TypeError(f"a dim must be an int, got {type(d).__name__}")
+    if not -n <= d < n:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-n}, {n - 1}], but got {d})")
+    return int(d) % n
+
+
 def _axes(axis, ndim):
+    """Dims to reduce, validated: None or () mean all of them, as in PyTorch."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    return tuple(a % ndim if ndim else a for a in axes)
+    axes = (axis,) if isinstance(axis, (int, numpy.integer)) else tuple(axis)
+    if not axes:
+        return tuple(range(ndim))
+    out = tuple(_dim(a, ndim) for a in axes)
+    if len(set(out)) != len(out):
+        raise RuntimeError(f"dim {next(a for a in out if out.count(a) > 1)} appears multiple times in the list of dims")
+    return out if ndim else ()
+
+
+def _check_floating(x, name):
+    """mean/var of integers would compute with a truncated 1/n: PyTorch refuses, so does gradflow."""
+    if x.dtype.kind not in "fc":
+        raise RuntimeError(f"{name}(): could not infer output dtype. Input dtype must be either a floating point "
+                           f"or complex dtype. Got: {x.dtype} (convert with .float() first)")
 
 
 def _pick(axis, dim, keepdims, keepdim):
@@ -93,6 +197,8 @@ class PowScalar(Function):
         x, = self.saved_tensors
         if self.c == 2:
             return gy * x * 2.0
+        if self.c == 0:  # d(x**0)/dx is 0 everywhere, x = 0 included (0 * 0**-1 would be NaN)
+            return zeros_like_array(gy)
         return gy * self.c * x ** (self.c - 1)
 
 
@@ -103,9 +209,15 @@ class Pow(Function):
         return y
 
     def backward(self, gy):
+        # PyTorch's masks: d/da is 0 where b == 0 (a**0 is constant), d/db is 0 where a == 0
+        # and b >= 0 (0**b is constant there), so no 0 * inf NaN appears at a = 0
         a, b, y = self.saved_tensors
-        ga = _unbroadcast(gy * b * a ** (b - 1.0), a.shape) if self.needs_input_grad[0] else None
-        gb = _unbroadcast(gy * y * log(a), b.shape) if self.needs_input_grad[1] else None
+        ga = gb = None
+        if self.needs_input_grad[0]:
+            ga = _unbroadcast(where(b.data == 0, 0.0, gy * b * a ** (b - 1.0)), a.shape)
+        if self.needs_input_grad[1]:
+            with numpy.errstate(divide="ignore", invalid="ignore"):
+                gb = _unbroadcast(where((a.data == 0) & (b.data >= 0), 0.0, gy * y * log(a)), b.shape)
         return ga, gb
 
 
@@ -130,13 +242,23 @@ def mul(a, b):
 
 
 def div(a, b):
-    return Div()(*_pair(a, b))
+    """True division; integer (or bool) operands give the default float dtype, as in PyTorch."""
+    a, b = _pair(a, b)
+    if a.dtype.kind in "biu":
+        a, b = astype(a, DEFAULT_FLOAT), astype(b, DEFAULT_FLOAT)
+    return Div()(a, b)
 
 
 def pow(a, b):
     if isinstance(a, Tensor) and isinstance(b, (int, float)) and not isinstance(b, bool):
-        return PowScalar(b)(a)
-    return Pow()(*_pair(a, b))
+        dtype = result_type(a, b)
+        if dtype.kind in "iu" and b < 0:
+            raise RuntimeError("Integers to negative integer powers are not allowed.")
+        return PowScalar(b)(_operand(a, dtype, a))
+    a, b = _pair(a, b)
+    if a.dtype.kind in "iu" and bool((b.data < 0).any()):
+        raise RuntimeError("Integers to negative integer powers are not allowed.")
+    return Pow()(a, b)
 
 
 def neg(x):
@@ -207,13 +329,17 @@ class Clamp(Function):
 
 
 class Maximum(Function):
-    """Elementwise max; at ties the gradient is split evenly, as in PyTorch."""
+    """Elementwise max (or min, ``kind='minimum'``); at ties the gradient is split evenly, as in PyTorch."""
+    def __init__(self, kind="maximum"):
+        self.kind = kind
+
     def forward(self, a, b):
         xp = backend.xp_of(a)
         dtype = xp.result_type(a, b)
-        share = (a > b).astype(dtype) + (a == b).astype(dtype) * 0.5
+        wins = (a > b) if self.kind == "maximum" else (a < b)
+        share = wins.astype(dtype) + (a == b).astype(dtype) * 0.5
         self.save_for_backward(share)
-        return xp.maximum(a, b)
+        return getattr(xp, self.kind)(a, b)
 
     def backward(self, gy):
         share, = self.saved_tensors
@@ -269,12 +395,12 @@ def maximum(a, b):
 
 
 def minimum(a, b):
-    return -maximum(-as_tensor(a) if not isinstance(a, Tensor) else -a,
-                    -as_tensor(b) if not isinstance(b, Tensor) else -b)
+    return Maximum("minimum")(*_pair(a, b))
 
 
 def where(condition, a, b):
-    a, b = _pair(a, b)
+    """``condition ? a : b``; a and b may be Python numbers (both too), promoted as PyTorch does."""
+    a, b = _pair(a, b, like=condition if isinstance(condition, Tensor) else None)
     if not isinstance(condition, Tensor):
         condition = Tensor._wrap(backend.xp_of(a.data).asarray(condition, dtype=bool))
     elif condition.dtype != bool:
@@ -293,7 +419,7 @@ class MatMul(Function):
         if ka != kb:
             raise ValueError(f"matmul: {a.shape} @ {b.shape}: inner dimensions {ka} and {kb} differ")
         if a.dtype != b.dtype:
-            raise TypeError(f"matmul: dtypes differ ({a.dtype} @ {b.dtype}); cast one with .to(dtype)")
+            raise RuntimeError(f"matmul: dtypes differ ({a.dtype} @ {b.dtype}); cast one with .to(dtype)")
         self.save_for_backward(a, b)
         return _matmul_arrays(a, b)
 
@@ -306,8 +432,8 @@ class MatMul(Function):
         a2 = a if a.ndim > 1 else reshape(a, (1,) + a.shape)
         b2 = b if b.ndim > 1 else reshape(b, b.shape + (1,))
         gy2 = gy
-        if a.ndim == 1:
-            gy2 = unsqueeze(gy2, -2)
+        if a.ndim == 1:  # (..., n) -> (..., 1, n); a 0-d gy (vector @ vector) -> (1,)
+            gy2 = reshape(gy2, gy2.shape[:-1] + (1,) + gy2.shape[-1:]) if gy2.ndim else reshape(gy2, (1,))
         if b.ndim == 1:
             gy2 = unsqueeze(gy2, -1)
         ga = gb = None
@@ -321,13 +447,13 @@ class MatMul(Function):
 def _matmul_arrays(a, b):
     """a @ b; during CUDA-graph capture CuPy refuses cuBLAS, so gradflow's own GEMM runs."""
     if backend.capturing and a.ndim == 2 and b.ndim == 2:
-        from gradflow.compile import gemm
         return gemm(a, b)
     return a @ b
 
 
 def matmul(a, b):
-    a, b = _pair(a, b)
+    if not (isinstance(a, Tensor) and isinstance(b, Tensor)):  # PyTorch never promotes two tensors here
+        a, b = _pair(a, b)
     return MatMul()(a, b)
 
 
@@ -380,33 +506,103 @@ class MaxMin(Function):
 
 def sum(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     axis, keepdims = _pick(axis, dim, keepdims, keepdim)
-    return Sum(axis, keepdims)(x)
+    return Sum(_axes(axis, x.ndim), keepdims)(x)
 
 
 def mean(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     axis, keepdims = _pick(axis, dim, keepdims, keepdim)
+    _check_floating(x, "mean")
     axes = _axes(axis, x.ndim)
     n = int(numpy.prod([x.shape[a] for a in axes])) if axes else 1
-    return Sum(axis, keepdims, 1.0 / n if n else float("nan"))(x)
+    return Sum(axes, keepdims, 1.0 / n if n else float("nan"))(x)
 
 
-def var(x, axis=None, keepdims=False, correction=1, *, dim=None, keepdim=None):
-    """Variance with PyTorch's default Bessel correction (``correction=0`` for the population)."""
-    axis, keepdims = _pick(axis, dim, keepdims, keepdim)
-    axes = _axes(axis, x.ndim)
+def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None, keepdims=None):
+    """Variance with PyTorch's default Bessel correction (``correction=0`` or ``unbiased=False``
+    for the population). Positional arguments follow ``torch.var(dim, unbiased, keepdim)``."""
+    dim, keepdim = _pick(dim, axis, keepdim, keepdims)
+    if unbiased is not None and correction is not None:
+        raise TypeError("var: give either unbiased or correction, not both")
+    correction = (1 if unbiased is None else int(bool(unbiased))) if correction is None else correction
+    if x.dtype.kind not in "fc":
+        raise RuntimeError(f"std and var only support floating point and complex dtypes, got {x.dtype}")
+    axes = _axes(dim, x.ndim)
     n = int(numpy.prod([x.shape[a] for a in axes])) if axes else 1
     d = x - mean(x, axes, keepdims=True)
-    return sum(d * d, axes, keepdims) / builtins.max(n - correction, 0)
+    return sum(d * d, axes, keepdim) / builtins.max(n - correction, 0)
+
+
+def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None, keepdims=None):
+    """sqrt(var(...)), with ``var``'s arguments."""
+    return sqrt(var(x, dim, unbiased, keepdim, correction=correction, axis=axis, keepdims=keepdims))
+
+
+def _return_type(name):
+    """A named tuple like ``torch.return_types.max``: unpacks as (values, indices)."""
+    return collections.namedtuple(name, ["values", "indices"])
+
+
+_MAX_RESULT, _MIN_RESULT = _return_type("max"), _return_type("min")
+
+
+class MaxMinDim(Function):
+    """Values of max/min along one dim, as ``torch.max(x, dim)``: the gradient goes to the
+    returned index alone (``amax``-style ``max(x)`` splits it among ties instead)."""
+    def __init__(self, axis, keepdims, kind):
+        self.axis, self.keepdims, self.kind = axis, keepdims, kind
+
+    def forward(self, x):
+        xp = backend.xp_of(x)
+        self.x_shape = x.shape
+        if x.ndim == 0:
+            self.indices = xp.zeros((), dtype=numpy.int64)
+            return x.copy()
+        if x.shape[self.axis] == 0:
+            raise IndexError(f"{self.kind}(): Expected reduction dim {self.axis} to have non-zero size.")
+        idx = getattr(xp, "arg" + self.kind)(x, axis=self.axis, keepdims=True)  # NaN wins, as in torch
+        y = xp.take_along_axis(x, idx, self.axis)
+        self.indices = idx.astype(numpy.int64, copy=False)
+        if not self.keepdims:
+            y, self.indices = y.squeeze(self.axis), self.indices.squeeze(self.axis)
+        return y
+
+    def backward(self, gy):
+        if not self.x_shape:
+            return gy
+        xp = backend.xp_of(gy.data)
+        idx = self.indices if self.keepdims else xp.expand_dims(self.indices, self.axis)
+        shape = [1] * len(self.x_shape)
+        shape[self.axis] = self.x_shape[self.axis]
+        hit = xp.arange(self.x_shape[self.axis]).reshape(shape) == idx
+        g = gy if self.keepdims else unsqueeze(gy, self.axis)
+        return where(hit, broadcast_to(g, self.x_shape), 0.0)
+
+
+def _max_min(x, axis, keepdims, dim, keepdim, kind):
+    if isinstance(axis, Tensor):  # torch.max(a, b) is the elementwise maximum
+        return (maximum if kind == "max" else minimum)(x, axis)
+    axis, keepdims = _pick(axis, dim, keepdims, keepdim)
+    if axis is None:
+        if x.data.size == 0:
+            raise RuntimeError(f"{kind}(): Expected reduction dim to be specified for input.numel() == 0. "
+                               f"Specify the reduction dim with the 'dim' argument.")
+        return MaxMin(None, keepdims, kind)(x)
+    if not isinstance(axis, (int, numpy.integer)):  # several dims at once: amax/amin semantics
+        return MaxMin(_axes(axis, x.ndim), keepdims, kind)(x)
+    fn = MaxMinDim(_dim(axis, x.ndim), keepdims, kind)
+    values = fn(x)
+    return (_MAX_RESULT if kind == "max" else _MIN_RESULT)(values, Tensor._wrap(fn.indices))
 
 
 def max(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
-    axis, keepdims = _pick(axis, dim, keepdims, keepdim)
-    return MaxMin(axis, keepdims, "max")(x)
+    """Largest element; with ``dim``, a named tuple (values, indices) as ``torch.max``;
+    with a Tensor second argument, the elementwise maximum."""
+    return _max_min(x, axis, keepdims, dim, keepdim, "max")
 
 
 def min(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
-    axis, keepdims = _pick(axis, dim, keepdims, keepdim)
-    return MaxMin(axis, keepdims, "min")(x)
+    """Smallest element; with ``dim``, a named tuple (values, indices) as ``torch.min``."""
+    return _max_min(x, axis, keepdims, dim, keepdim, "min")
 
 
 class NonDifferentiable(Function):
@@ -415,7 +611,8 @@ class NonDifferentiable(Function):
         self.func, self.kwargs = func, kwargs
 
     def forward(self, *xs):
-        return getattr(backend.xp_of(xs[0]), self.func)(*xs, **self.kwargs)
+        xp = backend.xp_of(xs[0])
+        return xp.asarray(getattr(xp, self.func)(*xs, **self.kwargs))  # full reductions give scalars
 
     def __call__(self, *inputs):
         y = super().__call__(*inputs)
@@ -423,12 +620,29 @@ class NonDifferentiable(Function):
         return y
 
 
-def argmax(x, axis=None, keepdims=False):
-    return NonDifferentiable("argmax", axis=axis, keepdims=keepdims)(x)
+def _arg(x, dim, keepdim, kind):
+    if dim is None:
+        if x.data.size == 0:
+            raise IndexError(f"{kind}(): Expected reduction dim to be specified for input.numel() == 0.")
+        y = NonDifferentiable(kind)(reshape(x, (-1,)))
+        return reshape(y, (1,) * x.ndim) if keepdim else y
+    dim = _dim(dim, x.ndim)
+    if x.ndim == 0:
+        return Tensor._wrap(backend.xp_of(x.data).zeros((), dtype=numpy.int64))
+    if x.shape[dim] == 0:
+        raise IndexError(f"{kind}(): Expected reduction dim {dim} to have non-zero size.")
+    return NonDifferentiable(kind, axis=dim, keepdims=keepdim)(x)
 
 
-def argmin(x, axis=None, keepdims=False):
-    return NonDifferentiable("argmin", axis=axis, keepdims=keepdims)(x)
+def argmax(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    """Index of the largest element (of the flattened tensor without ``dim``), int64."""
+    dim, keepdim = _pick(dim, axis, keepdim, keepdims)
+    return _arg(x, dim, keepdim, "argmax")
+
+
+def argmin(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
+    dim, keepdim = _pick(dim, axis, keepdim, keepdims)
+    return _arg(x, dim, keepdim, "argmin")
 
 
 # ---- shapes ---------------------------------------------------------------------------------------
@@ -514,7 +728,14 @@ def reshape(x, shape):
 
 
 def permute(x, axes):
-    return _view_of(Permute(tuple(axes))(x), x)
+    axes = tuple(axes)
+    if len(axes) != x.ndim:
+        raise RuntimeError(f"permute(sizes): number of dims don't match in permute: got {len(axes)} dims for a "
+                           f"tensor of shape {x.shape}")
+    dims = tuple(_dim(a, x.ndim) for a in axes)
+    if len(set(dims)) != len(dims):
+        raise RuntimeError(f"permute(): duplicate dims are not allowed, got {axes}")
+    return _view_of(Permute(dims)(x), x) if x.ndim else x
 
 
 def transpose(x, *axes):
@@ -529,33 +750,38 @@ def transpose(x, *axes):
 
 
 def swapaxes(x, a, b):
+    a, b = _dim(a, x.ndim), _dim(b, x.ndim)
+    if x.ndim == 0:
+        return x
     order = list(range(x.ndim))
     order[a], order[b] = order[b], order[a]
     return permute(x, order)
 
 
 def flatten(x, start_dim=0, end_dim=-1):
-    start, end = start_dim % builtins.max(x.ndim, 1), end_dim % builtins.max(x.ndim, 1)
+    start, end = _dim(start_dim, x.ndim), _dim(end_dim, x.ndim)
+    if start > end:
+        raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
     shape = x.shape[:start] + (-1,) + x.shape[end + 1:]
     if x.ndim == 0:
         shape = (1,)
     return reshape(x, tuple(int(numpy.prod(x.shape[start:end + 1])) if s == -1 else s for s in shape))
 
 
-def squeeze(x, axis=None):
+def squeeze(x, axis=None, *, dim=None):
+    """Drop size-1 dims (all, or those in ``dim``); a named dim that is not 1 is left alone, as in PyTorch."""
+    axis = axis if dim is None else dim
     if axis is None:
         shape = tuple(s for s in x.shape if s != 1)
     else:
-        axes = _axes(axis, x.ndim)
-        for a in axes:
-            if x.shape[a] != 1:
-                raise ValueError(f"squeeze: dimension {a} of shape {x.shape} is not 1")
-        shape = tuple(s for i, s in enumerate(x.shape) if i not in axes)
+        axes = (_dim(axis, x.ndim),) if isinstance(axis, (int, numpy.integer)) else \
+            tuple(_dim(a, x.ndim) for a in axis)
+        shape = tuple(s for i, s in enumerate(x.shape) if not (i in axes and s == 1))
     return reshape(x, shape)
 
 
-def unsqueeze(x, axis):
-    axis = axis % (x.ndim + 1)
+def unsqueeze(x, axis=None, *, dim=None):
+    axis = _dim(axis if dim is None else dim, x.ndim, extra=1)
     return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
 
 
@@ -595,18 +821,34 @@ class Concatenate(Function):
         return tuple(grads)
 
 
-def concatenate(tensors, axis=0):
+def concatenate(tensors, axis=0, *, dim=None):
+    """Join along an existing dim (``torch.cat``); dtypes are promoted as PyTorch does."""
+    axis = axis if dim is None else dim
     tensors = [as_tensor(t) for t in tensors]
     if not tensors:
         raise ValueError("concatenate: needs at least one tensor")
-    return Concatenate(axis)(*tensors)
+    for i, t in enumerate(tensors):
+        if t.ndim == 0:
+            raise RuntimeError(f"zero-dimensional tensor (at position {i}) cannot be concatenated")
+    axis = _dim(axis, tensors[0].ndim)
+    dtype = result_type(*tensors)
+    return Concatenate(axis)(*[_operand(t, dtype, t) for t in tensors])
 
 
 cat = concatenate
 
 
-def stack(tensors, axis=0):
-    return concatenate([unsqueeze(as_tensor(t), axis) for t in tensors], axis)
+def stack(tensors, axis=0, *, dim=None):
+    """Join along a new dim; every tensor must have the same shape."""
+    axis = axis if dim is None else dim
+    tensors = [as_tensor(t) for t in tensors]
+    if not tensors:
+        raise ValueError("stack: needs at least one tensor")
+    for t in tensors[1:]:
+        if t.shape != tensors[0].shape:
+            raise RuntimeError(f"stack expects each tensor to be equal size, got shapes {[t.shape for t in tensors]}")
+    axis = _dim(axis, tensors[0].ndim, extra=1)
+    return concatenate([unsqueeze(t, axis) for t in tensors], axis)
 
 
 # ---- indexing ------------------------------------------------------------------------------
@@ -666,6 +908,63 @@ def getitem(x, index):
     index = _index_arrays(index, backend.xp_of(x.data))
     y = GetItem(index)(x)
     return _view_of(y, x) if _is_basic(index) else y
+
+
+class Embedding(Function):
+    """Rows of ``weight`` picked by integer ``indices``: y[..., :] = weight[indices[...], :].
+
+    Backward scatter-adds the output gradient into the picked rows (repeated indices
+    accumulate); the row ``padding_idx`` gets no gradient, as in PyTorch.
+    """
+    def __init__(self, padding_idx=None):
+        self.padding_idx = padding_idx
+
+    def forward(self, weight, indices):
+        if indices.dtype.kind not in "iu":
+            raise TypeError(f"embedding: indices must be integers, got {indices.dtype}")
+        n = weight.shape[0]
+        if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n):
+            raise IndexError(f"embedding: index out of range: indices span [{int(indices.min())}, "
+                             f"{int(indices.max())}] but there are {n} embeddings")
+        self.num = n
+        self.save_for_backward(indices)
+        return backend.xp_of(weight).take(weight, indices, axis=0)
+
+    def backward(self, gy):
+        indices, = self.saved_tensors
+        return EmbeddingGrad(self.num, self.padding_idx)(gy, indices), None
+
+
+class EmbeddingGrad(Function):
+    """Scatter-add of (..., D) gradient rows into a (num, D) zero matrix at ``indices``."""
+    def __init__(self, num, padding_idx):
+        self.num, self.padding_idx = num, padding_idx
+
+    def forward(self, gy, indices):
+        xp = backend.xp_of(gy)
+        d = gy.shape[-1]
+        gw = xp.zeros((self.num, d), dtype=gy.dtype)
+        flat, rows = indices.reshape(-1), gy.reshape(-1, d)
+        if xp is numpy:
+            numpy.add.at(gw, flat, rows)
+        else:
+            import cupyx
+            cupyx.scatter_add(gw, flat, rows)
+        if self.padding_idx is not None:
+            gw[self.padding_idx] = 0
+        self.save_for_backward(indices)
+        return gw
+
+    def backward(self, ggw):
+        indices, = self.saved_tensors
+        g = Embedding(None)(ggw, indices)
+        if self.padding_idx is not None:
+            g = g * unsqueeze(astype(compare(indices, self.padding_idx, "not_equal"), ggw.dtype), -1)
+        return g, None
+
+
+def embedding(indices, weight, padding_idx=None):
+    return Embedding(padding_idx)(weight, as_tensor(indices))
 
 
 def setitem_(x, index, value):
@@ -778,3 +1077,1045 @@ class Linear(Function):
 
 def linear(x, weight, bias=None):
     return Linear()(x, weight) if bias is None else Linear()(x, weight, bias)
+
+
+# =============================================================================================
+# ==== API breadth (issue 13): the everyday torch ops, each forward next to its backward ====
+# =============================================================================================
+# Everything here is written against the array API shared by NumPy and CuPy (``xp``), so
+# each op runs on both backends. Ops whose derivative is zero almost everywhere (floor,
+# ceil, round, sign) return a zero gradient, as torch does; comparisons, logical and
+# bitwise ops, argsort and friends carry no gradient at all.
+import collections  # noqa: E402
+import math  # noqa: E402
+
+
+def _t(x, like=None):
+    """``x`` as a Tensor (Python scalars take ``like``'s dtype and device)."""
+    return x if isinstance(x, Tensor) else as_tensor(x, like=like)
+
+
+def _dim(dim, ndim, name="dim"):
+    if ndim == 0 and dim in (0, -1):
+        return 0
+    if not -ndim <= dim < builtins.max(ndim, 1):
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-ndim}, {ndim - 1}], "
+                         f"but got {dim}) for {name}")
+    return dim % builtins.max(ndim, 1)
+
+
+class _Unary(Function):
+    """Shared __init__ for unary ops with a constant parameter."""
+    def __init__(self, *params):
+        self.params = params
+
+
+class Sin(Function):
+    def forward(self, x):
+        self.save_for_backward(x)
+        return backend.xp_of(x).sin(x)
+
+    def backward(self, gy):
+        x, = self.saved_tensors
+        return gy * cos(x)
+
+
+class Cos(Function):
+    def forward(self, x):
+        self.save_for_backward(x)
+        return backend.xp_of(x).cos(x)
+
+    def backward(self, gy):
+        x, = self.saved_tensors
+        return -(gy * sin(x))
+
+
+class Exp2(Function):
+    def forward(self, x):
+        y = backend.xp_of(x).exp2(x)
+        self.save_for_backward(y)
+        return y
+
+    def backward(self, gy):
+        y, = self.saved_tensors
+        return gy * y * math.log(2.0)
+
+
+class Log2(Function):
+    def forward(self, x):
+        self.save_for_backward(x)
+        return backend.xp_of(x).log2(x)
+
+    def backward(self, gy):
+        x, = self.saved_tensors
+        return gy / (x * math.log(2.0))
+
+
+class Log10(Function):
+    def forward(self, x):
+        self.save_for_backward(x)
+        return backend.xp_of(x).log10(x)
+
+    def backward(self, gy):
+        x, = self.saved_tensors
+        return gy / (x * math.log(10.0))
+
+
+class Rsqrt(Function):
+    def forward(self, x):
+        xp = backend.xp_of(x)
+        y = xp.reciprocal(xp.sqrt(x))
+        self.save_for_backward(y)
+        return y
+
+    def backward(self, gy):
+        y, = self.saved_tensors
+        return gy * (y * y * y) * -0.5
+
+
+class Piecewise(_Unary):
+    """floor/ceil/round/sign/trunc: constant between jumps, so the gradient is zero (as in torch)."""
+    def forward(self, x):
+        func, kwargs = self.params
+        return getattr(backend.xp_of(x), func)(x, **kwargs)
+
+    def backward(self, gy):
+        return zeros_like_array(gy)
+
+
+def _float_op(cls, x, name):
+    x = _t(x)
+    if x.dtype.kind not in "fc":
+        x = astype(x, _default_float())
+    return cls()(x)
+
+
+def _default_float():
+    from gradflow.tensor import get_default_dtype
+    return get_default_dtype()
+
+
+def sin(x):
+    return _float_op(Sin, x, "sin")
+
+
+def cos(x):
+    return _float_op(Cos, x, "cos")
+
+
+def exp2(x):
+    return _float_op(Exp2, x, "exp2")
+
+
+def log2(x):
+    return _float_op(Log2, x, "log2")
+
+
+def log10(x):
+    return _float_op(Log10, x, "log10")
+
+
+def rsqrt(x):
+    return _float_op(Rsqrt, x, "rsqrt")
+
+
+def _piecewise(x, func, **kwargs):
+    x = _t(x)
+    if x.dtype.kind not in "fc" and func != "sign":
+        return x  # integer floor/ceil/round are the identity in torch (a copy there; harmless here)
+    if x.dtype == bool:
+        return x
+    return Piecewise(func, kwargs)(x)
+
+
+def floor(x):
+    return _piecewise(x, "floor")
+
+
+def ceil(x):
+    return _piecewise(x, "ceil")
+
+
+def trunc(x):
+    return _piecewise(x, "trunc")
+
+
+def round(x, decimals=0):
+    """Round half to even, as ``torch.round`` (``decimals`` digits after the point)."""
+    return _piecewise(x, "round", decimals=decimals) if decimals else _piecewise(x, "round")
+
+
+def sign(x):
+    return _piecewise(x, "sign")
+
+
+def isnan(x):
+    return NonDifferentiable("isnan")(_t(x))
+
+
+def isinf(x):
+    return NonDifferentiable("isinf")(_t(x))
+
+
+def isfinite(x):
+    return NonDifferentiable("isfinite")(_t(x))
+
+
+def _bitwise(a, b, func):
+    a, b = _pair(a, b)
+    for x in (a, b):
+        if x.dtype.kind not in "biu":
+            raise TypeError(f"{func} is only supported for integer and bool tensors, got dtype {x.dtype}")
+    return NonDifferentiable(func)(a, b)
+
+
+def bitwise_and(a, b):
+    return _bitwise(a, b, "bitwise_and")
+
+
+def bitwise_or(a, b):
+    return _bitwise(a, b, "bitwise_or")
+
+
+def bitwise_xor(a, b):
+    return _bitwise(a, b, "bitwise_xor")
+
+
+def bitwise_not(x):
+    x = _t(x)
+    if x.dtype.kind not in "biu":
+        raise TypeError(f"bitwise_not is only supported for integer and bool tensors, got dtype {x.dtype}")
+    return NonDifferentiable("invert")(x)
+
+
+def logical_not(x):
+    return NonDifferentiable("logical_not")(_t(x))
+
+
+def logical_and(a, b):
+    return NonDifferentiable("logical_and")(*_pair(a, b))
+
+
+def logical_or(a, b):
+    return NonDifferentiable("logical_or")(*_pair(a, b))
+
+
+class Remainder(Function):
+    """a mod b with the sign of b (Python's %, torch.remainder): d/da = 1, d/db = -floor(a / b)."""
+    def forward(self, a, b):
+        self.save_for_backward(a, b)
+        return backend.xp_of(a).remainder(a, b)
+
+    def backward(self, gy):
+        a, b = self.saved_tensors
+        ga = _unbroadcast(gy, a.shape) if self.needs_input_grad[0] else None
+        gb = None
+        if self.needs_input_grad[1]:
+            q = Tensor._wrap(backend.xp_of(a.data).floor_divide(a.data, b.data))
+            gb = _unbroadcast(-gy * q, b.shape)
+        return ga, gb
+
+
+def remainder(a, b):
+    a, b = _pair(a, b)
+    if a.dtype.kind in "fc" or b.dtype.kind in "fc":
+        return Remainder()(a, b)
+    return NonDifferentiable("remainder")(a, b)
+
+
+
+def floor_divide(a, b):
+    """a // b rounded toward minus infinity (torch.floor_divide); carries no gradient."""
+    return NonDifferentiable("floor_divide")(*_pair(a, b))
+
+
+def true_divide(a, b, rounding_mode=None):
+    """torch.div: ``rounding_mode`` None (true division), 'trunc' or 'floor'."""
+    if rounding_mode is None:
+        a, b = _pair(a, b)
+        if a.dtype.kind not in "fc" and b.dtype.kind not in "fc":
+            a = astype(a, _default_float())
+            b = astype(b, _default_float())
+        return div(a, b)
+    if rounding_mode == "floor":
+        return floor_divide(a, b)
+    if rounding_mode == "trunc":
+        q = NonDifferentiable("divide")(*_pair(a, b))
+        q = NonDifferentiable("trunc")(q)
+        return astype(q, _pair(a, b)[0].dtype) if _pair(a, b)[0].dtype.kind in "iu" else q
+    raise ValueError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found {rounding_mode!r}")
+
+
+# ---- reductions: all / any / prod / cumsum / cumprod / logsumexp / norm -----------------------
+def reduce_all(x, dim=None, keepdim=False):
+    """torch.all (named so it does not shadow Python's all() in this module)."""
+    x = _t(x)
+    return NonDifferentiable("all", axis=dim, keepdims=keepdim)(x)
+
+
+def reduce_any(x, dim=None, keepdim=False):
+    """torch.any."""
+    x = _t(x)
+    return NonDifferentiable("any", axis=dim, keepdims=keepdim)(x)
+
+
+class CumSum(_Unary):
+    def forward(self, x):
+        axis, dtype = self.params
+        return backend.xp_of(x).cumsum(x, axis=axis, dtype=dtype)
+
+    def backward(self, gy):
+        axis, _ = self.params
+        return flip(cumsum(flip(gy, axis), axis), axis)  # the reverse cumulative sum
+
+
+def _accumulating_dtype(x, dtype):
+    if dtype is not None:
+        return numpy.dtype(dtype)
+    return numpy.dtype(numpy.int64) if x.dtype.kind in "biu" else x.dtype
+
+
+def cumsum(x, dim, dtype=None):
+    x = _t(x)
+    dim = _dim(dim, x.ndim)
+    if x.ndim == 0:
+        return astype(x, _accumulating_dtype(x, dtype))
+    return CumSum(dim, _accumulating_dtype(x, dtype))(x)
+
+
+class CumProd(_Unary):
+    """Cumulative product. Backward is exact with zeros: before the first zero of a row
+    gx = revcumsum(gy * y) / x; at the first zero it is revcumsum(gy * cumprod(x with that
+    zero replaced by 1)); after it, every partial product holds the zero, so gx = 0."""
+    def forward(self, x):
+        axis, dtype = self.params
+        y = backend.xp_of(x).cumprod(x, axis=axis, dtype=dtype)
+        self.save_for_backward(x, y)
+        return y
+
+    def backward(self, gy):
+        x, y = self.saved_tensors
+        axis, _ = self.params
+        xp = backend.xp_of(x.data)
+        zero = x.data == 0
+        first_zero = zero & (xp.cumsum(zero, axis=axis) == 1)
+        safe = where(zero, 1.0, x)
+        rev = flip(cumsum(flip(gy * y, axis), axis), axis)
+        g = where(zero, 0.0, rev / safe)
+        if xp is not numpy or first_zero.any():  # (no host sync on the GPU)
+            y1 = cumprod(where(first_zero, 1.0, x), axis)
+            at_zero = flip(cumsum(flip(gy * y1, axis), axis), axis)
+            g = g + where(first_zero, at_zero, 0.0)
+        return g
+
+
+def cumprod(x, dim, dtype=None):
+    x = _t(x)
+    dim = _dim(dim, x.ndim)
+    if x.ndim == 0:
+        return astype(x, _accumulating_dtype(x, dtype))
+    return CumProd(dim, _accumulating_dtype(x, dtype))(x)
+
+
+def _exclusive_cumprod(x, axis):
+    """[1, x0, x0 x1, ...] along ``axis`` (the product of the elements before each one)."""
+    n = x.shape[axis]
+    ones_shape = x.shape[:axis] + (1,) + x.shape[axis + 1:]
+    ones = Tensor._wrap(backend.xp_of(x.data).ones(ones_shape, dtype=x.dtype))
+    if n == 1:
+        return ones
+    head = getitem(x, (slice(None),) * axis + (slice(0, n - 1),))
+    return concatenate([ones, cumprod(head, axis)], axis)
+
+
+class Prod(_Unary):
+    """Product over one axis (or all); the gradient of each element is the product of the
+    others, left and right exclusive cumulative products, exact when elements are zero."""
+    def forward(self, x):
+        axis, keepdim = self.params
+        self.x_shape = x.shape
+        return backend.xp_of(x).asarray(x.prod(axis=axis, keepdims=keepdim))
+
+    def backward(self, gy):
+        x, = self.inputs
+        axis, keepdim = self.params
+        if axis is None:
+            flat = reshape(x, (-1,))
+            others = _exclusive_cumprod(flat, 0) * flip(_exclusive_cumprod(flip(flat, 0), 0), 0)
+            return reshape(others, x.shape) * gy
+        others = _exclusive_cumprod(x, axis) * flip(_exclusive_cumprod(flip(x, axis), axis), axis)
+        if not keepdim:
+            gy = unsqueeze(gy, axis)
+        return others * gy
+
+
+def prod(x, dim=None, keepdim=False, dtype=None):
+    x = _t(x)
+    if dtype is not None:
+        x = astype(x, dtype)
+    elif x.dtype.kind in "biu":
+        x = astype(x, numpy.int64)
+    if dim is not None:
+        dim = _dim(dim, x.ndim)
+    if x.ndim == 0:
+        return x
+    return Prod(dim, keepdim)(x)
+
+
+def logsumexp(x, dim, keepdim=False):
+    """log(sum(exp(x))) along ``dim``, shifted by the (detached) max so it cannot overflow."""
+    x = _t(x)
+    if x.dtype.kind not in "fc":
+        x = astype(x, _default_float())
+    xp = backend.xp_of(x.data)
+    axes = _axes(dim, x.ndim)
+    with numpy.errstate(invalid="ignore"):
+        m = x.data.max(axis=axes, keepdims=True) if x.size else xp.zeros((1,) * x.ndim, x.dtype)
+        m = xp.where(xp.isinf(m), x.dtype.type(0), m)
+    shift = Tensor._wrap(m)
+    y = log(sum(exp(x - shift), axes, keepdims=True)) + shift
+    return y if keepdim else squeeze(y, axes) if axes else y
+
+
+class Norm2(_Unary):
+    """sqrt(sum(x^2)) over axes; its gradient x / norm is taken as 0 where the norm is 0 (as torch)."""
+    def forward(self, x):
+        axes, keepdim = self.params
+        xp = backend.xp_of(x)
+        y = xp.sqrt((x * x).sum(axis=axes, keepdims=True))
+        if not keepdim:
+            y = y.reshape(tuple(s for i, s in enumerate(x.shape) if i not in axes))
+        self.save_for_backward(x, y)  # the output itself, so double backward sees y's dependence on x
+        return y
+
+    def backward(self, gy):
+        x, y = self.saved_tensors
+        axes, keepdim = self.params
+        if not keepdim:
+            gy = reshape(gy, _kept_shape(x.shape, axes))
+            y = reshape(y, _kept_shape(x.shape, axes))
+        zero = y.data == 0
+        return where(zero, 0.0, x / where(zero, 1.0, y)) * gy
+
+
+def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
+    """Vector norm (p = 2/'fro', 1, inf, -inf, 0 or any real) over ``dim`` (all elements by default)."""
+    x = _t(x)
+    if dtype is not None:
+        x = astype(x, dtype)
+    if x.dtype.kind not in "fc":
+        raise RuntimeError(f"norm(): input dtype should be floating point, but got {x.dtype}")
+    axes = _axes(dim, x.ndim)
+    if p in ("fro", 2, 2.0):
+        return Norm2(axes, keepdim)(x)
+    if p in (float("inf"), "inf"):
+        return max(abs(x), axes, keepdim)
+    if p in (float("-inf"), "-inf"):
+        return min(abs(x), axes, keepdim)
+    if p == 1:
+        return sum(abs(x), axes, keepdim)
+    if p == 0:
+        return sum(astype(compare(x, 0, "not_equal"), x.dtype), axes, keepdim)
+    if isinstance(p, str):
+        raise ValueError(f"norm: unsupported p={p!r}")
+    return sum(abs(x) ** float(p), axes, keepdim) ** (1.0 / float(p))
+
+
+def std(x, dim=None, keepdim=False, correction=1, *, unbiased=None):
+    if unbiased is not None:
+        correction = 1 if unbiased else 0
+    return sqrt(var(x, dim, keepdim, correction))
+
+
+# ---- sorting and selection -----------------------------------------------------------------------
+_ValuesIndices = collections.namedtuple("ValuesIndices", ["values", "indices"])
+
+
+def _argsort_array(a, axis, descending, stable=True):
+    xp = backend.xp_of(a)
+    if not descending:
+        return xp.argsort(a, axis=axis, kind="stable") if xp is numpy else xp.argsort(a, axis=axis)
+    # descending and stable: sort the reversed array ascending, then reverse back
+    n = a.shape[axis]
+    rev = xp.flip(a, axis)
+    idx = xp.argsort(rev, axis=axis, kind="stable") if xp is numpy else xp.argsort(rev, axis=axis)
+    return (n - 1) - xp.flip(idx, axis)
+
+
+def argsort(x, dim=-1, descending=False, stable=False):
+    x = _t(x)
+    if x.ndim == 0:
+        return Tensor._wrap(backend.xp_of(x.data).zeros((), numpy.int64))
+    dim = _dim(dim, x.ndim)
+    return Tensor._wrap(_argsort_array(x.data, dim, descending).astype(numpy.int64))
+
+
+def sort(x, dim=-1, descending=False, stable=False):
+    """(values, indices) sorted along ``dim``; values carry the gradient through gather."""
+    x = _t(x)
+    if x.ndim == 0:
+        return _ValuesIndices(x, argsort(x))
+    idx = argsort(x, dim, descending)
+    return _ValuesIndices(gather(x, dim, idx), idx)
+
+
+def topk(x, k, dim=-1, largest=True, sorted=True):
+    x = _t(x)
+    dim = _dim(dim, x.ndim)
+    n = x.shape[dim] if x.ndim else 1
+    if not 0 <= k <= n:
+        raise RuntimeError(f"topk: k ({k}) is out of range for dimension {dim} of size {n}")
+    if x.ndim == 0:
+        return _ValuesIndices(x, argsort(x))
+    idx = argsort(x, dim, descending=largest)
+    idx = getitem(idx, (slice(None),) * dim + (slice(0, k),))
+    return _ValuesIndices(gather(x, dim, idx), idx)
+
+
+# ---- gather / scatter ----------------------------------------------------------------------------
+def _full_index(index, dim):
+    """Advanced-index tuple that addresses ``out[..., index[i, j, k], ...]`` along ``dim``."""
+    xp = backend.xp_of(index)
+    idx = []
+    for d, s in enumerate(index.shape):
+        if d == dim:
+            idx.append(index)
+        else:
+            idx.append(xp.arange(s).reshape([-1 if k == d else 1 for k in range(index.ndim)]))
+    return tuple(idx)
+
+
+def _add_at(target, index_tuple, values):
+    xp = backend.xp_of(target)
+    if xp is numpy:
+        numpy.add.at(target, index_tuple, values)
+    else:
+        import cupyx
+        cupyx.scatter_add(target, index_tuple, values)
+
+
+def _check_index(x, dim, index, name, src=None):
+    if index.dtype.kind not in "iu":
+        raise RuntimeError(f"{name}(): Expected dtype int64 for index, got {index.dtype}")
+    if index.ndim != x.ndim:
+        raise RuntimeError(f"{name}(): Index tensor must have the same number of dimensions as input tensor "
+                           f"({index.ndim} vs {x.ndim})")
+    for d in range(x.ndim):
+        if d != dim and index.shape[d] > x.shape[d]:
+            raise RuntimeError(f"{name}(): Size does not match at dimension {d}: index {index.shape} and "
+                               f"input {x.shape}")
+        if src is not None and index.shape[d] > src.shape[d]:
+            raise RuntimeError(f"{name}(): index {index.shape} is larger than src {src.shape} at dimension {d}")
+    if index.size:
+        lo, hi = int(index.min()), int(index.max())
+        n = x.shape[dim] if x.ndim else 1
+        if lo < -n or hi >= n:
+            raise IndexError(f"{name}(): index {hi if hi >= n else lo} is out of bounds for dimension {dim} "
+                             f"with size {n}")
+
+
+class Gather(_Unary):
+    def forward(self, x, index):
+        dim, = self.params
+        self.x_shape = x.shape
+        return x[_full_index(index, dim)]
+
+    def backward(self, gy):
+        _, index = self.inputs
+        dim, = self.params
+        return ScatterAddInto(dim, self.x_shape)(index, gy), None
+
+
+class ScatterAddInto(_Unary):
+    """zeros(shape) with ``src`` added at ``index`` along ``dim``: gather's adjoint."""
+    def forward(self, index, src):
+        dim, shape = self.params
+        out = backend.xp_of(src).zeros(shape, dtype=src.dtype)
+        _add_at(out, _full_index(index, dim), src[tuple(slice(0, s) for s in index.shape)])
+        return out
+
+    def backward(self, gout):
+        index, _ = self.inputs
+        dim, _ = self.params
+        return None, gather(gout, dim, index)
+
+
+def gather(x, dim, index, *, sparse_grad=False):
+    x = _t(x)
+    index = _t(index) if isinstance(index, Tensor) else Tensor._wrap(backend.xp_of(x.data).asarray(index))
+    dim = _dim(dim, x.ndim)
+    _check_index(x, dim, index.data, "gather")
+    return Gather(dim)(x, index)
+
+
+class Scatter(_Unary):
+    """out = x with ``src`` written at ``index`` along ``dim`` (reduce=None) or added (reduce='add')."""
+    def forward(self, x, index, src):
+        dim, add = self.params
+        out = x.copy()
+        sub = src[tuple(slice(0, s) for s in index.shape)] if src.ndim else src
+        where_ = _full_index(index, dim)
+        if add:
+            _add_at(out, where_, sub)
+        else:
+            out[where_] = sub
+        return out
+
+    def backward(self, gy):
+        x, index, src = self.inputs
+        dim, add = self.params
+        gx = gsrc = None
+        if self.needs_input_grad[0]:
+            if add:
+                gx = gy
+            else:
+                kept = backend.xp_of(gy.data).ones(gy.shape, dtype=gy.dtype)
+                kept[_full_index(index.data, dim)] = 0
+                gx = gy * Tensor._wrap(kept)
+        if self.needs_input_grad[2]:
+            g = gather(gy, dim, index)
+            if g.shape != src.shape:  # src larger than index: the unused part gets zero
+                pad = backend.xp_of(gy.data).zeros(src.shape, dtype=gy.dtype)
+                gsrc = setitem_grad(pad, tuple(slice(0, s) for s in index.shape), g)
+            else:
+                gsrc = g
+        return gx, None, gsrc
+
+
+def setitem_grad(base_zeros, index, g):
+    """zeros with ``g`` placed at ``index`` (differentiable in g)."""
+    return GetItemGrad(index, base_zeros.shape)(g)
+
+
+def _scatter(x, dim, index, src, value, add, name):
+    x = _t(x)
+    index = _t(index) if isinstance(index, Tensor) else Tensor._wrap(backend.xp_of(x.data).asarray(index))
+    dim = _dim(dim, x.ndim)
+    if src is None:
+        if value is None:
+            raise TypeError(f"{name}(): expected src or value")
+        src = Tensor._wrap(backend.xp_of(x.data).asarray(value, dtype=x.dtype))
+    else:
+        src = _t(src, like=x)
+        if src.dtype != x.dtype:
+            raise RuntimeError(f"{name}(): Expected self.dtype to be equal to src.dtype ({x.dtype} vs {src.dtype})")
+    _check_index(x, dim, index.data, name, src if src.ndim else None)
+    return Scatter(dim, add)(x, index, src)
+
+
+def scatter(x, dim, index, src=None, value=None, reduce=None):
+    if reduce not in (None, "add"):
+        raise ValueError(f"scatter(): reduce must be None or 'add', got {reduce!r}")
+    if src is not None and not isinstance(src, Tensor) and not hasattr(src, "shape"):
+        src, value = None, src  # scatter(dim, index, 1.5): a scalar source
+    return _scatter(x, dim, index, src, value, reduce == "add", "scatter")
+
+
+def scatter_add(x, dim, index, src):
+    return _scatter(x, dim, index, src, None, True, "scatter_add")
+
+
+def masked_fill(x, mask, value):
+    """x with ``value`` where ``mask`` (bool, broadcastable) is True; the gradient flows to x elsewhere."""
+    x = _t(x)
+    m = mask.data if isinstance(mask, Tensor) else backend.xp_of(x.data).asarray(mask)
+    if m.dtype != bool:
+        raise RuntimeError(f"masked_fill only supports boolean masks, but got mask with dtype {m.dtype}")
+    if isinstance(value, Tensor):
+        if value.ndim != 0:
+            raise RuntimeError(f"masked_fill only supports a 0-dimensional value tensor, but got one with "
+                               f"{value.ndim} dimension(s)")
+        v = astype(value, x.dtype)
+    else:
+        v = Tensor._wrap(backend.xp_of(x.data).asarray(value, dtype=x.dtype))
+    out = where(Tensor._wrap(m), v, x)
+    return out if out.shape == x.shape else broadcast_to(out, x.shape)
+
+
+# ---- reshaping, tiling, reordering ---------------------------------------------------------------
+class Flip(_Unary):
+    def forward(self, x):
+        dims, = self.params
+        return backend.xp_of(x).flip(x, axis=dims).copy()  # torch.flip returns a new tensor
+
+    def backward(self, gy):
+        return flip(gy, self.params[0])
+
+
+def flip(x, dims):
+    x = _t(x)
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    dims = tuple(_dim(d, x.ndim) for d in dims)
+    if x.ndim == 0 or not dims:
+        return x
+    return Flip(dims)(x)
+
+
+class Roll(_Unary):
+    def forward(self, x):
+        shifts, dims = self.params
+        return backend.xp_of(x).roll(x, shifts, axis=dims)
+
+    def backward(self, gy):
+        shifts, dims = self.params
+        neg = -shifts if isinstance(shifts, int) else tuple(-s for s in shifts)
+        return roll(gy, neg, dims)
+
+
+def roll(x, shifts, dims=None):
+    x = _t(x)
+    if dims is not None:
+        dims = (dims,) if isinstance(dims, int) else tuple(dims)
+        shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
+        if len(shifts) != len(dims):
+            raise RuntimeError(f"roll: shifts and dimensions must align: shifts {len(shifts)}, dims {len(dims)}")
+    return Roll(shifts, dims)(x)
+
+
+class Repeat(_Unary):
+    """torch's repeat is numpy's tile; the gradient sums the copies back together."""
+    def forward(self, x):
+        reps, = self.params
+        self.x_shape = x.shape
+        return backend.xp_of(x).tile(x, reps)
+
+    def backward(self, gy):
+        reps, = self.params
+        padded = (1,) * (len(reps) - len(self.x_shape)) + tuple(self.x_shape)
+        inter = []
+        for r, n in zip(reps, padded):
+            inter += [r, n]
+        g = sum(reshape(gy, tuple(inter)), tuple(range(0, 2 * len(reps), 2)))
+        return reshape(g, self.x_shape)
+
+
+def repeat(x, *sizes):
+    x = _t(x)
+    sizes = tuple(sizes[0]) if len(sizes) == 1 and not isinstance(sizes[0], int) else tuple(sizes)
+    if len(sizes) < x.ndim:
+        raise RuntimeError(f"Number of dimensions of repeat dims ({len(sizes)}) can not be smaller than number "
+                           f"of dimensions of tensor ({x.ndim})")
+    return Repeat(sizes)(x)
+
+
+class Tri(_Unary):
+    def forward(self, x):
+        k, upper = self.params
+        xp = backend.xp_of(x)
+        return xp.triu(x, k) if upper else xp.tril(x, k)
+
+    def backward(self, gy):
+        return Tri(*self.params)(gy)
+
+
+def tril(x, diagonal=0):
+    x = _t(x)
+    if x.ndim < 2:
+        raise RuntimeError(f"tril: input tensor must have at least 2 dimensions, got {x.ndim}")
+    return Tri(int(diagonal), False)(x)
+
+
+def triu(x, diagonal=0):
+    x = _t(x)
+    if x.ndim < 2:
+        raise RuntimeError(f"triu: input tensor must have at least 2 dimensions, got {x.ndim}")
+    return Tri(int(diagonal), True)(x)
+
+
+def _narrow(x, dim, start, stop):
+    return getitem(x, (slice(None),) * dim + (slice(start, stop),))
+
+
+def split(x, split_size_or_sections, dim=0):
+    """Pieces of ``split_size`` along ``dim`` (the last may be smaller), or of the given sizes."""
+    x = _t(x)
+    dim = _dim(dim, x.ndim)
+    n = x.shape[dim]
+    if isinstance(split_size_or_sections, int):
+        size = split_size_or_sections
+        if size <= 0 and n:
+            raise RuntimeError(f"split expects split_size be non-negative, but got split_size={size}")
+        bounds = [(s, builtins.min(s + size, n)) for s in range(0, n, builtins.max(size, 1))] or [(0, 0)]
+    else:
+        sizes = [int(s) for s in split_size_or_sections]
+        if builtins.sum(sizes) != n:
+            raise RuntimeError(f"split_with_sizes expects split_sizes to sum exactly to {n} (input tensor's "
+                               f"size at dimension {dim}), but got split_sizes={sizes}")
+        bounds, start = [], 0
+        for s in sizes:
+            bounds.append((start, start + s))
+            start += s
+    return tuple(_narrow(x, dim, a, b) for a, b in bounds)
+
+
+def chunk(x, chunks, dim=0):
+    x = _t(x)
+    if chunks <= 0:
+        raise RuntimeError(f"chunk expects `chunks` to be greater than 0, got: {chunks}")
+    n = x.shape[_dim(dim, x.ndim)]
+    return split(x, builtins.max(-(-n // chunks), 1) if n else 1, dim)
+
+
+def unbind(x, dim=0):
+    x = _t(x)
+    dim = _dim(dim, x.ndim)
+    return tuple(getitem(x, (slice(None),) * dim + (i,)) for i in range(x.shape[dim]))
+
+
+def t(x):
+    x = _t(x)
+    if x.ndim > 2:
+        raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, but self is {x.ndim}D")
+    return transpose(x) if x.ndim == 2 else x
+
+
+class Contiguous(Function):
+    def forward(self, x):
+        return backend.xp_of(x).ascontiguousarray(x)
+
+    def backward(self, gy):
+        return gy
+
+
+def contiguous(x):
+    return x if x.data.flags.c_contiguous else Contiguous()(x)
+
+
+class Clone(Function):
+    def forward(self, x):
+        return x.copy()
+
+    def backward(self, gy):
+        return gy
+
+
+def clone(x):
+    return Clone()(_t(x))
+
+
+def lerp(start, end, weight):
+    """start + weight * (end - start), differentiable in all three."""
+    start, end = _pair(start, end)
+    return start + _t(weight, like=start) * (end - start) if isinstance(weight, Tensor) else \
+        start + (end - start) * weight
+
+
+def clamp_min(x, min):
+    return clamp(x, min=min)
+
+
+def clamp_max(x, max):
+    return clamp(x, max=max)
+
+
+# ---- linear algebra and friends ------------------------------------------------------------------
+def bmm(a, b):
+    a, b = _pair(a, b)
+    if a.ndim != 3 or b.ndim != 3:
+        raise RuntimeError(f"bmm: batch1 and batch2 must be 3D tensors, got {a.ndim}D and {b.ndim}D")
+    if a.shape[0] != b.shape[0]:
+        raise RuntimeError(f"bmm: batch sizes differ ({a.shape[0]} and {b.shape[0]})")
+    return matmul(a, b)
+
+
+def _parse_einsum(equation, shapes):
+    """(input subscripts, output subscript) with '...' spelled as capital letters."""
+    eq = equation.replace(" ", "")
+    lhs, _, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(shapes):
+        raise ValueError(f"einsum(): {len(terms)} operand subscripts for {len(shapes)} operands")
+    ell = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    n_ell = 0
+    out_terms = []
+    for term, shape in zip(terms, shapes):
+        if "..." in term:
+            k = len(shape) - (len(term) - 3)
+            n_ell = builtins.max(n_ell, k)
+            term = term.replace("...", ell[26 - k:] if k else "")
+        out_terms.append(term)
+    if "->" in eq:
+        out = rhs.replace("...", ell[26 - n_ell:] if n_ell else "")
+    else:
+        counts = collections.Counter("".join(out_terms))
+        out = ell[26 - n_ell:] + "".join(sorted(c for c in counts if counts[c] == 1 and c.islower()))
+    return out_terms, out
+
+
+class Einsum(Function):
+    """numpy/cupy einsum; the gradient of each operand is another einsum of the output
+    gradient with the other operands (letters only that operand has are broadcast back)."""
+    def __init__(self, equation):
+        self.equation = equation
+
+    def forward(self, *xs):
+        self.save_for_backward(*xs)
+        return backend.xp_of(xs[0]).asarray(backend.xp_of(xs[0]).einsum(self.equation, *xs))
+
+    def backward(self, gy):
+        xs = self.saved_tensors
+        terms, out = _parse_einsum(self.equation, [x.shape for x in xs])
+        sizes = {}
+        for term, x in zip(terms, xs):
+            for c, s in zip(term, x.shape):
+                sizes[c] = builtins.max(sizes.get(c, 1), s)
+        grads = []
+        for k, (term, x) in enumerate(zip(terms, xs)):
+            if not self.needs_input_grad[k]:
+                grads.append(None)
+                continue
+            if len(set(term)) != len(term):
+                raise NotImplementedError(f"einsum backward: repeated subscript in {term!r} (a diagonal) is "
+                                          f"not supported")
+            others = [(t_, o) for j, (t_, o) in enumerate(zip(terms, xs)) if j != k]
+            avail = set(out).union(*[set(t_) for t_, _ in others]) if others else set(out)
+            keep = "".join(c for c in term if c in avail)
+            eq = ",".join([out] + [t_ for t_, _ in others]) + "->" + keep
+            g = einsum(eq, gy, *[o for _, o in others])
+            if keep != term:  # letters summed over in this operand only: broadcast back
+                shape = tuple(sizes[c] if c in keep else 1 for c in term)
+                g = broadcast_to(reshape(g, shape), tuple(sizes[c] for c in term))
+            grads.append(sum_to(g, x.shape))
+        return tuple(grads)
+
+
+def einsum(equation, *operands):
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    operands = [_t(o) for o in operands]
+    return Einsum(equation)(*operands)
+
+
+def meshgrid(*tensors, indexing="ij"):
+    if len(tensors) == 1 and isinstance(tensors[0], (list, tuple)):
+        tensors = tuple(tensors[0])
+    if indexing not in ("ij", "xy"):
+        raise ValueError(f"meshgrid: indexing must be 'ij' or 'xy', got {indexing!r}")
+    tensors = [_t(x) for x in tensors]
+    for x in tensors:
+        if x.ndim > 1:
+            raise RuntimeError(f"meshgrid: expected 0D or 1D tensors, got a {x.ndim}D one")
+    n = len(tensors)
+    sizes = [x.size for x in tensors]
+    if indexing == "xy" and n >= 2:
+        sizes[0], sizes[1] = sizes[1], sizes[0]
+    out = []
+    for i, x in enumerate(tensors):
+        pos = i
+        if indexing == "xy" and n >= 2 and i < 2:
+            pos = 1 - i
+        shape = [1] * n
+        shape[pos] = x.size
+        out.append(broadcast_to(reshape(x, tuple(shape)), tuple(sizes)))
+    return tuple(out)
+
+
+def isclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):
+    a, b = _pair(a, b)
+    return NonDifferentiable("isclose", rtol=rtol, atol=atol, equal_nan=equal_nan)(a, b)
+
+
+def allclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):
+    return bool(reduce_all(isclose(a, b, rtol, atol, equal_nan)).item())
+
+
+def equal(a, b):
+    """True when both have the same shape and elements (torch.equal)."""
+    a, b = _t(a), _t(b)
+    return a.shape == b.shape and bool(reduce_all(compare(a, b, "equal")).item())
+
+
+# ---- in-place updates (versioned: the tape sees them) -------------------------------------------
+def check_in_place(x, what):
+    """Refuse an in-place change the tape could not account for, as PyTorch does."""
+    if is_grad_enabled() and x.requires_grad:
+        if x.creator is None:
+            raise RuntimeError(f"{what}: a leaf tensor that requires grad is being used in an in-place "
+                               f"operation; wrap the update in `with gradflow.no_grad():`")
+        raise RuntimeError(f"{what}: in-place operations on a tensor that is part of the recorded graph are "
+                           f"not supported in gradflow; write x = x.op(...) instead")
+    _in_place(what)
+
+
+def _store(x, array, what):
+    """Write ``array`` into x's buffer (broadcast, cast like torch's copy_), bump its version."""
+    xp = backend.xp_of(x.data)
+    if backend.device_of(array) != x.device:
+        array = backend.to_device(array, x.device)
+    try:
+        xp.copyto(x.data, xp.broadcast_to(xp.asarray(array), x.shape), casting="unsafe")
+    except ValueError as e:
+        raise RuntimeError(f"{what}: the source of shape {getattr(array, 'shape', ())} cannot be broadcast to "
+                           f"the tensor's shape {x.shape} ({e})") from None
+    x._bump_version()
+    return x
+
+
+def zero_(x):
+    check_in_place(x, "zero_")
+    x.data[...] = 0
+    x._bump_version()
+    return x
+
+
+def fill_(x, value):
+    check_in_place(x, "fill_")
+    v = value.data if isinstance(value, Tensor) else value
+    x.data[...] = v
+    x._bump_version()
+    return x
+
+
+def copy_(x, src):
+    check_in_place(x, "copy_")
+    return _store(x, src.data if isinstance(src, Tensor) else src, "copy_")
+
+
+def _arith_(x, other, ufunc, alpha=1):
+    check_in_place(x, f"{ufunc}_")
+    o = other.data if isinstance(other, Tensor) else other
+    if alpha != 1:
+        o = o * alpha
+    return inplace_(x, Tensor._wrap(o) if hasattr(o, "shape") else o, ufunc)
+
+
+def add_(x, other, alpha=1):
+    return _arith_(x, other, "add", alpha)
+
+
+def sub_(x, other, alpha=1):
+    return _arith_(x, other, "subtract", alpha)
+
+
+def mul_(x, other):
+    return _arith_(x, other, "multiply")
+
+
+def div_(x, other):
+    return _arith_(x, other, "divide")
+
+
+def clamp_(x, min=None, max=None):
+    check_in_place(x, "clamp_")
+    if min is None and max is None:
+        raise ValueError("clamp_: give at least one of min and max")
+    lo = min.data if isinstance(min, Tensor) else min
+    hi = max.data if isinstance(max, Tensor) else max
+    backend.xp_of(x.data).clip(x.data, lo, hi, out=x.data)
+    x._bump_version()
+    return x
+
+
+def normal_(x, mean=0.0, std=1.0, generator=None):
+    """Fill with N(mean, std^2) draws from gradflow's host stream (same values on every device)."""
+    check_in_place(x, "normal_")
+    from gradflow.random import default_generator
+    rng = (generator or default_generator).numpy
+    return _store(x, rng.normal(mean, std, x.shape), "normal_")
+
+
+def uniform_(x, a=0.0, b=1.0, generator=None):
+    check_in_place(x, "uniform_")
+    from gradflow.random import default_generator
+    rng = (generator or default_generator).numpy
+    return _store(x, rng.uniform(a, b, x.shape), "uniform_")

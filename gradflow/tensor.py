@@ -49,10 +49,110 @@ class no_grad(_GradMode):
     """Run ops without recording them (inference, optimizer updates)."""
     mode = False
 
+    def __new__(cls, func=None):
+        if func is not None and callable(func):  # bare @no_grad, as torch allows
+            return cls()(func)
+        return super().__new__(cls)
+
+    def __init__(self, func=None):
+        super().__init__()
+
 
 class enable_grad(_GradMode):
     """Record ops again inside a ``no_grad`` region."""
     mode = True
+
+
+class set_grad_enabled(_GradMode):
+    """``set_grad_enabled(False)`` turns recording off now (a function call) or for a ``with`` block."""
+
+    def __init__(self, mode):
+        global _grad_enabled
+        super().__init__()
+        self.mode = bool(mode)
+        self._prev.append(_grad_enabled)  # a plain call switches immediately, like torch
+        _grad_enabled = self.mode
+
+    def __enter__(self):
+        pass  # already switched in __init__
+
+    def __exit__(self, *exc):
+        global _grad_enabled
+        _grad_enabled = self._prev.pop()
+        return False
+
+    def __call__(self, func):
+        global _grad_enabled
+        _grad_enabled = self._prev.pop()  # used as a decorator: undo the switch made by __init__
+        mode = self.mode
+        return _GradModeSwitch(mode)(func)
+
+
+class _GradModeSwitch(_GradMode):
+    def __init__(self, mode):
+        super().__init__()
+        self.mode = mode
+
+
+class inference_mode(_GradMode):
+    """``inference_mode()``: no recording (gradflow has no separate inference tensors); a decorator too."""
+
+    def __new__(cls, mode=True):
+        if callable(mode):  # bare @inference_mode
+            return cls()(mode)
+        return super().__new__(cls)
+
+    def __init__(self, mode=True):
+        super().__init__()
+        self.mode = not bool(mode)
+
+
+def is_inference_mode_enabled():
+    return not _grad_enabled
+
+
+# ---- default floating dtype (torch.set_default_dtype) ----------------------------------------
+_default_float = numpy.dtype(numpy.float32)
+
+
+def set_default_dtype(d):
+    """The dtype of float tensors made from Python data and of zeros/ones/rand... without a dtype."""
+    global _default_float
+    d = numpy.dtype(d)
+    if d not in (numpy.float16, numpy.float32, numpy.float64) and d.name != "bfloat16":
+        raise TypeError(f"set_default_dtype: only floating-point types are supported as the default type, "
+                        f"got {d}")
+    _default_float = d
+
+
+def get_default_dtype():
+    return _default_float
+
+
+# ---- printing (torch.set_printoptions) -------------------------------------------------------
+_print_options = {}
+_PRINT_PROFILES = {"default": dict(precision=4, threshold=1000, edgeitems=3, linewidth=80),
+                   "short": dict(precision=2, threshold=1000, edgeitems=2, linewidth=80),
+                   "full": dict(precision=4, threshold=2 ** 63 - 1, edgeitems=3, linewidth=80)}
+
+
+def set_printoptions(precision=None, threshold=None, edgeitems=None, linewidth=None, profile=None,
+                     sci_mode=None):
+    """How ``repr`` shows tensor values (torch's names); ``None`` leaves a setting unchanged."""
+    if profile is not None:
+        if profile not in _PRINT_PROFILES:
+            raise ValueError(f"set_printoptions: unknown profile {profile!r}")
+        _print_options.clear()
+        _print_options.update(_PRINT_PROFILES[profile])
+    for key, value in (("precision", precision), ("threshold", threshold), ("edgeitems", edgeitems),
+                       ("max_line_width", linewidth)):
+        if value is not None:
+            _print_options[key] = value
+    if "linewidth" in _print_options:
+        _print_options["max_line_width"] = _print_options.pop("linewidth")
+    if sci_mode is not None:
+        _print_options["suppress_small"] = not sci_mode
+        _print_options["floatmode"] = "maxprec"
 
 
 def _default_dtype_array(data, dtype, xp):
@@ -62,7 +162,7 @@ def _default_dtype_array(data, dtype, xp):
     arr = xp.asarray(data)
     if not hasattr(data, "dtype"):  # Python numbers and lists
         if arr.dtype == numpy.float64:
-            arr = arr.astype(numpy.float32)
+            arr = arr.astype(_default_float)
         elif arr.dtype.kind in "iu":
             arr = arr.astype(numpy.int64)
     return arr
@@ -104,17 +204,32 @@ class Tensor:
     shape = property(lambda self: self.data.shape)
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)
-    size = property(lambda self: self.data.size)
     device = property(lambda self: backend.device_of(self.data))
     is_leaf = property(lambda self: self.creator is None)
     _version = property(lambda self: 0 if self._vc is None else self._vc[0])
+
+    def size(self, dim=None):
+        """The shape as a ``Size`` (a tuple), or one dim's length: ``x.size()``, ``x.size(0)``, as PyTorch."""
+        if dim is None:
+            return Size(self.data.shape)
+        if self.data.ndim == 0:
+            raise IndexError(f"dimension specified as {dim} but tensor has no dimensions")
+        return self.data.shape[ops._dim(dim, self.data.ndim)]
+
+    def numel(self):
+        """The number of elements."""
+        return self.data.size
+
+    def dim(self):
+        """The number of dims (``ndim``)."""
+        return self.data.ndim
 
     def __len__(self):
         return len(self.data)
 
     def __repr__(self):
-        body = numpy.array2string(self.numpy(), separator=", ", prefix="tensor(")
-        extra = "" if self.dtype == numpy.float32 else f", dtype={self.dtype}"
+        body = numpy.array2string(self.numpy(), separator=", ", prefix="tensor(", **_print_options)
+        extra = "" if self.dtype in (numpy.float32, _default_float) else f", dtype={self.dtype}"
         extra += "" if self.device == "cpu" else ", device='cuda'"
         if self.creator is not None:
             extra += f", grad_fn=<{self.creator.name}>"
@@ -175,7 +290,7 @@ class Tensor:
 
     def item(self):
         _host_sync("item()")
-        if self.size != 1:
+        if self.data.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
         return self.data.reshape(()).item() if self.device == "cpu" else self.numpy().reshape(()).item()
 
@@ -188,11 +303,18 @@ class Tensor:
         t._vc = self._version_box()
         return t
 
-    def to(self, target):
-        """``to('cpu'|'cuda')`` moves; ``to(dtype)`` casts. Both are differentiable."""
-        if target in ("cpu", "cuda"):
-            return ops.to_device(self, target)
-        return ops.astype(self, target)
+    def to(self, *args, **kwargs):
+        """``to('cpu'|'cuda')`` moves; ``to(dtype)`` casts; also ``to(device, dtype)``, ``to(other)``
+        and the keywords ``device=``, ``dtype=`` (``non_blocking``/``copy`` accepted). Differentiable."""
+        device, dtype, copy = _to_args(args, kwargs)
+        out = self
+        if dtype is not None:
+            out = ops.astype(out, dtype)
+        if device is not None:
+            out = ops.to_device(out, device)
+        if copy and out is self:
+            out = ops.clone(self)
+        return out
 
     def cpu(self):
         return self.to("cpu")
@@ -216,7 +338,7 @@ class Tensor:
             raise RuntimeError("backward(): this tensor does not require grad and has no grad_fn; "
                                "make an input require grad (requires_grad=True) before computing it")
         if gradient is None:
-            if self.size != 1:
+            if self.data.size != 1:
                 raise RuntimeError(f"backward(): gradient can only be implicit for scalar outputs; this "
                                    f"tensor has shape {self.shape}, so pass backward(gradient) of that shape")
             gradient = Tensor._wrap(backend.xp_of(self.data).ones_like(self.data))
@@ -259,7 +381,7 @@ class Tensor:
 
     def __bool__(self):
         _host_sync("bool() (data-dependent Python control flow)")
-        if self.size != 1:
+        if self.data.size != 1:
             raise RuntimeError(f"the truth value of a tensor with shape {self.shape} is ambiguous")
         return bool(self.item())
 
@@ -278,23 +400,256 @@ class Tensor:
     def matmul(self, o): return ops.matmul(self, o)
     def sum(self, axis=None, keepdims=False, **kw): return ops.sum(self, axis, keepdims, **kw)
     def mean(self, axis=None, keepdims=False, **kw): return ops.mean(self, axis, keepdims, **kw)
-    def var(self, axis=None, keepdims=False, correction=1, **kw): return ops.var(self, axis, keepdims, correction, **kw)
-    def std(self, axis=None, keepdims=False, correction=1, **kw): return ops.sqrt(ops.var(self, axis, keepdims, correction, **kw))
+    def var(self, dim=None, unbiased=None, keepdim=False, **kw): return ops.var(self, dim, unbiased, keepdim, **kw)
+    def std(self, dim=None, unbiased=None, keepdim=False, **kw): return ops.std(self, dim, unbiased, keepdim, **kw)
     def max(self, axis=None, keepdims=False, **kw): return ops.max(self, axis, keepdims, **kw)
     def min(self, axis=None, keepdims=False, **kw): return ops.min(self, axis, keepdims, **kw)
-    def argmax(self, axis=None, keepdims=False): return ops.argmax(self, axis, keepdims)
-    def argmin(self, axis=None, keepdims=False): return ops.argmin(self, axis, keepdims)
+    def argmax(self, dim=None, keepdim=False, **kw): return ops.argmax(self, dim, keepdim, **kw)
+    def argmin(self, dim=None, keepdim=False, **kw): return ops.argmin(self, dim, keepdim, **kw)
     def reshape(self, *shape): return ops.reshape(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
     view = reshape
     def flatten(self, start_dim=0, end_dim=-1): return ops.flatten(self, start_dim, end_dim)
     def transpose(self, *axes): return ops.transpose(self, *axes)
     def permute(self, *axes): return ops.permute(self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else axes)
-    def squeeze(self, axis=None): return ops.squeeze(self, axis)
-    def unsqueeze(self, axis): return ops.unsqueeze(self, axis)
+    def squeeze(self, *dims, **kw): return ops.squeeze(self, dims[0] if len(dims) == 1 else (dims or None), **kw)
+    def unsqueeze(self, dim=None, **kw): return ops.unsqueeze(self, dim, **kw)
     def broadcast_to(self, shape): return ops.broadcast_to(self, shape)
     def expand(self, *shape): return ops.broadcast_to(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
     def sum_to(self, shape): return ops.sum_to(self, shape)
     def astype(self, dtype): return ops.astype(self, dtype)
+
+    # ==== API breadth (issue 13): the everyday torch.Tensor methods ==========================
+    def dim(self): return self.data.ndim
+    ndimension = dim
+    def numel(self): return int(self.data.size)
+    def nelement(self): return int(self.data.size)
+    def element_size(self): return self.data.dtype.itemsize
+    grad_fn = property(lambda self: self.creator)
+    is_cuda = property(lambda self: self.device == "cuda")
+    def is_floating_point(self): return self.dtype.kind == "f" or self.dtype.name == "bfloat16"
+    def clone(self): return ops.clone(self)
+    def long(self): return ops.astype(self, numpy.int64)
+    def int(self): return ops.astype(self, numpy.int32)
+    def bool(self): return ops.astype(self, numpy.bool_)
+    def half(self): return ops.astype(self, numpy.float16)
+
+    def bfloat16(self):
+        import ml_dtypes
+        return ops.astype(self, ml_dtypes.bfloat16)
+
+    def type(self, dtype=None):
+        """No argument: the torch type name ('torch.FloatTensor'); with a dtype: a cast."""
+        if dtype is None:
+            name = _TYPE_NAMES.get(self.dtype.name, self.dtype.name)
+            return f"torch.{'cuda.' if self.device == 'cuda' else ''}{name}"
+        return ops.astype(self, _TYPE_BY_NAME.get(dtype, dtype) if isinstance(dtype, str) else dtype)
+
+    def view_as(self, other): return ops.reshape(self, other.shape)
+    def reshape_as(self, other): return ops.reshape(self, other.shape)
+    def expand_as(self, other): return ops.broadcast_to(self, other.shape)
+    def contiguous(self): return ops.contiguous(self)
+    def is_contiguous(self): return bool(self.data.flags.c_contiguous)
+    def pow(self, e): return ops.pow(self, e)
+    def neg(self): return ops.neg(self)
+    negative = neg
+    def add(self, o, alpha=1): return ops.add(self, o if alpha == 1 else o * alpha)
+    def sub(self, o, alpha=1): return ops.sub(self, o if alpha == 1 else o * alpha)
+    def mul(self, o): return ops.mul(self, o)
+    multiply = mul
+    def div(self, o, rounding_mode=None): return ops.true_divide(self, o, rounding_mode)
+    divide = div
+    def true_divide(self, o): return ops.true_divide(self, o)
+    def remainder(self, o): return ops.remainder(self, o)
+    def floor_divide(self, o): return ops.floor_divide(self, o)
+
+    def relu(self):
+        from gradflow import activation
+        return activation.relu(self)
+
+    def sigmoid(self):
+        from gradflow import activation
+        return activation.sigmoid(self)
+
+    def tanh(self):
+        from gradflow import activation
+        return activation.tanh(self)
+
+    def softmax(self, dim):
+        from gradflow import activation
+        return activation.softmax(self, dim)
+
+    def log_softmax(self, dim):
+        from gradflow import activation
+        return activation.log_softmax(self, dim)
+
+    def exp2(self): return ops.exp2(self)
+    def sin(self): return ops.sin(self)
+    def cos(self): return ops.cos(self)
+    def floor(self): return ops.floor(self)
+    def ceil(self): return ops.ceil(self)
+    def trunc(self): return ops.trunc(self)
+    def round(self, decimals=0): return ops.round(self, decimals=decimals)
+    def sign(self): return ops.sign(self)
+    def rsqrt(self): return ops.rsqrt(self)
+    def log2(self): return ops.log2(self)
+    def log10(self): return ops.log10(self)
+    def square(self): return ops.mul(self, self)
+    def eq(self, o): return ops.compare(self, o, "equal")
+    def ne(self, o): return ops.compare(self, o, "not_equal")
+    def lt(self, o): return ops.compare(self, o, "less")
+    def le(self, o): return ops.compare(self, o, "less_equal")
+    def gt(self, o): return ops.compare(self, o, "greater")
+    def ge(self, o): return ops.compare(self, o, "greater_equal")
+    def equal(self, o): return ops.equal(self, o)
+    def allclose(self, o, rtol=1e-05, atol=1e-08, equal_nan=False): return ops.allclose(self, o, rtol, atol, equal_nan)
+    def isclose(self, o, rtol=1e-05, atol=1e-08, equal_nan=False): return ops.isclose(self, o, rtol, atol, equal_nan)
+    def all(self, dim=None, keepdim=False): return ops.reduce_all(self, dim, keepdim)
+    def any(self, dim=None, keepdim=False): return ops.reduce_any(self, dim, keepdim)
+    def isnan(self): return ops.isnan(self)
+    def isinf(self): return ops.isinf(self)
+    def isfinite(self): return ops.isfinite(self)
+    def logical_not(self): return ops.logical_not(self)
+    def t(self): return ops.t(self)
+    def repeat(self, *sizes): return ops.repeat(self, *sizes)
+    def flip(self, *dims): return ops.flip(self, dims[0] if len(dims) == 1 and not isinstance(dims[0], int) else dims)
+    def roll(self, shifts, dims=None): return ops.roll(self, shifts, dims)
+    def masked_fill(self, mask, value): return ops.masked_fill(self, mask, value)
+    def gather(self, dim, index): return ops.gather(self, dim, index)
+    def scatter(self, dim, index, src=None, value=None, reduce=None): return ops.scatter(self, dim, index, src, value, reduce)
+    def scatter_add(self, dim, index, src): return ops.scatter_add(self, dim, index, src)
+    def topk(self, k, dim=-1, largest=True, sorted=True): return ops.topk(self, k, dim, largest, sorted)
+    def sort(self, dim=-1, descending=False, stable=False): return ops.sort(self, dim, descending, stable)
+    def argsort(self, dim=-1, descending=False, stable=False): return ops.argsort(self, dim, descending, stable)
+    def cumsum(self, dim, dtype=None): return ops.cumsum(self, dim, dtype)
+    def cumprod(self, dim, dtype=None): return ops.cumprod(self, dim, dtype)
+    def prod(self, dim=None, keepdim=False, dtype=None): return ops.prod(self, dim, keepdim, dtype)
+    def norm(self, p="fro", dim=None, keepdim=False, dtype=None): return ops.norm(self, p, dim, keepdim, dtype)
+    def tril(self, diagonal=0): return ops.tril(self, diagonal)
+    def triu(self, diagonal=0): return ops.triu(self, diagonal)
+    def chunk(self, chunks, dim=0): return ops.chunk(self, chunks, dim)
+    def split(self, split_size, dim=0): return ops.split(self, split_size, dim)
+    def unbind(self, dim=0): return ops.unbind(self, dim)
+    def logsumexp(self, dim, keepdim=False): return ops.logsumexp(self, dim, keepdim)
+    def lerp(self, end, weight): return ops.lerp(self, end, weight)
+    def clamp_min(self, min): return ops.clamp(self, min=min)
+    def clamp_max(self, max): return ops.clamp(self, max=max)
+    def __and__(self, o): return ops.bitwise_and(self, o)
+    def __rand__(self, o): return ops.bitwise_and(o, self)
+    def __or__(self, o): return ops.bitwise_or(self, o)
+    def __ror__(self, o): return ops.bitwise_or(o, self)
+    def __xor__(self, o): return ops.bitwise_xor(self, o)
+    def __rxor__(self, o): return ops.bitwise_xor(o, self)
+    def __invert__(self): return ops.bitwise_not(self)
+    def __mod__(self, o): return ops.remainder(self, o)
+    def __rmod__(self, o): return ops.remainder(o, self)
+    def __floordiv__(self, o): return ops.floor_divide(self, o)
+    def __rfloordiv__(self, o): return ops.floor_divide(o, self)
+
+    # in place: versioned, refused where the tape could not account for them (as torch)
+    def zero_(self): return ops.zero_(self)
+    def fill_(self, value): return ops.fill_(self, value)
+    def add_(self, o, alpha=1): return ops.add_(self, o, alpha)
+    def sub_(self, o, alpha=1): return ops.sub_(self, o, alpha)
+    def mul_(self, o): return ops.mul_(self, o)
+    def div_(self, o): return ops.div_(self, o)
+    def copy_(self, src, non_blocking=False): return ops.copy_(self, src)
+    def clamp_(self, min=None, max=None): return ops.clamp_(self, min, max)
+    clip_ = clamp_
+    def normal_(self, mean=0.0, std=1.0, generator=None): return ops.normal_(self, mean, std, generator)
+    def uniform_(self, a=0.0, b=1.0, generator=None): return ops.uniform_(self, a, b, generator)
+
+    def __dlpack__(self, *args, **kwargs):
+        """Export without a copy (torch.from_dlpack(x), numpy.from_dlpack(x), cupy.from_dlpack(x))."""
+        if self.requires_grad:
+            raise RuntimeError("Can't export tensors that require gradient, use tensor.detach()")
+        return self.data.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self.data.__dlpack_device__()
+
+    def register_hook(self, hook):
+        """Call ``hook(grad)`` with this tensor's gradient during backward; a non-None return replaces it."""
+        if not self.requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
+        if "_hooks" not in self.__dict__:
+            self._hooks = {}
+        handle = RemovableHandle(self._hooks)
+        self._hooks[handle.id] = hook
+        return handle
+
+
+_TYPE_NAMES = {"float32": "FloatTensor", "float64": "DoubleTensor", "float16": "HalfTensor",
+               "bfloat16": "BFloat16Tensor", "int64": "LongTensor", "int32": "IntTensor", "int16": "ShortTensor",
+               "int8": "CharTensor", "uint8": "ByteTensor", "bool": "BoolTensor"}
+_TYPE_BY_NAME = {f"torch.{v}": k for k, v in _TYPE_NAMES.items()}
+
+
+def _device_name(device):
+    """'cpu', 'cuda', 'cuda:0' or a ``gradflow.device`` as gradflow's device string."""
+    name = str(getattr(device, "type", device))
+    if name.startswith("cuda:"):
+        index = name.partition(":")[2]
+        if index not in ("0", ""):
+            raise ValueError(f"device {name!r}: gradflow uses one GPU per process (cuda:0)")
+        name = "cuda"
+    return backend.check_device(name)
+
+
+def _is_device(value):
+    return isinstance(value, str) and (value in ("cpu", "cuda") or value.startswith("cuda:")) or \
+        hasattr(value, "type") and isinstance(getattr(value, "type"), str)
+
+
+def _to_args(args, kwargs):
+    """Parse ``Tensor.to``'s overloads into (device or None, dtype or None, copy)."""
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    copy = bool(kwargs.pop("copy", False))
+    kwargs.pop("non_blocking", None)
+    kwargs.pop("memory_format", None)
+    if kwargs:
+        raise TypeError(f"to() got unexpected keyword arguments {sorted(kwargs)}")
+    for a in args:
+        if isinstance(a, Tensor):
+            device, dtype = a.device, a.dtype
+        elif _is_device(a):
+            device = a
+        elif isinstance(a, bool):
+            continue  # to(dtype, non_blocking)
+        elif a is not None:
+            dtype = a
+    if device is not None:
+        device = _device_name(device)
+    return device, (None if dtype is None else numpy.dtype(dtype)), copy
+
+
+class RemovableHandle:
+    """What ``register_hook``/``register_forward_hook`` return: ``remove()`` unregisters the hook."""
+    _next = itertools.count()
+
+    def __init__(self, registry):
+        self._registry = registry
+        self.id = next(RemovableHandle._next)
+
+    def remove(self):
+        self._registry.pop(self.id, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+def _run_hooks(t, g):
+    for hook in list(t._hooks.values()):
+        out = hook(g)
+        if out is not None:
+            if not isinstance(out, Tensor):
+                raise TypeError(f"a tensor hook must return a Tensor or None, got {type(out).__name__}")
+            if out.shape != g.shape:
+                raise RuntimeError(f"a tensor hook returned a gradient of shape {out.shape}, expected {g.shape}")
+            g = out
+    return g
 
 
 class _HookHandle:
@@ -328,6 +683,20 @@ def as_tensor(value, like=None):
     if like is not None and not hasattr(value, "shape"):
         return Tensor._wrap(backend.xp_of(like.data).asarray(value, dtype=like.dtype))
     return Tensor(value)
+
+
+class Size(tuple):
+    """A shape, as ``torch.Size``: a tuple of ints with ``numel()``."""
+    __slots__ = ()
+
+    def numel(self):
+        n = 1
+        for s in self:
+            n *= s
+        return n
+
+    def __repr__(self):
+        return f"gradflow.Size({list(self)})"
 
 
 class Function:
@@ -491,6 +860,7 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
         target_outputs = {(id(t.creator), t._index): id(t) for t in targets if t.creator is not None}
     assigned = set()  # arrays already handed to a leaf's .grad in this pass
     hooked = _hooked_edges(roots) if _hooked_leaves and targets is None else None
+    hooked_leaves = {}  # id -> (leaf with tensor hooks, its summed gradient): hooked once, at the end
 
     def deliver(x, gx):
         if gx.dtype != x.dtype:
@@ -509,6 +879,9 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
             if id(x) in results:
                 prev = results[id(x)]
                 results[id(x)] = gx if prev is None else prev + gx
+        elif "_hooks" in x.__dict__ and x._hooks:  # hooked leaf: sum first, hook once at the end
+            prev = hooked_leaves.get(id(x))
+            hooked_leaves[id(x)] = (x, gx if prev is None else prev[1] + gx)
         else:
             _accumulate_leaf(x, gx, create_graph, assigned)
             if hooked is not None and id(x) in hooked:
@@ -521,6 +894,12 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
     try:
         results = _walk(roots, grads, targets, target_outputs if targets is not None else None, results, deliver,
                         heap, pending, retain_graph, create_graph, hooked)
+        if hooked_leaves:
+            with enable_grad() if create_graph else no_grad():
+                for x, gx in hooked_leaves.values():
+                    _accumulate_leaf(x, _run_hooks(x, gx), create_graph, assigned)
+                    if hooked is not None and hooked.pop(id(x), None) is not None:
+                        _fire_post_accumulate_hooks(x)
     except BaseException:
         _backward_depth -= 1
         if _backward_depth == 0:
@@ -556,6 +935,8 @@ def _walk(roots, grads, targets, target_outputs, results, deliver, heap, pending
                     gys[i] = Tensor._wrap(xp.zeros(shape, dtype=dtype))
                 else:
                     ref = fn.outputs[i]()
+                    if ref is not None and "_hooks" in ref.__dict__ and ref._hooks:
+                        g = gys[i] = _run_hooks(ref, g)
                     if ref is not None and ref._retain_grad:
                         ref.grad = g if create_graph else g.detach()
                 if targets is not None and (id(fn), i) in target_outputs:
@@ -656,7 +1037,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
         if not y.requires_grad:
             raise RuntimeError("grad(): an output does not require grad; nothing to differentiate")
         if g is None:
-            if y.size != 1:
+            if y.data.size != 1:
                 raise RuntimeError(f"grad(): grad_outputs is needed for a non-scalar output of shape {y.shape}")
             g = Tensor._wrap(backend.xp_of(y.data).ones_like(y.data))
         gs.append(as_tensor(g, like=y))
@@ -673,7 +1054,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
             raise RuntimeError("grad(): one of the inputs was not used to compute the outputs; "
                                "pass allow_unused=True to get None for it")
         out.append(g if g is None or create_graph else g.detach())
-    return out[0] if single_in else tuple(out)
+    return tuple(out)  # always a tuple, as torch.autograd.grad: ``g, = grad(loss, x)``
 
 
 from gradflow import ops  # noqa: E402  (ops needs Tensor and Function defined first)

@@ -13,20 +13,21 @@ template <typename T> GF_FN T gf_sigmoid_grad(T y, T g) { return g * (T(1) - y) 
 
 template <typename T> GF_FN T gf_tanh_grad(T y, T g) { return g * (T(1) - y * y); }
 
-// relu(NaN) is NaN and the kink x = 0 gets gradient 0, as in torch.
-template <typename T> GF_FN T gf_relu(T x) { return x <= T(0) ? T(0) : x; }
-template <typename T> GF_FN bool gf_relu_mask(T x) { return !(x <= T(0)); }
+// relu(NaN) is NaN and the kink x = 0 gets gradient 0, as in torch; a positive subnormal
+// passes (gf_le0/gf_gt0 do not flush, see common.cuh).
+template <typename T> GF_FN T gf_relu(T x) { return gf_le0(x) ? T(0) : x; }
+template <typename T> GF_FN bool gf_relu_mask(T x) { return !gf_le0(x); }
 
-template <typename T> GF_FN T gf_leaky_relu(T x, T slope) { return x > T(0) ? x : x * slope; }
+template <typename T> GF_FN T gf_leaky_relu(T x, T slope) { return gf_gt0(x) ? x : x * slope; }
 
 // g * (mask ? a : b): the backward of relu (1, 0), leaky_relu (1, slope), dropout
 // (1/(1-p), 0) and noisy_relu (1, 0). Linear in g, so it is also its own backward.
 template <typename T> GF_FN T gf_mask_scale(bool mask, T g, T a, T b) { return g * (mask ? a : b); }
 
 // prelu with a per-channel slope w (broadcast by the caller).
-template <typename T> GF_FN T gf_prelu(T x, T w) { return x > T(0) ? x : w * x; }
-template <typename T> GF_FN T gf_prelu_grad_x(T x, T w, T g) { return x > T(0) ? g : w * g; }
-template <typename T> GF_FN T gf_prelu_grad_w(T x, T g) { return x > T(0) ? T(0) : x * g; }
+template <typename T> GF_FN T gf_prelu(T x, T w) { return gf_gt0(x) ? x : w * x; }
+template <typename T> GF_FN T gf_prelu_grad_x(T x, T w, T g) { return gf_gt0(x) ? g : w * g; }
+template <typename T> GF_FN T gf_prelu_grad_w(T x, T g) { return gf_gt0(x) ? T(0) : x * g; }
 
 // ELU family: x <= 0 ? neg * expm1(x) : pos * x, with (neg, pos) = (alpha, 1) for elu and
 // (alpha * scale, scale) for selu; neg is folded on the host like torch's negcoef.

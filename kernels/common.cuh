@@ -14,6 +14,7 @@
 #define GF_FN __device__ __forceinline__
 #else
 #include <math.h>
+#include <string.h>
 #define GF_FN inline
 #endif
 
@@ -44,10 +45,39 @@ template <> inline float gf_inf<float>() { return INFINITY; }
 template <> inline double gf_inf<double>() { return (double)INFINITY; }
 #endif
 
+// Sign tests that see subnormals. CuPy compiles every kernel with -ftz=true, which makes
+// float comparisons flush subnormal operands to zero (x > 0 is false for x = 1e-45f);
+// PyTorch and NumPy do not flush, and masks such as relu's must match them bit for bit.
+// So float sign tests read the bits (integer compares never flush); double is never flushed.
+GF_FN int gf_float_bits(float x) {
+#ifdef GF_DEVICE_BUILD
+  return __float_as_int(x);
+#else
+  int b;
+  memcpy(&b, &x, sizeof b);
+  return b;
+#endif
+}
+GF_FN bool gf_gt0(float x) {  // x > 0: +0 and NaN excluded, +inf included
+  const int b = gf_float_bits(x);
+  return b > 0 && b <= 0x7f800000;
+}
+GF_FN bool gf_gt0(double x) { return x > 0.0; }
+GF_FN bool gf_lt0(float x) {  // x < 0: -0 and NaN excluded
+  const int b = gf_float_bits(x), m = b & 0x7fffffff;
+  return b < 0 && m != 0 && m <= 0x7f800000;
+}
+GF_FN bool gf_lt0(double x) { return x < 0.0; }
+GF_FN bool gf_le0(float x) {  // x <= 0: NaN excluded
+  const int m = gf_float_bits(x) & 0x7fffffff;
+  return !gf_gt0(x) && m <= 0x7f800000;
+}
+GF_FN bool gf_le0(double x) { return x <= 0.0; }
+
 // NaN-propagating max, like torch.maximum (fmax would drop the NaN).
 template <typename T> GF_FN T gf_max(T a, T b) { return (a != a || a > b) ? a : b; }
 
 // sign(x) in {-1, 0, +1}; NaN stays NaN, like numpy.sign and torch.sign.
-template <typename T> GF_FN T gf_sign(T x) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : x); }
+template <typename T> GF_FN T gf_sign(T x) { return gf_gt0(x) ? T(1) : (gf_lt0(x) ? T(-1) : x); }
 
 #endif  // GF_COMMON_CUH

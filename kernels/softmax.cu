@@ -67,16 +67,17 @@ __device__ void gf_rows(const T* a, const T* b, T* out, long long rows, long lon
 }
 
 template <typename T>
-__device__ void gf_xent_rows(const T* logits, const long long* target, T* loss, T* lse, long long rows,
-                             long long cols, long long ignore_index) {
+__device__ void gf_xent_rows(const T* logits, const long long* target, T* loss, T* shift, T* logsum,
+                             long long rows, long long cols, long long ignore_index) {
   for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* x = logits + row * cols;
     GfRowState<T> st = gf_row_partial<GfSoftmaxStats<T> >(x, x, cols, threadIdx.x, blockDim.x);
     st = gf_block_combine<GfSoftmaxStats<T> >(st);
     if (threadIdx.x == 0) {
-      const T l = gf_logsumexp(st);
-      lse[row] = l;
-      loss[row] = gf_xent_loss(l, x, target[row], cols, ignore_index);
+      const T logs = gf_log(st.s);
+      shift[row] = st.m;
+      logsum[row] = logs;
+      loss[row] = gf_xent_loss(st.m, logs, x, target[row], cols, ignore_index);
     }
   }
 }
@@ -107,13 +108,15 @@ void gf_rows(const T* a, const T* b, T* out, long long rows, long long cols) {
 }
 
 template <typename T>
-void gf_xent_rows(const T* logits, const long long* target, T* loss, T* lse, long long rows, long long cols,
-                  long long ignore_index) {
+void gf_xent_rows(const T* logits, const long long* target, T* loss, T* shift, T* logsum, long long rows,
+                  long long cols, long long ignore_index) {
   for (long long row = 0; row < rows; ++row) {
     const T* x = logits + row * cols;
-    const T l = gf_logsumexp(gf_host_combine<GfSoftmaxStats<T> >(x, x, cols));
-    lse[row] = l;
-    loss[row] = gf_xent_loss(l, x, target[row], cols, ignore_index);
+    const GfRowState<T> st = gf_host_combine<GfSoftmaxStats<T> >(x, x, cols);
+    const T logs = gf_log(st.s);
+    shift[row] = st.m;
+    logsum[row] = logs;
+    loss[row] = gf_xent_loss(st.m, logs, x, target[row], cols, ignore_index);
   }
 }
 
@@ -132,9 +135,10 @@ void gf_xent_rows(const T* logits, const long long* target, T* loss, T* lse, lon
   GF_ROWS_ENTRY(gf_log_softmax_fwd, GfLogSoftmaxFwd, T, SUFFIX)                                  \
   GF_ROWS_ENTRY(gf_softmax_bwd, GfSoftmaxBwd, T, SUFFIX)                                         \
   GF_ROWS_ENTRY(gf_log_softmax_bwd, GfLogSoftmaxBwd, T, SUFFIX)                                  \
-  GF_ENTRY void gf_xent_fwd_##SUFFIX(const T* logits, const long long* target, T* loss, T* lse,  \
-                                     long long rows, long long cols, long long ignore_index) {   \
-    gf_xent_rows<T>(logits, target, loss, lse, rows, cols, ignore_index);                        \
+  GF_ENTRY void gf_xent_fwd_##SUFFIX(const T* logits, const long long* target, T* loss, T* shift, \
+                                     T* logsum, long long rows, long long cols,                   \
+                                     long long ignore_index) {                                    \
+    gf_xent_rows<T>(logits, target, loss, shift, logsum, rows, cols, ignore_index);               \
   }
 
 GF_SOFTMAX_ENTRIES(float, f32)

@@ -37,7 +37,6 @@ template <typename T> struct GfSoftmaxStats {
   }
 };
 
-template <typename T> GF_FN T gf_logsumexp(GfRowState<T> st) { return st.m + gf_log(st.s); }
 
 // softmax forward: exp(x - max) / sum
 template <typename T> struct GfSoftmaxFwd : GfSoftmaxStats<T> {
@@ -66,21 +65,25 @@ template <typename T> struct GfLogSoftmaxBwd : GfRowSum<T> {
   static GF_FN T map(GfRowState<T> st, T y, T g) { return g - gf_exp(y) * st.s; }
 };
 
-// Cross-entropy loss of one row from its statistics: lse - x[target]; 0 for ignored
-// rows, NaN for a target outside [0, cols) (a GPU kernel cannot raise).
+// Cross-entropy loss of one row from its statistics (m = row max, logs = log of the sum
+// of exp(x - m)): (m - x[target]) + logs, as -log_softmax; 0 for ignored rows, NaN for a
+// target outside [0, cols) (a GPU kernel cannot raise). m and logs are kept apart, never
+// folded into one log-sum-exp, so large logits lose no precision (m + logs would be
+// rounded at the magnitude of m).
 template <typename T>
-GF_FN T gf_xent_loss(T lse, const T* row, long long target, long long cols, long long ignore_index) {
+GF_FN T gf_xent_loss(T m, T logs, const T* row, long long target, long long cols, long long ignore_index) {
   if (target == ignore_index) return T(0);
   if (target < 0 || target >= cols) return T(0) * gf_inf<T>();  // NaN
-  return lse - row[target];
+  return (m - row[target]) + logs;
 }
 
-// d loss / d logits for one element: (softmax - onehot) * w, w the row's upstream
-// gradient already divided by the mean's count; ignored rows get 0.
+// d loss / d logits for one element: (softmax - onehot) * w, softmax = exp((x - m) - logs)
+// (x - m is exact near the max), w the row's upstream gradient already divided by the
+// mean's count; ignored rows get 0.
 template <typename T>
-GF_FN T gf_xent_grad(T x, T lse, long long target, long long col, T w, long long ignore_index) {
+GF_FN T gf_xent_grad(T x, T m, T logs, long long target, long long col, T w, long long ignore_index) {
   if (target == ignore_index) return T(0);
-  return (gf_exp(x - lse) - (col == target ? T(1) : T(0))) * w;
+  return (gf_exp((x - m) - logs) - (col == target ? T(1) : T(0))) * w;
 }
 
 #endif  // GF_SOFTMAX_CUH

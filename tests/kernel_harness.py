@@ -217,11 +217,13 @@ class HostLib:
         x = numpy.ascontiguousarray(x)
         target = numpy.ascontiguousarray(target, dtype=numpy.int64)
         loss = numpy.empty(x.shape[0], x.dtype)
-        lse = numpy.empty(x.shape[0], x.dtype)
+        m = numpy.empty(x.shape[0], x.dtype)
+        logs = numpy.empty(x.shape[0], x.dtype)
         fn = getattr(self.lib, f"gf_xent_fwd_{K.dtype_suffix(x.dtype)}")
-        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 3
-        fn(x.ctypes.data, target.ctypes.data, loss.ctypes.data, lse.ctypes.data, x.shape[0], x.shape[1], ignore_index)
-        return loss, lse
+        fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_longlong] * 3
+        fn(x.ctypes.data, target.ctypes.data, loss.ctypes.data, m.ctypes.data, logs.ctypes.data, x.shape[0],
+           x.shape[1], ignore_index)
+        return loss, m, logs
 
     def philox4x32_10(self, ctr, key):
         ctr = numpy.ascontiguousarray(ctr, dtype=numpy.uint32).reshape(-1, 4)

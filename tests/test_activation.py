@@ -86,9 +86,9 @@ def test_cross_entropy_gradcheck(reduction, shape):
 
 def test_third_order_through_ops():
     x = gf.Tensor(numpy.array([0.3, -1.2, 2.0]), requires_grad=True)
-    (g,) = [gf.grad(A.tanh(x).sum(), x, create_graph=True)]
-    (h,) = [gf.grad(g.sum(), x, create_graph=True)]
-    (k,) = [gf.grad(h.sum(), x)]
+    (g,) = gf.grad(A.tanh(x).sum(), x, create_graph=True)
+    (h,) = gf.grad(g.sum(), x, create_graph=True)
+    (k,) = gf.grad(h.sum(), x)
     th = numpy.tanh(x.numpy())
     numpy.testing.assert_allclose(k.numpy(), -2 * (1 - th ** 2) * (1 - 3 * th ** 2), rtol=1e-12)
 
@@ -184,7 +184,7 @@ def test_second_derivatives_match_torch(name):
     a = rng.standard_normal((3, 5)) * 2
     gy, v = rng.standard_normal((2, 3, 5))
     x, g = gf.Tensor(a, requires_grad=True), gf.Tensor(gy, requires_grad=True)
-    gx = gf.grad(fn(x), x, g, create_graph=True)
+    gx, = gf.grad(fn(x), x, g, create_graph=True)
     hx, hg = gf.grad(gx, [x, g], gf.Tensor(v))
     tx, tg = torch.tensor(a, requires_grad=True), torch.tensor(gy, requires_grad=True)
     tgx, = torch.autograd.grad(tfn(tx), tx, tg, create_graph=True)
@@ -253,7 +253,7 @@ def test_softmax_edge_cases():
     numpy.testing.assert_allclose(A.softmax(x).numpy(), [[0, 1, 0], [0.5, 0.5, 0]])
     assert A.softmax(gf.Tensor(numpy.array(3.0))).item() == 1.0
     assert A.softmax(gf.Tensor(numpy.zeros((2, 0)))).shape == (2, 0)
-    with pytest.raises(ValueError):
+    with pytest.raises(IndexError):
         A.softmax(x, axis=2)
     with pytest.raises(TypeError):
         A.softmax(gf.Tensor(numpy.array([1, 2])))
@@ -269,7 +269,7 @@ def test_dropout_mask_is_reproducible_and_matches_philox():
     y3 = A.dropout(x, 0.25)
     numpy.testing.assert_array_equal(y1.numpy(), y3.numpy())
     assert (y1.numpy() != y2.numpy()).any()
-    keep = philox.bits(123, 0, x.size).reshape(x.shape) >= philox.keep_threshold(0.25)
+    keep = philox.bits(123, 0, x.numel()).reshape(x.shape) >= philox.keep_threshold(0.25)
     numpy.testing.assert_array_equal(y1.numpy(), numpy.where(keep, numpy.float32(1 / 0.75), 0))
     fn = y1.creator
     mask, = fn.saved_tensors

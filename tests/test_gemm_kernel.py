@@ -59,7 +59,7 @@ def test_host_gemm_matches_numpy(host_gemm, dtype, tol, m, k, n, layout):
 @pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
 def test_gpu_gemm_matches_cublas(dtype):
     cp = gf.backend.cupy()
-    from gradflow.compile import gemm
+    from gradflow.gemm import gemm
     rng = numpy.random.default_rng(0)
     for m, k, n in [(128, 784, 128), (128, 128, 32), (33, 17, 65)]:
         a = cp.asarray(rng.standard_normal((m, k)).astype(dtype))

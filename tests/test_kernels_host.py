@@ -116,13 +116,33 @@ def test_cross_entropy_rows_match_numpy(host, dtype):
         x[0, 0] = 80
         t = rng.integers(0, cols, rows)
         t[1] = -100
-        loss, lse = host.xent(x, t, -100)
-        want_loss, want_lse = A._xent_rows_np(x, t, -100)
-        numpy.testing.assert_allclose(lse, want_lse, **tol)
+        loss, m, logs = host.xent(x, t, -100)
+        want_loss, want_m, want_logs = A._xent_rows_np(x, t, -100)
+        numpy.testing.assert_array_equal(m, want_m)
+        numpy.testing.assert_allclose(logs, want_logs, **tol)
         numpy.testing.assert_allclose(loss, want_loss, **tol)
         assert loss[1] == 0
-    loss, _ = host.xent(numpy.zeros((2, 3), dtype), numpy.array([3, -1]), -100)
+    loss, _, _ = host.xent(numpy.zeros((2, 3), dtype), numpy.array([3, -1]), -100)
     assert numpy.isnan(loss).all()  # out-of-range targets cannot raise on a GPU: they give NaN
+
+
+def test_cross_entropy_kernels_accurate_at_large_and_tied_logits(host):
+    """Row max and log-sum are kept apart: no rounding of a log-sum-exp at the logits' magnitude."""
+    x = numpy.array([[1e4, 1e4 + 1, 1e4 - 2, 1e4], [3e38, 3e38, 3e38, -3e38], [1e6, 1e6 + 0.5, 0, 1e6]],
+                    numpy.float32)
+    t = numpy.array([1, 2, 0])
+    loss, m, logs = host.xent(x, t, 2)  # ignore_index inside the class range
+    want_loss, want_m, want_logs = A._xent_rows_np(x, t, 2)
+    numpy.testing.assert_array_equal(m, want_m)
+    numpy.testing.assert_allclose(logs, want_logs, rtol=1e-6)
+    numpy.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+    assert loss[1] == 0
+    args = (x, m[:, None], logs[:, None], t[:, None], numpy.ones((3, 1), numpy.float32), 4, 2)
+    want = A._xent_bwd_np(*args)
+    e = numpy.exp(x[0].astype(numpy.float64) - x[0].max())
+    numpy.testing.assert_allclose(want[0] + numpy.eye(4)[1], e / e.sum(), rtol=1e-6)
+    assert (want[1] == 0).all()
+    numpy.testing.assert_allclose(host.elementwise("xent_bwd", *args), want, rtol=1e-6, atol=1e-7)
 
 
 # ---- Philox and dropout ---------------------------------------------------------------------------------
@@ -207,3 +227,28 @@ def test_system_headers_only_in_the_host_branch():
                 stack.pop()
             elif s.startswith("#include <"):
                 assert stack and stack[-1] == [device_if, True], f"{name}: {s} is not host-only"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_sign_masks_keep_subnormals_like_torch(host, dtype):
+    """A positive subnormal is > 0 for relu/leaky_relu/prelu masks, as in PyTorch (which does not flush).
+
+    The GPU build compiles with -ftz=true, so the kernels test the sign on the bits (gf_gt0/gf_le0);
+    test_kernels_nvrtc checks that their float32 PTX has no flushing comparison left.
+    """
+    torch = pytest.importorskip("torch")
+    tiny = numpy.finfo(dtype).tiny
+    x = numpy.array([tiny / 8, -tiny / 8, tiny, -tiny, 0.0, -0.0, numpy.nan, numpy.inf, -numpy.inf, 1.0], dtype)
+    t = torch.tensor(x, requires_grad=True)
+    torch.relu(t).sum().backward()
+    relu_mask = (t.grad.numpy() != 0) | numpy.isnan(x)  # torch's relu passes NaN through (mask kept)
+    t.grad = None
+    torch.nn.functional.leaky_relu(t, 0.25).sum().backward()
+    leaky_mask = t.grad.numpy() == 1
+    for got, want in [(host.elementwise("relu_fwd", x)[1], relu_mask), (A.relu_fwd(x)[1], relu_mask),
+                      (host.elementwise("leaky_relu_fwd", x, 0.25)[1], leaky_mask),
+                      (A.leaky_relu_fwd(x, 0.25)[1], leaky_mask)]:
+        numpy.testing.assert_array_equal(got, want)
+    assert relu_mask[0] and not relu_mask[1]  # the subnormal case itself
+    y = host.elementwise("relu_fwd", x)[0]
+    numpy.testing.assert_array_equal(y[:6], torch.relu(torch.tensor(x[:6])).numpy())  # subnormal passes unchanged

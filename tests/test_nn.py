@@ -361,7 +361,7 @@ def test_mlp_structure():
     model = nn.MLP([784, 128, 32, 10])
     kinds = [type(m).__name__ for m in model.layers]
     assert kinds == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
-    assert sum(p.size for p in model.parameters()) == 784 * 128 + 128 + 128 * 32 + 32 + 32 * 10 + 10
+    assert sum(p.numel() for p in model.parameters()) == 784 * 128 + 128 + 128 * 32 + 32 + 32 * 10 + 10
     assert model(gradflow.ones(3, 784)).shape == (3, 10)
     assert repr(model).startswith("MLP(\n  (layers): Sequential(\n    (0): Linear(in_features=784, out_features=128")
 
@@ -480,15 +480,17 @@ def test_l2_penalty_equals_sgd_weight_decay():
         assert numpy.allclose(p.numpy(), q.numpy(), atol=1e-6)
 
 
-def test_train_eval_switch_invalidates_compiled_steps():
+def test_train_eval_switch_changes_the_compiled_mode_key():
     import importlib
     compile_module = importlib.import_module("gradflow.compile")  # gradflow.compile is also a function
     model = nn.MLP([2, 2, 2], dropout=0.5)
-    epoch = compile_module._epoch
+    modes = compile_module._modes
     model.train()  # already training: nothing changes
-    assert compile_module._epoch == epoch
-    model.eval()
-    assert compile_module._epoch == epoch + 1
+    assert compile_module._modes == modes
+    model.eval()   # another mode state: compiled steps look up (or record) another plan
+    assert compile_module._modes != modes
+    model.train()  # back: the training plans recorded before are found again
+    assert compile_module._modes == modes
 
 
 def test_one_hot():

@@ -8,7 +8,7 @@ from gradflow import backend
 
 def test_properties_and_conversions():
     x = gf.tensor([[1.0, 2.0], [3.0, 4.0]])
-    assert x.shape == (2, 2) and x.ndim == 2 and x.size == 4 and x.dtype == numpy.float32
+    assert x.shape == (2, 2) and x.ndim == 2 and x.numel() == 4 and x.size() == (2, 2) and x.size(-1) == 2 and x.dtype == numpy.float32
     assert x.device == "cpu" and len(x) == 2
     host = x.numpy()
     host[0, 0] = 100
@@ -85,13 +85,13 @@ def test_import_without_gpu_falls_back_silently(capfd):
 
 @pytest.mark.gpu
 def test_gpu_roundtrip_and_mixed_device_error():
-    x = gf.tensor([1.0, 2.0], requires_grad=True)
+    x = gf.tensor([1.0, 2.0], device="cpu", requires_grad=True)  # explicit: on a GPU host the default is cuda
     y = x.cuda()
     assert y.device == "cuda"
     (y * y).sum().backward()
     assert x.grad.device == "cpu" and numpy.allclose(x.grad.numpy(), [2, 4])
     with pytest.raises(RuntimeError, match="different devices.*'cuda'.*'cpu'|different devices.*'cpu'.*'cuda'"):
-        y + gf.tensor([1.0, 1.0])
+        y + gf.tensor([1.0, 1.0], device="cpu")
 
 
 @pytest.mark.gpu

@@ -9,7 +9,7 @@ from collections import OrderedDict, namedtuple
 import numpy
 
 from gradflow import backend
-from gradflow.compile import invalidate, replay_as_call
+from gradflow.compile import invalidate, mode_switched, replay_as_call
 from gradflow.nn.utils import zero_grads
 from gradflow.tensor import Tensor
 
@@ -174,19 +174,21 @@ class Module:
     # ---- modes, devices, gradients ------------------------------------------------------------
     def train(self, mode=True):
         """Training mode (dropout active) or, with ``mode=False``, evaluation mode."""
-        changed = False
         for m in self.modules():
-            changed |= m.training != bool(mode)
+            if m.training != bool(mode):
+                mode_switched(m)  # compiled steps keep one recording per mode state
             object.__setattr__(m, "training", bool(mode))
-        if changed:
-            invalidate()  # compiled steps recorded in the other mode ran other ops
         return self
 
     def eval(self):
         return self.train(False)
 
     def _apply(self, convert):
-        """Replace every parameter's and buffer's data in place (the objects stay the same)."""
+        """Replace every parameter's and buffer's data in place (the objects stay the same).
+
+        Compiled plans hold the arrays being replaced, so every recording is dropped.
+        """
+        invalidate()
         for m in self.modules():
             for p in m._parameters.values():
                 if p is not None:

@@ -39,15 +39,15 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     else:
         norms = xp.stack([xp.linalg.norm(g.data.ravel(), norm_type) for g in grads])
         total = xp.linalg.norm(norms, norm_type)
-    total_value = float(total)
-    if error_if_nonfinite and not math.isfinite(total_value):
+    if error_if_nonfinite and not bool(xp.isfinite(total)):  # the one host read, only when asked for
         raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} of the gradients is "
-                           f"{total_value}; pass error_if_nonfinite=False to clip anyway")
-    coef = max_norm / (total_value + 1e-6)
-    if coef < 1.0:
-        for g in grads:
-            g.data *= g.data.dtype.type(coef)
-            g._bump_version()
+                           f"{float(total)}; pass error_if_nonfinite=False to clip anyway")
+    # on the device, as torch: coef = min(max_norm / (total + 1e-6), 1) in the norm's dtype, and
+    # every gradient is scaled by it (by 1 when nothing is clipped; NaN when the norm is NaN)
+    coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
+    for g in grads:
+        xp.multiply(g.data, coef.astype(g.data.dtype, copy=False), out=g.data)
+        g._bump_version()
     return Tensor._wrap(xp.asarray(total))
 
 

@@ -6,6 +6,8 @@ from gradflow.optim.optimizer import Optimizer
 class Adadelta(Optimizer):
     """Zeiler (2012); ``lr`` (default 1.0) scales the otherwise unit-free step."""
 
+    flat = True  # elementwise update: one fused call per group on flat buffers
+
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, *, maximize=False, l1=0):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize, l1=l1))
 

@@ -6,6 +6,8 @@ from gradflow.optim.optimizer import Optimizer
 class Adagrad(Optimizer):
     """Duchi et al. (2011): p -= lr / (1 + (t - 1) lr_decay) * g / (sqrt(sum g^2) + eps)."""
 
+    flat = True  # elementwise update: one fused call per group on flat buffers
+
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10, *,
                  maximize=False, l1=0):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,

@@ -7,6 +7,8 @@ class Adam(Optimizer):
     """Kingma & Ba (2015). ``weight_decay`` adds an L2 term to the gradient (coupled), unless
     ``decoupled_weight_decay=True``, which shrinks the weights directly (that is ``AdamW``)."""
 
+    flat = True  # elementwise update: one fused call per group on flat buffers
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
                  maximize=False, decoupled_weight_decay=False, l1=0):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,

@@ -7,6 +7,17 @@ updated and others not. Updates are in-place fused kernels from ``gradflow.optim
 ``step`` and ``zero_grad`` are ``replay_as_call``: a ``gradflow.compile``-d training step
 re-runs them as calls, so step counts and schedules stay exact under replay.
 
+Optimizers whose update is elementwise (``flat = True``: every built-in one) keep each
+group's parameters as views of one flat buffer (``fused.flat_buffer``), with gradients and
+state in flat buffers of the same layout, and update the whole group with one fused call
+(the multi-tensor path: one kernel launch per group on the GPU, one pass of NumPy ufuncs on
+the CPU). The rule is elementwise, so the result is bit for bit the per-parameter one. The
+layout is made when a group is added and remade if something replaces a parameter's array
+(``Module.to``) or loads new state; a group whose parameters differ in dtype or device,
+lack a gradient, or disagree in step counts takes the per-parameter path for that step.
+``p._grad_buffer`` is each parameter's own view of the flat gradient: a compiled step
+delivers gradients straight into it; eager gradients are copied in before the update.
+
 ``state_dict()`` follows PyTorch's layout: ``{'state': {index: {...}}, 'param_groups':
 [{..., 'params': [index, ...]}]}`` with parameters numbered in group order.
 """
@@ -15,6 +26,7 @@ import math
 
 from gradflow import backend
 from gradflow.compile import replay_as_call
+from gradflow.optim import fused
 from gradflow.nn.utils import zero_grads
 from gradflow.tensor import Tensor, enable_grad
 
@@ -31,13 +43,91 @@ def _fmt(value):
     return f"{value!r}"
 
 
+def _views(buffer, shapes):
+    views, start = [], 0
+    for shape in shapes:
+        size = 1
+        for n in shape:
+            size *= n
+        views.append(buffer[start:start + size].reshape(shape))
+        start += size
+    return views
+
+
+class _FlatGroup:
+    """One group's parameters, gradients and state as views of flat buffers of one layout."""
+
+    def __init__(self, params):
+        self.params = params
+        self.param_flat, self.param_views = fused.flat_buffer([p.data for p in params])
+        for p, view in zip(params, self.param_views):
+            p.data = view
+        self.grad_flat = backend.xp_of(self.param_flat).zeros_like(self.param_flat)
+        self.grad_views = _views(self.grad_flat, [p.shape for p in params])
+        for p, view in zip(params, self.grad_views):
+            p._grad_buffer = view  # the parameter's own gradient buffer (gradflow.compile delivers into it)
+        self.state = {}            # key -> (flat buffer, views)
+
+    @staticmethod
+    def possible(params):
+        first = params[0].data
+        return first.dtype.kind == "f" and all(
+            type(p.data) is type(first) and p.dtype == first.dtype and p.device == params[0].device for p in params)
+
+    def holds(self, params):
+        """Whether ``params`` (this step's, in order) are still the views of this layout."""
+        if len(params) != len(self.params):
+            return False
+        for p, q, view in zip(params, self.params, self.param_views):
+            if p is not q or p.data is not view:
+                return False
+        return True
+
+    def gather_grads(self):
+        for p, view in zip(self.params, self.grad_views):
+            g = p.grad.data
+            if g is not view:
+                view[...] = g
+
+    def state_for(self, states):
+        """The group's state as one dict of flat Tensors, or None when the parameters' states disagree."""
+        first = states[0]
+        flat = {}
+        for key, value in first.items():
+            if isinstance(value, Tensor):
+                held = self.state.get(key)
+                if held is None or any(s.get(key) is None or s[key].data is not v for s, v in zip(states, held[1])):
+                    for s, p in zip(states, self.params):
+                        v = s.get(key)
+                        if not isinstance(v, Tensor) or v.shape != p.shape or v.dtype != p.dtype or \
+                                type(v.data) is not type(p.data):
+                            return None
+                    buffer, views = fused.flat_buffer([s[key].data for s in states])
+                    for s, view in zip(states, views):
+                        s[key].data = view
+                    held = self.state[key] = (buffer, views)
+                flat[key] = Tensor._wrap(held[0])
+            else:
+                for s in states[1:]:
+                    if key not in s or isinstance(s[key], Tensor) or s[key] != value:
+                        return None
+                flat[key] = value
+        for s in states[1:]:
+            if s.keys() != first.keys():
+                return None
+        return flat
+
+
 class Optimizer:
     """Base class: subclasses set ``defaults`` and implement ``_init_state``, ``_update`` and ``_check_group``."""
+
+    flat = False  # True when ``_update`` is elementwise, so one call on flat buffers updates the whole group
 
     def __init__(self, params, defaults):
         self.defaults = defaults
         self.state = {}          # Parameter -> dict of state (Tensors and a step count)
         self.param_groups = []
+        self._flat = {}          # id(group) -> _FlatGroup
         if isinstance(params, Tensor):
             raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
                             "but got a Tensor; wrap it in a list")
@@ -82,6 +172,14 @@ class Optimizer:
             raise ValueError("some parameters appear in more than one parameter group (or twice in one)")
         self._check_group(group, f"param_groups[{len(self.param_groups)}]")
         self.param_groups.append(group)
+        self._relayout(group)
+
+    def _relayout(self, group):
+        params = group["params"]
+        if self.flat and params and _FlatGroup.possible(params):
+            self._flat[id(group)] = _FlatGroup(params)
+        else:
+            self._flat.pop(id(group), None)
 
     def _check_group(self, group, where):
         """Raise ValueError naming the hyperparameter when ``group`` holds an invalid value."""
@@ -137,10 +235,49 @@ class Optimizer:
         if closure is not None:
             with enable_grad():
                 loss = closure()
-        for p, group in self._prepare():
-            self._update(p, self.state[p], group)
-            p._bump_version()
+        work = self._prepare()
+        if self.flat:
+            self._step_groups(work)
+        else:
+            for p, group in work:
+                self._update(p, self.state[p], group)
+                p._bump_version()
         return loss
+
+    def _step_groups(self, work):
+        """The update of each group: one fused call on its flat buffers where it can, else per parameter."""
+        start = 0
+        while start < len(work):
+            group = work[start][1]
+            end = start + 1
+            while end < len(work) and work[end][1] is group:
+                end += 1
+            params = [p for p, _ in work[start:end]]
+            layout = self._flat.get(id(group))
+            if layout is not None and not layout.holds(params) and len(params) == len(group["params"]) \
+                    and _FlatGroup.possible(params):
+                self._relayout(group)  # a parameter's array was replaced (Module.to): lay the group out again
+                layout = self._flat.get(id(group))
+            states = [self.state[p] for p in params]
+            flat_state = layout.state_for(states) if layout is not None and layout.holds(params) else None
+            if flat_state is None:
+                for p, state in zip(params, states):
+                    self._update(p, state, group)
+            else:
+                layout.gather_grads()
+                whole = Tensor._wrap(layout.param_flat)
+                whole.grad = Tensor._wrap(layout.grad_flat)
+                self._update(whole, flat_state, group)
+                for key in states[0].keys() - flat_state.keys():  # popped by the update (SGD's "fresh")
+                    for state in states:
+                        del state[key]
+                for key, value in flat_state.items():
+                    if not isinstance(value, Tensor):
+                        for state in states:
+                            state[key] = value
+            for p in params:
+                p._bump_version()
+            start = end
 
     def _init_state(self, p, state, group):
         """Create any state ``p`` lacks (called on every step: must be cheap when it exists)."""

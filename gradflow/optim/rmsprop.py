@@ -6,6 +6,8 @@ from gradflow.optim.optimizer import Optimizer
 class RMSprop(Optimizer):
     """Hinton's RMSprop; ``centered`` subtracts the running mean of the gradient from its variance."""
 
+    flat = True  # elementwise update: one fused call per group on flat buffers
+
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False, *,
                  maximize=False, l1=0):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,

@@ -9,6 +9,8 @@ from gradflow.optim.optimizer import Optimizer
 class SGD(Optimizer):
     """p -= lr * v with v = momentum * v + (1 - dampening) * (g + weight_decay * p + l1 * sign(p))."""
 
+    flat = True  # elementwise update: one fused call per group on flat buffers
+
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
                  maximize=False, l1=0):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,

@@ -1,0 +1,227 @@
+"""Issue 10's compile defects, each caught on the CPU: capture errors, Module.to, train/eval
+switches, and clipping without a host read."""
+import contextlib
+import importlib
+import types
+import warnings
+
+import numpy
+import pytest
+import torch
+
+import gradflow as gf
+from gradflow import CaptureError, backend, nn, optim
+from gradflow.nn import functional as F
+
+compile_module = importlib.import_module("gradflow.compile")  # gradflow.compile the name is the function
+
+
+# ---- 2.4: an invalidated capture reports the op's error; strict raises CaptureError ----------------------
+class FakeStream:
+    """A stream whose capture is invalidated by a failing op: end_capture then raises, as CUDA does."""
+
+    def __init__(self):
+        self.capturing = False
+
+    def begin_capture(self):
+        self.capturing = True
+
+    def end_capture(self):
+        self.capturing = False
+        if self.invalidated:
+            raise RuntimeError("cudaErrorStreamCaptureInvalidated")
+        return "graph"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_capture_stream_reports_the_ops_error_not_end_captures():
+    stream = FakeStream()
+    stream.invalidated = True
+
+    def bad():
+        raise ValueError("cuBLAS is not capturable")
+
+    graph, failure = compile_module.capture_stream(stream, bad)
+    assert graph is None and isinstance(failure, ValueError) and "cuBLAS" in str(failure)
+    assert not stream.capturing and not backend.capturing
+    stream.invalidated = False
+    assert compile_module.capture_stream(stream, lambda: None) == ("graph", None)
+
+
+class CaptureSensitive(gf.Function):
+    """Fails only while a CUDA graph is being captured (like a cuBLAS call)."""
+
+    def forward(self, x):
+        if backend.capturing:
+            raise ValueError("not capturable")
+        return x * 2
+
+
+def _runner(strict, monkeypatch):
+    stream = FakeStream()
+    stream.invalidated = True
+    fake_cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(
+        using_allocator=lambda malloc: contextlib.nullcontext(), get_current_stream=lambda: stream))
+    monkeypatch.setattr(backend, "cupy", lambda: fake_cupy)
+    runner = compile_module._CudaGraphRunner.__new__(compile_module._CudaGraphRunner)
+    runner.plan = types.SimpleNamespace(strict=strict)
+    runner.pool = types.SimpleNamespace(malloc=None)
+    runner.stream = stream
+    runner.vals = [numpy.ones(3), None]
+    op = (compile_module._FUNCTION, CaptureSensitive(), [0], [1], True, [], {}, ())
+    return runner, op
+
+
+def test_strict_capture_failure_raises_capture_error(monkeypatch):
+    runner, op = _runner(True, monkeypatch)
+    with pytest.raises(CaptureError, match="not capturable"):
+        runner._capture([op], set())
+
+
+def test_failed_capture_warns_and_runs_the_ops_eagerly(monkeypatch):
+    runner, op = _runner(False, monkeypatch)
+    with pytest.warns(RuntimeWarning, match="not capturable"):
+        steps = runner._capture([op], set())
+    assert [s[0] for s in steps] == ["op"]
+    assert numpy.array_equal(runner.vals[1], numpy.full(3, 2.0))
+
+
+# ---- 2.5: Module.to / _apply drops compiled plans ------------------------------------------------------
+def _mlp_step(model, opt):
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
+def _data(bs=16, seed=0):
+    rng = numpy.random.default_rng(seed)
+    return gf.tensor(rng.random((bs, 12), dtype=numpy.float32)), gf.tensor(rng.integers(0, 3, bs))
+
+
+def test_module_apply_invalidates_compiled_plans():
+    gf.manual_seed(0)
+    eager_model = nn.MLP([12, 8, 3])
+    gf.manual_seed(0)
+    model = nn.MLP([12, 8, 3])
+    eager = _mlp_step(eager_model, optim.SGD(eager_model.parameters(), lr=0.1))
+    compiled = gf.compile(_mlp_step(model, optim.SGD(model.parameters(), lr=0.1)), strict=True)
+    x, y = _data()
+    for _ in range(4):
+        eager(x, y), compiled(x, y)
+    assert compiled.captured
+    model._apply(lambda a: a.copy())  # what to(device)/to(dtype) do: new arrays, same Parameters
+    eager_model._apply(lambda a: a.copy())
+    for _ in range(4):
+        assert eager(x, y).data.tobytes() == compiled(x, y).data.tobytes()
+    for a, b in zip(eager_model.parameters(), model.parameters()):
+        assert numpy.array_equal(a.data, b.data)
+
+
+# ---- 2.8: train/eval switches keep the recordings ------------------------------------------------------
+def test_train_eval_switch_keeps_the_training_plan():
+    gf.manual_seed(0)
+    model = nn.MLP([12, 8, 3], dropout=0.3)
+    compiled = gf.compile(_mlp_step(model, optim.SGD(model.parameters(), lr=0.1)), strict=True)
+    x, y = _data()
+    for _ in range(3):
+        compiled(x, y)
+    plan = next(iter(compiled.cache.values())).plan
+    assert plan is not None
+    records = []
+    original = compiled._record
+    compiled._record = lambda *a: records.append(1) or original(*a)
+    for _ in range(3):
+        model.eval()
+        model.train()
+        compiled(x, y)
+    assert not records and next(iter(compiled.cache.values())).plan is plan
+    model.eval()          # the eval-mode step runs other ops (no dropout): a recording of its own
+    compiled(x, y)
+    assert records and len(compiled.cache) == 2
+
+
+def test_fit_with_validation_records_the_step_once():
+    gf.manual_seed(0)
+    model = nn.MLP([12, 8, 3], dropout=0.2)
+    x, y = _data(64)
+    loader = gf.data.DataLoader(gf.data.TensorDataset(x, y), batch_size=16)
+    counts = []
+    original = compile_module.CompiledStep._record
+
+    def counting(self, *a):
+        counts.append(1)
+        return original(self, *a)
+
+    compile_module.CompiledStep._record = counting
+    try:
+        gf.train.fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), loader,
+                     val_loader=loader, epochs=3, progress=False, compile=True)
+    finally:
+        compile_module.CompiledStep._record = original
+    assert len(counts) == 2  # two agreeing recordings in epoch 1, replays ever after
+
+
+# ---- 2.10: clip_grad_norm_ on the device, as torch computes it -------------------------------------------
+@pytest.mark.parametrize("case", ["clips", "no-clip", "nan", "inf-norm"])
+def test_clip_grad_norm_matches_torch_bit_for_bit(case):
+    rng = numpy.random.default_rng(1)
+    grads = [rng.standard_normal(s).astype(numpy.float32) for s in ((7, 5), (5,), (3, 7))]
+    if case == "nan":
+        grads[1][2] = numpy.nan
+    max_norm = {"clips": 0.7, "no-clip": 100.0, "nan": 1.0, "inf-norm": 0.3}[case]
+    norm_type = numpy.inf if case == "inf-norm" else 2.0
+    ours = [gf.Tensor(numpy.zeros_like(g), requires_grad=True) for g in grads]
+    theirs = [torch.zeros(g.shape, requires_grad=True) for g in grads]
+    for p, q, g in zip(ours, theirs, grads):
+        p.grad = gf.Tensor(g.copy())
+        q.grad = torch.from_numpy(g.copy())
+    total = nn.utils.clip_grad_norm_(ours, max_norm, norm_type)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm, norm_type, foreach=False)
+    numpy.testing.assert_allclose(total.numpy(), expected.numpy(), rtol=1e-6)
+    for p, q in zip(ours, theirs):
+        numpy.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-6, atol=0)  # NaN equals NaN here
+
+
+def test_clip_grad_norm_error_if_nonfinite_still_raises():
+    p = gf.Tensor(numpy.zeros(3, numpy.float32), requires_grad=True)
+    p.grad = gf.Tensor(numpy.array([1.0, numpy.inf, 0.0], numpy.float32))
+    with pytest.raises(RuntimeError, match="error_if_nonfinite"):
+        nn.utils.clip_grad_norm_([p], 1.0, error_if_nonfinite=True)
+
+
+# ---- 2.6: the .grad a user reads after a replayed step is the parameter's own buffer ---------------------
+def test_replayed_grad_is_the_parameters_own_buffer():
+    gf.manual_seed(0)
+    model = nn.MLP([12, 8, 3])
+    opt = optim.SGD(model.parameters(), lr=0.1)
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    compiled = gf.compile(step, strict=True)
+    x, y = _data()
+    for _ in range(3):
+        compiled(x, y)
+    grads = [p.grad.data for p in model.parameters()]
+    kept = [g.copy() for g in grads]
+    compiled(x, y)
+    # the same buffer each step (overwritten by the next step, like torch's static grads)...
+    assert all(p.grad.data is g for p, g in zip(model.parameters(), grads))
+    assert all(numpy.array_equal(p.grad.data, k) for p, k in zip(model.parameters(), kept))
+    # ...and never an array an op of the plan produced (scratch the plan rewrites): the view of
+    # the optimizer's flat gradient buffer that the parameter owns
+    assert all(p.grad.data is p._grad_buffer for p in model.parameters())
+    flat = next(iter(opt._flat.values())).grad_flat
+    assert all(numpy.shares_memory(p.grad.data, flat) for p in model.parameters())

@@ -1,0 +1,273 @@
+"""Regression tests for issue 9: PyTorch code ported to gradflow must not give a silently wrong number.
+
+Each test compares with PyTorch (the oracle, pinned in the ``test`` extra) on the CPU.
+"""
+import numpy
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import gradflow as gf  # noqa: E402
+import gradflow.nn.functional as F  # noqa: E402
+from gradflow import activation  # noqa: E402
+
+
+def _both(array, requires_grad=False):
+    return (gf.tensor(array, requires_grad=requires_grad, device="cpu"),
+            torch.tensor(array, requires_grad=requires_grad))
+
+
+# ---- cross-entropy: ignore_index inside [0, C) and extreme logits ---------------------------------------
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("ignore_index", [0, 2, -100])
+def test_cross_entropy_ignore_index_inside_class_range(reduction, ignore_index):
+    rng = numpy.random.default_rng(0)
+    x = rng.standard_normal((6, 4))
+    t = numpy.array([0, 2, 2, 1, 3, 0])
+    g, tx = _both(x, requires_grad=True)
+    got = F.cross_entropy(g, gf.tensor(t), reduction=reduction, ignore_index=ignore_index)
+    want = torch.nn.functional.cross_entropy(tx, torch.tensor(t), reduction=reduction, ignore_index=ignore_index)
+    numpy.testing.assert_allclose(got.numpy(), want.detach().numpy(), rtol=1e-12)
+    got.sum().backward()
+    want.sum().backward()
+    numpy.testing.assert_allclose(g.grad.numpy(), tx.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_cross_entropy_backward_kernel_honours_ignore_index_in_range():
+    x = numpy.random.default_rng(1).standard_normal((3, 4))
+    _, m, logs = activation._xent_rows_np(x, numpy.array([1, 1, 1]), 1)
+    gx = activation._xent_bwd_np(x, m[:, None], logs[:, None], numpy.array([[1], [0], [1]]),
+                                 numpy.ones((3, 1)), 4, 1)
+    assert (gx[0] == 0).all() and (gx[2] == 0).all() and (gx[1] != 0).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("scale", [1.0, 1e4, 1e6, 1e30])
+def test_cross_entropy_accurate_at_large_logits(dtype, scale):
+    rng = numpy.random.default_rng(3)
+    x = (rng.standard_normal((8, 5)) * 3 + scale).astype(dtype)
+    t = rng.integers(0, 5, 8)
+    g, tx = _both(x, requires_grad=True)
+    got = F.cross_entropy(g, gf.tensor(t), reduction="sum")
+    want = torch.nn.functional.cross_entropy(tx, torch.tensor(t), reduction="sum")
+    tol = 2e-6 if dtype == "float32" else 1e-13
+    numpy.testing.assert_allclose(got.item(), want.item(), rtol=tol)
+    got.backward()
+    want.backward()
+    err = numpy.abs(g.grad.numpy() - tx.grad.numpy()).max() / numpy.abs(tx.grad.numpy()).max()
+    assert err < 4 * tol, err
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cross_entropy_tied_extreme_logits(dtype):
+    big = 3e38 if dtype == "float32" else 1e308
+    x = numpy.array([[big] * 5 + [-big], [-big, big, big, 0.0, -big, 1.0]], dtype)
+    t = numpy.array([0, 3])
+    g, tx = _both(x, requires_grad=True)
+    got = F.cross_entropy(g, gf.tensor(t))
+    want = torch.nn.functional.cross_entropy(tx, torch.tensor(t))
+    numpy.testing.assert_allclose(got.item(), want.item(), rtol=1e-6)
+    got.backward()
+    want.backward()
+    numpy.testing.assert_allclose(g.grad.numpy(), tx.grad.numpy(), rtol=1e-6, atol=1e-7)
+    # the softmax implied by the gradient sums to one per row (it summed to 5 with a rounded lse)
+    numpy.testing.assert_allclose((g.grad.numpy() * 2).sum(axis=1), 0, atol=1e-6)
+
+
+@pytest.mark.parametrize("fn", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softmax_at_extreme_logits(fn, dtype):
+    fin = numpy.finfo(dtype)
+    x = numpy.array([[fin.max, fin.max, -fin.max, 0], [1e4, 1e4 + 1, -1e4, 0], [1e-45, 0, -0.0, 5e-324]], dtype)
+    g, tx = _both(x, requires_grad=True)
+    got = getattr(F, fn)(g, dim=1)
+    want = getattr(torch.nn.functional, fn)(tx, dim=1)
+    numpy.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-6, atol=1e-30)
+    w = numpy.random.default_rng(0).standard_normal(x.shape).astype(dtype)
+    (got * gf.tensor(w)).sum().backward()
+    (want * torch.tensor(w)).sum().backward()
+    numpy.testing.assert_allclose(g.grad.numpy(), tx.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ---- max/min(dim) return (values, indices) ------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["max", "min"])
+@pytest.mark.parametrize("dim", [0, 1, -1])
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_max_min_dim_return_values_and_indices(kind, dim, keepdim):
+    x = numpy.array([[1.0, 5.0, 3.0], [4.0, -2.0, 6.0]])  # two rows: a values-only result unpacks silently
+    g, tx = _both(x, requires_grad=True)
+    values, indices = getattr(g, kind)(dim=dim, keepdim=keepdim)
+    want = getattr(tx, kind)(dim=dim, keepdim=keepdim)
+    assert type(getattr(g, kind)(dim)).__name__ == kind
+    numpy.testing.assert_array_equal(values.detach().numpy(), want.values.detach().numpy())
+    numpy.testing.assert_array_equal(indices.numpy(), want.indices.numpy())
+    assert indices.dtype == numpy.int64 and not indices.requires_grad
+    fn = getattr(gf, kind)(g, dim, keepdim)
+    assert fn.values.shape == tuple(want.values.shape) and fn.indices.shape == tuple(want.indices.shape)
+    (values * 3).sum().backward()
+    (want.values * 3).sum().backward()
+    numpy.testing.assert_array_equal(g.grad.numpy(), tx.grad.numpy())
+
+
+def test_max_dim_gradient_goes_to_the_returned_index_at_ties():
+    x = numpy.array([[2.0, 2.0, 1.0]])
+    g, tx = _both(x, requires_grad=True)
+    g.max(dim=1).values.sum().backward()
+    tx.max(dim=1).values.sum().backward()
+    numpy.testing.assert_array_equal(g.grad.numpy(), tx.grad.numpy())
+    g.grad = None
+    tx.grad = None
+    g.max().backward()  # a full reduction splits the gradient among ties, as torch does
+    tx.max().backward()
+    numpy.testing.assert_array_equal(g.grad.numpy(), tx.grad.numpy())
+
+
+# ---- integer mean / var are refused -----------------------------------------------------------------
+@pytest.mark.parametrize("make", [lambda m: m.tensor([1, 2]), lambda m: m.tensor([True, False]),
+                                  lambda m: m.tensor([1, 2]) == m.tensor([1, 3])])
+@pytest.mark.parametrize("op", ["mean", "var", "std"])
+def test_integer_and_bool_mean_var_raise(make, op):
+    with pytest.raises(RuntimeError):
+        getattr(make(torch), op)()
+    with pytest.raises(RuntimeError, match="float"):
+        getattr(make(gf), op)()
+    assert (gf.tensor([1, 2]) == gf.tensor([1, 3])).float().mean().item() == 0.5
+
+
+# ---- out-of-range dims raise IndexError ---------------------------------------------------------------
+OUT_OF_RANGE = {
+    "sum": lambda m, x: x.sum(dim=2), "mean": lambda m, x: x.mean(dim=-3), "max": lambda m, x: x.max(dim=2),
+    "min": lambda m, x: x.min(dim=5), "var": lambda m, x: x.var(dim=2), "std": lambda m, x: x.std(dim=2),
+    "argmax": lambda m, x: x.argmax(dim=2), "argmin": lambda m, x: x.argmin(dim=-3),
+    "unsqueeze": lambda m, x: x.unsqueeze(3), "unsqueeze_neg": lambda m, x: x.unsqueeze(-4),
+    "flatten": lambda m, x: x.flatten(0, 2), "squeeze": lambda m, x: x.squeeze(2),
+    "transpose": lambda m, x: x.transpose(0, 2), "permute": lambda m, x: x.permute(0, 2),
+    "cat": lambda m, x: m.cat([x, x], dim=2), "stack": lambda m, x: m.stack([x, x], dim=4),
+    "size": lambda m, x: x.size(2), "softmax": lambda m, x: (m.nn.functional.softmax(x, dim=2)),
+    "log_softmax": lambda m, x: (m.nn.functional.log_softmax(x, dim=-3)),
+    "sum_0d": lambda m, x: x.sum().sum(dim=1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OUT_OF_RANGE))
+def test_out_of_range_dims_raise_index_error(name):
+    x = numpy.ones((2, 3), numpy.float32)
+    g, tx = _both(x)
+    with pytest.raises(IndexError):
+        OUT_OF_RANGE[name](torch, tx)
+    with pytest.raises(IndexError, match=r"range|dimension"):
+        OUT_OF_RANGE[name](gf, g)
+
+
+# ---- type promotion ---------------------------------------------------------------------------------
+PROMOTION = [
+    ("int64 + float32", lambda m: m.tensor([1, 2]) + m.tensor([0.5, 1.5])),
+    ("int / int", lambda m: m.tensor([1, 2]) / m.tensor([2, 4])),
+    ("int / python int", lambda m: m.tensor([1, 3]) / 2),
+    ("python int / int", lambda m: 3 / m.tensor([2, 4])),
+    ("int + 0.5", lambda m: m.tensor(1) + 0.5),
+    ("float32 * python float", lambda m: m.tensor([1.0], dtype=m.float32) * 0.1),
+    ("python float - float32", lambda m: 2.5 - m.tensor([1.0], dtype=m.float32)),
+    ("float32 + float64 0-d", lambda m: m.tensor([1.0], dtype=m.float32) + m.tensor(2.0, dtype=m.float64)),
+    ("int64 + float64 0-d", lambda m: m.tensor([1]) + m.tensor(2.5, dtype=m.float64)),
+    ("int32 + int64 0-d", lambda m: m.tensor([1], dtype=m.int32) + m.tensor(2)),
+    ("int32 * python int", lambda m: m.tensor([1], dtype=m.int32) * 3),
+    ("bool + bool", lambda m: m.tensor([True]) + m.tensor([True])),
+    ("bool + python int", lambda m: m.tensor([True]) + 2),
+    ("bool * python float", lambda m: m.tensor([True]) * 1.5),
+    ("uint8 + int8", lambda m: m.tensor([1], dtype=m.uint8) + m.tensor([1], dtype=m.int8)),
+    ("maximum(int32, float32)", lambda m: m.maximum(m.tensor([1, 5], dtype=m.int32), m.tensor([2.0, 3.0]))),
+    ("minimum(float64, int64)", lambda m: m.minimum(m.tensor([1.5], dtype=m.float64), m.tensor([2]))),
+    ("float32 < python float", lambda m: m.tensor([0.1], dtype=m.float32) < 0.1),
+    ("int ** python float", lambda m: m.tensor([4]) ** 0.5),
+    ("python float ** int", lambda m: 2.0 ** m.tensor([2])),
+    ("float32 ** float64 tensor", lambda m: m.tensor([2.0]) ** m.tensor([2.0], dtype=m.float64)),
+    ("where(cond, 1, 3)", lambda m: m.where(m.tensor([True, False]), 1, 3)),
+    ("where(cond, 1.0, 3)", lambda m: m.where(m.tensor([True, False]), 1.0, 3)),
+    ("where(cond, int32, 3.5)", lambda m: m.where(m.tensor([True, False]), m.tensor([1, 2], dtype=m.int32), 3.5)),
+    ("where(cond, float32, 0)", lambda m: m.where(m.tensor([True, False]), m.tensor([1.0, 2.0]), 0)),
+    ("cat(int64, float32)", lambda m: m.cat([m.tensor([1]), m.tensor([0.5])])),
+    ("stack(int32, float64)", lambda m: m.stack([m.tensor([1], dtype=m.int32), m.tensor([0.5], dtype=m.float64)])),
+    ("mse_loss(float32, int64 target)", lambda m: m.nn.functional.mse_loss(m.tensor([1.0, 2.0]), m.tensor([1, 3]))),
+    ("l1_loss(float32, int64 target)", lambda m: m.nn.functional.l1_loss(m.tensor([1.0, 2.0]), m.tensor([1, 3]))),
+]
+
+
+@pytest.mark.parametrize("name,fn", PROMOTION, ids=[p[0] for p in PROMOTION])
+def test_type_promotion_matches_torch(name, fn):
+    got, want = fn(gf), fn(torch)
+    assert str(got.dtype) == str(want.dtype).replace("torch.", ""), name
+    numpy.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
+
+
+def test_result_type_matches_torch():
+    samples = {"b": [True], "i32": numpy.array([1], numpy.int32), "i64": [1], "f32": [1.0],
+               "f64": numpy.array([1.0]), "u8": numpy.array([1], numpy.uint8), "0d-f64": numpy.float64(1.0),
+               "0d-i64": numpy.int64(3)}
+    scalars = [True, 2, 2.5]
+    tensors = {}
+    for k, v in samples.items():
+        a = numpy.array(v, dtype=numpy.int64 if k == "i64" else numpy.float32 if k == "f32" else None)
+        tensors[k] = (gf.tensor(a), torch.tensor(a))
+    operands = list(tensors.values()) + [(s, s) for s in scalars]
+    for ga, ta in operands:
+        for gb, tb in operands:
+            if not (isinstance(ga, gf.Tensor) or isinstance(gb, gf.Tensor)):
+                continue
+            assert str(gf.result_type(ga, gb)) == str(torch.result_type(ta, tb)).replace("torch.", "")
+
+
+# ---- pow gradients at zero ----------------------------------------------------------------------------------
+POW_CASES = {
+    "x**0": lambda x, y: x ** 0, "x**0.0": lambda x, y: x ** 0.0, "x**1": lambda x, y: x ** 1,
+    "x**2.5": lambda x, y: x ** 2.5, "0**y": lambda x, y: 0.0 ** y, "x**y": lambda x, y: x ** y,
+    "y**x": lambda x, y: y ** x, "2**y": lambda x, y: 2.0 ** y,
+}
+
+
+@pytest.mark.parametrize("name", sorted(POW_CASES))
+def test_pow_gradients_at_zero(name):
+    x = numpy.array([0.0, 0.0, 2.0, 0.0, 1.5])
+    y = numpy.array([0.0, 2.0, 0.0, -1.0, 0.5])
+    gx, tx = _both(x, requires_grad=True)
+    gy, ty = _both(y, requires_grad=True)
+    got = POW_CASES[name](gx, gy)
+    want = POW_CASES[name](tx, ty)
+    numpy.testing.assert_array_equal(got.detach().numpy(), want.detach().numpy())
+    got.sum().backward()
+    want.sum().backward()
+    for g, t in ((gx, tx), (gy, ty)):
+        if t.grad is None:
+            assert g.grad is None
+        else:
+            numpy.testing.assert_allclose(g.grad.numpy(), t.grad.numpy(), rtol=1e-12, equal_nan=True)
+
+
+# ---- squeeze, 0-d reductions, grad() tuple ---------------------------------------------------------------
+def test_squeeze_on_a_dim_that_is_not_one_is_a_no_op():
+    for m in (gf, torch):
+        x = m.zeros(2, 1, 3)
+        assert tuple(x.squeeze(0).shape) == (2, 1, 3)
+        assert tuple(x.squeeze(1).shape) == (2, 3)
+        assert tuple(x.squeeze((0, 1)).shape) == (2, 3)
+        assert tuple(x.squeeze(dim=-1).shape) == (2, 1, 3)
+        assert tuple(m.squeeze(x, 1).shape) == (2, 3)
+
+
+@pytest.mark.parametrize("op", ["sum", "mean", "max", "min", "argmax", "argmin", "var"])
+@pytest.mark.parametrize("dim", [0, -1])
+def test_reductions_over_dim_of_a_0d_tensor(op, dim):
+    g, t = _both(numpy.array(3.0))
+    got, want = getattr(g, op)(dim=dim), getattr(t, op)(dim=dim)
+    if op in ("max", "min"):
+        got, want = got.values, want.values
+    assert got.shape == tuple(want.shape)
+    numpy.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_grad_of_a_single_input_is_a_tuple():
+    x = gf.tensor([1.0, 2.0], requires_grad=True)
+    result = gf.grad((x * x).sum(), x)
+    assert isinstance(result, tuple) and len(result) == 1
+    g, = result
+    numpy.testing.assert_array_equal(g.numpy(), [2.0, 4.0])
