@@ -20,7 +20,6 @@ _recorder = None   # set by gradflow.compile while it records a step
 _hooked_leaves = 0          # leaves with post-accumulate-grad hooks: backward counts their edges only then
 _backward_depth = 0         # backward passes now running (nested ones included)
 _backward_callbacks = []    # run when the outermost backward pass ends (queue_backward_callback)
-_hook_ids = itertools.count()
 
 
 def is_grad_enabled():
@@ -263,10 +262,10 @@ class Tensor:
             raise TypeError(f"register_post_accumulate_grad_hook: hook must be callable, got {type(hook).__name__}")
         if self._post_accumulate_grad_hooks is None:
             self._post_accumulate_grad_hooks = {}
-        key = next(_hook_ids)
-        self._post_accumulate_grad_hooks[key] = hook
+        handle = _PostAccumulateHookHandle(self._post_accumulate_grad_hooks)
+        self._post_accumulate_grad_hooks[handle.id] = hook
         _hooked_leaves += 1
-        return _HookHandle(self._post_accumulate_grad_hooks, key)
+        return handle
 
     def _bump_version(self):
         """Record an in-place change so backward can detect stale saved tensors."""
@@ -652,15 +651,12 @@ def _run_hooks(t, g):
     return g
 
 
-class _HookHandle:
-    """What hook registration returns: ``remove()`` takes the hook out again."""
-
-    def __init__(self, hooks, key):
-        self._hooks, self._key = hooks, key
+class _PostAccumulateHookHandle(RemovableHandle):
+    """Also keeps count of the registered post-accumulate-grad hooks (backward looks for them only then)."""
 
     def remove(self):
         global _hooked_leaves
-        if self._hooks.pop(self._key, None) is not None:
+        if self._registry.pop(self.id, None) is not None:
             _hooked_leaves -= 1
 
 
