@@ -184,7 +184,7 @@ def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False):
     grads = []
     for t, g in zip(tensors, grad_tensors):
         if g is None:
-            if t.size != 1:
+            if t.numel() != 1:
                 raise RuntimeError(f"grad can be implicitly created only for scalar outputs, got shape {t.shape}")
             g = Tensor._wrap(backend.xp_of(t.data).ones_like(t.data))
         grads.append(_tape.as_tensor(g, like=t))

@@ -1095,15 +1095,6 @@ def _t(x, like=None):
     return x if isinstance(x, Tensor) else as_tensor(x, like=like)
 
 
-def _dim(dim, ndim, name="dim"):
-    if ndim == 0 and dim in (0, -1):
-        return 0
-    if not -ndim <= dim < builtins.max(ndim, 1):
-        raise IndexError(f"Dimension out of range (expected to be in range of [{-ndim}, {ndim - 1}], "
-                         f"but got {dim}) for {name}")
-    return dim % builtins.max(ndim, 1)
-
-
 class _Unary(Function):
     """Shared __init__ for unary ops with a constant parameter."""
     def __init__(self, *params):
@@ -1519,12 +1510,6 @@ def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
     if isinstance(p, str):
         raise ValueError(f"norm: unsupported p={p!r}")
     return sum(abs(x) ** float(p), axes, keepdim) ** (1.0 / float(p))
-
-
-def std(x, dim=None, keepdim=False, correction=1, *, unbiased=None):
-    if unbiased is not None:
-        correction = 1 if unbiased else 0
-    return sqrt(var(x, dim, keepdim, correction))
 
 
 # ---- sorting and selection -----------------------------------------------------------------------
@@ -2005,7 +1990,7 @@ def meshgrid(*tensors, indexing="ij"):
         if indexing == "xy" and n >= 2 and i < 2:
             pos = 1 - i
         shape = [1] * n
-        shape[pos] = x.size
+        shape[pos] = x.numel()
         out.append(broadcast_to(reshape(x, tuple(shape)), tuple(sizes)))
     return tuple(out)
 

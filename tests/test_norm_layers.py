@@ -5,7 +5,7 @@ import torch
 
 import gradflow as gf
 from gradflow import nn
-from gradflow import norm as N
+from gradflow import normalization as N
 from gradflow.nn import functional as F
 
 torch.set_num_threads(1)

@@ -4,7 +4,7 @@ from gradflow.activation import (dropout, elu, gelu, leaky_relu, log_softmax, no
                                  selu, sigmoid, softmax, softmax_cross_entropy, softplus, tanh)
 from gradflow.conv import (adaptive_avg_pool1d, adaptive_avg_pool2d, avg_pool1d, avg_pool2d, conv1d, conv2d,
                            conv_transpose1d, conv_transpose2d, max_pool1d, max_pool2d)
-from gradflow.norm import batch_norm, group_norm, layer_norm
+from gradflow.normalization import batch_norm, group_norm, layer_norm
 from gradflow.nn.losses import (accuracy, binary_cross_entropy, binary_cross_entropy_with_logits,
                                 cross_entropy, huber_loss, l1_loss, misclassification_rate, mse_loss,
                                 nll_loss, smooth_l1_loss)

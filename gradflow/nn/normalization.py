@@ -2,13 +2,13 @@
 
 BatchNorm keeps ``running_mean``, ``running_var`` and ``num_batches_tracked`` as buffers, so
 they are in the ``state_dict`` under PyTorch's names, move with ``.to()``, and are
-updated in place by a recorded op (``gradflow.norm.RunningStats``) that
+updated in place by a recorded op (``gradflow.normalization.RunningStats``) that
 ``gradflow.compile`` replays with the rest of a training step.
 """
 import numpy
 
 from gradflow import backend
-from gradflow import norm as N
+from gradflow import normalization as N
 from gradflow.nn import init
 from gradflow.nn.layers import _empty
 from gradflow.nn.module import Module, Parameter

@@ -40,12 +40,12 @@ class _Bucket:
         self.offsets, total = [], 0
         for p in params:
             self.offsets.append(total)
-            total += p.data.size
+            total += p.numel()
         self.flat = backend.xp_of(params[0].data).zeros(total, dtype=params[0].dtype)
         self.nbytes = self.flat.nbytes
         self.work = None
         self.pending = len(params)
-        self.views = [(p, self.flat[start:start + p.data.size].reshape(p.shape)) for p, start in zip(params, self.offsets)]
+        self.views = [(p, self.flat[start:start + p.numel()].reshape(p.shape)) for p, start in zip(params, self.offsets)]
 
 
 class DistributedDataParallel(Module):
@@ -127,9 +127,9 @@ class DistributedDataParallel(Module):
             dist.broadcast(flat, src=0)
             start = 0
             for t in group:
-                t.data[...] = flat.data[start:start + t.data.size].reshape(t.shape)
+                t.data[...] = flat.data[start:start + t.numel()].reshape(t.shape)
                 t._bump_version()
-                start += t.data.size
+                start += t.numel()
 
     def _make_buckets(self, cap_bytes):
         """Buckets of parameters in reverse order, split by device and dtype, each at most ``cap_bytes``

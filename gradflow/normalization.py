@@ -216,7 +216,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
         if t is not None and tuple(t.shape) != normalized_shape:
             raise ValueError(f"layer_norm: {name} must have shape {normalized_shape}, got {tuple(t.shape)}")
     length = int(numpy.prod(normalized_shape))
-    xhat, _, _ = NormRows((1, x.size // length if length else 0, length), eps)(x)
+    xhat, _, _ = NormRows((1, x.numel() // length if length else 0, length), eps)(x)
     return _affine(xhat, weight, bias, normalized_shape)
 
 
@@ -231,6 +231,6 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and tuple(t.shape) != (c,):
             raise ValueError(f"group_norm: {name} must have shape ({c},), got {tuple(t.shape)}")
-    xhat, _, _ = NormRows((1, n * num_groups, x.size // max(n * num_groups, 1)), eps)(x)
+    xhat, _, _ = NormRows((1, n * num_groups, x.numel() // max(n * num_groups, 1)), eps)(x)
     return _affine(xhat, weight, bias, (1, c) + (1,) * (x.ndim - 2))
 
