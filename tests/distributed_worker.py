@@ -265,7 +265,7 @@ def collectives():
     dist.all_gather(out, gf.tensor([rank, 10 * rank]))
     res["all_gather"] = [o.numpy().tolist() for o in out]
     work = dist.all_reduce(gf.ones(4), async_op=True)
-    res["async"] = work.wait()
+    res["async"] = work.wait(timeout=30)
     dist.barrier()
     return res
 
