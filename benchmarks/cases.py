@@ -11,6 +11,8 @@ from the same initial weights, so contestants in different processes see identic
   memory     peak memory of one training step
   tta        wall time to 97% MNIST test accuracy
   cnn        LeNet-style CNN (examples/mnist_cnn.py) training throughput
+  ddp        DistributedDataParallel training throughput on 1 and 2 processes, scaling efficiency,
+             gradient all-reduce bandwidth (separate mpiexec jobs: see ddp_bench.py)
 """
 import math
 import time
@@ -25,8 +27,9 @@ from benchmarks import harness, ops_bench
 SMALL = (784, 128, 32, 10)
 LARGE = (784, 2048, 2048, 2048, 10)
 CNN = "lenet-16-32"   # examples/mnist_cnn.py's default model, on (N, 28, 28) images
-CASES = ("mlp", "mlp_large", "inference", "ops", "memory", "tta", "cnn")
-_CASE_CODE = {"mlp": 1, "mlp_large": 2, "inference": 3, "ops": 4, "memory": 5, "tta": 6, "agreement": 7, "cnn": 8}
+CASES = ("mlp", "mlp_large", "inference", "ops", "memory", "tta", "cnn", "ddp")
+_CASE_CODE = {"mlp": 1, "mlp_large": 2, "inference": 3, "ops": 4, "memory": 5, "tta": 6, "agreement": 7, "cnn": 8,
+              "ddp": 9}
 
 
 @dataclass
@@ -52,6 +55,8 @@ class Config:
     tta_lr: float = 0.05
     tta_evals_per_epoch: int = 4
     tta_repeats: int = 3
+    ddp_batches: tuple = (128, 2048)  # global batch, split over the processes
+    ddp_processes: tuple = (1, 2)
     cooldown: float = 0.25     # pause before switching worker process
     quiet_wait: float = 20.0   # wait up to this long for other processes to go quiet before a measurement
     extra_rounds: bool = True  # repeat more while disturbed repeats leave too few clean ones
@@ -64,7 +69,7 @@ class Config:
         if quick:
             cfg = cls(quick=True, repeats=3, min_time=0.04, ops_min_time=0.02, warmup=2, mlp_batches=(128, 2048),
                       large_batches=(256,), inference_batches=(128, 2048), cnn_batches=(128,), memory_plan=((SMALL, 128),),
-                      tta_max_epochs=1, tta_repeats=1, cooldown=0.15, quiet_wait=1.0, extra_rounds=False,
+                      tta_max_epochs=1, tta_repeats=1, ddp_batches=(512,), cooldown=0.15, quiet_wait=1.0, extra_rounds=False,
                       attempts=1)
         else:
             cfg = cls()

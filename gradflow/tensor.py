@@ -280,10 +280,10 @@ class Tensor:
             raise TypeError(f"register_post_accumulate_grad_hook: hook must be callable, got {type(hook).__name__}")
         if self._post_accumulate_grad_hooks is None:
             self._post_accumulate_grad_hooks = {}
-        key = next(_hook_ids)
-        self._post_accumulate_grad_hooks[key] = hook
+        handle = _PostAccumulateHookHandle(self._post_accumulate_grad_hooks)
+        self._post_accumulate_grad_hooks[handle.id] = hook
         _hooked_leaves += 1
-        return _HookHandle(self._post_accumulate_grad_hooks, key)
+        return handle
 
     def _bump_version(self):
         """Record an in-place change so backward can detect stale saved tensors."""
@@ -668,15 +668,12 @@ def _run_hooks(t, g):
     return g
 
 
-class _HookHandle:
-    """What hook registration returns: ``remove()`` takes the hook out again."""
-
-    def __init__(self, hooks, key):
-        self._hooks, self._key = hooks, key
+class _PostAccumulateHookHandle(RemovableHandle):
+    """Also keeps count of the registered post-accumulate-grad hooks (backward looks for them only then)."""
 
     def remove(self):
         global _hooked_leaves
-        if self._hooks.pop(self._key, None) is not None:
+        if self._registry.pop(self.id, None) is not None:
             _hooked_leaves -= 1
 
 
