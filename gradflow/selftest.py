@@ -332,10 +332,10 @@ def run(device="cuda", out=None, budget=BUDGET_S, skip=()):
     started = time.monotonic()
     checks = []
 
-    def left(cap):
-        return min(cap, budget - (time.monotonic() - started))
+    def remaining():
+        return budget - (time.monotonic() - started)
 
-    env_info, why, seconds = _run_child("environment", device, 120)
+    env_info, why, seconds = _run_child("environment", device, min(120, budget))
     if env_info is None:
         checks.append(Check("environment", "failed", why, seconds))
         env_info = {}
@@ -363,8 +363,9 @@ def run(device="cuda", out=None, budget=BUDGET_S, skip=()):
             if not gpu:
                 checks += [Check(n, "skipped", no_gpu) for n in names]
                 continue
-            timeout = left(LIMITS_S[name])
-            if timeout < 10:
+            cap = LIMITS_S[name]
+            timeout = min(cap, remaining())
+            if remaining() < min(10, cap):
                 checks += [Check(n, "skipped", f"time budget of {budget} s used up") for n in names]
                 continue
             if name == "compile-replay":

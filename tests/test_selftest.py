@@ -72,3 +72,37 @@ def test_compile_replay_check_on_the_cpu():
     """The check itself runs (on the CPU replay is bit-identical, so every difference is 0)."""
     result = selftest.compile_replay("cpu", steps=12, batch=16)
     assert result["steps"] == 12 and result["max_loss_diff"] == 0 and result["max_param_diff"] == 0
+
+
+def test_orchestration_on_a_pretend_gpu(monkeypatch, tmp_path):
+    """The GPU branch of run(): every check is called with a time limit inside the budget, a failure
+    makes the run fail, and a spent budget skips what is left (with why)."""
+    calls = []
+
+    def child(name, device, timeout):
+        calls.append((name, timeout))
+        if name == "environment":
+            return {"device": "Pretend GPU", "gradflow": "x", "cupy": "14.2.0", "torch_cuda": False}, "", 0.1
+        return {"steps": 100, "max_loss_diff": 0.0, "max_param_diff": 0.0, "tolerance": "t"}, "", 0.1
+
+    monkeypatch.setattr(selftest, "_run_child", child)
+    monkeypatch.setattr(selftest, "check_pytest", lambda t, out: [
+        selftest.Check("pytest-gpu", "passed", "3 passed"), selftest.Check("gemm", "passed"),
+        selftest.Check("kernels-vs-numpy", "failed", "relu_fwd: 1 mismatch"), selftest.Check("dropout-mask", "passed")])
+
+    def slow_benchmarks(t, out, torch_cuda):
+        calls.append(("benchmarks", t))
+        time.sleep(1.2)
+        return selftest.Check("benchmarks", "passed")
+
+    monkeypatch.setattr(selftest, "check_benchmarks", slow_benchmarks)
+    monkeypatch.setattr(selftest, "check_sanitizer", lambda tool, t, out: selftest.Check(tool, "passed"))
+    monkeypatch.setattr(selftest, "LIMITS_S", {**selftest.LIMITS_S, "memcheck": 5})
+    report, text, out = selftest.run("cuda", tmp_path, budget=11)
+    status = {c["name"]: c["status"] for c in report["checks"]}
+    assert status["kernels-vs-numpy"] == "failed" and report["ok"] is False and "RESULT: FAILED" in text
+    assert status["compile-replay"] == "passed" and status["benchmarks"] == "passed"
+    assert all(t <= 11 for _, t in calls)
+    assert status["racecheck"] == "skipped"  # the 11 s budget is gone by then
+    assert "time budget" in next(c["detail"] for c in report["checks"] if c["name"] == "racecheck")
+    assert json.loads((tmp_path / "selftest.json").read_text())["environment"]["device"] == "Pretend GPU"
