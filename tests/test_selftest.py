@@ -106,3 +106,35 @@ def test_orchestration_on_a_pretend_gpu(monkeypatch, tmp_path):
     assert status["racecheck"] == "skipped"  # the 11 s budget is gone by then
     assert "time budget" in next(c["detail"] for c in report["checks"] if c["name"] == "racecheck")
     assert json.loads((tmp_path / "selftest.json").read_text())["environment"]["device"] == "Pretend GPU"
+
+
+VERBOSE = """============================= test session starts ==============================
+collecting ... collected 5 items / 2 deselected / 3 selected
+tests/test_ops_grad.py::test_binary_broadcasting[cuda-((3, 4), (3, 4))-add] PASSED
+tests/test_kernels_gpu.py::test_elementwise_kernel_matches_numpy[f32-relu_fwd] PASSED
+tests/test_gemm_kernel.py::test_gpu_gemm_matches_cublas[float32] SKIPPED (no usable CUDA device)
+tests/test_kernels_gpu.py::test_dropout_masks_identical_on_cpu_and_gpu """
+
+
+def test_a_pytest_run_killed_at_its_limit_still_reports_what_ran():
+    checks = {c.name: c for c in selftest.checks_from_verbose(VERBOSE, 240.0, timed_out=240)}
+    assert checks["pytest-gpu"].status == "passed" and checks["kernels-vs-numpy"].status == "passed"
+    assert checks["gemm"].status == "skipped" and "no usable CUDA device" in checks["gemm"].detail
+    assert checks["dropout-mask"].status == "failed"
+    assert "timed out after 240 s" in checks["dropout-mask"].detail
+    assert "test_dropout_masks_identical_on_cpu_and_gpu" in checks["dropout-mask"].detail
+
+
+def test_verbose_output_of_a_real_pytest_run_is_understood(tmp_path):
+    """The parser reads what this pytest really prints with the selftest's flags."""
+    test = tmp_path / "test_sample.py"
+    test.write_text("import pytest\n"
+                    "@pytest.mark.parametrize('x', [(1, 2), 3])\ndef test_ok(x):\n    pass\n"
+                    "def test_bad():\n    assert 0, 'nope'\n"
+                    "@pytest.mark.skip(reason='why not')\ndef test_skip():\n    pass\n")
+    rc, out = selftest.run_bounded([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-o",
+                                    "console_output_style=classic", str(test)], 120, cwd=str(tmp_path))
+    assert rc == 1, out
+    check, = [c for c in selftest.checks_from_verbose(out) if c.name == "pytest-gpu"]
+    assert check.status == "failed" and check.data == dict(passed=2, failed=1, skipped=1), (check.data, out)
+    assert "test_bad" in check.detail
