@@ -111,12 +111,11 @@ def test_one_hot_is_range_checked_like_torch():
     F = nn.functional
     numpy.testing.assert_array_equal(F.one_hot(gf.tensor([0, 2]), 3).numpy(),
                                      torch.nn.functional.one_hot(torch.tensor([0, 2]), 3).numpy())
-    # torch raises RuntimeError; gradflow's error is a RuntimeError or a ValueError/TypeError naming it
-    with pytest.raises((RuntimeError, ValueError), match="non-negative"):
+    with pytest.raises(ValueError, match="non-negative"):
         F.one_hot(gf.tensor([0, -1]), 3)
-    with pytest.raises((RuntimeError, ValueError), match=r"smaller than num_classes\W+3"):
+    with pytest.raises(ValueError, match=r"smaller than num_classes \(3\)"):
         F.one_hot(gf.tensor([3]), 3)
-    with pytest.raises((RuntimeError, TypeError), match="integer"):
+    with pytest.raises(TypeError, match="integer"):
         F.one_hot(gf.tensor([1.0]), 3)
     assert F.one_hot(gf.tensor([1, 4])).shape == (2, 5)
 
