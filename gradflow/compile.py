@@ -78,12 +78,42 @@ def mode_switched(module):
     _modes ^= tag
 
 
-def replay_as_call(func):
+class GraphCall:
+    """How one call of a ``@replay_as_call`` function joins a one-launch GPU replay.
+
+    A function marked ``@replay_as_call(graph=hook)`` gets ``hook(*args, **kwargs)`` called
+    when the GPU runner is built; the hook returns a GraphCall, or None when that call must
+    stay a host call between graphs. The parts, all optional:
+
+    - ``clears``: leaves whose ``.grad`` the call sets to None, and ``host``: the call itself,
+      run on the host before the launch (it must be idempotent: ``zero_grad(set_to_none=True)``);
+    - ``grads``: leaves whose gradient buffers the device part reads or writes: each must have
+      its gradient delivered into its own buffer earlier in the same graph;
+    - ``check()``: a pure test, before the launch, that the captured arrays are still the
+      call's arrays (else that replay runs eagerly);
+    - ``commit()``: host work before the launch (folding hyperparameters into device scalars,
+      advancing step counts); returns an undo callable, or None when this replay cannot use
+      the graph (then nothing is changed);
+    - ``device()``: device work only, captured into the graph;
+    - ``epilogue()``: host bookkeeping after the launch (version counters).
+    """
+
+    def __init__(self, *, clears=(), host=None, grads=(), check=None, commit=None, device=None, epilogue=None):
+        self.clears, self.host, self.grads = tuple(clears), host, tuple(grads)
+        self.check, self.commit, self.device, self.epilogue = check, commit, device, epilogue
+
+
+def replay_as_call(func=None, *, graph=None):
     """Mark a function that a replayed step must re-execute as a call (optimizer steps).
 
     Ops it runs are not recorded one by one; replay calls it again with the same
     arguments, so Python-side state it keeps (step counts, schedules) stays exact.
+    ``graph`` (see ``GraphCall``) says how the call goes inside a CUDA graph instead.
     """
+    if func is None:
+        return lambda f: replay_as_call(f, graph=graph)
+    func._graph_call = graph
+
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         recorder = _tape._recorder
@@ -234,6 +264,8 @@ class _Plan:
         self.strict = strict
         self.graph_runner = None
         self.rng_ops = recording.rng_ops
+        self.leaf_meta = {i: (recording.arrays[op[2]].shape, recording.arrays[op[2]].dtype)
+                          for i, op in enumerate(recording.ops) if op[0] == _LEAF}
         self.template = [None] * len(recording.arrays)
         for slot in recording.external:
             self.template[slot] = recording.arrays[slot]
@@ -454,12 +486,116 @@ def capture_stream(stream, run):
     return (None, failure) if failure is not None else (graph, None)
 
 
-class _CudaGraphRunner:
-    """Replays a plan on the GPU with its Function-op runs captured as CUDA graphs.
+class _Segment:
+    """One CUDA graph of a GPU replay and the host work around its launch (see ``_segments``)."""
 
-    Built during the first GPU replay: each run of capturable ops is captured and launched
-    at once; other ops execute as usual. Slots that an eagerly executed op writes and a
-    graph reads get a fixed buffer, refreshed by a device copy on every later replay.
+    def __init__(self, start):
+        self.start = start      # index of its first plan op: a replay that cannot launch it runs eagerly from here
+        self.hosts = []         # GraphCalls whose host part runs first (zero_grad(set_to_none=True))
+        self.need_none = []     # leaves whose .grad must be None when the graph delivers into their buffer
+        self.leaves = []        # (leaf, its _grad_buffer) of deliveries into it: still its buffer at launch
+        self.calls = []         # GraphCalls with device parts: check, then commit, before the launch
+        self.device = []        # what the graph records, in plan order: ("op", op) | ("leaf", op, add) | ("call", gc)
+        self.post = []          # host epilogue after the launch, in plan order
+        self.undo = []          # undoes this replay's commits (a capture that failed)
+
+    def ops(self):
+        return [item[1] for item in self.device if item[0] != "call"]
+
+
+def _segments(plan, calls, buffers):
+    """The GPU replay of ``plan`` as a list of ("graph", _Segment) and ("host", op) items.
+
+    A pure function of the plan's ops, the GraphCalls of its calls (``calls``: op index ->
+    GraphCall or None) and the persistent buffer each leaf delivery writes (``buffers``: op
+    index -> array). Function ops go into the current graph unless they draw random numbers;
+    a leaf delivery goes in as a copy into (or, when the leaf already received a gradient in
+    this plan, an add to) its buffer, with ``.grad`` set to that buffer after the launch; a
+    call goes in when its GraphCall allows it. Anything else ends the graph and runs on the
+    host. A step whose every op fits is one graph: one launch per replay.
+    """
+    items, seg = [], None
+    state = {}           # id(leaf) -> "cleared" | "delivered" (absent: unknown, .grad must be None)
+    here = set()         # ids of leaves delivered in the open segment (their .grad is set after its launch)
+    holder = {}          # id(leaf) -> the buffer its last delivery wrote
+
+    def close():
+        nonlocal seg
+        if seg is not None and (seg.device or seg.hosts):
+            items.append(("graph", seg))
+        seg = None
+        here.clear()
+
+    def host(op):
+        close()
+        items.append(("host", op))
+
+    for i, op in enumerate(plan.ops):
+        kind = op[0]
+        if kind == _FUNCTION:
+            if i in plan.rng_ops:
+                host(op)
+                continue
+            seg = seg or _Segment(i)
+            seg.device.append(("op", op))
+        elif kind == _LEAF:
+            x, buf = op[1], buffers.get(i)
+            if buf is None:
+                host(op)
+                state[id(x)] = "delivered"
+                holder[id(x)] = None
+                continue
+            seg = seg or _Segment(i)
+            known = state.get(id(x))
+            if known is None:
+                seg.need_none.append(x)
+            add = known == "delivered"
+            if add and holder.get(id(x)) is not buf:
+                host(op)
+                holder[id(x)] = None
+                continue
+            if getattr(x, "_grad_buffer", None) is buf:
+                seg.leaves.append((x, buf))
+            seg.device.append(("leaf", op, add, buf))
+            seg.post.append((x, buf))
+            state[id(x)], holder[id(x)] = "delivered", buf
+            here.add(id(x))
+        else:
+            gc = calls.get(i)
+            if gc is not None and gc.device is None and gc.host is not None:
+                if here & {id(x) for x in gc.clears}:
+                    close()  # it clears what this graph delivers: after its launch
+                seg = seg or _Segment(i)
+                seg.hosts.append(gc)
+                for x in gc.clears:
+                    state[id(x)] = "cleared"
+                    holder.pop(id(x), None)
+            elif gc is not None and gc.device is not None and all(
+                    state.get(id(x)) == "delivered" and holder.get(id(x)) is getattr(x, "_grad_buffer", False)
+                    for x in gc.grads):
+                seg = seg or _Segment(i)
+                seg.calls.append(gc)
+                seg.device.append(("call", gc))
+                if gc.epilogue is not None:
+                    seg.post.append(gc.epilogue)
+            else:
+                host(op)
+                state.clear()  # an arbitrary call may set any .grad
+                holder.clear()
+    close()
+    return items
+
+
+class _CudaGraphRunner:
+    """Replays a plan on the GPU as CUDA graphs: for a whole training step, one graph.
+
+    Built during the first GPU replay: ``_segments`` splits the plan into graphs and host
+    ops; each graph is captured and launched at once. Slots that a host op writes and a
+    graph reads get a fixed buffer, refreshed by a device copy on every later replay. Before
+    each launch the segment's host part runs (``zero_grad``, folding optimizer
+    hyperparameters into device scalars); when its preconditions fail (a ``.grad`` left over
+    from an earlier step, a replaced parameter array), that replay runs the rest of the plan
+    eagerly instead, which gives the same result.
     """
 
     def __init__(self, plan):
@@ -468,8 +604,9 @@ class _CudaGraphRunner:
         self.pool = cp.cuda.MemoryPool()     # private: graph buffers are never handed out elsewhere
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.vals = None
-        self.steps = None                    # ("graph", graph) | ("op", op, {slot: fixed buffer})
+        self.steps = None                    # ("graph", graph, _Segment) | ("op", op, {slot: fixed buffer})
         self.inputs = None
+        self.launches = 0                    # graph launches so far (one per replay for a whole step)
 
     def run(self, arrays):
         cp = backend.cupy()
@@ -481,12 +618,45 @@ class _CudaGraphRunner:
         vals = self.vals
         for step in self.steps:
             if step[0] == "graph":
+                seg = step[2]
+                if not self._before_launch(seg):
+                    return self._eager_from(seg.start)
                 step[1].launch(stream)
+                self.launches += 1
+                _after_launch(seg)
             else:
                 _run_op(step[1], vals)
                 for s, fixed in step[2].items():
                     fixed[...] = vals[s]
                     vals[s] = fixed
+        return _copy_outputs(self.plan.outputs, vals)
+
+    def _before_launch(self, seg):
+        """The segment's host part; False (and nothing committed) when this replay must run eagerly."""
+        for gc in seg.hosts:
+            gc.host()
+        if any(x.grad is not None for x in seg.need_none) or \
+                any(getattr(x, "_grad_buffer", None) is not buf for x, buf in seg.leaves):
+            return False
+        if not all(gc.check is None or gc.check() for gc in seg.calls):
+            return False
+        undo = []
+        for gc in seg.calls:
+            if gc.commit is not None:
+                u = gc.commit()
+                if u is None:
+                    for f in reversed(undo):
+                        f()
+                    return False
+                undo.append(u)
+        seg.undo = undo
+        return True
+
+    def _eager_from(self, start):
+        """The rest of the plan without graphs, on a copy of the slot table (graph buffers stay put)."""
+        vals = list(self.vals)
+        for op in self.plan.ops[start:]:
+            _run_op(op, vals)
         return _copy_outputs(self.plan.outputs, vals)
 
     def _first_run(self, arrays):
@@ -496,20 +666,32 @@ class _CudaGraphRunner:
             gemm(cp.ones((1, 1), dtype), cp.ones((1, 1), dtype))
         with cp.cuda.using_allocator(self.pool.malloc):
             self.inputs = [cp.array(a) for a in arrays]
+            buffers = {}
+            for i, op in enumerate(plan.ops):
+                if op[0] == _LEAF:
+                    buffers[i] = self._leaf_buffer(op, *plan.leaf_meta[i])
+        calls = {}
+        for i, op in enumerate(plan.ops):
+            hook = getattr(op[1], "_graph_call", None) if op[0] == _CALL else None
+            if hook is not None:
+                calls[i] = hook(*op[2], **op[3])
         vals = self.vals = list(plan.template)
         vals[:plan.n_inputs] = self.inputs
         graph_reads = set()
-        steps, segment = [], []
-        for i, op in enumerate(plan.ops):
-            if op[0] == _FUNCTION and i not in plan.rng_ops:
-                segment.append(op)
+        steps = []
+        for kind, item in _segments(plan, calls, buffers):
+            if kind == "host":
+                _run_op(item, vals)
+                steps.append(("op", item, {}))
                 continue
-            steps.extend(self._capture(segment, graph_reads))
-            segment = []
-            _run_op(op, vals)
-            steps.append(("op", op, {}))
-        steps.extend(self._capture(segment, graph_reads))
-        # slots written by eager ops but read by a graph: pin this run's array as the fixed buffer
+            if not self._before_launch(item):  # not this time: the next replay builds the runner again
+                return self._eager_from(item.start)
+            graph = self._capture_segment(item)
+            if graph is None:
+                return self._eager_from(item.start)
+            graph_reads.update(s for op in item.ops() for s in _reads(op))
+            steps.append(("graph", graph, item))
+        # slots written by host ops but read by a graph: pin this run's array as the fixed buffer
         for step in steps:
             if step[0] == "op":
                 for s in _writes(step[1]):
@@ -517,6 +699,60 @@ class _CudaGraphRunner:
                         step[2][s] = vals[s]
         self.steps = steps
         return _copy_outputs(plan.outputs, vals)
+
+    @staticmethod
+    def _leaf_buffer(op, shape, dtype):
+        """Where a leaf's gradient lands: its own (optimizer flat) buffer, else one the plan keeps for it."""
+        x, own = op[1], op[5]
+        cp = backend.cupy()
+        buf = getattr(x, "_grad_buffer", None)
+        if buf is not None and buf.shape == shape and buf.dtype == dtype and type(buf) is cp.ndarray:
+            return buf
+        if own[0] is None or own[0].shape != shape or own[0].dtype != dtype:
+            own[0] = cp.empty(shape, dtype)
+        return own[0]
+
+    def _capture_segment(self, seg):
+        """Capture ``seg``'s device work as one graph and launch it; None (warned, or CaptureError
+        under strict) when it cannot be captured, with the commits undone by running eagerly."""
+        cp = backend.cupy()
+        vals = self.vals
+        before = {s: vals[s] for op in seg.ops() for s in _writes(op)}
+
+        def run():
+            for item in seg.device:
+                if item[0] == "op":
+                    _run_op(item[1], vals)
+                elif item[0] == "leaf":
+                    op, add, buf = item[1:]
+                    if add:
+                        buf += vals[op[2]]
+                    else:
+                        buf[...] = vals[op[2]]
+                else:
+                    item[1].device()
+
+        for item in seg.device:  # a delivery's result slot is its buffer, fixed for the plan's life
+            if item[0] == "leaf":
+                vals[item[1][4]] = item[3]
+        with cp.cuda.using_allocator(self.pool.malloc), self.stream:
+            graph, failure = capture_stream(self.stream, run)
+        if graph is None:
+            message = f"gradflow.compile: a segment of {len(seg.device)} ops could not be captured as a CUDA " \
+                      f"graph ({failure!r})"
+            if self.plan.strict:
+                raise CaptureError(message) from failure
+            warnings.warn(message + "; replaying the step without graphs", RuntimeWarning, stacklevel=4)
+            for s, a in before.items():
+                vals[s] = a
+            for f in reversed(seg.undo):
+                f()
+            self.plan.cuda_graphs = False  # every later replay: the generated code, no graphs
+            return None
+        graph.launch(cp.cuda.get_current_stream())
+        self.launches += 1
+        _after_launch(seg)
+        return graph
 
     def _capture(self, segment, graph_reads):
         if not segment:
@@ -545,6 +781,15 @@ class _CudaGraphRunner:
             graph_reads.update(_reads(op))
         graph.launch(cp.cuda.get_current_stream())
         return [("graph", graph)]
+
+
+def _after_launch(seg):
+    """The segment's host epilogue: each delivered leaf's ``.grad`` is its buffer; calls' bookkeeping."""
+    for post in seg.post:
+        if type(post) is tuple:
+            post[0].grad = Tensor._wrap(post[1])
+        else:
+            post()
 
 
 def _copy_outputs(structure, vals):

@@ -9,7 +9,7 @@ from collections import OrderedDict, namedtuple
 import numpy
 
 from gradflow import backend
-from gradflow.compile import invalidate, mode_switched, replay_as_call
+from gradflow.compile import GraphCall, invalidate, mode_switched, replay_as_call
 from gradflow.nn.utils import zero_grads
 from gradflow.tensor import RemovableHandle, Tensor
 
@@ -222,7 +222,8 @@ class Module:
     def double(self):
         return self.to(numpy.float64)
 
-    @replay_as_call
+    @replay_as_call(graph=lambda self, set_to_none=True: GraphCall(  # CUDA-graph replay: a host act before
+        clears=list(self.parameters()), host=lambda: zero_grads(self.parameters(), True)) if set_to_none else None)
     def zero_grad(self, set_to_none=True):
         zero_grads(self.parameters(), set_to_none)
 

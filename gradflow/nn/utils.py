@@ -2,7 +2,7 @@
 import math
 
 from gradflow import backend, ops
-from gradflow.compile import replay_as_call
+from gradflow.compile import GraphCall, replay_as_call
 from gradflow.tensor import Tensor
 
 
@@ -31,7 +31,23 @@ def zero_grads(parameters, set_to_none=True):
             g._bump_version()
 
 
-@replay_as_call  # in-place on .grad arrays: a captured step re-runs it as a call
+def _graph_clip(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    """``clip_grad_norm_`` inside a CUDA graph (a ``compile.GraphCall``): the norm and the scaling
+    run on the parameters' own gradient buffers, where the graph delivered the gradients."""
+    params = _params(parameters)
+    buffers = [getattr(p, "_grad_buffer", None) for p in params]
+    if error_if_nonfinite or not params or any(b is None for b in buffers):
+        return None  # the nonfinite test reads the norm on the host
+
+    def epilogue():
+        for p in params:
+            p.grad._bump_version()
+
+    return GraphCall(grads=params, device=lambda: _clip(buffers, float(max_norm), float(norm_type)),
+                     epilogue=epilogue)
+
+
+@replay_as_call(graph=_graph_clip)  # in-place on .grad arrays: a captured step re-runs it as a call
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
     """Scale all gradients together so their joint ``norm_type``-norm is at most ``max_norm``.
 
@@ -42,11 +58,20 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     if not grads:
         return Tensor(0.0)
     xp = backend.xp_of(grads[0].data)
+    total = _clip([g.data for g in grads], max_norm, norm_type, error_if_nonfinite)
+    for g in grads:
+        g._bump_version()
+    return Tensor._wrap(xp.asarray(total))
+
+
+def _clip(arrays, max_norm, norm_type, error_if_nonfinite=False):
+    """clip_grad_norm_ on raw arrays, in place, all on the device; returns the total norm."""
+    xp = backend.xp_of(arrays[0])
     if norm_type == math.inf:
-        norms = xp.stack([xp.abs(g.data).max() for g in grads])
+        norms = xp.stack([xp.abs(g).max() for g in arrays])
         total = norms.max()
     else:
-        norms = xp.stack([xp.linalg.norm(g.data.ravel(), norm_type) for g in grads])
+        norms = xp.stack([xp.linalg.norm(g.ravel(), norm_type) for g in arrays])
         total = xp.linalg.norm(norms, norm_type)
     if error_if_nonfinite and not bool(xp.isfinite(total)):  # the one host read, only when asked for
         raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} of the gradients is "
@@ -54,10 +79,9 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     # on the device, as torch: coef = min(max_norm / (total + 1e-6), 1) in the norm's dtype, and
     # every gradient is scaled by it (by 1 when nothing is clipped; NaN when the norm is NaN)
     coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
-    for g in grads:
-        xp.multiply(g.data, coef.astype(g.data.dtype, copy=False), out=g.data)
-        g._bump_version()
-    return Tensor._wrap(xp.asarray(total))
+    for g in arrays:
+        xp.multiply(g, coef.astype(g.dtype, copy=False), out=g)
+    return total
 
 
 @replay_as_call

@@ -378,3 +378,70 @@ def flat_buffer(arrays, dtype=None):
         views.append(view)
         start += a.size
     return buffer, views
+
+
+# ---- device-scalar twins: the updates a captured step records ------------------------------------------
+class Update:
+    """One fused update kernel and its device-scalar twin.
+
+    Called as the kernel (``_sgd(grad, -lr, ...)``) it runs it, unless an optimizer step is
+    being folded for a captured replay (``deferred``): then it only logs the call, so the
+    caller can launch the twin instead. The twin (``<name>_dev``) is the same declaration
+    with every hyperparameter an array parameter: called with 0-d device arrays (views of
+    one buffer that the host refills before each graph launch), its hyperparameters are
+    read from device memory, so a CUDA graph holding the launch stays valid when the
+    learning rate, the bias corrections or the step count change.
+    """
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.scalars = [p for p in kernel.params if p.scalar]
+        self.device = Elementwise(kernel.name + "_dev", kernel.in_params, kernel.out_params, kernel.operation,
+                                  headers=kernel.headers, numpy=self._device_numpy)
+
+    def __call__(self, *args):
+        if _deferred is not None:
+            _deferred.append((self, args))
+        else:
+            self.kernel(*args)
+
+    def _device_numpy(self, *args):
+        """NumPy twin of the device-scalar kernel: the hyperparameters arrive as arrays holding one
+        value (0-d, or broadcast); the update is the scalar kernel's twin with those values."""
+        args = list(args)
+        for k, p in enumerate(self.kernel.params):
+            if p.scalar:
+                value = numpy.asarray(args[k]).reshape(-1)[0]
+                args[k] = int(value) if p.type.startswith("int") else value
+        return self.kernel.numpy(*args)
+
+    def split(self, args):
+        """``args`` of a kernel call as (arrays before the scalars, scalar values, arrays after)."""
+        first = next(k for k, p in enumerate(self.kernel.params) if p.scalar)
+        end = first + len(self.scalars)
+        return args[:first], args[first:end], args[end:]
+
+
+_deferred = None  # a list while an optimizer step is folded for a captured launch (see Update)
+
+
+class deferred:
+    """``with fused.deferred() as calls:`` log the update calls made inside instead of running them."""
+
+    def __enter__(self):
+        global _deferred
+        if _deferred is not None:
+            raise RuntimeError("fused.deferred() does not nest")
+        _deferred = []
+        return _deferred
+
+    def __exit__(self, *exc):
+        global _deferred
+        _deferred = None
+        return False
+
+
+for _name, _kernel in list(globals().items()):  # every update declared above gets its device-scalar twin
+    if isinstance(_kernel, Elementwise) and _kernel.headers == _OPT:
+        globals()[_name] = Update(_kernel)
+del _name, _kernel

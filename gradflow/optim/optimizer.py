@@ -22,10 +22,13 @@ delivers gradients straight into it; eager gradients are copied in before the up
 [{..., 'params': [index, ...]}]}`` with parameters numbered in group order.
 """
 import copy
+import functools
 import math
 
+import numpy
+
 from gradflow import backend
-from gradflow.compile import replay_as_call
+from gradflow.compile import GraphCall, replay_as_call
 from gradflow.optim import fused
 from gradflow.nn.utils import zero_grads
 from gradflow.tensor import Tensor, enable_grad
@@ -86,10 +89,17 @@ class _FlatGroup:
     def ready(self, state):
         """Whether every parameter, its gradient and its state are this layout's views (the
         steady state of a replayed step), so they cannot be of the wrong shape, dtype or device."""
-        held = self.state
         for k, p in enumerate(self.params):
             grad = p.grad
-            if grad is None or p.data is not self.param_views[k] or grad.data is not self.grad_views[k]:
+            if grad is None or grad.data is not self.grad_views[k]:
+                return False
+        return self.steady(state)
+
+    def steady(self, state):
+        """``ready`` but for the gradients: parameters and state are this layout's views (a pure test)."""
+        held = self.state
+        for k, p in enumerate(self.params):
+            if p.data is not self.param_views[k]:
                 return False
             s = state.get(p)
             if s is None:
@@ -132,6 +142,40 @@ class _FlatGroup:
             if s.keys() != first.keys():
                 return None
         return flat
+
+
+def _device_scalars(calls):
+    """Device buffers for the hyperparameters of deferred update ``calls`` (``fused.deferred``).
+
+    Returns the launches ``[(update, arrays before, 0-d device scalars, arrays after, host
+    views)]`` and ``upload()``, which copies every host view to its device scalar in one
+    host-to-device copy: all scalars are views of one byte buffer on each side, each in its
+    kernel parameter's dtype (T, or int32 for flags).
+    """
+    layout, offset = [], 0
+    for update, args in calls:
+        before, scalars, after = update.split(args)
+        dtypes = [before[0].dtype if p.placeholder else p.type for p in update.scalars]
+        spots = []
+        for dtype in dtypes:
+            size = numpy.dtype(dtype).itemsize
+            offset = (offset + 7) // 8 * 8
+            spots.append((offset, numpy.dtype(dtype)))
+            offset += size
+        layout.append((update, before, after, spots))
+    xp = backend.xp_of(calls[0][1][0])
+    host = numpy.zeros(max(offset, 8), numpy.uint8)
+    device = xp.zeros(host.size, numpy.uint8)
+    launches = []
+    for update, before, after, spots in layout:
+        views = [host[o:o + d.itemsize].view(d).reshape(()) for o, d in spots]
+        scalars = [device[o:o + d.itemsize].view(d).reshape(()) for o, d in spots]
+        launches.append((update, tuple(before), scalars, tuple(after), views))
+    if type(device) is numpy.ndarray:
+        upload = functools.partial(numpy.copyto, device, host)
+    else:
+        upload = functools.partial(device.set, host)
+    return launches, upload
 
 
 class Optimizer:
@@ -221,7 +265,15 @@ class Optimizer:
                         where, name, value, "must be a number >= 0")
 
     # ---- gradients ------------------------------------------------------------------------------
-    @replay_as_call  # gradflow.compile re-runs it as a call rather than recording its array writes
+    def _graph_zero_grad(self, set_to_none=True):
+        """``zero_grad(set_to_none=True)`` in a CUDA-graph replay: a host act before the launch."""
+        if not set_to_none:
+            return None
+        return GraphCall(clears=[p for g in self.param_groups for p in g["params"]],
+                         host=lambda: [zero_grads(g["params"], True) for g in self.param_groups])
+
+    # gradflow.compile re-runs it as a call rather than recording its array writes
+    @replay_as_call(graph=lambda self, set_to_none=True: self._graph_zero_grad(set_to_none))
     def zero_grad(self, set_to_none=True):
         for group in self.param_groups:
             zero_grads(group["params"], set_to_none)
@@ -258,7 +310,7 @@ class Optimizer:
             self._init_state(p, state, group)
         return work
 
-    @replay_as_call
+    @replay_as_call(graph=lambda self, closure=None: self._graph_step(closure))
     def step(self, closure=None):
         """One update of every parameter that has a gradient; ``closure`` re-evaluates the loss first."""
         loss = None
@@ -295,19 +347,91 @@ class Optimizer:
                     self._update(p, state, group)
             else:
                 layout.gather_grads()
-                whole = Tensor._wrap(layout.param_flat)
-                whole.grad = Tensor._wrap(layout.grad_flat)
-                self._update(whole, flat_state, group)
-                for key in states[0].keys() - flat_state.keys():  # popped by the update (SGD's "fresh")
-                    for state in states:
-                        del state[key]
-                for key, value in flat_state.items():
-                    if not isinstance(value, Tensor):
-                        for state in states:
-                            state[key] = value
+                self._flat_update(layout, states, flat_state, group)
             for p in params:
                 p._bump_version()
             start = end
+
+    def _flat_update(self, layout, states, flat_state, group):
+        """One fused update of a whole group on its flat buffers; per-parameter states follow."""
+        whole = Tensor._wrap(layout.param_flat)
+        whole.grad = Tensor._wrap(layout.grad_flat)
+        self._update(whole, flat_state, group)
+        for key in states[0].keys() - flat_state.keys():  # popped by the update (SGD's "fresh")
+            for state in states:
+                del state[key]
+        for key, value in flat_state.items():
+            if not isinstance(value, Tensor):
+                for state in states:
+                    state[key] = value
+
+    def _graph_step(self, closure=None):
+        """``step()`` inside a CUDA graph (a ``compile.GraphCall``), or None where it stays a call.
+
+        Possible when every group is laid out flat: the graph then holds one device-scalar
+        update kernel per group (``fused.Update``), reading its hyperparameters from a small
+        device buffer. Before each launch ``commit`` validates the groups as ``step`` does,
+        folds the hyperparameters exactly as the eager step (same code: ``_update`` with the
+        kernel calls deferred), advances step counts, and copies the folded values into that
+        buffer (one host-to-device copy); an LR schedule or a changed hyperparameter thus
+        changes nothing recorded. Version counters advance after the launch.
+        """
+        if closure is not None or not self.flat:
+            return None
+        groups = []
+        for group in self.param_groups:
+            layout = self._flat.get(id(group))
+            if layout is None or not layout.holds(group["params"]):
+                return None
+            groups.append((group, layout, group["params"]))
+        params = [p for _, _, ps in groups for p in ps]
+        fixed = {}  # "launches": [(update, arrays before, device scalars, arrays after, host views)], "upload"
+
+        def check():
+            return all(layout.holds(ps) and layout.steady(self.state) for _, layout, ps in groups)
+
+        def commit():
+            for gi, (group, _, _) in enumerate(groups):
+                self._check_group(group, f"param_groups[{gi}]")
+            snapshot = [(s, dict(s)) for s in (self.state[p] for p in params)]
+
+            def undo():
+                for s, saved in snapshot:
+                    s.clear()
+                    s.update(saved)
+
+            with fused.deferred() as calls:
+                for group, layout, ps in groups:
+                    states = [self.state[p] for p in ps]
+                    flat_state = layout.state_for(states)
+                    if flat_state is None:
+                        undo()
+                        return None
+                    self._flat_update(layout, states, flat_state, group)
+            if "launches" not in fixed:
+                fixed["launches"], fixed["upload"] = _device_scalars(calls)
+            launches = fixed["launches"]
+            if len(calls) != len(launches) or any(
+                    u is not l[0] or len(a) != len(l[1]) + len(l[2]) + len(l[3]) or
+                    any(x is not y for x, y in zip(u.split(a)[0] + u.split(a)[2], l[1] + l[3]))
+                    for (u, a), l in zip(calls, launches)):
+                undo()  # another kernel or other arrays (a hyperparameter switched momentum on): eager
+                return None
+            for (u, a), l in zip(calls, launches):
+                for view, value in zip(l[4], u.split(a)[1]):
+                    view[...] = value
+            fixed["upload"]()
+            return undo
+
+        def device():
+            for update, before, scalars, after, _ in fixed["launches"]:
+                update.device(*before, *scalars, *after)
+
+        def epilogue():
+            for p in params:
+                p._bump_version()
+
+        return GraphCall(grads=params, check=check, commit=commit, device=device, epilogue=epilogue)
 
     def _init_state(self, p, state, group):
         """Create any state ``p`` lacks (called on every step: must be cheap when it exists)."""
