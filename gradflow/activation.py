@@ -14,7 +14,7 @@ import math
 import numpy
 
 from gradflow import backend, ops, philox
-from gradflow.kernel import Elementwise, RawKernel, RowKernel, row_threads
+from gradflow.kernel import Elementwise, RawKernel, RowKernel, device_scalar_twin, row_threads
 from gradflow.tensor import DTypeError, Function, OpError, Tensor, as_tensor
 
 _ACT = ("activations.cuh",)
@@ -722,8 +722,23 @@ noisy_relu_fwd = Elementwise("noisy_relu_fwd", "T x, T sigma, uint64 seed, uint6
                              headers=_DROP, scalars="sigma seed offset", numpy=_noisy_relu_np)
 
 
+# inside a CUDA graph (gradflow.compile) the Philox seed and offset are read from device memory
+dropout_fwd_dev = device_scalar_twin(dropout_fwd, "seed offset")
+noisy_relu_fwd_dev = device_scalar_twin(noisy_relu_fwd, "seed offset")
+
+
+def _philox_args(kernel, twin, seed, offset):
+    """The kernel for a draw and its (seed, offset) arguments: host integers, or the 0-d device arrays
+    ``Generator.next_offset`` hands out while a CUDA graph is captured."""
+    if type(seed) is int:
+        return kernel, numpy.uint64(seed), numpy.uint64(offset)
+    return twin, seed, offset
+
+
 class Dropout(Function):
     """Inverted dropout: y = x * keep / (1 - p); the bool mask is all backward keeps."""
+
+    device_draws = True  # gradflow.compile may put it in a CUDA graph (random.Generator.next_offset)
 
     def __init__(self, p, generator=None):
         self.p, self.generator = p, generator
@@ -733,7 +748,8 @@ class Dropout(Function):
         self.scale = 0.0 if self.p == 1 else 1.0 / (1.0 - self.p)
         seed, offset = philox.reserve(x.size, self.generator)
         x = backend.xp_of(x).ascontiguousarray(x)  # i is the C-order element index
-        y, mask = dropout_fwd(x, self.scale, numpy.uint64(seed), numpy.uint64(offset), numpy.uint64(threshold))
+        kernel, seed, offset = _philox_args(dropout_fwd, dropout_fwd_dev, seed, offset)
+        y, mask = kernel(x, self.scale, seed, offset, numpy.uint64(threshold))
         self.save_for_backward(mask)
         return y
 
@@ -745,13 +761,16 @@ class Dropout(Function):
 class NoisyReLU(Function):
     """relu(x + std * n), n ~ N(0, 1) drawn from Philox; the noise is a constant for backward."""
 
+    device_draws = True  # gradflow.compile may put it in a CUDA graph
+
     def __init__(self, std, generator=None):
         self.std, self.generator = float(std), generator
 
     def forward(self, x):
         seed, offset = philox.reserve(x.size, self.generator)
         x = backend.xp_of(x).ascontiguousarray(x)
-        y, mask = noisy_relu_fwd(x, self.std, numpy.uint64(seed), numpy.uint64(offset))
+        kernel, seed, offset = _philox_args(noisy_relu_fwd, noisy_relu_fwd_dev, seed, offset)
+        y, mask = kernel(x, self.std, seed, offset)
         self.save_for_backward(mask)
         return y
 

@@ -40,6 +40,7 @@ import weakref
 import numpy
 
 from gradflow import backend
+from gradflow import random as random_module
 from gradflow.gemm import gemm
 from gradflow.tensor import Tensor, is_grad_enabled
 
@@ -498,6 +499,7 @@ class _Segment:
         self.device = []        # what the graph records, in plan order: ("op", op) | ("leaf", op, add) | ("call", gc)
         self.post = []          # host epilogue after the launch, in plan order
         self.undo = []          # undoes this replay's commits (a capture that failed)
+        self.draws = None       # _DeviceDraws of its random ops (dropout), filled before each launch
 
     def ops(self):
         return [item[1] for item in self.device if item[0] != "call"]
@@ -533,8 +535,8 @@ def _segments(plan, calls, buffers):
     for i, op in enumerate(plan.ops):
         kind = op[0]
         if kind == _FUNCTION:
-            if i in plan.rng_ops:
-                host(op)
+            if i in plan.rng_ops and not getattr(op[1], "device_draws", False):
+                host(op)  # its draw would freeze (seed, offset) into the graph
                 continue
             seg = seg or _Segment(i)
             seg.device.append(("op", op))
@@ -650,6 +652,8 @@ class _CudaGraphRunner:
                     return False
                 undo.append(u)
         seg.undo = undo
+        if seg.draws is not None:  # last: it advances the generators, and nothing can fail after it
+            seg.draws.commit()
         return True
 
     def _eager_from(self, start):
@@ -735,8 +739,19 @@ class _CudaGraphRunner:
         for item in seg.device:  # a delivery's result slot is its buffer, fixed for the plan's life
             if item[0] == "leaf":
                 vals[item[1][4]] = item[3]
+        with cp.cuda.using_allocator(self.pool.malloc):
+            draws = _DeviceDraws(cp.zeros(2 * _DeviceDraws.CAPACITY, numpy.uint64))
+
+        def run_with_draws():
+            draws.cursor = 0
+            random_module.device_draws = draws
+            try:
+                run()
+            finally:
+                random_module.device_draws = None
+
         with cp.cuda.using_allocator(self.pool.malloc), self.stream:
-            graph, failure = capture_stream(self.stream, run)
+            graph, failure = capture_stream(self.stream, run_with_draws)
         if graph is None:
             message = f"gradflow.compile: a segment of {len(seg.device)} ops could not be captured as a CUDA " \
                       f"graph ({failure!r})"
@@ -749,38 +764,47 @@ class _CudaGraphRunner:
                 f()
             self.plan.cuda_graphs = False  # every later replay: the generated code, no graphs
             return None
+        if draws.draws:
+            seg.draws = draws
+            draws.commit()
         graph.launch(cp.cuda.get_current_stream())
         self.launches += 1
         _after_launch(seg)
         return graph
 
-    def _capture(self, segment, graph_reads):
-        if not segment:
-            return []
-        cp = backend.cupy()
-        vals = self.vals
-        before = {s: vals[s] for op in segment for s in _writes(op)}
 
-        def run():
-            for op in segment:
-                _run_op(op, vals)
+class _DeviceDraws:
+    """The random draws of one CUDA graph: each kernel reads its Philox (seed, offset) from a device
+    buffer that ``commit`` refills before every launch with the counters eager mode would reserve,
+    in the same order from the same generators, advancing them as eager does (one host-to-device
+    copy). A ``manual_seed`` or ``set_rng_state`` between steps is thus seen by the next replay."""
 
-        with cp.cuda.using_allocator(self.pool.malloc), self.stream:
-            graph, failure = capture_stream(self.stream, run)
-        if graph is None:
-            message = f"gradflow.compile: {len(segment)} ops could not be captured as a CUDA graph ({failure!r})"
-            if self.plan.strict:
-                raise CaptureError(message) from failure
-            warnings.warn(message + "; replaying them without one", RuntimeWarning, stacklevel=4)
-            for s, a in before.items():
-                vals[s] = a
-            for op in segment:
-                _run_op(op, vals)
-            return [("op", op, {}) for op in segment]
-        for op in segment:
-            graph_reads.update(_reads(op))
-        graph.launch(cp.cuda.get_current_stream())
-        return [("graph", graph)]
+    CAPACITY = 128  # draws per graph
+
+    def __init__(self, device):
+        self.device = device
+        self.host = numpy.zeros(device.size, numpy.uint64)
+        self.draws = []  # (generator, count)
+        self.cursor = 0
+
+    def take(self, generator, count):
+        """(seed, offset) of the next draw of the graph being captured, as 0-d device arrays."""
+        k, self.cursor = self.cursor, self.cursor + 1
+        if k == len(self.draws):
+            if 2 * k + 2 > self.device.size:
+                raise CaptureError(f"gradflow.compile: more than {self.CAPACITY} random draws in one CUDA graph")
+            self.draws.append((generator, int(count)))
+        elif self.draws[k] != (generator, int(count)):
+            raise CaptureError("gradflow.compile: the random draws of a CUDA graph changed")
+        return self.device[2 * k:2 * k + 1].reshape(()), self.device[2 * k + 1:2 * k + 2].reshape(())
+
+    def commit(self):
+        for k, (generator, count) in enumerate(self.draws):
+            self.host[2 * k], self.host[2 * k + 1] = generator.next_offset(count)
+        if type(self.device) is numpy.ndarray:  # host emulation of the GPU runner (tests)
+            numpy.copyto(self.device, self.host)
+        else:
+            self.device.set(self.host)
 
 
 def _after_launch(seg):

@@ -129,6 +129,31 @@ class Elementwise:
         return f"Elementwise({self.name!r}: {self.in_params} -> {self.out_params})"
 
 
+def device_scalar_twin(kernel, names=None):
+    """``kernel`` with its scalar parameters ``names`` (default: all) taken as arrays: ``<name>_dev``.
+
+    Called with 0-d device arrays there, the kernel reads those values from device memory,
+    so a CUDA graph that holds the launch stays valid when the host rewrites them before
+    each launch (optimizer hyperparameters, Philox seeds and offsets under gradflow.compile).
+    The NumPy twin takes each such array's single value and runs ``kernel``'s twin.
+    Registered like any declaration, so the compile and host tests cover it.
+    """
+    names = {p.name for p in kernel.params if p.scalar} if names is None else set(names.split())
+    moved = [k for k, p in enumerate(kernel.params) if p.scalar and p.name in names]
+    if len(moved) != len(names):
+        raise ValueError(f"{kernel.name}: {sorted(names)} are not all scalar parameters")
+
+    def twin(*args):
+        args = list(args)
+        for k in moved:
+            args[k] = numpy.asarray(args[k]).reshape(-1)[0]
+        return kernel.numpy(*args)
+
+    keep = [p.name for p in kernel.params if p.scalar and p.name not in names]
+    return Elementwise(kernel.name + "_dev", kernel.in_params, kernel.out_params, kernel.operation,
+                       headers=kernel.headers, scalars=keep, numpy=twin)
+
+
 def row_threads(cols):
     """Threads per row: a warp for short rows, up to 256 so each thread sees >= 4 elements."""
     threads = 32

@@ -20,7 +20,14 @@ class Generator:
         return self
 
     def next_offset(self, count):
-        """Reserve ``count`` counter values for one kernel call; returns (seed, offset)."""
+        """Reserve ``count`` counter values for one kernel call; returns (seed, offset).
+
+        While gradflow.compile captures a CUDA graph, (seed, offset) are 0-d device arrays
+        instead, which the host fills before every launch with the values this call would
+        reserve (``device_draws``): each replay draws fresh masks, the same as eager mode.
+        """
+        if device_draws is not None:
+            return device_draws.take(self, count)
         recorder = sys.modules["gradflow.tensor"]._active_recorder()
         if recorder is not None:
             recorder.on_random_draw()  # a captured CUDA graph would freeze this offset
@@ -39,6 +46,7 @@ class Generator:
 
 
 default_generator = Generator(0)
+device_draws = None  # set by gradflow.compile while it captures a CUDA graph (compile._DeviceDraws)
 
 
 def manual_seed(seed):

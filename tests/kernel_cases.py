@@ -38,12 +38,12 @@ def _optimizer_state(rng, dtype, n, k):
 def spec(name, rng, dtype):
     """Arguments for kernel ``name`` (inputs, then the outputs it updates in place if any)."""
     from gradflow import kernel as K
-    if name.endswith("_dev") and name[:-4] in K.ELEMENTWISE:  # an optimizer update's device-scalar twin:
-        base = K.ELEMENTWISE[name[:-4]]                        # the scalar kernel's case, each hyperparameter
-        args = list(spec(name[:-4], rng, dtype))               # an array holding its value everywhere
-        n = next(a.size for p, a in zip(base.params, args) if not p.scalar)
+    if name.endswith("_dev") and name[:-4] in K.ELEMENTWISE:  # a device-scalar twin (kernel.device_scalar_twin):
+        base, twin = K.ELEMENTWISE[name[:-4]], K.ELEMENTWISE[name]  # the scalar kernel's case, each scalar
+        args = list(spec(name[:-4], rng, dtype))                    # the twin reads from memory an array
+        n = next(a.size for p, a in zip(base.params, args) if not p.scalar)  # holding its value everywhere
         for k, p in enumerate(base.params):
-            if p.scalar:
+            if p.scalar and not twin.params[k].scalar:
                 args[k] = numpy.full(n, args[k], dtype=dtype if p.placeholder else p.type)
         return tuple(args)
     x = values(rng, dtype)

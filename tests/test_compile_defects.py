@@ -66,29 +66,36 @@ def _runner(strict, monkeypatch):
     stream = FakeStream()
     stream.invalidated = True
     fake_cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(
-        using_allocator=lambda malloc: contextlib.nullcontext(), get_current_stream=lambda: stream))
+        using_allocator=lambda malloc: contextlib.nullcontext(), get_current_stream=lambda: stream),
+        zeros=numpy.zeros)
     monkeypatch.setattr(backend, "cupy", lambda: fake_cupy)
     runner = compile_module._CudaGraphRunner.__new__(compile_module._CudaGraphRunner)
-    runner.plan = types.SimpleNamespace(strict=strict)
+    runner.plan = types.SimpleNamespace(strict=strict, cuda_graphs=True, ops=[])
     runner.pool = types.SimpleNamespace(malloc=None)
     runner.stream = stream
     runner.vals = [numpy.ones(3), None]
+    runner.launches = 0
     op = (compile_module._FUNCTION, CaptureSensitive(), [0], [1], True, [], {}, ())
-    return runner, op
+    runner.plan.ops = [op]
+    segment = compile_module._Segment(0)
+    segment.device.append(("op", op))
+    return runner, segment
 
 
 def test_strict_capture_failure_raises_capture_error(monkeypatch):
-    runner, op = _runner(True, monkeypatch)
+    runner, segment = _runner(True, monkeypatch)
     with pytest.raises(CaptureError, match="not capturable"):
-        runner._capture([op], set())
+        runner._capture_segment(segment)
 
 
 def test_failed_capture_warns_and_runs_the_ops_eagerly(monkeypatch):
-    runner, op = _runner(False, monkeypatch)
+    runner, segment = _runner(False, monkeypatch)
     with pytest.warns(RuntimeWarning, match="not capturable"):
-        steps = runner._capture([op], set())
-    assert [s[0] for s in steps] == ["op"]
-    assert numpy.array_equal(runner.vals[1], numpy.full(3, 2.0))
+        assert runner._capture_segment(segment) is None
+    assert runner.plan.cuda_graphs is False  # later replays: the generated code, no graphs
+    runner.plan.outputs = ("tensor", 1, False)
+    out = runner._eager_from(segment.start)  # what the runner does with a segment it could not capture
+    assert numpy.array_equal(out.data, numpy.full(3, 2.0))
 
 
 # ---- 2.5: Module.to / _apply drops compiled plans ------------------------------------------------------

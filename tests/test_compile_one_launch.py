@@ -31,9 +31,20 @@ OPTIMIZERS = {
 }
 
 
-def build(opt_name, sizes=(20, 16, 12, 5), dropout=0.0):
+class Noisy(nn.Module):
+    def forward(self, x):
+        return gf.activation.noisy_relu(x, 0.05, self.training)
+
+
+def build(opt_name, sizes=(20, 16, 12, 5), random=True):
+    """Linear, noisy ReLU, dropout, Linear, ReLU, dropout, Linear (plain ReLUs, no dropout: not random)."""
     gf.manual_seed(0)
-    model = nn.MLP(list(sizes), dropout=dropout)
+    a, b, c, d = sizes
+    if random:
+        model = nn.Sequential(nn.Linear(a, b), Noisy(), nn.Dropout(0.2), nn.Linear(b, c), nn.ReLU(),
+                              nn.Dropout(0.2), nn.Linear(c, d))
+    else:
+        model = nn.Sequential(nn.Linear(a, b), nn.ReLU(), nn.Linear(b, c), nn.ReLU(), nn.Linear(c, d))
     opt = OPTIMIZERS[opt_name](model.parameters())
     sched = optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1.0 + 0.05 * step))  # a new LR every step
     return model, opt, sched
@@ -70,6 +81,7 @@ def recorded_plan(step, x, y):
 # ---- host emulation of CuPy's graph capture --------------------------------------------------------------
 class FakeGraph:
     launches = 0
+    persistent = []  # what a captured segment writes that outlives it (see emulated_gpu)
 
     def __init__(self, run):
         self.run = run
@@ -95,21 +107,34 @@ def emulated_gpu(monkeypatch):
                                  Stream=lambda non_blocking=True: stream, get_current_stream=lambda: stream,
                                  using_allocator=lambda malloc: contextlib.nullcontext())
     fake = types.SimpleNamespace(cuda=cuda, ndarray=numpy.ndarray, array=numpy.array, ones=numpy.ones,
-                                 empty=numpy.empty)
+                                 empty=numpy.empty, zeros=numpy.zeros)
     monkeypatch.setattr(backend, "cupy", lambda: fake)
 
     def capture(s, run):
-        backend.capturing = True
+        # CUDA runs the Python of a captured segment once and records its kernels without running
+        # them: here the Python runs, then the persistent arrays it wrote are put back
+        # (backend.capturing stays False: it routes matmuls to the GPU GEMM kernel, which NumPy cannot run)
+        saved = [(a, a.copy()) for a in FakeGraph.persistent]
         try:
-            run_ = run  # a real capture records without executing: here the graph re-runs the work
+            run()
         finally:
-            backend.capturing = False
-        return FakeGraph(run_), None
+            for a, copy in saved:
+                a[...] = copy
+        return FakeGraph(run), None
 
     monkeypatch.setattr(compile_module, "capture_stream", capture)
     monkeypatch.setattr(compile_module, "gemm", lambda a, b: a @ b)  # the GEMM module preload: no GPU here
     FakeGraph.launches = 0
+    FakeGraph.persistent = []
     return FakeGraph
+
+
+def persistent(opt):
+    """The arrays a captured step writes that outlive it: flat parameters, gradients, optimizer state."""
+    arrays = []
+    for layout in opt._flat.values():
+        arrays += [layout.param_flat, layout.grad_flat] + [buf for buf, _ in layout.state.values()]
+    return arrays
 
 
 def calls_of(plan):
@@ -128,7 +153,8 @@ def leaf_buffers(plan):
 # ---- the plan structure ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("opt_name", ["sgd-momentum", "adam"])
 def test_whole_mlp_step_is_one_graph_segment(opt_name):
-    """784-128-32-10, zero_grad + forward + backward + clip_grad_norm_ + step: ONE graph, no host op."""
+    """784-128-32-10 with noisy ReLU and dropout; zero_grad + forward + backward + clip_grad_norm_ +
+    step: ONE graph, no host op before, between or after graph launches but its prologue/epilogue."""
     model, opt, _ = build(opt_name, (784, 128, 32, 10))
     x, y = batches(784, 10, n=1)[0]
     plan = recorded_plan(make_step(model, opt), x, y)
@@ -139,6 +165,9 @@ def test_whole_mlp_step_is_one_graph_segment(opt_name):
     assert kinds.count("leaf") == 6 and kinds.count("call") == 2  # clip, then the optimizer update
     assert kinds[-1] == "call" and seg.calls[-1] is seg.device[-1][1]
     assert len(seg.hosts) == 1 and not seg.need_none  # zero_grad clears every .grad before the launch
+    drawing = [op for op in seg.ops() if op[0] == compile_module._FUNCTION and op[1].__class__.__name__ in
+               ("Dropout", "NoisyReLU")]
+    assert len(drawing) == 3  # the random draws are in the graph
 
 
 def test_a_call_without_a_graph_part_splits_the_step():
@@ -203,6 +232,7 @@ def eager_run(opt_name, steps, sizes, clip):
     model, opt, sched = build(opt_name, sizes)
     step = make_step(model, opt, clip)
     data = batches(sizes[0], sizes[-1])
+    gf.manual_seed(11)
     out = []
     for i in range(steps):
         loss, y = step(*data[i % len(data)])
@@ -216,6 +246,7 @@ def emulated_run(opt_name, steps, sizes, clip, emulated):
     step = make_step(model, opt, clip)
     data = batches(sizes[0], sizes[-1])
     compiled = gf.compile(step, strict=True)
+    gf.manual_seed(11)
     out, runner = [], None
     for i in range(steps):
         x, y = data[i % len(data)]
@@ -224,6 +255,7 @@ def emulated_run(opt_name, steps, sizes, clip, emulated):
         else:
             if runner is None:
                 runner = compile_module._CudaGraphRunner(next(iter(compiled.cache.values())).plan)
+                emulated.persistent = persistent(opt)
             before = emulated.launches
             loss, o = runner.run([x.data, y.data])
             assert emulated.launches - before == 1, "one graph launch per step"
@@ -253,8 +285,9 @@ def assert_same(a, b):
 
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
 def test_emulated_one_launch_replay_equals_eager_bit_for_bit(opt_name, emulated_gpu):
-    """zero_grad, forward, backward, delivery into the flat gradient buffers, clipping and the fused
-    update with an LR changing every step: one launch per step, the same bytes as eager."""
+    """zero_grad, forward with dropout and noisy ReLU, backward, delivery into the flat gradient buffers,
+    clipping and the fused update with an LR changing every step: one launch per step, the same bytes
+    (losses, outputs, masks through them, parameters, gradients, optimizer state) as eager."""
     sizes = (20, 16, 12, 5)
     assert_same(eager_run(opt_name, 30, sizes, 1.0), emulated_run(opt_name, 30, sizes, 1.0, emulated_gpu))
 
@@ -268,8 +301,8 @@ def test_emulated_replay_grad_is_the_parameters_own_buffer(emulated_gpu):
 
 def test_emulated_replay_with_a_leftover_grad_runs_that_step_eagerly(emulated_gpu):
     """The host precondition: a .grad present before a step that does not clear it means eager."""
-    model, opt, _ = build("sgd-momentum")
-    ref_model, ref_opt, _ = build("sgd-momentum")
+    model, opt, _ = build("sgd-momentum", random=False)  # two models side by side: one random stream
+    ref_model, ref_opt, _ = build("sgd-momentum", random=False)
     x, y = batches(20, 5, n=1)[0]
 
     def make(model, opt):
@@ -286,6 +319,7 @@ def test_emulated_replay_with_a_leftover_grad_runs_that_step_eagerly(emulated_gp
             s(x, y)
             o.zero_grad()
     runner = compile_module._CudaGraphRunner(next(iter(compiled.cache.values())).plan)
+    emulated_gpu.persistent = persistent(opt)
     runner.run([x.data, y.data]), eager(x, y)          # graph: .grad was None
     assert emulated_gpu.launches == 1
     runner.run([x.data, y.data]), eager(x, y)          # .grad left over: accumulates, eagerly
@@ -297,3 +331,46 @@ def test_emulated_replay_with_a_leftover_grad_runs_that_step_eagerly(emulated_gp
     for p, q in zip(model.parameters(), ref_model.parameters()):
         assert p.data.tobytes() == q.data.tobytes()
         assert p.grad.data.tobytes() == q.grad.data.tobytes()
+
+
+# ---- on a real GPU ---------------------------------------------------------------------------------------
+def gpu_run(opt_name, steps, compiled):
+    gf.manual_seed(0)
+    model = nn.Sequential(nn.Linear(784, 128), Noisy(), nn.Dropout(0.2), nn.Linear(128, 32), nn.ReLU(),
+                          nn.Dropout(0.2), nn.Linear(32, 10)).to("cuda")
+    opt = OPTIMIZERS[opt_name](model.parameters())
+    sched = optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1.0 + 0.05 * step))
+    step = make_step(model, opt)
+    if compiled:
+        step = gf.compile(step, strict=True)
+    rng = numpy.random.default_rng(4)
+    data = [(gf.tensor(rng.standard_normal((128, 784), dtype=numpy.float32), device="cuda"),
+             gf.tensor(rng.integers(0, 10, 128), device="cuda")) for _ in range(4)]
+    gf.manual_seed(11)
+    losses, launches = [], []
+    for i in range(steps):
+        runner = compiled and step.cache and next(iter(step.cache.values())).plan and \
+            next(iter(step.cache.values())).plan.graph_runner
+        before = runner.launches if runner else None
+        loss, _ = step(*data[i % len(data)])
+        if before is not None:
+            launches.append(runner.launches - before)
+        losses.append(float(loss.item()))
+        sched.step()
+    if compiled:
+        runner = next(iter(step.cache.values())).plan.graph_runner
+        assert [s[0] for s in runner.steps] == ["graph"], "the whole step is one CUDA graph"
+    return model, losses, launches
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("opt_name", ["sgd-momentum", "adam"])
+def test_gpu_whole_step_is_one_graph_launch_and_matches_eager(opt_name):
+    """784-128-32-10, noisy ReLU + dropout, clipping, LR schedule: one graph launch per replayed step, and
+    100 steps agree with eager within float32 rounding (graphs use gradflow's GEMM, eager cuBLAS)."""
+    eager_model, eager_losses, _ = gpu_run(opt_name, 100, compiled=False)
+    model, losses, launches = gpu_run(opt_name, 100, compiled=True)
+    assert launches and set(launches) == {1}
+    numpy.testing.assert_allclose(losses, eager_losses, rtol=2e-3, atol=2e-4)
+    for a, b in zip(eager_model.parameters(), model.parameters()):
+        numpy.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-2, atol=2e-3)

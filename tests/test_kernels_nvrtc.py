@@ -53,6 +53,10 @@ NO_FTZ_COMPARISONS = ("relu_fwd", "leaky_relu_fwd", "prelu_fwd", "prelu_bwd", "n
 # ... except comparisons inside CUDA's libdevice, counted per kernel: log(double) tests the high word
 # of its argument as a float against 0 (Box-Muller's u1 >= 2**-32 never makes that a subnormal).
 FTZ_INSIDE_LIBDEVICE = {"noisy_relu_fwd": 1}
+# device-scalar twins (kernel.device_scalar_twin) run their kernel's operation: the same allowances
+FP64_BY_DESIGN.update({k + "_dev": v for k, v in FP64_BY_DESIGN.items()})
+NO_FTZ_COMPARISONS += tuple(k + "_dev" for k in NO_FTZ_COMPARISONS)
+FTZ_INSIDE_LIBDEVICE.update({k + "_dev": v for k, v in FTZ_INSIDE_LIBDEVICE.items()})
 
 
 def _jobs():

@@ -14,7 +14,7 @@ the multi-tensor path: parameters kept as views of one buffer update in one laun
 import numpy
 
 from gradflow import backend
-from gradflow.kernel import Elementwise
+from gradflow.kernel import Elementwise, device_scalar_twin
 
 _OPT = ("optimizers.cuh",)
 
@@ -396,24 +396,13 @@ class Update:
     def __init__(self, kernel):
         self.kernel = kernel
         self.scalars = [p for p in kernel.params if p.scalar]
-        self.device = Elementwise(kernel.name + "_dev", kernel.in_params, kernel.out_params, kernel.operation,
-                                  headers=kernel.headers, numpy=self._device_numpy)
+        self.device = device_scalar_twin(kernel)
 
     def __call__(self, *args):
         if _deferred is not None:
             _deferred.append((self, args))
         else:
             self.kernel(*args)
-
-    def _device_numpy(self, *args):
-        """NumPy twin of the device-scalar kernel: the hyperparameters arrive as arrays holding one
-        value (0-d, or broadcast); the update is the scalar kernel's twin with those values."""
-        args = list(args)
-        for k, p in enumerate(self.kernel.params):
-            if p.scalar:
-                value = numpy.asarray(args[k]).reshape(-1)[0]
-                args[k] = int(value) if p.type.startswith("int") else value
-        return self.kernel.numpy(*args)
 
     def split(self, args):
         """``args`` of a kernel call as (arrays before the scalars, scalar values, arrays after)."""
