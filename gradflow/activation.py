@@ -735,10 +735,23 @@ def _philox_args(kernel, twin, seed, offset):
     return twin, seed, offset
 
 
+def _warm(twin, *scalars):
+    """Compile a draw's device-scalar twin for float32 and float64 before a CUDA graph is captured
+    (CuPy compiles and loads a kernel at its first call: not something to do while capturing)."""
+    xp = backend.cupy()
+    seed = xp.zeros((), numpy.uint64)
+    for dtype in (numpy.float32, numpy.float64):
+        twin(xp.zeros(4, dtype), scalars[0], seed, seed, *scalars[1:])
+
+
 class Dropout(Function):
     """Inverted dropout: y = x * keep / (1 - p); the bool mask is all backward keeps."""
 
     device_draws = True  # gradflow.compile may put it in a CUDA graph (random.Generator.next_offset)
+
+    @staticmethod
+    def warm_device_draws():
+        _warm(dropout_fwd_dev, 2.0, numpy.uint64(2 ** 31))
 
     def __init__(self, p, generator=None):
         self.p, self.generator = p, generator
@@ -762,6 +775,10 @@ class NoisyReLU(Function):
     """relu(x + std * n), n ~ N(0, 1) drawn from Philox; the noise is a constant for backward."""
 
     device_draws = True  # gradflow.compile may put it in a CUDA graph
+
+    @staticmethod
+    def warm_device_draws():
+        _warm(noisy_relu_fwd_dev, 0.1)
 
     def __init__(self, std, generator=None):
         self.std, self.generator = float(std), generator

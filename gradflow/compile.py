@@ -96,12 +96,16 @@ class GraphCall:
       advancing step counts); returns an undo callable, or None when this replay cannot use
       the graph (then nothing is changed);
     - ``device()``: device work only, captured into the graph;
-    - ``epilogue()``: host bookkeeping after the launch (version counters).
+    - ``epilogue()``: host bookkeeping after the launch (version counters);
+    - ``warm()``: runs the device part's kernels once on scratch copies before the capture, so
+      CuPy compiles and loads them outside it.
     """
 
-    def __init__(self, *, clears=(), host=None, grads=(), check=None, commit=None, device=None, epilogue=None):
+    def __init__(self, *, clears=(), host=None, grads=(), check=None, commit=None, device=None, epilogue=None,
+                 warm=None):
         self.clears, self.host, self.grads = tuple(clears), host, tuple(grads)
         self.check, self.commit, self.device, self.epilogue = check, commit, device, epilogue
+        self.warm = warm  # compiles the device part's kernels before capture, changing nothing
 
 
 def replay_as_call(func=None, *, graph=None):
@@ -739,6 +743,11 @@ class _CudaGraphRunner:
         for item in seg.device:  # a delivery's result slot is its buffer, fixed for the plan's life
             if item[0] == "leaf":
                 vals[item[1][4]] = item[3]
+        for item in seg.device:  # kernels first used here are compiled and loaded now, not while capturing
+            if item[0] == "call" and item[1].warm is not None:
+                item[1].warm()
+            elif item[0] == "op" and getattr(item[1][1], "warm_device_draws", None) is not None:
+                item[1][1].warm_device_draws()
         with cp.cuda.using_allocator(self.pool.malloc):
             draws = _DeviceDraws(cp.zeros(2 * _DeviceDraws.CAPACITY, numpy.uint64))
 

@@ -431,7 +431,11 @@ class Optimizer:
             for p in params:
                 p._bump_version()
 
-        return GraphCall(grads=params, check=check, commit=commit, device=device, epilogue=epilogue)
+        def warm():
+            for update, before, scalars, after, _ in fixed["launches"]:
+                update.device(*[a.copy() for a in before], *scalars, *[a.copy() for a in after])
+
+        return GraphCall(grads=params, check=check, commit=commit, device=device, epilogue=epilogue, warm=warm)
 
     def _init_state(self, p, state, group):
         """Create any state ``p`` lacks (called on every step: must be cheap when it exists)."""
