@@ -228,20 +228,22 @@ def test_device_scalar_update_equals_the_scalar_kernel_bit_for_bit(opt_name, dty
 
 
 # ---- the emulated GPU replay -----------------------------------------------------------------------------
-def eager_run(opt_name, steps, sizes, clip):
+def eager_run(opt_name, steps, sizes, clip, reseed_at=None):
     model, opt, sched = build(opt_name, sizes)
     step = make_step(model, opt, clip)
     data = batches(sizes[0], sizes[-1])
     gf.manual_seed(11)
     out = []
     for i in range(steps):
+        if i == reseed_at:
+            gf.manual_seed(99)
         loss, y = step(*data[i % len(data)])
         out.append(loss.data.tobytes() + y.data.tobytes())
         sched.step()
     return model, opt, out
 
 
-def emulated_run(opt_name, steps, sizes, clip, emulated):
+def emulated_run(opt_name, steps, sizes, clip, emulated, reseed_at=None):
     model, opt, sched = build(opt_name, sizes)
     step = make_step(model, opt, clip)
     data = batches(sizes[0], sizes[-1])
@@ -249,6 +251,8 @@ def emulated_run(opt_name, steps, sizes, clip, emulated):
     gf.manual_seed(11)
     out, runner = [], None
     for i in range(steps):
+        if i == reseed_at:
+            gf.manual_seed(99)
         x, y = data[i % len(data)]
         if i < 2:
             loss, o = compiled(x, y)  # the two recording runs (eager)
@@ -290,6 +294,13 @@ def test_emulated_one_launch_replay_equals_eager_bit_for_bit(opt_name, emulated_
     (losses, outputs, masks through them, parameters, gradients, optimizer state) as eager."""
     sizes = (20, 16, 12, 5)
     assert_same(eager_run(opt_name, 30, sizes, 1.0), emulated_run(opt_name, 30, sizes, 1.0, emulated_gpu))
+
+
+def test_emulated_replay_draws_follow_manual_seed_between_steps(emulated_gpu):
+    """The Philox offsets are written before every launch from the generator: a reseed is seen."""
+    sizes = (20, 16, 12, 5)
+    assert_same(eager_run("adam", 12, sizes, None, reseed_at=7),
+                emulated_run("adam", 12, sizes, None, emulated_gpu, reseed_at=7))
 
 
 def test_emulated_replay_grad_is_the_parameters_own_buffer(emulated_gpu):
