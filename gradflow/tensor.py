@@ -429,7 +429,9 @@ class Tensor:
     def astype(self, dtype): return ops.astype(self, dtype)
 
     # ==== API breadth (issue 13): the everyday torch.Tensor methods ==========================
+    def dim(self): return self.data.ndim
     ndimension = dim
+    def numel(self): return int(self.data.size)
     def nelement(self): return int(self.data.size)
     def element_size(self): return self.data.dtype.itemsize
     grad_fn = property(lambda self: self.creator)
