@@ -501,6 +501,8 @@ NEW_ROWS = [_unary_row(n, lambda m, x, n=n: getattr(m, n)(x)) for n in UNARY_NAM
     Row("any", lambda m, x, d: m.any(x) if d is None else m.any(x, d), dims(UNARY, (None, 0, -1, 2))),
     Row("Tensor.all", lambda m, x: x.all(), [(boolean(3),)]),
     Row("Tensor.any", lambda m, x: x.any(dim=0), [(boolean(2, 3),)]),
+    Row("norm", lambda m, x, p, d: m.norm(x, p, d), [(randn(3, 4), 2, None), (randn(3, 4), 1, 1), (randn(3, 4), "fro", None),
+                                                     (randn(3, 4), float("inf"), 0), (randn(3, 4), 2, 3)]),
     Row("Tensor.norm", lambda m, x, p: x.norm(p), [(randn(3, 4), p) for p in (2, 1, "fro", float("inf"), 3)]),
     Row("sort", lambda m, x, d, desc: m.sort(x, dim=d, descending=desc, stable=True),
         [(randn(3, 5), d, desc) for d in (0, -1, 2) for desc in (False, True)] + [(randint(6), 0, False)]),
