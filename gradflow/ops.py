@@ -107,7 +107,9 @@ def _dim(d, ndim, extra=0):
 
     A 0-d tensor accepts 0 and -1, as in PyTorch; anything else raises IndexError naming
     the valid range (a wrapped-around dim silently reduces the wrong axis)."""
-    n = builtins.max(ndim + extra, 1)
+    n = ndim + extra or 1
+    if type(d) is int and -n <= d < n:  # the common case, checked cheaply
+        return d % n
     if isinstance(d, bool) or not isinstance(d, (int, numpy.integer)):
         raise TypeError(f"a dim must be an int, got {type(d).__name__}")
     if not -n <= d < n:
@@ -119,6 +121,8 @@ def _axes(axis, ndim):
     """Dims to reduce, validated: None or () mean all of them, as in PyTorch."""
     if axis is None:
         return tuple(range(ndim))
+    if type(axis) is int and ndim:
+        return (_dim(axis, ndim),)
     axes = (axis,) if isinstance(axis, (int, numpy.integer)) else tuple(axis)
     if not axes:
         return tuple(range(ndim))
@@ -513,8 +517,9 @@ class MaxMin(Function):
             raise ValueError(f"{self.kind}: cannot reduce an empty tensor of shape {x.shape}")
         y = getattr(x, self.kind)(axis=self.axes, keepdims=True)
         hit = x == y
-        if x.dtype.kind == "f":  # a NaN result: the NaNs share the gradient, as in torch
-            hit |= backend.xp_of(x).isnan(x) & backend.xp_of(y).isnan(y)
+        xp = backend.xp_of(x)
+        if x.dtype.kind == "f" and (xp is not numpy or numpy.isnan(y).any()):  # NaN results: NaNs share the gradient
+            hit |= xp.isnan(x) & xp.isnan(y)
         hit = hit.astype(x.dtype)
         self.save_for_backward(hit / hit.sum(axis=self.axes, keepdims=True))
         self.x_shape = x.shape
