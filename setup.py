@@ -18,6 +18,9 @@ setup(
         # run time and needs them on a machine without a CUDA toolkit.
         "cuda12": ["cupy-cuda12x[ctk]>=13"],
         "cuda13": ["cupy-cuda13x[ctk]>=13"],
+        # multi-GPU training (gradflow.distributed backend="nccl"): MPI for launching, NCCL for the GPUs
+        "nccl12": ["cupy-cuda12x[ctk]>=13", "nvidia-nccl-cu12>=2.18", "mpi4py>=4", "mpich>=4"],
+        "nccl13": ["cupy-cuda13x[ctk]>=13", "nvidia-nccl-cu13>=2.27.7,<3", "mpi4py>=4", "mpich>=4"],
         "plot": ["matplotlib>=3.5"],
         "distributed": ["mpi4py>=4", "mpich>=4"],
         "interop": ["safetensors>=0.4", "ml_dtypes>=0.4"],

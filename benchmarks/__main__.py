@@ -143,6 +143,10 @@ def main(argv=None):
                 records.extend(suite.memory())
             elif case == "tta":
                 records.extend(suite.time_to_accuracy())
+            elif case == "cnn":
+                records.extend(suite.throughput("cnn", cases.CNN, cfg.cnn_batches))
+            elif case == "ddp":
+                records.extend(suite.ddp())
             payload["ratios"] = report.compute_ratios(_good(records))
             report.print_ratios(reporter, payload["ratios"], case)
             payload["meta"].setdefault("case_seconds", {})[case] = round(time.time() - case_start, 1)

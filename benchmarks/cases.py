@@ -10,6 +10,9 @@ from the same initial weights, so contestants in different processes see identic
   ops        op microbenchmarks (matmul, activations, dropout, softmax-CE, optimizer updates)
   memory     peak memory of one training step
   tta        wall time to 97% MNIST test accuracy
+  cnn        LeNet-style CNN (examples/mnist_cnn.py) training throughput
+  ddp        DistributedDataParallel training throughput on 1 and 2 processes, scaling efficiency,
+             gradient all-reduce bandwidth (separate mpiexec jobs: see ddp_bench.py)
 """
 import math
 import time
@@ -23,8 +26,10 @@ from benchmarks import harness, ops_bench
 
 SMALL = (784, 128, 32, 10)
 LARGE = (784, 2048, 2048, 2048, 10)
-CASES = ("mlp", "mlp_large", "inference", "ops", "memory", "tta")
-_CASE_CODE = {"mlp": 1, "mlp_large": 2, "inference": 3, "ops": 4, "memory": 5, "tta": 6, "agreement": 7}
+CNN = "lenet-16-32"   # examples/mnist_cnn.py's default model, on (N, 28, 28) images
+CASES = ("mlp", "mlp_large", "inference", "ops", "memory", "tta", "cnn", "ddp")
+_CASE_CODE = {"mlp": 1, "mlp_large": 2, "inference": 3, "ops": 4, "memory": 5, "tta": 6, "agreement": 7, "cnn": 8,
+              "ddp": 9}
 
 
 @dataclass
@@ -42,6 +47,7 @@ class Config:
     mlp_batches: tuple = (32, 128, 512, 2048, 8192)
     large_batches: tuple = (256, 4096)
     inference_batches: tuple = (32, 128, 512, 2048, 8192)
+    cnn_batches: tuple = (32, 128)
     memory_plan: tuple = ((SMALL, 128), (SMALL, 2048), (LARGE, 256))
     tta_target: float = 0.97
     tta_max_epochs: float = 10
@@ -49,6 +55,8 @@ class Config:
     tta_lr: float = 0.05
     tta_evals_per_epoch: int = 4
     tta_repeats: int = 3
+    ddp_batches: tuple = (128, 2048)  # global batch, split over the processes
+    ddp_processes: tuple = (1, 2)
     cooldown: float = 0.25     # pause before switching worker process
     quiet_wait: float = 20.0   # wait up to this long for other processes to go quiet before a measurement
     extra_rounds: bool = True  # repeat more while disturbed repeats leave too few clean ones
@@ -60,8 +68,8 @@ class Config:
     def make(cls, quick=False, repeats=None, devices=("cpu",), threads=1):
         if quick:
             cfg = cls(quick=True, repeats=3, min_time=0.04, ops_min_time=0.02, warmup=2, mlp_batches=(128, 2048),
-                      large_batches=(256,), inference_batches=(128, 2048), memory_plan=((SMALL, 128),),
-                      tta_max_epochs=1, tta_repeats=1, cooldown=0.15, quiet_wait=1.0, extra_rounds=False,
+                      large_batches=(256,), inference_batches=(128, 2048), cnn_batches=(128,), memory_plan=((SMALL, 128),),
+                      tta_max_epochs=1, tta_repeats=1, ddp_batches=(512,), cooldown=0.15, quiet_wait=1.0, extra_rounds=False,
                       attempts=1)
         else:
             cfg = cls()
@@ -97,6 +105,7 @@ class Context:
         self.active, self.skipped = C.split_available(C.contestants(cfg.devices, kinds))
         self.threads = harness.pin_threads(cfg.threads) if group == "torch" else harness.blas_threads_info()
         self._weights = {}
+        self._cnn_weights = None
         self._mnist = None
         self.session = None
         self._warm_up()
@@ -105,6 +114,11 @@ class Context:
         if sizes not in self._weights:
             self._weights[sizes] = C.reference_weights(sizes, self.cfg.seed)
         return self._weights[sizes]
+
+    def cnn_weights(self):
+        if self._cnn_weights is None:
+            self._cnn_weights = C.reference_cnn_weights(self.cfg.seed)
+        return self._cnn_weights
 
     def mnist(self):
         if self._mnist is None:
@@ -249,15 +263,29 @@ def _batch_data(rng, batch, n_in, n_classes):
 
 
 def _throughput_session(ctx, case, sizes, batch, mode="train"):
-    """Training (``mode='train'``) or inference throughput of the MLP ``sizes`` at one batch size."""
+    """Training (``mode='train'``) or inference throughput of the MLP ``sizes`` at one batch size
+    (case ``cnn``: of the MNIST CNN, ``sizes`` being its name)."""
     cfg = ctx.cfg
+    if case == "cnn":
+        weights, source = ctx.cnn_weights()
+        rng = _rng(cfg, case, batch)
+        data = [(random_inputs(rng, batch, 28 * 28).reshape(batch, 28, 28), rng.integers(0, 10, batch))
+                for _ in range(harness.n_buffers(batch * 28 * 28 * 4))]
+        return _session(ctx, case, sizes, batch, mode, weights, source, data,
+                        lambda c: c.cnn_trainer(weights, cfg.lr, cfg.momentum))
     sizes = tuple(sizes)
     weights, source = ctx.weights(sizes)
     data = _batch_data(_rng(cfg, case, batch, len(sizes)), batch, sizes[0], sizes[-1])
+    return _session(ctx, case, sizes, batch, mode, weights, source, data,
+                    lambda c: c.trainer(sizes, weights, cfg.lr, cfg.momentum))
+
+
+def _session(ctx, case, sizes, batch, mode, weights, source, data, make_trainer):
+    cfg = ctx.cfg
 
     def record(c, timing, extra, notes):
         trainer, inputs = extra
-        rec = {"case": case, "model": model_name(sizes), "batch": batch, "mode": mode, "contestant": c.name,
+        rec = {"case": case, "model": model_name(sizes) if case != "cnn" else sizes, "batch": batch, "mode": mode, "contestant": c.name,
                "device": c.device, "label": c.label, "unit": "samples/s", "value": batch / timing.median_s,
                "timing": timing.as_dict(), "buffers": len(inputs), "init": source}
         if mode == "train":
@@ -271,13 +299,19 @@ def _throughput_session(ctx, case, sizes, batch, mode="train"):
         return rec
 
     def error(c, err):
-        return {"case": case, "model": model_name(sizes), "batch": batch, "mode": mode, "contestant": c.name,
+        return {"case": case, "model": model_name(sizes) if case != "cnn" else sizes, "batch": batch, "mode": mode,
+                "contestant": c.name,
                 "device": c.device, "label": c.label, "error": err}
 
     session = Session(record, error)
     for c in ctx.active:
+        if mode != "train" and c.name == "gradflow-captured":
+            continue   # gradflow.compile captures training steps; its inference would be plain eager
+        if case == "cnn" and not hasattr(c, "cnn_trainer"):
+            session.notes.append(f"{c.label}: no hand-written CNN to compare with; skipped")
+            continue
         try:
-            trainer = c.trainer(sizes, weights, cfg.lr, cfg.momentum)
+            trainer = make_trainer(c)
             inputs = [(c.put(x), c.put(y)) for x, y in data]
         except Exception as e:
             session.fail(c, _error(e), "to set up")

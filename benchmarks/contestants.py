@@ -35,6 +35,26 @@ def reference_weights(sizes, seed=0):
         return weights, f"numpy (gradflow.nn unavailable: {e})"
 
 
+def lenet(nn):
+    """examples/mnist_cnn.py's CNN built with ``nn`` (gradflow.nn or torch.nn): the ``cnn`` case's model."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "mnist_cnn.py")
+    spec = importlib.util.spec_from_file_location("_gradflow_mnist_cnn", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.lenet(nn=nn)
+
+
+def reference_cnn_weights(seed=0):
+    """The CNN's initial state_dict (parameters and BatchNorm buffers) as host arrays, from gradflow's init."""
+    import gradflow
+    from gradflow import nn
+    gradflow.manual_seed(seed)
+    model = lenet(nn)
+    return {k: v.numpy() for k, v in model.state_dict().items()}, "gradflow examples/mnist_cnn.py lenet"
+
+
 def _linears(model):
     from gradflow import nn
     return [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -83,6 +103,31 @@ class GradflowTrainer:
 
     def weights(self):
         return export_gradflow_weights(self.model)
+
+
+class GradflowCNNTrainer(GradflowTrainer):
+    """The same user-level step on the MNIST CNN (conv, BatchNorm, pooling, dropout, Linear)."""
+
+    def __init__(self, state, lr, momentum, device):
+        import gradflow
+        from gradflow import nn, optim
+        self.gf = gradflow
+        self.model = lenet(nn).to(device)
+        self.model.load_state_dict(state)
+        self.opt = optim.SGD(self.model.parameters(), lr=lr, momentum=momentum)
+        self.loss_fn = nn.functional.cross_entropy
+
+
+class CapturedCNNTrainer(GradflowCNNTrainer):
+    def __init__(self, state, lr, momentum, device):
+        super().__init__(state, lr, momentum, device)
+        self._captured = self.gf.compile(super().step)
+
+    def step(self, x, y):
+        return self._captured(x, y)
+
+    def capture_status(self):
+        return CapturedTrainer.capture_status(self)
 
 
 class CapturedTrainer(GradflowTrainer):
@@ -172,6 +217,9 @@ class Gradflow(Contestant):
     def trainer(self, sizes, weights, lr, momentum):
         return GradflowTrainer(sizes, weights, lr, momentum, self.device)
 
+    def cnn_trainer(self, state, lr, momentum):
+        return GradflowCNNTrainer(state, lr, momentum, self.device)
+
     def peak_memory(self, build, step):
         if self.device == "cuda":
             return dict(harness.cupy_peak(build, step), meter="CuPy pool")
@@ -193,6 +241,9 @@ class GradflowCaptured(Gradflow):
     def trainer(self, sizes, weights, lr, momentum):
         return CapturedTrainer(sizes, weights, lr, momentum, self.device)
 
+    def cnn_trainer(self, state, lr, momentum):
+        return CapturedCNNTrainer(state, lr, momentum, self.device)
+
 
 class Torch(Contestant):
     name = "torch"
@@ -212,6 +263,9 @@ class Torch(Contestant):
 
     def trainer(self, sizes, weights, lr, momentum):
         return torch_peer.TorchMLP(weights, lr, momentum, self.device)
+
+    def cnn_trainer(self, state, lr, momentum):
+        return torch_peer.TorchCNN(lenet(torch_peer.torch.nn), state, lr, momentum, self.device)
 
     def peak_memory(self, build, step):
         if self.device == "cuda":

@@ -46,6 +46,11 @@ def op_specs(quick):
     specs.append(OpSpec("dropout", _shape(act_shape), "dropout", (act_shape, 0.5), "p=0.5, forward + backward"))
     for b in ((2048,) if quick else (128, 2048, 8192)):
         specs.append(OpSpec("softmax_ce", _shape((b, 10)), "softmax_ce", ((b, 10),), "mean loss, forward + backward"))
+    convs = [(128, 16, 14, 14, 32, 5, 2)] if quick else [(128, 1, 28, 28, 16, 5, 2), (128, 16, 14, 14, 32, 5, 2),
+                                                         (32, 64, 32, 32, 64, 3, 1)]
+    for n, c, h, w, o, k, pad in convs:
+        specs.append(OpSpec("conv2d", f"({n},{c},{h},{w})*({o},{c},{k},{k})", "conv2d", (n, c, h, w, o, k, pad),
+                            f"padding {pad}, bias; forward + backward to input, weight and bias"))
     opt_shapes = [(128, 784)] if quick else [(128, 784), (2048, 2048)]
     for optimizer in (("sgd",) if quick else ("sgd", "adam")):
         for shape in opt_shapes:
@@ -60,7 +65,7 @@ def _shape(shape):
 
 
 def build(spec, contestant, rng, n_inputs):
-    builder = {"matmul": build_matmul, "activation": build_activation, "dropout": build_dropout,
+    builder = {"conv2d": build_conv2d, "matmul": build_matmul, "activation": build_activation, "dropout": build_dropout,
                "softmax_ce": build_softmax_ce, "optimizer": build_optimizer}[spec.kind]
     return builder(contestant.framework, contestant.device, rng, n_inputs, *spec.args)
 
@@ -110,6 +115,33 @@ def build_matmul(framework, device, rng, n_inputs, b, k, n):
 
     def fn(x, w):
         return x @ w.T
+    return fn, inputs
+
+
+# ---- conv2d ---------------------------------------------------------------------------------------------------
+def build_conv2d(framework, device, rng, n_inputs, n, c, h, w, o, k, pad):
+    """conv2d forward and the gradients of input, weight and bias (the MNIST CNN's shapes)."""
+    if framework not in ("gradflow", "torch"):
+        raise Unavailable("no hand-written convolution to compare with")
+    bound = 1 / math.sqrt(c * k * k)
+    weight, bias = _host(rng, (o, c, k, k), bound), _host(rng, (o,), bound)
+    inputs = []
+    for _ in range(n_inputs):
+        arrays = (_host(rng, (n, c, h, w)), weight, bias, _host(rng, (n, o, h + 2 * pad - k + 1, w + 2 * pad - k + 1)))
+        make = _gf_tensor if framework == "gradflow" else _torch_tensor
+        inputs.append(tuple(make(a, device, i < 3) for i, a in enumerate(arrays)))
+    if framework == "gradflow":
+        F = _gf_functional()
+        import gradflow
+
+        def fn(x, wt, b, g):
+            return gradflow.grad(F.conv2d(x, wt, b, padding=pad), [x, wt, b], grad_outputs=g)
+        return fn, inputs
+    import torch
+    import torch.nn.functional as TF
+
+    def fn(x, wt, b, g):
+        return torch.autograd.grad(TF.conv2d(x, wt, b, padding=pad), [x, wt, b], g)
     return fn, inputs
 
 

@@ -10,7 +10,7 @@ try:
 except ImportError:  # progress bars are a nicety
     tqdm = None
 
-THROUGHPUT_CASES = ("mlp", "mlp_large", "inference")
+THROUGHPUT_CASES = ("mlp", "mlp_large", "inference", "cnn")
 
 
 # ---- formatting ------------------------------------------------------------------------------------------
@@ -210,6 +210,8 @@ def compute_targets(records, mlp_batches, large_batches):
         check(f"CPU mlp batch {b}: gradflow >= 1.0x PyTorch eager", "mlp", b, "cpu", "torch", 1.0)
     check("CPU mlp batch 128: gradflow >= 0.85x NumPy loop", "mlp", 128, "cpu", "numpy-loop", 0.85)
     check("GPU mlp batch 128: gradflow >= 1.0x PyTorch eager", "mlp", 128, "cuda", "torch", 1.0)
+    check("CPU cnn batch 128: gradflow >= 0.8x PyTorch eager", "cnn", 128, "cpu", "torch", 0.8)
+    check("GPU cnn batch 128: gradflow >= 0.8x PyTorch eager", "cnn", 128, "cuda", "torch", 0.8)
     for b in large_batches:
         check(f"GPU mlp_large batch {b} (matmul-bound): gradflow >= 0.9x PyTorch eager", "mlp_large", b, "cuda",
               "torch", 0.9)

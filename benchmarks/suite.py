@@ -10,6 +10,8 @@ OPS_COLUMNS = (["op", "shape", "contestant", "median", "IQR", "min..max", "first
                [11, 23, 22, 10, 7, 19, 11, 8, 1])
 MEMORY_COLUMNS = (["model", "contestant", "batch", "peak", "before", "meter", "params+grads+mom",
                    "layer outputs"], [21, 22, 6, 10, 10, 20, 16, 13])
+DDP_COLUMNS = (["model", "device", "processes", "batch", "median/step", "samples/s", "scaling", "all-reduce",
+                "bandwidth"], [21, 7, 10, 6, 11, 11, 8, 11, 12])
 TTA_COLUMNS = (["model", "contestant", "reached", "wall time", "train time", "epochs", "test acc", "runs",
                 "min..max", ""], [21, 22, 8, 10, 10, 7, 8, 5, 19, 1])
 
@@ -137,10 +139,11 @@ class Suite:
 
     def throughput(self, case, sizes, batches, mode="train"):
         title = {"mlp": "MLP training throughput", "mlp_large": "large MLP training throughput (matmul-bound)",
-                 "inference": "inference throughput"}[case]
-        self.reporter.header(f"{title}: {cases.model_name(sizes)}", *THROUGHPUT_COLUMNS)
+                 "inference": "inference throughput", "cnn": "MNIST CNN training throughput"}[case]
+        name = sizes if case == "cnn" else cases.model_name(sizes)
+        self.reporter.header(f"{title}: {name}", *THROUGHPUT_COLUMNS)
         records = []
-        with self.reporter.progress(len(batches), f"{case} {cases.model_name(sizes)}") as bar:
+        with self.reporter.progress(len(batches), f"{case} {name}") as bar:
             for batch in batches:
                 for rec in self._timed("throughput", case=case, sizes=sizes, batch=batch, mode=mode):
                     records.append(rec)
@@ -193,6 +196,58 @@ class Suite:
                            "the torch profiler sees its allocator op by op.)")
         return records
 
+    def ddp(self):
+        """DistributedDataParallel throughput with 1 and 2 processes (one BLAS thread each) at the same global
+        batch, the scaling efficiency (2-process / (2 x 1-process) throughput) and the bandwidth of the
+        gradient buckets' all-reduce. GPU rows need as many GPUs as processes (NCCL, one per process)."""
+        cfg = self.cfg
+        model = cases.model_name(cases.SMALL)
+        self.reporter.header(f"DistributedDataParallel training throughput: {model}, global batch split over "
+                             f"the processes", *DDP_COLUMNS)
+        try:
+            from gradflow.distributed.run import find_mpiexec
+            find_mpiexec()
+            import mpi4py  # noqa: F401
+        except (ImportError, FileNotFoundError) as e:
+            self.reporter.note(f"ddp skipped: {e}")
+            return []
+        records = []
+        for device in cfg.devices:
+            gpus = None
+            if device == "cuda":
+                from gradflow import backend
+                gpus = backend.cupy().cuda.runtime.getDeviceCount()
+            for batch in cfg.ddp_batches:
+                base = None
+                for n in cfg.ddp_processes:
+                    if gpus is not None and n > gpus:
+                        self.reporter.note(f"ddp cuda with {n} processes skipped: {gpus} GPU(s), NCCL needs one "
+                                           f"per process")
+                        continue
+                    self.quiet()
+                    try:
+                        result = _ddp_job(cfg, device, n, batch)
+                    except Exception as e:
+                        self.reporter.note(f"ddp {device} {n} processes batch {batch} failed: {e}")
+                        continue
+                    rate = result["samples_per_s"]
+                    if n == 1:
+                        base = rate
+                    efficiency = rate / (n * base) if base and n > 1 else None
+                    rec = {"case": "ddp", "model": model, "contestant": f"gradflow-ddp-{n}p", "device": device,
+                           "label": f"gradflow-ddp-{n}p/{device}", "batch": batch, "processes": n,
+                           "unit": "samples/s", "value": rate, "scaling_efficiency": efficiency, **result}
+                    records.append(rec)
+                    self.reporter.row([model, device, n, batch, fmt_time(result["median_s"]), fmt_rate(rate),
+                                       "-" if efficiency is None else f"{efficiency:.2f}",
+                                       fmt_time(result["allreduce_median_s"]),
+                                       "-" if n == 1 else f"{result['allreduce_GBps']:.2f} GB/s"],
+                                      DDP_COLUMNS[1], left=4)
+        self.reporter.line("  (scaling: N-process throughput / (N x 1-process throughput) at the same global batch; "
+                           "all-reduce: the gradient buckets alone, bandwidth = gradient bytes / time. Processes "
+                           "share this machine's cores with each other and with anything else running.)")
+        return records
+
     def time_to_accuracy(self):
         cfg = self.cfg
         self.reporter.header(f"time to {cfg.tta_target:.0%} MNIST test accuracy (784-128-32-10, batch "
@@ -224,6 +279,26 @@ class Suite:
                                f"{rec['used_runs']}/{len(rec['runs'])}", _spread_text(rec),
                                "* contended" if rec["contended"] else ""], TTA_COLUMNS[1])
         return records
+
+
+def _ddp_job(cfg, device, processes, batch):
+    """One ``mpiexec -n processes`` run of benchmarks/ddp_bench.py; its JSON line."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from gradflow.distributed.run import find_mpiexec
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for var in harness.THREAD_ENV:
+        env[var] = "1"   # one BLAS thread per process: N processes on N cores
+    command = [find_mpiexec(), "-n", str(processes), sys.executable, "-m", "benchmarks.ddp_bench", "--batch",
+               str(batch), "--device", device, "--repeats", str(cfg.repeats), "--min-time", str(cfg.min_time),
+               "--warmup", str(cfg.warmup), "--seed", str(cfg.seed)]
+    proc = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError((proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _flags(rec):

@@ -95,6 +95,14 @@ class TorchCudaGraphMLP(TorchMLP):
         self.static_y.copy_(y)
         self.graph.replay()
         return self.static_loss
+class TorchCNN(TorchMLP):
+    """The MNIST CNN (built by the caller with torch.nn) from a given initial state_dict."""
+
+    def __init__(self, model, state, lr=0.1, momentum=0.9, device="cpu"):
+        self.device = device
+        model.load_state_dict({k: torch.from_numpy(numpy.array(v)) for k, v in state.items()})
+        self.model = model.to(device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum)
 
 
 def to_torch(array, device="cpu"):

@@ -10,7 +10,7 @@ from gradflow.ops import (abs, argmax, argmin, broadcast_to, cat, clamp, clip, c
                           linear, matmul, max, maximum, mean, min, minimum, permute, reshape, sqrt, squeeze, stack, sum,
                           sum_to, swapaxes, transpose, unsqueeze, var, where)
 from gradflow.ops import promote_types, result_type
-from gradflow.random import manual_seed
+from gradflow.random import Generator, manual_seed
 from gradflow.tensor import Function, Size, Tensor, enable_grad, grad, is_grad_enabled, no_grad
 # ==== API breadth (issue 13) ====
 from gradflow.creation import (empty_like, full_like, linspace, logspace, rand_like, randint_like, randn_like,
@@ -38,11 +38,17 @@ from gradflow.interop import from_dlpack, load_safetensors, save_safetensors  # 
 
 
 def _dtype_aliases():
-    """torch's dtype names (gradflow.float is float32, gradflow.long is int64, ...)."""
-    import ml_dtypes
-    return dict(float=float32, double=float64, half=numpy.float16, float16=numpy.float16,
-                bfloat16=ml_dtypes.bfloat16, long=int64, int=int32, int16=numpy.int16, int8=numpy.int8,
-                uint8=numpy.uint8, short=numpy.int16, bool=bool_, float32=float32, float64=float64)
+    """torch's dtype names (gradflow.float is float32, gradflow.long is int64, ...); bfloat16 needs the
+    ``ml_dtypes`` package (the ``interop`` extra), which CuPy 14 also uses for it."""
+    aliases = dict(float=float32, double=float64, half=numpy.float16, float16=numpy.float16, long=int64, int=int32,
+                   int16=numpy.int16, int8=numpy.int8, uint8=numpy.uint8, short=numpy.int16, bool=bool_,
+                   float32=float32, float64=float64)
+    try:
+        import ml_dtypes
+        aliases["bfloat16"] = ml_dtypes.bfloat16
+    except ImportError:
+        pass
+    return aliases
 
 
 import numpy  # noqa: E402

@@ -775,11 +775,11 @@ def tanh(x):
     return Tanh()(_tensor(x, "tanh"))
 
 
-def relu(x):
+def relu(x, inplace=False):  # inplace accepted (a new tensor is returned either way)
     return ReLU()(_tensor(x, "relu"))
 
 
-def leaky_relu(x, negative_slope=0.01):
+def leaky_relu(x, negative_slope=0.01, inplace=False):
     return LeakyReLU(negative_slope)(_tensor(x, "leaky_relu"))
 
 
@@ -798,7 +798,7 @@ def noisy_relu(x, std=0.1, training=True):
     return NoisyReLU(std)(x)
 
 
-def elu(x, alpha=1.0):
+def elu(x, alpha=1.0, inplace=False):
     return ELU(float(alpha), 1.0)(_tensor(x, "elu"))
 
 
@@ -806,7 +806,7 @@ SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 
 
-def selu(x):
+def selu(x, inplace=False):
     return ELU(SELU_ALPHA * SELU_SCALE, SELU_SCALE)(_tensor(x, "selu"))
 
 
@@ -872,7 +872,7 @@ def softmax_cross_entropy(logits, target, reduction="mean", ignore_index=-100):
     return ops.reshape(loss, ()) if squeeze and reduction == "none" else loss
 
 
-def dropout(x, p=0.5, training=True, generator=None):
+def dropout(x, p=0.5, training=True, inplace=False, generator=None):
     """Zero each element with probability p and scale the rest by 1/(1-p) while training.
 
     The mask comes from Philox keyed on (seed, offset, element index), the offset taken
@@ -885,3 +885,231 @@ def dropout(x, p=0.5, training=True, generator=None):
     if not training or p == 0:
         return x
     return Dropout(float(p), generator)(x)
+
+
+# ==== issue 13: more activations, each one kernel forward and one kernel backward ===================
+# NumPy twins follow the kernels' operation order; second derivatives (for double backward) are ops.
+@_quiet
+def _silu_np(x):
+    return x / (1 + numpy.exp(-x))
+
+
+@_quiet
+def _silu_bwd_np(x, g):
+    s = 1 / (1 + numpy.exp(-x))
+    return g * s * (1 + x * (1 - s))
+
+
+@_quiet
+def _hardtanh_np(x, lo, hi):
+    t = x.dtype.type
+    return numpy.where(x < t(lo), t(lo), numpy.where(x > t(hi), t(hi), x))
+
+
+@_quiet
+def _hardtanh_bwd_np(x, g, lo, hi):
+    t = x.dtype.type
+    return numpy.where((x <= t(lo)) | (x >= t(hi)), t(0), g)
+
+
+def _clamp06(z):
+    t = z.dtype.type
+    return numpy.where(z < 0, t(0), numpy.where(z > 6, t(6), z))
+
+
+@_quiet
+def _hardsigmoid_np(x):
+    return _clamp06(x + x.dtype.type(3)) / x.dtype.type(6)
+
+
+@_quiet
+def _hardsigmoid_bwd_np(x, g):
+    return numpy.where((x > -3) & (x < 3), g / g.dtype.type(6), g.dtype.type(0))
+
+
+@_quiet
+def _hardswish_np(x):
+    return x * _clamp06(x + x.dtype.type(3)) / x.dtype.type(6)
+
+
+@_quiet
+def _hardswish_bwd_np(x, g):
+    t = x.dtype.type
+    return numpy.where(x < -3, t(0), numpy.where(x <= 3, g * ((x / t(3)) + t(0.5)), g))
+
+
+@_quiet
+def _mish_np(x):
+    return x * numpy.tanh(numpy.log1p(numpy.exp(x)))
+
+
+@_quiet
+def _mish_bwd_np(x, g):
+    s = 1 / (1 + numpy.exp(-x))
+    t = numpy.tanh(numpy.log1p(numpy.exp(x)))
+    return g * (t + x * s * (1 - t * t))
+
+
+@_quiet
+def _softsign_np(x):
+    return x / (numpy.abs(x) + 1)
+
+
+@_quiet
+def _softsign_bwd_np(x, g):
+    d = numpy.abs(x) + 1
+    return g / (d * d)
+
+
+@_quiet
+def _logsigmoid_np(x):
+    neg = x < 0
+    z = numpy.exp(numpy.where(neg, x, -x))
+    return numpy.where(neg, x, x.dtype.type(0)) - numpy.log1p(z)
+
+
+@_quiet
+def _logsigmoid_bwd_np(x, g):
+    neg = x < 0
+    t = x.dtype.type
+    z = numpy.exp(numpy.where(neg, x, -x))
+    return g * (numpy.where(neg, t(1), t(0)) - numpy.where(neg, t(1), t(-1)) * z / (1 + z))
+
+
+@_quiet
+def _celu_np(x, alpha, inv_alpha):
+    return numpy.where(x <= 0, numpy.expm1(x * inv_alpha) * alpha, x)
+
+
+@_quiet
+def _celu_bwd_np(x, g, alpha, inv_alpha):
+    return numpy.where(x <= 0, g * inv_alpha * alpha * numpy.exp(x * inv_alpha), g)
+
+
+def _pair_kernels(name, params="", scalars="", fwd_np=None, bwd_np=None):
+    extra = "".join(f", T {p}" for p in params.split())
+    call = "".join(f", {p}" for p in params.split())
+    fwd = Elementwise(f"{name}_fwd", "T x" + extra, "T y", f"y = gf_{name}(x{call})", headers=_ACT,
+                      scalars=scalars, numpy=fwd_np)
+    bwd = Elementwise(f"{name}_bwd", "T x, T g" + extra, "T gx", f"gx = gf_{name}_grad(x, g{call})", headers=_ACT,
+                      scalars=scalars, numpy=bwd_np)
+    return fwd, bwd
+
+
+silu_fwd, silu_bwd = _pair_kernels("silu", fwd_np=_silu_np, bwd_np=_silu_bwd_np)
+hardtanh_fwd, hardtanh_bwd = _pair_kernels("hardtanh", "lo hi", "lo hi", _hardtanh_np, _hardtanh_bwd_np)
+hardsigmoid_fwd, hardsigmoid_bwd = _pair_kernels("hardsigmoid", fwd_np=_hardsigmoid_np, bwd_np=_hardsigmoid_bwd_np)
+hardswish_fwd, hardswish_bwd = _pair_kernels("hardswish", fwd_np=_hardswish_np, bwd_np=_hardswish_bwd_np)
+mish_fwd, mish_bwd = _pair_kernels("mish", fwd_np=_mish_np, bwd_np=_mish_bwd_np)
+softsign_fwd, softsign_bwd = _pair_kernels("softsign", fwd_np=_softsign_np, bwd_np=_softsign_bwd_np)
+logsigmoid_fwd, logsigmoid_bwd = _pair_kernels("logsigmoid", fwd_np=_logsigmoid_np, bwd_np=_logsigmoid_bwd_np)
+celu_fwd, celu_bwd = _pair_kernels("celu", "alpha inv_alpha", "alpha inv_alpha", _celu_np, _celu_bwd_np)
+
+
+class SiLU(_Smooth):
+    fwd, bwd = silu_fwd, silu_bwd
+
+    def second(self, x):  # s (1 - s) (2 + x (1 - 2 s))
+        s = sigmoid(x)
+        return s * (1 - s) * (2 + x * (1 - 2 * s))
+
+
+class Hardtanh(_Smooth):
+    fwd, bwd = hardtanh_fwd, hardtanh_bwd
+
+    def second(self, x):
+        return ops.zeros_like_array(x)
+
+
+class Hardsigmoid(_Smooth):
+    fwd, bwd = hardsigmoid_fwd, hardsigmoid_bwd
+
+    def second(self, x):
+        return ops.zeros_like_array(x)
+
+
+class Hardswish(_Smooth):
+    fwd, bwd = hardswish_fwd, hardswish_bwd
+
+    def second(self, x):
+        inside = (x.data >= -3) & (x.data <= 3)
+        return Tensor._wrap(inside.astype(x.dtype) / x.dtype.type(3))  # piecewise constant: no gradient
+
+
+class Mish(_Smooth):
+    fwd, bwd = mish_fwd, mish_bwd
+
+    def second(self, x):  # d/dx [t + x s (1 - t^2)], t = tanh(softplus x), t' = (1 - t^2) s, s' = s (1 - s)
+        s = sigmoid(x)
+        t = tanh(softplus(x))
+        u = 1 - t * t
+        return u * s * 2 + x * s * (1 - s) * u - x * s * 2 * t * u * s
+
+
+class Softsign(_Smooth):
+    fwd, bwd = softsign_fwd, softsign_bwd
+
+    def second(self, x):  # -2 sign(x) / (1 + |x|)^3
+        d = ops.abs(x) + 1
+        return ops.sign(x) * -2.0 / (d * d * d)
+
+
+class LogSigmoid(_Smooth):
+    fwd, bwd = logsigmoid_fwd, logsigmoid_bwd
+
+    def second(self, x):
+        s = sigmoid(x)
+        return -(s * (1 - s))
+
+
+class CELU(_Smooth):
+    fwd, bwd = celu_fwd, celu_bwd
+
+    def second(self, x):
+        alpha, inv = self.params
+        return ops.where(x.data <= 0, ops.exp(x * inv) * inv, 0.0)
+
+
+def silu(x, inplace=False):
+    return SiLU()(_tensor(x, "silu"))
+
+
+def hardtanh(x, min_val=-1.0, max_val=1.0, inplace=False):
+    if min_val > max_val:
+        raise ValueError(f"hardtanh: min_val ({min_val}) cannot be greater than max_val ({max_val})")
+    return Hardtanh(float(min_val), float(max_val))(_tensor(x, "hardtanh"))
+
+
+def relu6(x, inplace=False):
+    return hardtanh(x, 0.0, 6.0)
+
+
+def hardsigmoid(x, inplace=False):
+    return Hardsigmoid()(_tensor(x, "hardsigmoid"))
+
+
+def hardswish(x, inplace=False):
+    return Hardswish()(_tensor(x, "hardswish"))
+
+
+def mish(x, inplace=False):
+    return Mish()(_tensor(x, "mish"))
+
+
+def softsign(x):
+    return Softsign()(_tensor(x, "softsign"))
+
+
+def logsigmoid(x):
+    return LogSigmoid()(_tensor(x, "logsigmoid"))
+
+
+def celu(x, alpha=1.0, inplace=False):
+    if alpha == 0:
+        raise ValueError("ZeroDivisionError: alpha cannot be 0 for CELU")
+    return CELU(float(alpha), 1.0 / float(alpha))(_tensor(x, "celu"))
+
+
+def softmin(x, dim=-1):
+    """softmax(-x) along ``dim``."""
+    return softmax(-_tensor(x, "softmin"), dim)

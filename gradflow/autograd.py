@@ -72,7 +72,11 @@ class _CustomNode(_tape.Function):
         recorder, _tape._state._recorder = _tape._state._recorder, None  # the user's ops are inside this one op
         try:
             with no_grad():
-                out = self.cls.forward(ctx, *args)
+                if "setup_context" in _defined(self.cls):  # torch 2's style: forward without ctx
+                    out = self.cls.forward(*args)
+                    self.cls.setup_context(ctx, tuple(args), out)
+                else:
+                    out = self.cls.forward(ctx, *args)
         finally:
             _tape._state._recorder = recorder
         single = not isinstance(out, tuple)
@@ -125,6 +129,16 @@ class _CustomNode(_tape.Function):
 
 
 _TENSOR = object()  # marks where a Tensor argument goes in a node's template
+
+
+def _defined(cls):
+    """Names a Function subclass defines itself (not inherited from gradflow.autograd.Function)."""
+    names = set()
+    for klass in cls.__mro__:
+        if klass is Function:
+            break
+        names.update(vars(klass))
+    return names
 
 
 def _expand(template, tensors):

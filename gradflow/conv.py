@@ -65,13 +65,14 @@ def _tuple(value, n, name):
 
 
 # ---- im2col / col2im on raw arrays ------------------------------------------------------------
-_KERNELS = {entry: RawKernel("conv.cu", entry) for entry in ("gf_im2col", "gf_col2im")}  # declared: compile-tested
+IM2COL = RawKernel("conv.cu", "gf_im2col")
+COL2IM = RawKernel("conv.cu", "gf_col2im")
 
 
-def _launch(entry, dtype, total, args):
-    fn = _KERNELS[entry].function(dtype)
+def _launch(kernel, dtype, total, args):
+    """One thread per element, grid-strided."""
     blocks = int(min((total + 255) // 256, 2 ** 31 - 1))
-    fn((max(blocks, 1),), (256,), args)
+    kernel.function(dtype)((max(blocks, 1),), (256,), args)
 
 
 def _geometry_scalars(x_shape, geom, out_hw):
@@ -92,7 +93,7 @@ def im2col(x, geom, pad_value=0.0):
     if xp is not numpy:
         cols = xp.empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
         if cols.size:
-            _launch("gf_im2col", x.dtype, cols.size,
+            _launch(IM2COL, x.dtype, cols.size,
                     (xp.ascontiguousarray(x), cols, *_geometry_scalars(x.shape, geom, (oh, ow)),
                      x.dtype.type(pad_value)))
         return cols, (oh, ow)
@@ -120,21 +121,20 @@ def col2im(cols, x_shape, geom):
     if xp is not numpy:
         x = xp.empty(x_shape, dtype=cols.dtype)
         if x.size:
-            _launch("gf_col2im", cols.dtype, x.size,
+            _launch(COL2IM, cols.dtype, x.size,
                     (xp.ascontiguousarray(cols), x, *_geometry_scalars(x_shape, geom, (oh, ow))))
         return x
     (plh, plw) = geom.pad_lo
     hp = max(h + plh, (oh - 1) * sh + dh * (kh - 1) + 1)
     wp = max(w + plw, (ow - 1) * sw + dw * (kw - 1) + 1)
-    padded = numpy.zeros((n, c, hp, wp), dtype=cols.dtype)
+    # accumulate channel-major, as the columns are laid out (each addition streams whole rows),
+    # then one transposing copy to (N, C, H, W)
+    padded = numpy.zeros((c, n, hp, wp), dtype=cols.dtype)
     taps = cols.reshape(c, kh, kw, n, oh, ow)
     for i in range(kh):
         for j in range(kw):
-            padded[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw] += \
-                taps[:, i, j].transpose(1, 0, 2, 3)
-    if padded.shape == tuple(x_shape):
-        return padded
-    return numpy.ascontiguousarray(padded[:, :, plh:plh + h, plw:plw + w])
+            padded[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw] += taps[:, i, j]
+    return numpy.ascontiguousarray(padded[:, :, plh:plh + h, plw:plw + w].transpose(1, 0, 2, 3))
 
 
 def _gemm(a, b):
@@ -404,14 +404,23 @@ def _crop(padded, x_shape, geom):
     return numpy.ascontiguousarray(padded[:, :, plh:plh + h, plw:plw + w])
 
 
+def _disjoint(geom):
+    """True when no two windows share an input element (e.g. 2x2 pooling with stride 2)."""
+    return all(s >= d * (k - 1) + 1 for k, s, d in zip(geom.kernel, geom.stride, geom.dilation))
+
+
 def _fold_taps(x_shape, geom, oh, ow, dtype, tap_grad):
-    """The adjoint of reading taps: sum ``tap_grad(t)`` (an (N, C, OH, OW) array or None) into an input image."""
+    """The adjoint of reading taps: sum ``tap_grad(t)`` (an (N, C, OH, OW) array) into an input image.
+
+    With ``tap_grad=None``: the zero padded image, for the caller to fill (then ``_crop`` it)."""
     n, c, h, w = x_shape
     (kh, kw), (sh, sw), (dh, dw) = geom.kernel, geom.stride, geom.dilation
     plh, plw = geom.pad_lo
     hp = max(h + plh, (oh - 1) * sh + dh * (kh - 1) + 1)
     wp = max(w + plw, (ow - 1) * sw + dw * (kw - 1) + 1)
     padded = numpy.zeros((n, c, hp, wp), dtype=dtype)
+    if tap_grad is None:
+        return padded
     for t, view in _taps(padded, geom, oh, ow):
         g = tap_grad(t)
         if g is not None:
@@ -441,7 +450,7 @@ class MaxPool(Function):
             y = taps[0][1].copy()
             for _, view in taps[1:]:
                 numpy.maximum(y, view, out=y)  # NaN propagates, as in PyTorch
-            arg = numpy.zeros(y.shape, numpy.int32)
+            arg = numpy.zeros(y.shape, numpy.int8 if len(taps) < 128 else numpy.int32)
             for t, view in reversed(taps):  # the first tap holding the maximum wins
                 numpy.copyto(arg, t, where=view == y)
             if numpy.isnan(y).any():  # PyTorch takes the last NaN of a window
@@ -459,7 +468,7 @@ class MaxPool(Function):
         if not self.return_indices:
             return y
         kw = geom.kernel[1]
-        i, j = arg // kw, arg % kw
+        i, j = arg.astype(numpy.int64) // kw, arg.astype(numpy.int64) % kw
         rows = (xp.arange(oh) * geom.stride[0] - geom.pad_lo[0]).reshape(oh, 1) + i * geom.dilation[0]
         cols_ = (xp.arange(ow) * geom.stride[1] - geom.pad_lo[1]).reshape(1, ow) + j * geom.dilation[1]
         return y, (rows * w + cols_).astype(numpy.int64)
@@ -481,12 +490,17 @@ class MaxPoolGrad(Function):
         xp = backend.xp_of(gy)
         self.save_for_backward(arg)
         if xp is numpy:
+            if _disjoint(geom):  # each input element is in one window at most: place, don't add
+                padded = _fold_taps(self.x_shape, geom, oh, ow, gy.dtype, None)
+                for t, view in _taps(padded, geom, oh, ow):
+                    numpy.copyto(view, gy, where=arg == t)
+                return _crop(padded, self.x_shape, geom)
             zero = gy.dtype.type(0)
             return _fold_taps(self.x_shape, geom, oh, ow, gy.dtype, lambda t: numpy.where(arg == t, gy, zero))
         kk = geom.kernel[0] * geom.kernel[1]
         cells = n * oh * ow
         gcols = xp.zeros((c, kk * cells), dtype=gy.dtype)
-        gcols[xp.arange(c)[:, None], _rows(arg) * cells + xp.arange(cells)] = _rows(gy)
+        gcols[xp.arange(c)[:, None], _rows(arg).astype(numpy.int64) * cells + xp.arange(cells)] = _rows(gy)
         return col2im(gcols.reshape(c * kk, cells), self.x_shape, geom)
 
     def backward(self, ggx):

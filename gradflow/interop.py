@@ -104,3 +104,13 @@ def load_safetensors(path, device="cpu"):
         a = numpy.frombuffer(bytes(info["data"]), dtype=_dtype(info["dtype"])).reshape(info["shape"]).copy()
         out[name] = Tensor._wrap(backend.to_device(a, backend.check_device(device)))
     return out
+
+
+def save_file(tensors, filename, metadata=None):
+    """``safetensors.torch.save_file``'s spelling of ``save_safetensors``."""
+    save_safetensors(tensors, filename, metadata)
+
+
+def load_file(filename, device="cpu"):
+    """``safetensors.torch.load_file``'s spelling of ``load_safetensors``."""
+    return load_safetensors(filename, device)

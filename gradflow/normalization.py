@@ -22,12 +22,13 @@ from gradflow.tensor import Function, OpError, as_tensor, is_grad_enabled
 
 
 # ---- the row kernels and their NumPy twins -----------------------------------------------------------
-_KERNELS = {entry: RawKernel("norm.cu", entry) for entry in ("gf_norm_fwd", "gf_norm_bwd")}  # declared: compile-tested
+NORM_FWD = RawKernel("norm.cu", "gf_norm_fwd")
+NORM_BWD = RawKernel("norm.cu", "gf_norm_bwd")
 
 
-def _launch(entry, rows, count, dtype, args):
-    fn = _KERNELS[entry].function(dtype)
-    fn((int(min(rows, 2 ** 31 - 1)),), (row_threads(count),), args)
+def _launch(kernel, rows, count, dtype, args):
+    """One block per row (grid-strided), threads by row length."""
+    kernel.function(dtype)((int(min(rows, 2 ** 31 - 1)),), (row_threads(count),), args)
 
 
 def norm_forward(x3, eps):
@@ -43,7 +44,7 @@ def norm_forward(x3, eps):
     x3 = xp.ascontiguousarray(x3)
     y, mean, var = xp.empty_like(x3), xp.empty(rows, x3.dtype), xp.empty(rows, x3.dtype)
     if x3.size:
-        _launch("gf_norm_fwd", rows, outer * length, x3.dtype,
+        _launch(NORM_FWD, rows, outer * length, x3.dtype,
                 (x3, y, mean, var, numpy.int64(outer), numpy.int64(rows), numpy.int64(length), x3.dtype.type(eps)))
     return y, mean, var
 
@@ -66,7 +67,7 @@ def norm_backward(x3, g3, mean, var, eps):
     x3, g3 = xp.ascontiguousarray(x3), xp.ascontiguousarray(g3)
     gx = xp.empty_like(x3)
     if x3.size:
-        _launch("gf_norm_bwd", rows, outer * length, x3.dtype,
+        _launch(NORM_BWD, rows, outer * length, x3.dtype,
                 (x3, g3, mean, var, gx, numpy.int64(outer), numpy.int64(rows), numpy.int64(length),
                  x3.dtype.type(eps)))
     return gx

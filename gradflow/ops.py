@@ -1017,18 +1017,19 @@ def setitem_(x, index, value):
     """``x[index] = value`` in place; refused where it would corrupt recorded history."""
     _in_place("index assignment")
     if is_grad_enabled() and (x.requires_grad or (isinstance(value, Tensor) and value.requires_grad)):
-        raise RuntimeError("in-place assignment into a tensor that requires grad is not differentiable "
-                           "in gradflow; build a new tensor (e.g. with where) or do it under no_grad()")
+        index_put_(x, index, value)  # recorded: x's history is rebased, as in torch
+        return
     v = value.data if isinstance(value, Tensor) else value
     x.data[_index_arrays(index, backend.xp_of(x.data))] = v
     x._bump_version()
 
 
 def inplace_(x, other, ufunc):
-    """``x += other`` and friends: modify ``x``'s data and bump its version."""
-    if is_grad_enabled() and x.requires_grad:
-        raise RuntimeError(f"in-place {ufunc} on a tensor that requires grad is not differentiable in "
-                           f"gradflow; write x = x + y instead, or do it under no_grad()")
+    """``x += other`` and friends: modify ``x``'s data and bump its version (differentiably, by
+    rebasing x's history as torch does, when recording and x or ``other`` requires grad)."""
+    if is_grad_enabled() and (x.requires_grad or (isinstance(other, Tensor) and other.requires_grad)):
+        return rebase_in_place(x, lambda old: _OUT_OF_PLACE[ufunc](old, other), f"in-place {ufunc}",
+                               keep_old=ufunc in ("multiply", "divide"))
     _in_place(f"in-place {ufunc}")
     o = other.data if isinstance(other, Tensor) else other
     if isinstance(other, Tensor) and other.device != x.device:
@@ -1153,8 +1154,8 @@ def linear(x, weight, bias=None):
 # each op runs on both backends. Ops whose derivative is zero almost everywhere (floor,
 # ceil, round, sign) return a zero gradient, as torch does; comparisons, logical and
 # bitwise ops, argsort and friends carry no gradient at all.
-import collections  # noqa: E402
 import math  # noqa: E402
+import weakref  # noqa: E402
 
 
 def _t(x, like=None):
@@ -1584,7 +1585,7 @@ def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
 
 
 # ---- sorting and selection -----------------------------------------------------------------------
-_ValuesIndices = collections.namedtuple("ValuesIndices", ["values", "indices"])
+_SORT_RESULT, _TOPK_RESULT = _return_type("sort"), _return_type("topk")
 
 
 def _argsort_array(a, axis, descending, stable=True):
@@ -1610,9 +1611,9 @@ def sort(x, dim=-1, descending=False, stable=False):
     """(values, indices) sorted along ``dim``; values carry the gradient through gather."""
     x = _t(x)
     if x.ndim == 0:
-        return _ValuesIndices(x, argsort(x))
+        return _SORT_RESULT(x, argsort(x))
     idx = argsort(x, dim, descending)
-    return _ValuesIndices(gather(x, dim, idx), idx)
+    return _SORT_RESULT(gather(x, dim, idx), idx)
 
 
 def topk(x, k, dim=-1, largest=True, sorted=True):
@@ -1622,10 +1623,10 @@ def topk(x, k, dim=-1, largest=True, sorted=True):
     if not 0 <= k <= n:
         raise RuntimeError(f"topk: k ({k}) is out of range for dimension {dim} of size {n}")
     if x.ndim == 0:
-        return _ValuesIndices(x, argsort(x))
+        return _TOPK_RESULT(x, argsort(x))
     idx = argsort(x, dim, descending=largest)
     idx = getitem(idx, (slice(None),) * dim + (slice(0, k),))
-    return _ValuesIndices(gather(x, dim, idx), idx)
+    return _TOPK_RESULT(gather(x, dim, idx), idx)
 
 
 # ---- gather / scatter ----------------------------------------------------------------------------
@@ -2082,15 +2083,62 @@ def equal(a, b):
 
 
 # ---- in-place updates (versioned: the tape sees them) -------------------------------------------
-def check_in_place(x, what):
-    """Refuse an in-place change the tape could not account for, as PyTorch does."""
-    if is_grad_enabled() and x.requires_grad:
-        if x.creator is None:
-            raise RuntimeError(f"{what}: a leaf tensor that requires grad is being used in an in-place "
-                               f"operation; wrap the update in `with gradflow.no_grad():`")
-        raise RuntimeError(f"{what}: in-place operations on a tensor that is part of the recorded graph are "
-                           f"not supported in gradflow; write x = x.op(...) instead")
+_OUT_OF_PLACE = {"add": add, "subtract": sub, "multiply": mul, "divide": div}
+
+
+def _records_in_place(x, *others):
+    """True when an in-place update of x must be recorded (grad mode on, x or an operand requires grad)."""
+    return is_grad_enabled() and (x.requires_grad or builtins.any(isinstance(o, Tensor) and o.requires_grad
+                                                                  for o in others))
+
+
+def _leaf_in_place_error(what):
+    return RuntimeError(f"{what}: a leaf tensor that requires grad is being used in an in-place operation; "
+                        f"wrap the update in `with gradflow.no_grad():`")
+
+
+def rebase_in_place(x, compute, what, keep_old=True):
+    """A differentiable in-place update, as torch's: ``compute(old)`` builds the new value out of place
+    from ``old`` (x's value and history before the update); the result is written into x's buffer
+    (views see it), x's version is bumped (ops that saved x's old value then refuse to backward) and x
+    takes the new value's place in the graph. ``keep_old``: backward reads the old value, so it is copied."""
+    if x.creator is None and x.requires_grad:
+        raise _leaf_in_place_error(what)
     _in_place(what)
+    old = Tensor._wrap(x.data.copy() if keep_old else x.data, x.requires_grad)
+    if x.creator is not None:
+        old.creator, old._index, old.generation = x.creator, x._index, x.generation
+    y = compute(old)
+    if y.shape != x.shape:
+        raise RuntimeError(f"{what}: output with shape {x.shape} doesn't match the broadcast shape {y.shape}")
+    if y.dtype != x.dtype:
+        if x.dtype.kind not in "fc" and y.dtype.kind in "fc":
+            raise RuntimeError(f"{what}: result type {y.dtype} can't be cast to the desired output type {x.dtype}")
+        y = astype(y, x.dtype)
+    x.data[...] = y.data
+    x._bump_version()
+    x.requires_grad = y.requires_grad
+    if y.creator is not None:
+        x.creator, x._index, x.generation = y.creator, y._index, y.generation
+        y.creator.outputs[y._index] = weakref.ref(x)
+    else:
+        x.creator = None
+    return x
+
+
+def check_in_place(x, what):
+    """Refuse an in-place change on a leaf that requires grad while recording, as PyTorch does."""
+    if is_grad_enabled() and x.requires_grad and x.creator is None:
+        raise _leaf_in_place_error(what)
+    _in_place(what)
+
+
+def _constant_in_place(x, value_of, what):
+    """zero_/fill_/normal_/uniform_ on a recorded non-leaf: the new value is a constant, so the old
+    history gets a zero gradient (torch keeps requires_grad, as here)."""
+    def compute(old):
+        return old * 0 + Tensor._wrap(backend.xp_of(x.data).asarray(value_of(), dtype=x.dtype))
+    return rebase_in_place(x, compute, what, keep_old=False)
 
 
 def _store(x, array, what):
@@ -2108,6 +2156,8 @@ def _store(x, array, what):
 
 
 def zero_(x):
+    if _records_in_place(x):
+        return _constant_in_place(x, lambda: 0, "zero_")  # (a leaf that requires grad: refused there)
     check_in_place(x, "zero_")
     x.data[...] = 0
     x._bump_version()
@@ -2115,6 +2165,12 @@ def zero_(x):
 
 
 def fill_(x, value):
+    if _records_in_place(x, value):
+        if isinstance(value, Tensor) and value.requires_grad:  # the gradient flows to the fill value
+            return rebase_in_place(x, lambda old: broadcast_to(astype(value, x.dtype), x.shape), "fill_",
+                                   keep_old=False)
+        v = value.data if isinstance(value, Tensor) else value
+        return _constant_in_place(x, lambda: v, "fill_")
     check_in_place(x, "fill_")
     v = value.data if isinstance(value, Tensor) else value
     x.data[...] = v
@@ -2123,16 +2179,20 @@ def fill_(x, value):
 
 
 def copy_(x, src):
+    if _records_in_place(x, src):
+        src = src if isinstance(src, Tensor) else Tensor._wrap(backend.xp_of(x.data).asarray(src))
+        if src.device != x.device:
+            src = to_device(src, x.device)
+        return rebase_in_place(x, lambda old: broadcast_to(astype(src, x.dtype), x.shape) + old * 0, "copy_",
+                               keep_old=False)
     check_in_place(x, "copy_")
     return _store(x, src.data if isinstance(src, Tensor) else src, "copy_")
 
 
 def _arith_(x, other, ufunc, alpha=1):
-    check_in_place(x, f"{ufunc}_")
-    o = other.data if isinstance(other, Tensor) else other
     if alpha != 1:
-        o = o * alpha
-    return inplace_(x, Tensor._wrap(o) if hasattr(o, "shape") else o, ufunc)
+        other = other * alpha  # a Tensor times alpha stays differentiable
+    return inplace_(x, other, ufunc)
 
 
 def add_(x, other, alpha=1):
@@ -2152,9 +2212,11 @@ def div_(x, other):
 
 
 def clamp_(x, min=None, max=None):
-    check_in_place(x, "clamp_")
     if min is None and max is None:
         raise ValueError("clamp_: give at least one of min and max")
+    if _records_in_place(x):
+        return rebase_in_place(x, lambda old: clamp(old, min, max), "clamp_")
+    check_in_place(x, "clamp_")
     lo = min.data if isinstance(min, Tensor) else min
     hi = max.data if isinstance(max, Tensor) else max
     backend.xp_of(x.data).clip(x.data, lo, hi, out=x.data)
@@ -2164,14 +2226,68 @@ def clamp_(x, min=None, max=None):
 
 def normal_(x, mean=0.0, std=1.0, generator=None):
     """Fill with N(mean, std^2) draws from gradflow's host stream (same values on every device)."""
-    check_in_place(x, "normal_")
     from gradflow.random import default_generator
     rng = (generator or default_generator).numpy
+    if _records_in_place(x):
+        return _constant_in_place(x, lambda: rng.normal(mean, std, x.shape), "normal_")
+    check_in_place(x, "normal_")
     return _store(x, rng.normal(mean, std, x.shape), "normal_")
 
 
 def uniform_(x, a=0.0, b=1.0, generator=None):
-    check_in_place(x, "uniform_")
     from gradflow.random import default_generator
     rng = (generator or default_generator).numpy
+    if _records_in_place(x):
+        return _constant_in_place(x, lambda: rng.uniform(a, b, x.shape), "uniform_")
+    check_in_place(x, "uniform_")
     return _store(x, rng.uniform(a, b, x.shape), "uniform_")
+
+
+class IndexPut(Function):
+    """out = x with ``out[index] = value`` (value broadcast to the indexed part): the recorded form of
+    ``x[index] = value``. The gradient reaches x outside the written part and value through it."""
+    def __init__(self, index):
+        self.index = index
+
+    def forward(self, x, value):
+        out = x.copy()
+        out[self.index] = value
+        return out
+
+    def backward(self, gy):
+        x, value = self.inputs
+        gx = gv = None
+        if self.needs_input_grad[0]:
+            kept = backend.xp_of(gy.data).ones(gy.shape, dtype=gy.dtype)
+            kept[self.index] = 0
+            gx = gy * Tensor._wrap(kept)
+        if self.needs_input_grad[1]:
+            gv = sum_to(getitem(gy, self.index), value.shape)
+        return gx, gv
+
+
+def index_put_(x, index, value):
+    """``x[index] = value`` recorded on the tape (x's history rebased; a leaf that requires grad refused)."""
+    xp = backend.xp_of(x.data)
+    idx = _index_arrays(index, xp)
+    v = value if isinstance(value, Tensor) else Tensor._wrap(xp.asarray(value, dtype=x.dtype))
+    if v.dtype != x.dtype:
+        v = astype(v, x.dtype)
+    return rebase_in_place(x, lambda old: IndexPut(idx)(old, v), "index assignment", keep_old=False)
+
+
+def expand(x, shape):
+    """torch's expand: broadcast_to where -1 keeps that dimension's size."""
+    shape = tuple(int(s) for s in shape)
+    lead = len(shape) - x.ndim
+    if lead < 0:
+        raise RuntimeError(f"expand: the number of sizes provided ({len(shape)}) must be greater or equal to the "
+                           f"number of dimensions in the tensor ({x.ndim})")
+    resolved = []
+    for i, s in enumerate(shape):
+        if s == -1:
+            if i < lead:
+                raise RuntimeError(f"expand: -1 is not allowed in a leading, non-existing dimension ({i})")
+            s = x.shape[i - lead]
+        resolved.append(s)
+    return broadcast_to(x, tuple(resolved))

@@ -234,6 +234,13 @@ class Tensor:
             raise IndexError(f"dimension specified as {dim} but tensor has no dimensions")
         return self.data.shape[ops._dim(dim, self.data.ndim)]
 
+    def numel(self):
+        """The number of elements (PyTorch's name; ``size()`` is the shape)."""
+        return int(self.data.size)
+
+    def dim(self):
+        return self.data.ndim
+
     def __len__(self):
         return len(self.data)
 
@@ -273,10 +280,10 @@ class Tensor:
             raise TypeError(f"register_post_accumulate_grad_hook: hook must be callable, got {type(hook).__name__}")
         if self._post_accumulate_grad_hooks is None:
             self._post_accumulate_grad_hooks = {}
-        key = next(_hook_ids)
-        self._post_accumulate_grad_hooks[key] = hook
+        handle = _PostAccumulateHookHandle(self._post_accumulate_grad_hooks)
+        self._post_accumulate_grad_hooks[handle.id] = hook
         _hooked_leaves += 1
-        return _HookHandle(self._post_accumulate_grad_hooks, key)
+        return handle
 
     def _bump_version(self):
         """Record an in-place change so backward can detect stale saved tensors."""
@@ -424,7 +431,7 @@ class Tensor:
     def squeeze(self, *dims, **kw): return ops.squeeze(self, dims[0] if len(dims) == 1 else (dims or None), **kw)
     def unsqueeze(self, dim=None, **kw): return ops.unsqueeze(self, dim, **kw)
     def broadcast_to(self, shape): return ops.broadcast_to(self, shape)
-    def expand(self, *shape): return ops.broadcast_to(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
+    def expand(self, *shape): return ops.expand(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
     def sum_to(self, shape): return ops.sum_to(self, shape)
     def astype(self, dtype): return ops.astype(self, dtype)
 
@@ -525,7 +532,8 @@ class Tensor:
     def roll(self, shifts, dims=None): return ops.roll(self, shifts, dims)
     def masked_fill(self, mask, value): return ops.masked_fill(self, mask, value)
     def gather(self, dim, index): return ops.gather(self, dim, index)
-    def scatter(self, dim, index, src=None, value=None, reduce=None): return ops.scatter(self, dim, index, src, value, reduce)
+    def scatter(self, dim, index, src=None, value=None, reduce=None):
+        return ops.scatter(self, dim, index, src, value, reduce)
     def scatter_add(self, dim, index, src): return ops.scatter_add(self, dim, index, src)
     def topk(self, k, dim=-1, largest=True, sorted=True): return ops.topk(self, k, dim, largest, sorted)
     def sort(self, dim=-1, descending=False, stable=False): return ops.sort(self, dim, descending, stable)
@@ -662,15 +670,12 @@ def _run_hooks(t, g):
     return g
 
 
-class _HookHandle:
-    """What hook registration returns: ``remove()`` takes the hook out again."""
-
-    def __init__(self, hooks, key):
-        self._hooks, self._key = hooks, key
+class _PostAccumulateHookHandle(RemovableHandle):
+    """Also keeps count of the registered post-accumulate-grad hooks (backward looks for them only then)."""
 
     def remove(self):
         global _hooked_leaves
-        if self._hooks.pop(self._key, None) is not None:
+        if self._registry.pop(self.id, None) is not None:
             _hooked_leaves -= 1
 
 

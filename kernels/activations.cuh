@@ -72,4 +72,72 @@ template <typename T> GF_FN T gf_gelu_tanh_grad(T x, T g) {
   return g * (left_derivative + right_derivative);
 }
 
+// ==== issue 13: more activations (torch's CPU formulas and operation order) ====
+// silu(x) = x * sigmoid(x); derivative sigmoid * (1 + x (1 - sigmoid)).
+template <typename T> GF_FN T gf_silu(T x) { return x / (T(1) + gf_exp(-x)); }
+template <typename T> GF_FN T gf_silu_grad(T x, T g) {
+  const T s = T(1) / (T(1) + gf_exp(-x));
+  return g * s * (T(1) + x * (T(1) - s));
+}
+
+// hardtanh(x) = clamp(x, lo, hi) (NaN stays NaN); gradient 0 at and outside the bounds.
+template <typename T> GF_FN T gf_hardtanh(T x, T lo, T hi) { return x < lo ? lo : (x > hi ? hi : x); }
+template <typename T> GF_FN T gf_hardtanh_grad(T x, T g, T lo, T hi) {
+  return (x <= lo || x >= hi) ? T(0) : g;
+}
+
+// hardsigmoid(x) = min(max(x + 3, 0), 6) / 6; gradient g / 6 strictly inside (-3, 3).
+template <typename T> GF_FN T gf_hardsigmoid(T x) {
+  const T z = x + T(3);
+  return (z < T(0) ? T(0) : (z > T(6) ? T(6) : z)) / T(6);
+}
+template <typename T> GF_FN T gf_hardsigmoid_grad(T x, T g) {
+  return (x > T(-3) && x < T(3)) ? g / T(6) : T(0);
+}
+
+// hardswish(x) = x * min(max(x + 3, 0), 6) / 6.
+template <typename T> GF_FN T gf_hardswish(T x) {
+  const T z = x + T(3);
+  return x * (z < T(0) ? T(0) : (z > T(6) ? T(6) : z)) / T(6);
+}
+template <typename T> GF_FN T gf_hardswish_grad(T x, T g) {
+  if (x < T(-3)) return T(0);
+  if (x <= T(3)) return g * ((x / T(3)) + T(0.5));
+  return g;
+}
+
+// mish(x) = x * tanh(softplus(x)).
+template <typename T> GF_FN T gf_mish(T x) { return x * gf_tanh(gf_log1p(gf_exp(x))); }
+template <typename T> GF_FN T gf_mish_grad(T x, T g) {
+  const T s = T(1) / (T(1) + gf_exp(-x));
+  const T t = gf_tanh(gf_log1p(gf_exp(x)));
+  return g * (t + x * s * (T(1) - t * t));
+}
+
+// softsign(x) = x / (1 + |x|).
+template <typename T> GF_FN T gf_softsign(T x) { return x / ((x < T(0) ? -x : x) + T(1)); }
+template <typename T> GF_FN T gf_softsign_grad(T x, T g) {
+  const T d = (x < T(0) ? -x : x) + T(1);
+  return g / (d * d);
+}
+
+// logsigmoid(x) = min(x, 0) - log1p(exp(-|x|)), stable for both signs.
+template <typename T> GF_FN T gf_logsigmoid(T x) {
+  const T z = gf_exp(x < T(0) ? x : -x);
+  return (x < T(0) ? x : T(0)) - gf_log1p(z);
+}
+template <typename T> GF_FN T gf_logsigmoid_grad(T x, T g) {
+  const bool neg = x < T(0);
+  const T z = gf_exp(neg ? x : -x);
+  return g * ((neg ? T(1) : T(0)) - (neg ? T(1) : T(-1)) * z / (T(1) + z));
+}
+
+// celu(x) = x > 0 ? x : alpha * expm1(x / alpha) (torch: elu with input_scale = 1 / alpha).
+template <typename T> GF_FN T gf_celu(T x, T alpha, T inv_alpha) {
+  return x <= T(0) ? gf_expm1(x * inv_alpha) * alpha : x;
+}
+template <typename T> GF_FN T gf_celu_grad(T x, T g, T alpha, T inv_alpha) {
+  return x <= T(0) ? g * inv_alpha * alpha * gf_exp(x * inv_alpha) : g;
+}
+
 #endif  // GF_ACTIVATIONS_CUH

@@ -8,7 +8,7 @@
 // xhat = (x - mean) / sqrt(var + eps); mean and the biased var come out per row.
 // Backward, one kernel: the block sums g and g * xhat, then writes
 // gx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps).
-// Built by CuPy as a RawModule; the NumPy twins are in gradflow/norm.py.
+// Built by CuPy as a RawModule; the NumPy twins are in gradflow/normalization.py.
 #include "common.cuh"
 
 template <typename T>

@@ -99,4 +99,56 @@ GF_FN void gf_rmsprop(T& p, T g, T& square_avg, T* grad_avg, T* buf, T neg_lr, T
   }
 }
 
+// ==== issue 13: NAdam, RAdam, Adamax (torch's single-tensor rules, same operation order) ====
+// NAdam: c_grad = -lr (1 - mu) / (1 - mu_product), c_avg = -lr mu_next / (1 - mu_product mu_next),
+// folded on the host; decoupled weight decay multiplies p by decay_factor = 1 - lr wd first.
+template <typename T>
+GF_FN void gf_nadam(T& p, T g, T& m, T& v, T one_minus_beta1, T beta2, T one_minus_beta2, T bias_correction2,
+                    T eps, T c_grad, T c_avg, T weight_decay, T decay_factor, int decoupled, int maximize) {
+  if (maximize) g = -g;
+  if (weight_decay != T(0)) {
+    if (decoupled) p = p * decay_factor;
+    else g = g + weight_decay * p;
+  }
+  m = gf_lerp(m, g, one_minus_beta1);
+  v = v * beta2 + one_minus_beta2 * g * g;
+  const T denom = gf_sqrt(v / bias_correction2) + eps;
+  p = p + c_grad * g / denom;
+  p = p + c_avg * m / denom;
+}
+
+// RAdam: rectified (rect > 0 folded on the host when rho_t > 5) or plain momentum SGD.
+// torch computes bc2_sqrt / (sqrt(v) + eps) as reciprocal(sqrt(v) + eps) * bc2_sqrt.
+template <typename T>
+GF_FN void gf_radam(T& p, T g, T& m, T& v, T one_minus_beta1, T beta2, T one_minus_beta2, T bias_correction1,
+                    T lr, T bias_correction2_sqrt, T eps, T rect, int rectify, T weight_decay, T decay_factor,
+                    int decoupled, int maximize) {
+  if (maximize) g = -g;
+  if (weight_decay != T(0)) {
+    if (decoupled) p = p * decay_factor;
+    else g = g + weight_decay * p;
+  }
+  m = gf_lerp(m, g, one_minus_beta1);
+  v = v * beta2 + one_minus_beta2 * g * g;
+  T u = m / bias_correction1;
+  u = u * lr;
+  if (rectify) {
+    const T adaptive = (T(1) / (gf_sqrt(v) + eps)) * bias_correction2_sqrt;
+    u = u * adaptive;
+    u = u * rect;
+  }
+  p = p - u;
+}
+
+// Adamax: exp_inf = max(exp_inf * beta2, |g| + eps) (NaN-propagating), p += (-clr m) / exp_inf.
+template <typename T>
+GF_FN void gf_adamax(T& p, T g, T& m, T& u, T one_minus_beta1, T beta2, T eps, T neg_clr, T weight_decay,
+                     int maximize) {
+  if (maximize) g = -g;
+  if (weight_decay != T(0)) g = g + weight_decay * p;
+  m = gf_lerp(m, g, one_minus_beta1);
+  u = gf_max(u * beta2, (g < T(0) ? -g : g) + eps);
+  p = p + neg_clr * m / u;
+}
+
 #endif  // GF_OPTIMIZERS_CUH

@@ -265,7 +265,7 @@ def collectives():
     dist.all_gather(out, gf.tensor([rank, 10 * rank]))
     res["all_gather"] = [o.numpy().tolist() for o in out]
     work = dist.all_reduce(gf.ones(4), async_op=True)
-    res["async"] = work.wait()
+    res["async"] = work.wait(timeout=30)
     dist.barrier()
     return res
 
@@ -296,7 +296,8 @@ def nccl_checks():
     out = [gf.zeros(2, device="cuda") for _ in range(world)]
     dist.all_gather(out, gf.tensor([rank, rank + 0.5], device="cuda"))
     res["all_gather"] = [o.numpy().tolist() for o in out]
-    # DDP on the GPU against one process on the whole batch
+    # DDP on the GPU against one process on the whole batch (the bucket path even with one process)
+    DDP.sync_one_process = True
     x, y = data(64)
     gf.manual_seed(100 + rank)
     model = nn.MLP(SIZES, device="cuda")
@@ -328,6 +329,10 @@ def main():
     rank = dist.get_rank()
     if scenario == "nccl":
         result = {"world": dist.get_world_size(), **nccl_checks()}
+    elif scenario == "one":  # one process: DDP is a no-op, or (sync_one_process) runs its buckets over one rank
+        result = {"world": dist.get_world_size(), "plain": train_vs_reference("adam")}
+        DDP.sync_one_process = True
+        result["synced"] = train_vs_reference("adam")
     elif scenario == "main":
         result = {"world": dist.get_world_size(), "collectives": collectives(),
                   "sgd": train_vs_reference("sgd"), "adam": train_vs_reference("adam"),

@@ -65,6 +65,18 @@ def spec(name, rng, dtype):
         return x, 1.5, 20.0
     if name == "softplus_bwd":
         return x, g, 0.5, 10.0
+    if name in ("silu_fwd", "hardsigmoid_fwd", "hardswish_fwd", "mish_fwd", "softsign_fwd", "logsigmoid_fwd"):
+        return (x,)
+    if name in ("silu_bwd", "hardsigmoid_bwd", "hardswish_bwd", "mish_bwd", "softsign_bwd", "logsigmoid_bwd"):
+        return x, g
+    if name == "hardtanh_fwd":
+        return x, -1.0, 6.0
+    if name == "hardtanh_bwd":
+        return x, g, 0.0, 6.0
+    if name == "celu_fwd":
+        return x, 1.7, 1 / 1.7
+    if name == "celu_bwd":
+        return x, g, 0.5, 2.0
     if name == "xent_bwd":
         rows, cols = 40, 7
         logits = (rng.standard_normal((rows, cols)) * 5).astype(dtype)
@@ -93,6 +105,13 @@ def spec(name, rng, dtype):
         return (*adam, 1, 0.001, 0, p, g[:m], pos[0])
     if name == "adam_amsgrad":
         return (*adam, 0, 0.0, 1, p, g[:m], pos[0], pos[1])
+    if name == "nadam":
+        return grad, 0.1, 0.999, 0.001, 1 - 0.999 ** 3, 1e-8, -0.002, -0.01, 0.01, 1 - 2e-5, 0, 1, p, g[:m], pos[0]
+    if name == "radam":
+        return grad, 0.1, 0.999, 0.001, 1 - 0.9 ** 7, 0.01, (1 - 0.999 ** 7) ** 0.5, 1e-8, 0.3, 1, 0.01, 0.99, 1, 0, \
+            p, g[:m], pos[0]
+    if name == "adamax":
+        return grad, 0.1, 0.999, 1e-8, -0.02, 0.01, 1, p, g[:m], pos[0]
     if name == "adagrad":
         return grad, -0.01, 1e-10, 0.01, 0.001, 1, p, pos[0]
     if name == "adadelta":
@@ -112,5 +131,8 @@ def spec(name, rng, dtype):
 # so they get an absolute term. All other kernels must match bit for bit.
 TRANSCENDENTAL = {name: (8, 0) for name in ("sigmoid_fwd", "tanh_fwd", "elu_fwd", "elu_bwd", "softplus_fwd",
                                             "softplus_bwd", "noisy_relu_fwd")}
+TRANSCENDENTAL.update({name: (8, 0) for name in ("silu_fwd", "silu_bwd", "softsign_bwd", "logsigmoid_fwd",
+                                                  "logsigmoid_bwd", "celu_fwd", "celu_bwd")})
+TRANSCENDENTAL.update({"mish_fwd": (16, 0), "mish_bwd": (16, 4), "silu_bwd": (8, 2)})
 TRANSCENDENTAL["xent_bwd"] = (8, 4)  # softmax - 1 cancels for a confident target
 TRANSCENDENTAL.update({"gelu_fwd": (64, 4), "gelu_bwd": (64, 4), "gelu_tanh_fwd": (8, 32), "gelu_tanh_bwd": (8, 32)})

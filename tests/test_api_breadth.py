@@ -103,10 +103,12 @@ def test_in_place_methods_and_versions():
     b.mul_(2)
     with pytest.raises(RuntimeError, match="modified in place"):
         y.sum().backward()
-    # non-leaf in-place while recording: refused with a clear message
+    # non-leaf in-place while recording: recorded (history rebased), as in torch
+    a.grad = None
     h = a * 1
-    with pytest.raises(RuntimeError, match="in-place"):
-        h.add_(1)
+    h.add_(1).mul_(3)
+    h.sum().backward()
+    assert a.grad.tolist() == [3.0, 3.0] and h.tolist() == [6.0, 9.0]
     with pytest.raises(RuntimeError, match="cannot be broadcast"):
         gf.zeros(3).copy_(gf.ones(2))
 
@@ -269,3 +271,69 @@ def test_new_ops_on_gpu_match_cpu():
     t = gf.tensor([1.0, 2.0], device="cuda")
     assert torch.from_dlpack(t).device.type == "cuda" or True  # torch here is a CPU build
     assert gf.from_dlpack(t.data).device == "cuda"
+
+
+def test_in_place_on_recorded_tensors_matches_torch():
+    """out += identity (ResNet), x.mul_(w), clamp_, copy_, fill_ on non-leaf tensors: torch rebases history."""
+    rng = numpy.random.default_rng(0)
+    a0, b0, c0 = rng.standard_normal((3, 4)), rng.standard_normal((3, 4)), rng.standard_normal(4)
+
+    def run(lib, tensor):
+        a, b, c = (tensor(v, requires_grad=True) for v in (a0, b0, c0))
+        out = a * 2
+        out += b                 # residual add
+        out.mul_(c)              # scale in place (needs the old value)
+        out.clamp_(-1.0, 1.0)
+        out.add_(b, alpha=0.5)
+        h = b * 1
+        h.copy_(a * 3)           # history replaced by a's
+        acc = lib.zeros(3, 4, dtype=lib.float64)
+        acc += c                 # a plain tensor picks up history
+        loss = (out * out).sum() + (h * c).sum() + (acc * acc).sum()
+        loss.backward()
+        return [t.grad.numpy() for t in (a, b, c)] + [out.detach().numpy(), out.requires_grad, acc.requires_grad]
+
+    ours = run(gf, gf.tensor)
+    theirs = run(torch, torch.tensor)
+    for x, y in zip(ours[:4], theirs[:4]):
+        numpy.testing.assert_allclose(x, y, rtol=1e-12)
+    assert ours[4:] == theirs[4:] == [True, True]
+
+
+def test_in_place_errors_like_torch():
+    a = gf.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
+        a += 1
+    y = a.exp()
+    y += 1  # exp saved its output: backward must refuse
+    with pytest.raises(RuntimeError, match="modified in place"):
+        y.sum().backward()
+    i = gf.tensor([1, 2])
+    with pytest.raises(RuntimeError, match="can't be cast"):
+        i += gf.tensor([0.5, 0.5], requires_grad=True)
+    z = a * 1
+    with pytest.raises(RuntimeError, match="doesn't match the broadcast shape"):
+        z += gf.ones(3, 2, dtype=gf.double, requires_grad=True)
+    with gf.no_grad():
+        a += 1  # fine without recording
+    assert a.tolist() == [2.0, 3.0]
+
+
+def test_index_assignment_on_recorded_tensors_matches_torch():
+    rng = numpy.random.default_rng(1)
+    a0, v0 = rng.standard_normal((4, 5)), rng.standard_normal(5)
+
+    def run(lib, tensor):
+        a, v = tensor(a0, requires_grad=True), tensor(v0, requires_grad=True)
+        h = a * 2
+        h[1] = v                       # a row from a tensor that requires grad
+        h[:, 0] = 0.5                  # a constant column
+        h[tensor(numpy.array([3, 0]))] = v * 3  # advanced index, broadcast value
+        (h * h).sum().backward()
+        return a.grad.numpy(), v.grad.numpy(), h.detach().numpy()
+
+    for x, y in zip(run(gf, gf.tensor), run(torch, torch.tensor)):
+        numpy.testing.assert_allclose(x, y, rtol=1e-12)
+    leaf = gf.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
+        leaf[0] = 3.0

@@ -190,3 +190,28 @@ def test_op_microbenchmarks_compute_the_same_thing():
         ref = outputs["numpy-loop/cpu"]
         for label, value in outputs.items():
             numpy.testing.assert_allclose(value, ref, rtol=2e-4, atol=2e-5, err_msg=f"{spec.op} {spec.shape} {label}")
+
+
+def test_cnn_case_contestants_start_from_the_same_model():
+    """The ``cnn`` case: gradflow's and PyTorch's trainers hold examples/mnist_cnn.py's CNN with
+    the same initial state, so their eval-mode outputs agree; the conv2d op builders agree too."""
+    import numpy
+    from benchmarks import contestants as C
+    from benchmarks import ops_bench
+    state, _ = C.reference_cnn_weights(0)
+    peers = [k("cpu") for k in (C.Gradflow, C.GradflowCaptured, C.Torch)]
+    x = numpy.random.default_rng(0).standard_normal((8, 28, 28), dtype=numpy.float32)
+    outs = []
+    for c in peers:
+        trainer = c.cnn_trainer(state, 0.01, 0.9)
+        trainer.model.eval()
+        outs.append(numpy.asarray(c.to_host(trainer.predict(c.put(x)))))
+    for out in outs[1:]:
+        numpy.testing.assert_allclose(out, outs[0], rtol=1e-4, atol=1e-4)
+    spec = next(s for s in ops_bench.op_specs(True) if s.op == "conv2d")
+    results = []
+    for c in (peers[0], peers[2]):
+        fn, inputs = ops_bench.build(spec, c, numpy.random.default_rng(1), n_inputs=1)
+        results.append([numpy.asarray(c.to_host(g)) for g in fn(*inputs[0])])
+    for a, b in zip(*results):
+        numpy.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)

@@ -179,3 +179,29 @@ def test_on_gpu():
     y = GF_CUBE.apply(x, 2.0)
     y.sum().backward()
     assert x.grad.device == "cuda"
+
+
+def test_setup_context_style_matches_torch():
+    def define(lib):
+        class Cube(lib.autograd.Function):
+            @staticmethod
+            def forward(x, k):
+                return x * x * x * k
+
+            @staticmethod
+            def setup_context(ctx, inputs, output):
+                x, k = inputs
+                ctx.save_for_backward(x)
+                ctx.k = k
+
+            @staticmethod
+            def backward(ctx, g):
+                x, = ctx.saved_tensors
+                return g * 3 * ctx.k * x * x, None
+        return Cube
+
+    a = numpy.array([0.5, -1.5, 2.0])
+    x, tx = gf.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
+    define(gf).apply(x, 2.0).sum().backward()
+    define(torch).apply(tx, 2.0).sum().backward()
+    numpy.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-14)

@@ -131,6 +131,17 @@ def test_distributed_sampler_covers_each_index_once_per_epoch(two_ranks):
         assert orders[0] != orders[1]   # set_epoch reshuffles
 
 
+@needs_mpi
+def test_ddp_on_one_process(tmp_path):
+    """World size 1: the same trajectory as no DDP at all, with or without running the bucket path."""
+    proc, _ = _mpiexec_job("one", tmp_path, n=1)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    res = _result(tmp_path)
+    assert res["world"] == 1
+    for case in ("plain", "synced"):
+        assert res[case]["rel_diff_vs_single"] == 0.0 and res[case]["moved"] > 0.05
+
+
 # ---- failures end the job -------------------------------------------------------------------------------------
 @needs_mpi
 @pytest.mark.parametrize("scenario", ["kill", "hang", "raise"])
@@ -279,3 +290,17 @@ def test_launcher_finds_the_environments_mpiexec():
         os.environ["PATH"] = old_path
         if old is not None:
             os.environ["GRADFLOW_MPIEXEC"] = old
+
+
+@needs_mpi
+def test_ddp_benchmark_job_reports_throughput_and_bandwidth():
+    """One ``ddp`` case job of ``python -m benchmarks`` (2 processes, tiny timings): sane numbers."""
+    command = [launcher.find_mpiexec(), "-n", "2", sys.executable, "-m", "benchmarks.ddp_bench", "--batch", "64",
+               "--repeats", "2", "--min-time", "0.02", "--warmup", "2"]
+    proc = subprocess.run(command, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=JOB_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["processes"] == 2 and res["per_process_batch"] == 32 and res["backend"] == "mpi"
+    assert res["samples_per_s"] > 0 and len(res["step_times_s"]) == 2
+    assert res["gradient_bytes"] == 4 * (784 * 128 + 128 + 128 * 32 + 32 + 32 * 10 + 10)
+    assert res["allreduce_GBps"] > 0

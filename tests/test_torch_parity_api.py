@@ -115,6 +115,8 @@ ROWS = [
     ("t_1d", lambda x: x.t(), lambda x: x.t(), [F(4)]),
     ("view_as", lambda x, y: x.view_as(y), lambda x, y: x.view_as(y), [F(3, 4), F(2, 6)]),
     ("expand", lambda x: x.expand(2, 3, 4), lambda x: x.expand(2, 3, 4), [F(3, 1)]),
+    ("expand_minus_one", lambda x: x.expand(2, -1, 4), lambda x: x.expand(2, -1, 4), [F(3, 1)]),
+    ("expand_as", lambda x, y: x.expand_as(y), lambda x, y: x.expand_as(y), [F(3, 1), F(2, 3, 5)]),
     ("contiguous", lambda x: x.t().contiguous(), lambda x: x.t().contiguous(), [F(3, 4)]),
     ("repeat", lambda x: x.repeat(2, 1, 3), lambda x: x.repeat(2, 1, 3), [F(3, 4)]),
     ("flip", lambda x: x.flip(0, 2), lambda x: x.flip(0, 2), [F(2, 3, 4)]),

@@ -151,13 +151,15 @@ class Work:
         return all(e.done for e in self._events)
 
     def wait(self, timeout=None):
+        """Complete the collective; ``timeout`` (seconds or a timedelta) overrides the group's."""
         if self._done:
             return True
+        seconds = self._group.mpi.timeout if timeout is None else _mpi.timeout_from_env(timeout)
         try:
             if self._requests:
-                self._group.mpi.wait(self._requests, self._what)
+                _mpi.wait(self._requests, self._what, seconds, self._group.rank)
             if self._events:
-                self._group.nccl.wait(self._events, self._what)
+                self._group.nccl.wait(self._events, self._what, seconds)
         except DistributedError:
             _mpi.mark_broken()
             raise
@@ -174,10 +176,15 @@ def _result(work, async_op):
     return None
 
 
+_OP_NAMES = frozenset(o.value for o in ReduceOp)
+
+
 def _op_name(op):
+    if op in _OP_NAMES:
+        return op
     if isinstance(op, ReduceOp):
         return op.value
-    if isinstance(op, str) and op.lower() in {o.value for o in ReduceOp}:
+    if isinstance(op, str) and op.lower() in _OP_NAMES:
         return op.lower()
     raise ValueError(f"unknown reduce op {op!r}; use gradflow.distributed.ReduceOp.SUM/AVG/PRODUCT/MIN/MAX")
 
@@ -203,7 +210,7 @@ def _array_op(group, array, what, start, finish=None):
     if on_gpu:
         work_array = array.get()
     else:
-        work_array = array if array.flags.c_contiguous and array.flags.writeable else numpy.ascontiguousarray(array)
+        work_array = array if array.flags.c_contiguous and array.flags.writeable else numpy.array(array, order="C")
     request = start("mpi", group.mpi, work_array)
 
     def done():

@@ -82,9 +82,9 @@ class Communicator:
         event.record()
         return event
 
-    def wait(self, events, what):
-        """Poll the events until done or the deadline; on time-out abort NCCL and raise."""
-        deadline = time.monotonic() + self.mpi.timeout
+    def wait(self, events, what, timeout):
+        """Poll the events until done or ``timeout`` seconds; on time-out abort NCCL and raise."""
+        deadline = time.monotonic() + timeout
         nap = 2e-5
         for event in events:
             while not event.done:
@@ -93,7 +93,7 @@ class Communicator:
                         self.comm.abort()
                     finally:
                         raise DistributedError(
-                            f"rank {self.rank}: NCCL {what} did not finish within {self.mpi.timeout:g} s "
+                            f"rank {self.rank}: NCCL {what} did not finish within {timeout:g} s "
                             f"(GRADFLOW_DIST_TIMEOUT): another rank has died, hangs, or called a different "
                             f"collective")
                 time.sleep(nap)

@@ -10,6 +10,10 @@ from gradflow.nn.normalization import BatchNorm1d, BatchNorm2d, GroupNorm, Layer
 from gradflow.nn.module import Module, ModuleList, Parameter, Sequential
 from gradflow.nn.utils import clip_grad_norm_, clip_grad_value_, l1_penalty, l2_penalty
 from gradflow.nn import parallel  # noqa: E402  (DistributedDataParallel: needs gradflow.distributed)
+# issue 13
+from gradflow.nn.layers import (CELU, Hardsigmoid, Hardswish, Hardtanh, LogSigmoid, Mish, ReLU6, SiLU, Softmin,
+                                Softsign, Unflatten)
+from gradflow.nn.module import ModuleDict, ParameterDict, ParameterList
 
 __all__ = ["AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d",
            "Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "Dropout2d", "Embedding", "GroupNorm",
@@ -18,4 +22,5 @@ __all__ = ["AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "
            "Identity", "L1Loss", "LeakyReLU", "Linear", "LogSoftmax", "MLP", "MSELoss", "Module", "ModuleList",
            "NLLLoss", "NoisyReLU", "PReLU", "Parameter", "ReLU", "SELU", "Sequential", "Sigmoid", "SmoothL1Loss",
            "Softmax", "Softplus", "Tanh", "clip_grad_norm_", "clip_grad_value_", "functional", "init", "l1_penalty",
-           "l2_penalty", "parallel", "utils"]
+           "l2_penalty", "parallel", "utils", "CELU", "Hardsigmoid", "Hardswish", "Hardtanh", "LogSigmoid", "Mish",
+           "ReLU6", "SiLU", "Softmin", "Softsign", "ModuleDict", "ParameterDict", "ParameterList"]

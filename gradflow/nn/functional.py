@@ -9,7 +9,11 @@ from gradflow.nn.losses import (accuracy, binary_cross_entropy, binary_cross_ent
                                 cross_entropy, huber_loss, l1_loss, misclassification_rate, mse_loss,
                                 nll_loss, smooth_l1_loss)
 from gradflow.nn.utils import l1_penalty, l2_penalty
-from gradflow.tensor import Tensor
+from gradflow.tensor import OpError, Tensor
+# issue 13
+from gradflow.activation import (celu, hardsigmoid, hardswish, hardtanh, logsigmoid, mish, relu6, silu, softmin,
+                                 softsign)
+from gradflow.nn.losses import kl_div
 
 
 def linear(input, weight, bias=None):
@@ -46,21 +50,70 @@ def one_hot(target, num_classes=-1):
     t = target.data if isinstance(target, Tensor) else target
     xp = backend.xp_of(t)
     if t.dtype.kind not in "iu":
-        raise TypeError(f"one_hot: class ids must be an integer tensor, got dtype {t.dtype} "
-                        f"(convert with .astype('int64'))")
+        raise OpError(f"one_hot is only applicable to index tensor (integer dtype), got {t.dtype} "
+                      f"(convert with .long())")
     if t.size and int(t.min()) < 0:
-        raise ValueError(f"one_hot: class values must be non-negative, got {int(t.min())}")
+        raise OpError(f"one_hot: class values must be non-negative, got {int(t.min())}")
     if num_classes < 0:
-        num_classes = int(t.max()) + 1 if t.size else 0
+        if not t.size:
+            raise OpError("one_hot: can not infer total number of classes from an empty tensor")
+        num_classes = int(t.max()) + 1
     elif t.size and int(t.max()) >= num_classes:
-        raise ValueError(f"one_hot: class values must be smaller than num_classes={num_classes}, got {int(t.max())}")
+        raise OpError(f"one_hot: class values must be smaller than num_classes ({num_classes}), "
+                      f"got {int(t.max())}")
     flat = t.reshape(-1)
     out = xp.zeros((flat.size, num_classes), dtype="int64")
     out[xp.arange(flat.size), flat] = 1
     return Tensor(out.reshape(t.shape + (num_classes,)))
 
 
-__all__ = ["batch_norm", "dropout2d", "embedding", "group_norm", "layer_norm",
+# ==== issue 13: padding, normalization, similarity ==================================================
+def pad(input, pad, mode="constant", value=None):
+    """Pad the last len(pad)//2 dimensions: ``pad = (left_last, right_last, left_prev, right_prev, ...)``.
+
+    Only ``mode='constant'``; negative amounts crop, as in torch. Differentiable (the gradient is the
+    matching slice of the output gradient).
+    """
+    if mode != "constant":
+        raise NotImplementedError(f"F.pad: only mode='constant' is supported, got {mode!r}")
+    pad = [int(p) for p in pad]
+    if len(pad) % 2 or len(pad) // 2 > input.ndim:
+        raise ValueError(f"F.pad: padding length must be even and at most 2 * ndim ({2 * input.ndim}), got "
+                         f"{len(pad)}")
+    x = input
+    fill = 0.0 if value is None else value
+    for i in range(len(pad) // 2):
+        dim = input.ndim - 1 - i
+        left, right = pad[2 * i], pad[2 * i + 1]
+        n = x.shape[dim]
+        if left < 0 or right < 0:  # crop first
+            x = ops.getitem(x, (slice(None),) * dim + (slice(max(-left, 0), n - max(-right, 0)),))
+        parts = []
+        for amount in (max(left, 0), max(right, 0)):
+            shape = x.shape[:dim] + (amount,) + x.shape[dim + 1:]
+            parts.append(Tensor._wrap(backend.xp_of(x.data).full(shape, fill, dtype=x.dtype)))
+        if parts[0].shape[dim] or parts[1].shape[dim]:
+            x = ops.concatenate([parts[0], x, parts[1]], dim)
+    return x
+
+
+def normalize(input, p=2.0, dim=1, eps=1e-12, out=None):
+    """input / max(||input||_p along dim, eps)."""
+    denom = ops.clamp(ops.norm(input, p, dim, keepdim=True), min=eps)
+    return input / ops.broadcast_to(denom, input.shape)
+
+
+def cosine_similarity(x1, x2, dim=1, eps=1e-8):
+    """sum(x1 * x2) / (max(||x1||, eps) * max(||x2||, eps)) along ``dim`` (torch's formula since 2.0)."""
+    x1, x2 = ops._pair(x1, x2)
+    n1 = ops.clamp(ops.norm(x1, 2, dim, keepdim=True), min=eps)
+    n2 = ops.clamp(ops.norm(x2, 2, dim, keepdim=True), min=eps)
+    return ops.sum((x1 / n1) * (x2 / n2), dim)
+
+
+__all__ = ["pad", "normalize", "cosine_similarity", "kl_div", "silu", "relu6", "hardtanh", "hardsigmoid",
+           "hardswish", "mish", "softsign", "logsigmoid", "celu", "softmin",
+           "batch_norm", "dropout2d", "embedding", "group_norm", "layer_norm",
            "adaptive_avg_pool1d", "adaptive_avg_pool2d", "avg_pool1d", "avg_pool2d", "conv1d", "conv2d",
            "conv_transpose1d", "conv_transpose2d", "max_pool1d", "max_pool2d",
            "accuracy", "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy", "dropout",

@@ -76,7 +76,7 @@ class Flatten(Module):
 class Dropout(Module):
     """Zero each element with probability ``p`` while training and scale the rest by 1/(1-p)."""
 
-    def __init__(self, p=0.5):
+    def __init__(self, p=0.5, inplace=False):
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
@@ -103,21 +103,6 @@ class Dropout2d(Module):
 
     def extra_repr(self):
         return f"p={self.p}"
-
-
-class Unflatten(Module):
-    """Expand dimension ``dim`` into ``unflattened_size`` (the inverse of ``Flatten``)."""
-
-    def __init__(self, dim, unflattened_size):
-        super().__init__()
-        self.dim, self.unflattened_size = dim, tuple(unflattened_size)
-
-    def forward(self, x):
-        dim = self.dim % x.ndim
-        return x.reshape(x.shape[:dim] + self.unflattened_size + x.shape[dim + 1:])
-
-    def extra_repr(self):
-        return f"dim={self.dim}, unflattened_size={self.unflattened_size}"
 
 
 class Embedding(Module):
@@ -167,6 +152,10 @@ class Embedding(Module):
 
 # ---- activations ------------------------------------------------------------------------------------
 class ReLU(Module):
+    def __init__(self, inplace=False):  # inplace is accepted; gradflow returns a new tensor either way
+        super().__init__()
+        self.inplace = inplace
+
     def forward(self, x):
         return F.relu(x)
 
@@ -182,12 +171,16 @@ class Tanh(Module):
 
 
 class SELU(Module):
+    def __init__(self, inplace=False):  # inplace is accepted; gradflow returns a new tensor either way
+        super().__init__()
+        self.inplace = inplace
+
     def forward(self, x):
         return F.selu(x)
 
 
 class LeakyReLU(Module):
-    def __init__(self, negative_slope=0.01):
+    def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
         self.negative_slope = negative_slope
 
@@ -229,7 +222,7 @@ class NoisyReLU(Module):
 
 
 class ELU(Module):
-    def __init__(self, alpha=1.0):
+    def __init__(self, alpha=1.0, inplace=False):
         super().__init__()
         self.alpha = alpha
 
@@ -288,9 +281,121 @@ class LogSoftmax(Module):
         return f"dim={self.dim}"
 
 
+# ==== issue 13: more activation modules and shape layers ============================================
+class SiLU(Module):
+    def __init__(self, inplace=False):
+        super().__init__()
+
+    def forward(self, x):
+        return F.silu(x)
+
+
+class Hardtanh(Module):
+    def __init__(self, min_val=-1.0, max_val=1.0, inplace=False):
+        super().__init__()
+        self.min_val, self.max_val = min_val, max_val
+
+    def forward(self, x):
+        return F.hardtanh(x, self.min_val, self.max_val)
+
+    def extra_repr(self):
+        return f"min_val={self.min_val}, max_val={self.max_val}"
+
+
+class ReLU6(Hardtanh):
+    def __init__(self, inplace=False):
+        super().__init__(0.0, 6.0)
+
+    def extra_repr(self):
+        return ""
+
+
+class Hardsigmoid(Module):
+    def __init__(self, inplace=False):
+        super().__init__()
+
+    def forward(self, x):
+        return F.hardsigmoid(x)
+
+
+class Hardswish(Module):
+    def __init__(self, inplace=False):
+        super().__init__()
+
+    def forward(self, x):
+        return F.hardswish(x)
+
+
+class Mish(Module):
+    def __init__(self, inplace=False):
+        super().__init__()
+
+    def forward(self, x):
+        return F.mish(x)
+
+
+class Softsign(Module):
+    def forward(self, x):
+        return F.softsign(x)
+
+
+class LogSigmoid(Module):
+    def forward(self, x):
+        return F.logsigmoid(x)
+
+
+class CELU(Module):
+    def __init__(self, alpha=1.0, inplace=False):
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, x):
+        return F.celu(x, self.alpha)
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}"
+
+
+class Softmin(Module):
+    def __init__(self, dim=None):
+        super().__init__()
+        self.dim = -1 if dim is None else dim
+
+    def forward(self, x):
+        return F.softmin(x, self.dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class Unflatten(Module):
+    """Expand dimension ``dim`` into ``unflattened_size`` (the inverse of Flatten)."""
+
+    def __init__(self, dim, unflattened_size):
+        super().__init__()
+        self.dim, self.unflattened_size = dim, tuple(unflattened_size)
+
+    def forward(self, x):
+        dim = self.dim % x.ndim
+        size = list(self.unflattened_size)
+        if size.count(-1) > 1:
+            raise RuntimeError("Unflatten: only one dimension can be inferred (-1)")
+        if -1 in size:
+            known = math.prod(s for s in size if s != -1)
+            size[size.index(-1)] = x.shape[dim] // known if known else 0
+        if math.prod(size) != x.shape[dim]:
+            raise RuntimeError(f"unflatten: Provided sizes {self.unflattened_size} don't multiply up to the size of "
+                               f"dim {self.dim} ({x.shape[dim]}) in the input tensor")
+        return x.reshape(x.shape[:dim] + tuple(size) + x.shape[dim + 1:])
+
+    def extra_repr(self):
+        return f"dim={self.dim}, unflattened_size={self.unflattened_size}"
+
+
 ACTIVATIONS = {"relu": ReLU, "leaky_relu": LeakyReLU, "prelu": PReLU, "noisy_relu": NoisyReLU,
                "sigmoid": Sigmoid, "tanh": Tanh, "elu": ELU, "selu": SELU, "softplus": Softplus,
-               "gelu": GELU, "identity": Identity, "linear": Identity}
+               "gelu": GELU, "identity": Identity, "linear": Identity, "silu": SiLU, "mish": Mish,
+               "hardswish": Hardswish, "relu6": ReLU6, "celu": CELU}
 
 
 def _activation(spec):

@@ -103,19 +103,82 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_i
     if target.dtype.kind in "iu":
         if label_smoothing == 0.0:
             return activation.softmax_cross_entropy(input, target, reduction=reduction, ignore_index=ignore_index)
+        if input.ndim != 2:
+            return _smoothed_class_targets_nd(input, target, reduction, label_smoothing, ignore_index)
         t, valid = _class_targets("cross_entropy", input, target, ignore_index)
         q = _one_hot(t, valid, input.shape[1], input.dtype)
         q = q * (1.0 - label_smoothing) + (label_smoothing / input.shape[1]) * valid[:, None].astype(input.dtype)
         q = Tensor._wrap(q)
     else:
-        if target.shape != input.shape or input.ndim != 2:
-            raise OpError(f"cross_entropy: probability targets need input (N, C) and a target of the same "
-                             f"shape, got {input.shape} and {target.shape}")
+        if input.ndim != 2 or target.shape != input.shape:  # issue 13: (C,) and (N, C, d...) inputs too
+            return _cross_entropy_probs_nd(input, target, reduction, label_smoothing)
         q = target
         if label_smoothing:
             q = q * (1.0 - label_smoothing) + label_smoothing / input.shape[1]
     loss = -ops.sum(q * activation.log_softmax(input, axis=1), axis=1)
     return _reduce_rows(loss, valid, reduction)
+
+
+# ==== issue 13: probability targets of any shape, smoothing with N-d class indices, KL divergence ====
+def _cross_entropy_probs_nd(input, target, reduction, label_smoothing):
+    """Class-probability targets for input (C,) or (N, C, d...): target has input's shape."""
+    if target.shape != input.shape or input.ndim == 0:
+        raise ValueError(f"cross_entropy: probability targets must have the input's shape, got input "
+                         f"{input.shape} and target {target.shape}")
+    axis = 0 if input.ndim == 1 else 1
+    q = target
+    if label_smoothing:
+        q = q * (1.0 - label_smoothing) + label_smoothing / input.shape[axis]
+    loss = -ops.sum(q * activation.log_softmax(input, axis=axis), axis=axis)
+    return _reduce(loss, reduction)  # torch's mean divides by numel / C: a mean over positions
+
+
+def _smoothed_class_targets_nd(input, target, reduction, label_smoothing, ignore_index):
+    """Label smoothing with class indices for input (C,) or (N, C, d...)."""
+    squeeze = input.ndim == 1
+    if squeeze:
+        input, target = ops.unsqueeze(input, 0), ops.reshape(target, (1,))
+    expected = input.shape[:1] + input.shape[2:]
+    if target.shape != expected:
+        raise ValueError(f"cross_entropy: target shape {target.shape} does not match input shape {input.shape} "
+                         f"(expected {expected})")
+    c = input.shape[1]
+    t = target.data
+    valid = t != ignore_index
+    bad = valid & ((t < 0) | (t >= c))
+    if bool(bad.any()):
+        raise IndexError(f"cross_entropy: target class {int(t[bad][0])} is out of range for {c} classes")
+    logp = activation.log_softmax(input, axis=1)
+    nll = -ops.gather(logp, 1, Tensor._wrap(backend.xp_of(t).expand_dims(backend.xp_of(t).where(valid, t, 0), 1)))
+    nll = ops.squeeze(nll, 1)
+    smooth = -ops.sum(logp, 1) / float(c)
+    loss = nll * (1.0 - label_smoothing) + smooth * label_smoothing
+    loss = ops.where(Tensor._wrap(valid), loss, 0.0)
+    if reduction == "mean":
+        return ops.sum(loss) / Tensor._wrap(valid.sum().astype(input.dtype))
+    loss = _reduce(loss, reduction)
+    return ops.reshape(loss, ()) if squeeze and reduction == "none" else loss
+
+
+def kl_div(input, target, reduction="mean", log_target=False):
+    """KL(target || exp(input)) pointwise: target * (log target - input); ``input`` holds log-probabilities.
+
+    ``reduction``: 'mean' (over all elements, torch's default), 'batchmean' (sum / batch size, the
+    mathematically correct KL), 'sum' or 'none'. Terms with target 0 contribute 0 (torch's xlogy).
+    """
+    if reduction not in ("mean", "batchmean", "sum", "none"):
+        raise ValueError(f"kl_div: reduction must be 'mean', 'batchmean', 'sum' or 'none', got {reduction!r}")
+    target = _as_target(target, input)
+    if log_target:
+        loss = ops.exp(target) * (target - input)
+    else:
+        t = target.data
+        zero = t == 0
+        safe = ops.where(Tensor._wrap(zero), 1.0, target)
+        loss = ops.where(Tensor._wrap(zero), 0.0, target * (ops.log(safe) - input))
+    if reduction == "batchmean":
+        return ops.sum(loss) / float(input.shape[0] if input.ndim else 1)
+    return _reduce(loss, reduction)
 
 
 def nll_loss(input, target, reduction="mean", ignore_index=-100):

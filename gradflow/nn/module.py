@@ -11,7 +11,7 @@ import numpy
 from gradflow import backend
 from gradflow.compile import invalidate, mode_switched, replay_as_call
 from gradflow.nn.utils import zero_grads
-from gradflow.tensor import Tensor
+from gradflow.tensor import RemovableHandle, Tensor
 
 
 class Parameter(Tensor):
@@ -307,7 +307,58 @@ class Module:
     def __call__(self, *args, **kwargs):
         if args and not isinstance(args[0], Tensor):
             args = _arrays_as_tensors(args)
-        return self.forward(*args, **kwargs)
+        hooks = self.__dict__.get("_forward_hooks")
+        pre = self.__dict__.get("_forward_pre_hooks")
+        if not hooks and not pre:
+            return self.forward(*args, **kwargs)
+        for hook in list((pre or {}).values()):
+            result = hook(self, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
+        out = self.forward(*args, **kwargs)
+        for hook in list((hooks or {}).values()):
+            result = hook(self, args, out)
+            if result is not None:
+                out = result
+        return out
+
+    # ==== issue 13: apply, hooks ====
+    def apply(self, fn):
+        """Call ``fn`` on every submodule (children first) and on this module, as torch; returns self."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
+
+    def register_forward_hook(self, hook):
+        """``hook(module, args, output)`` after each forward; a non-None result replaces the output."""
+        return self._add_hook("_forward_hooks", hook)
+
+    def register_forward_pre_hook(self, hook):
+        """``hook(module, args)`` before each forward; a non-None result replaces the arguments."""
+        return self._add_hook("_forward_pre_hooks", hook)
+
+    def _add_hook(self, registry, hook):
+        if registry not in self.__dict__:
+            object.__setattr__(self, registry, OrderedDict())
+        handle = RemovableHandle(self.__dict__[registry])
+        self.__dict__[registry][handle.id] = hook
+        return handle
+
+    def get_submodule(self, target):
+        module = self
+        for name in target.split(".") if target else []:
+            if name not in module._modules:
+                raise AttributeError(f"{type(module).__name__} has no attribute `{name}`")
+            module = module._modules[name]
+        return module
+
+    def get_parameter(self, target):
+        module_path, _, name = target.rpartition(".")
+        module = self.get_submodule(module_path)
+        if name not in module._parameters:
+            raise AttributeError(f"{type(module).__name__} has no parameter `{name}`")
+        return module._parameters[name]
 
     def extra_repr(self):
         """One line of settings shown inside the parentheses of ``repr``."""
@@ -409,3 +460,151 @@ class Sequential(ModuleList):
         for m in self._modules.values():
             x = m(x)
         return x
+
+
+# ==== issue 13: dict and parameter containers ==========================================================
+class ModuleDict(Module):
+    """A dict of modules whose parameters are registered (insertion order kept)."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __getitem__(self, key):
+        return self._modules[key]
+
+    def __setitem__(self, key, module):
+        self.add_module(key, module)
+
+    def __delitem__(self, key):
+        del self._modules[key]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def __contains__(self, key):
+        return key in self._modules
+
+    def keys(self):
+        return self._modules.keys()
+
+    def items(self):
+        return self._modules.items()
+
+    def values(self):
+        return self._modules.values()
+
+    def pop(self, key):
+        value = self[key]
+        del self[key]
+        return value
+
+    def clear(self):
+        self._modules.clear()
+
+    def update(self, modules):
+        items = modules.items() if hasattr(modules, "items") else modules
+        for key, module in items:
+            self[key] = module
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError("ModuleDict is a container; call its modules in your own forward()")
+
+
+def _as_parameter(value):
+    if isinstance(value, Parameter) or value is None:
+        return value
+    if isinstance(value, Tensor):
+        return Parameter(value.data)
+    raise TypeError(f"expected a Parameter or Tensor, got {type(value).__name__}")
+
+
+class ParameterList(Module):
+    """A list of Parameters registered with the module (plain Tensors are wrapped as Parameters)."""
+
+    def __init__(self, values=None):
+        super().__init__()
+        if values is not None:
+            self.extend(values)
+
+    def __getitem__(self, index):
+        items = list(self._parameters.values())
+        if isinstance(index, slice):
+            return ParameterList(items[index])
+        return items[index]
+
+    def __setitem__(self, index, value):
+        index = range(len(self))[index]
+        self.register_parameter(str(index), _as_parameter(value))
+
+    def __len__(self):
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(self._parameters.values())
+
+    def append(self, value):
+        self.register_parameter(str(len(self)), _as_parameter(value))
+        return self
+
+    def extend(self, values):
+        for v in values:
+            self.append(v)
+        return self
+
+    def extra_repr(self):
+        return "\n".join(f"({i}): Parameter containing: [{type(p.data).__module__.split('.')[0]} of size "
+                         f"{'x'.join(map(str, p.shape))}]" for i, p in enumerate(self))
+
+
+class ParameterDict(Module):
+    """A dict of Parameters registered with the module."""
+
+    def __init__(self, parameters=None):
+        super().__init__()
+        if parameters is not None:
+            self.update(parameters)
+
+    def __getitem__(self, key):
+        return self._parameters[key]
+
+    def __setitem__(self, key, value):
+        self.register_parameter(key, _as_parameter(value))
+
+    def __delitem__(self, key):
+        del self._parameters[key]
+
+    def __len__(self):
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(self._parameters)
+
+    def __contains__(self, key):
+        return key in self._parameters
+
+    def keys(self):
+        return self._parameters.keys()
+
+    def items(self):
+        return self._parameters.items()
+
+    def values(self):
+        return self._parameters.values()
+
+    def get(self, key, default=None):
+        return self._parameters.get(key, default)
+
+    def pop(self, key):
+        value = self[key]
+        del self[key]
+        return value
+
+    def update(self, parameters):
+        items = parameters.items() if hasattr(parameters, "items") else parameters
+        for key, value in items:
+            self[key] = value

@@ -5,6 +5,7 @@ they are in the ``state_dict`` under PyTorch's names, move with ``.to()``, and a
 updated in place by a recorded op (``gradflow.normalization.RunningStats``) that
 ``gradflow.compile`` replays with the rest of a training step.
 """
+
 import numpy
 
 from gradflow import backend

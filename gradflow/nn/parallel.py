@@ -45,10 +45,7 @@ class _Bucket:
         self.nbytes = self.flat.nbytes
         self.work = None
         self.pending = len(params)
-
-    def views(self):
-        for p, start in zip(self.params, self.offsets):
-            yield p, self.flat[start:start + p.numel()].reshape(p.shape)
+        self.views = [(p, self.flat[start:start + p.numel()].reshape(p.shape)) for p, start in zip(params, self.offsets)]
 
 
 class DistributedDataParallel(Module):
@@ -61,6 +58,9 @@ class DistributedDataParallel(Module):
     parameter is an error at the end of backward. ``device_ids``/``output_device`` are
     accepted for PyTorch compatibility (one device per process is implied).
     """
+    # With one process the average is the gradient itself and backward does nothing more;
+    # True runs the synchronization anyway (the tests use it to exercise NCCL on one GPU).
+    sync_one_process = False
 
     def __init__(self, module, device_ids=None, output_device=None, broadcast_buffers=True, process_group=None,
                  bucket_cap_mb=25, find_unused_parameters=False):
@@ -91,7 +91,8 @@ class DistributedDataParallel(Module):
         self._reset_pass()
         me = weakref.ref(self)
         self._hook_handles = [p.register_post_accumulate_grad_hook(_ready_hook(me, i))
-                              for i, (_, p) in enumerate(self._named_params)]
+                              for i, (_, p) in enumerate(self._named_params)] \
+            if self.world_size > 1 or self.sync_one_process else []
 
     # ---- construction ------------------------------------------------------------------------------
     def _verify_same_model(self):
@@ -213,7 +214,7 @@ class DistributedDataParallel(Module):
         while self._next_bucket < len(self._buckets) and self._buckets[self._next_bucket].pending == 0:
             bucket = self._buckets[self._next_bucket]
             bucket.had_grad = []
-            for p, view in bucket.views():
+            for p, view in bucket.views:
                 if p.grad is None:
                     view[...] = 0
                     bucket.had_grad.append(False)
@@ -258,7 +259,7 @@ class DistributedDataParallel(Module):
             self._active = False
         for bucket in self._buckets:
             bucket.flat /= bucket.flat.dtype.type(self.world_size)
-            for index, (p, view) in zip(bucket.indices, bucket.views()):
+            for index, (p, view) in zip(bucket.indices, bucket.views):
                 if used is not None and not used[index]:
                     continue
                 if p.grad is None:

@@ -244,6 +244,119 @@ def rmsprop_(param, grad, square_avg, grad_avg, momentum_buf, *, lr, alpha, eps,
         _rmsprop(*args)
 
 
+# ==== issue 13: NAdam, RAdam, Adamax ====================================================================
+def _decay(param, g, weight_decay, decay_factor, decoupled):
+    if weight_decay != 0:
+        if decoupled:
+            param[...] = param * param.dtype.type(decay_factor)
+        else:
+            g = g + weight_decay * param
+    return g
+
+
+def _nadam_np(grad, one_minus_beta1, beta2, one_minus_beta2, bias_correction2, eps, c_grad, c_avg, weight_decay,
+              decay_factor, decoupled, maximize, param, exp_avg, exp_avg_sq):
+    g = -grad if maximize else grad
+    g = _decay(param, g, weight_decay, decay_factor, decoupled)
+    exp_avg[...] = _lerp(exp_avg, g, one_minus_beta1)
+    exp_avg_sq[...] = exp_avg_sq * beta2 + one_minus_beta2 * g * g
+    denom = numpy.sqrt(exp_avg_sq / param.dtype.type(bias_correction2)) + eps
+    param[...] = param + c_grad * g / denom
+    param[...] = param + c_avg * exp_avg / denom
+
+
+_NADAM_IN = ("T grad, T one_minus_beta1, T beta2, T one_minus_beta2, T bias_correction2, T eps, T c_grad, T c_avg, "
+             "T weight_decay, T decay_factor, int32 decoupled, int32 maximize")
+_nadam = Elementwise("nadam", _NADAM_IN, "T param, T exp_avg, T exp_avg_sq",
+                     "gf_nadam(param, grad, exp_avg, exp_avg_sq, one_minus_beta1, beta2, one_minus_beta2, "
+                     "bias_correction2, eps, c_grad, c_avg, weight_decay, decay_factor, decoupled, maximize)",
+                     headers=_OPT, scalars=[p.split()[-1] for p in _NADAM_IN.split(",")[1:]], numpy=_nadam_np)
+
+
+def nadam_mu_product(mu_product, mu):
+    """torch keeps NAdam's running product of momentum coefficients in a float32 tensor."""
+    return float(numpy.float32(mu_product) * numpy.float32(mu))
+
+
+def nadam_(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, momentum_decay, step,
+           mu_product, decoupled_weight_decay=False, maximize=False):
+    """NAdam step; ``step`` is the 1-based count after increment, ``mu_product`` the product including
+    this step's mu (see ``nadam_mu_product``). Returns nothing; the caller keeps mu_product."""
+    _check(param, grad, exp_avg, exp_avg_sq)
+    mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
+    mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
+    mu_product_next = mu_product * mu_next
+    c_grad = -lr * (1.0 - mu) / (1.0 - mu_product)
+    c_avg = (-lr * mu_next) / (1.0 - mu_product_next)
+    _nadam(grad, 1 - beta1, beta2, 1 - beta2, 1 - beta2 ** step, eps, c_grad, c_avg, weight_decay,
+           1 - lr * weight_decay, int(decoupled_weight_decay), int(maximize), param, exp_avg, exp_avg_sq)
+
+
+def _radam_np(grad, one_minus_beta1, beta2, one_minus_beta2, bias_correction1, lr, bias_correction2_sqrt, eps, rect,
+              rectify, weight_decay, decay_factor, decoupled, maximize, param, exp_avg, exp_avg_sq):
+    t = param.dtype.type
+    g = -grad if maximize else grad
+    g = _decay(param, g, weight_decay, decay_factor, decoupled)
+    exp_avg[...] = _lerp(exp_avg, g, one_minus_beta1)
+    exp_avg_sq[...] = exp_avg_sq * beta2 + one_minus_beta2 * g * g
+    u = exp_avg / t(bias_correction1)
+    u = u * t(lr)
+    if rectify:
+        adaptive = (t(1) / (numpy.sqrt(exp_avg_sq) + t(eps))) * t(bias_correction2_sqrt)
+        u = u * adaptive
+        u = u * t(rect)
+    param[...] = param - u
+
+
+_RADAM_IN = ("T grad, T one_minus_beta1, T beta2, T one_minus_beta2, T bias_correction1, T lr, "
+             "T bias_correction2_sqrt, T eps, T rect, int32 rectify, T weight_decay, T decay_factor, "
+             "int32 decoupled, int32 maximize")
+_radam = Elementwise("radam", _RADAM_IN, "T param, T exp_avg, T exp_avg_sq",
+                     "gf_radam(param, grad, exp_avg, exp_avg_sq, one_minus_beta1, beta2, one_minus_beta2, "
+                     "bias_correction1, lr, bias_correction2_sqrt, eps, rect, rectify, weight_decay, decay_factor, "
+                     "decoupled, maximize)",
+                     headers=_OPT, scalars=[p.split()[-1] for p in _RADAM_IN.split(",")[1:]], numpy=_radam_np)
+
+
+def radam_(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, step,
+           decoupled_weight_decay=False, maximize=False):
+    """RAdam step (Liu et al., 2020); ``step`` is the 1-based count after increment."""
+    _check(param, grad, exp_avg, exp_avg_sq)
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2 = 1 - beta2 ** step
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * (beta2 ** step) / bias_correction2
+    rectify = rho_t > 5.0
+    rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5 if rectify else 0.0
+    _radam(grad, 1 - beta1, beta2, 1 - beta2, bias_correction1, lr, bias_correction2 ** 0.5, eps, rect,
+           int(rectify), weight_decay, 1 - lr * weight_decay, int(decoupled_weight_decay), int(maximize),
+           param, exp_avg, exp_avg_sq)
+
+
+def _adamax_np(grad, one_minus_beta1, beta2, eps, neg_clr, weight_decay, maximize, param, exp_avg, exp_inf):
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    exp_avg[...] = _lerp(exp_avg, g, one_minus_beta1)
+    exp_inf[...] = numpy.maximum(exp_inf * beta2, numpy.abs(g) + eps)
+    param[...] = param + neg_clr * exp_avg / exp_inf
+
+
+_adamax = Elementwise("adamax", "T grad, T one_minus_beta1, T beta2, T eps, T neg_clr, T weight_decay, int32 maximize",
+                      "T param, T exp_avg, T exp_inf",
+                      "gf_adamax(param, grad, exp_avg, exp_inf, one_minus_beta1, beta2, eps, neg_clr, weight_decay, "
+                      "maximize)",
+                      headers=_OPT, scalars="one_minus_beta1 beta2 eps neg_clr weight_decay maximize",
+                      numpy=_adamax_np)
+
+
+def adamax_(param, grad, exp_avg, exp_inf, *, lr, beta1, beta2, eps, weight_decay, step, maximize=False):
+    """Adamax step (the infinity-norm Adam); ``step`` is the 1-based count after increment."""
+    _check(param, grad, exp_avg, exp_inf)
+    clr = lr / (1 - beta1 ** step)
+    _adamax(grad, 1 - beta1, beta2, eps, -clr, weight_decay, int(maximize), param, exp_avg, exp_inf)
+
+
 # ---- multi-tensor path ---------------------------------------------------------------------------------
 def flat_buffer(arrays, dtype=None):
     """One contiguous buffer holding copies of ``arrays``, and views of it shaped like each.

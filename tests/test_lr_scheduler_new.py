@@ -1,0 +1,119 @@
+"""Issue 13's schedules step for step against torch.optim.lr_scheduler (rates and cycled momenta)."""
+import numpy
+import pytest
+import torch
+
+import gradflow as gf
+from gradflow.optim import lr_scheduler as S
+
+STEPS = 40
+
+
+def _pair(opt_name, **kw):
+    a, b = gf.nn.Parameter(numpy.zeros(2)), gf.nn.Parameter(numpy.zeros(3))
+    ta, tb = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))
+    ours = getattr(gf.optim, opt_name)([{"params": [a]}, {"params": [b], "lr": 0.05}], lr=0.2, **kw)
+    theirs = getattr(torch.optim, opt_name)([{"params": [ta]}, {"params": [tb], "lr": 0.05}], lr=0.2, **kw)
+    return ours, theirs
+
+
+def _momenta(opt):
+    return [g["betas"][0] if "betas" in g else g.get("momentum") for g in opt.param_groups]
+
+
+SCHEDULES = {
+    "PolynomialLR": ("SGD", {}, lambda M, o: M.PolynomialLR(o, total_iters=12, power=2.0)),
+    "PolynomialLR-linear": ("SGD", {}, lambda M, o: M.PolynomialLR(o, total_iters=30)),
+    "CosineAnnealingWarmRestarts": ("SGD", {}, lambda M, o: M.CosineAnnealingWarmRestarts(o, T_0=5, eta_min=0.01)),
+    "CosineAnnealingWarmRestarts-mult": ("SGD", {}, lambda M, o: M.CosineAnnealingWarmRestarts(o, T_0=3, T_mult=2)),
+    "CyclicLR": ("SGD", dict(momentum=0.9), lambda M, o: M.CyclicLR(o, 0.01, [0.1, 0.2], step_size_up=4)),
+    "CyclicLR-triangular2": ("SGD", dict(momentum=0.9),
+                             lambda M, o: M.CyclicLR(o, 0.01, 0.1, step_size_up=3, step_size_down=5,
+                                                     mode="triangular2")),
+    "CyclicLR-exp_range-adam": ("Adam", {}, lambda M, o: M.CyclicLR(o, 0.001, 0.01, step_size_up=5, mode="exp_range",
+                                                                   gamma=0.95)),
+    "CyclicLR-no-momentum": ("Adagrad", {}, lambda M, o: M.CyclicLR(o, 0.001, 0.01, 4, cycle_momentum=False)),
+    "OneCycleLR": ("SGD", dict(momentum=0.9), lambda M, o: M.OneCycleLR(o, max_lr=[0.5, 0.1], total_steps=STEPS)),
+    "OneCycleLR-linear-3phase-adam": ("Adam", {}, lambda M, o: M.OneCycleLR(o, max_lr=0.01, epochs=4,
+                                                                            steps_per_epoch=10,
+                                                                            anneal_strategy="linear",
+                                                                            three_phase=True)),
+}
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_matches_torch_step_for_step(name):
+    opt_name, kw, make = SCHEDULES[name]
+    ours_opt, theirs_opt = _pair(opt_name, **kw)
+    ours, theirs = make(S, ours_opt), make(torch.optim.lr_scheduler, theirs_opt)
+    assert ours.get_last_lr() == theirs.get_last_lr()
+    assert _momenta(ours_opt) == _momenta(theirs_opt)
+    for step in range(STEPS - 1 if "OneCycle" in name else STEPS):
+        ours_opt.step()
+        theirs_opt.step()
+        ours.step()
+        theirs.step()
+        assert ours.get_last_lr() == theirs.get_last_lr(), f"step {step + 1}"
+        assert [g["lr"] for g in ours_opt.param_groups] == [g["lr"] for g in theirs_opt.param_groups]
+        assert _momenta(ours_opt) == _momenta(theirs_opt), f"step {step + 1}"
+
+
+def test_warm_restarts_fractional_epochs():
+    ours_opt, theirs_opt = _pair("SGD")
+    ours = S.CosineAnnealingWarmRestarts(ours_opt, T_0=4, T_mult=2)
+    theirs = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(theirs_opt, T_0=4, T_mult=2)
+    for epoch in (0.5, 1.25, 3.9, 4.0, 7.5, 13.0, 30.2):
+        ours.step(epoch)
+        theirs.step(epoch)
+        assert ours.get_last_lr() == theirs.get_last_lr()
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(mode="max", threshold_mode="abs", threshold=0.1, patience=1),
+                                dict(patience=2, cooldown=2, factor=0.5, min_lr=[0.05, 0.01]),
+                                dict(patience=0, eps=0.1)])
+def test_reduce_on_plateau_matches_torch(kw):
+    ours_opt, theirs_opt = _pair("SGD")
+    ours = S.ReduceLROnPlateau(ours_opt, **kw)
+    theirs = torch.optim.lr_scheduler.ReduceLROnPlateau(theirs_opt, **kw)
+    rng = numpy.random.default_rng(0)
+    metrics = list(numpy.linspace(1.0, 0.5, 8)) + list(1.0 + rng.random(30) * 0.01) + [0.1, 0.1, 0.2]
+    for m in metrics:
+        ours.step(gf.tensor(m) if m > 0.9 else m)  # a Tensor metric works like a float
+        theirs.step(m)
+        assert ours.get_last_lr() == theirs.get_last_lr()
+        assert (ours.num_bad_epochs, ours.cooldown_counter, ours.best) == \
+            (theirs.num_bad_epochs, theirs.cooldown_counter, theirs.best)
+    sd = ours.state_dict()
+    again = S.ReduceLROnPlateau(ours_opt, **kw)
+    again.load_state_dict(sd)
+    assert again.best == ours.best and again.num_bad_epochs == ours.num_bad_epochs
+
+
+def test_state_dict_round_trip_cyclic():
+    opt, _ = _pair("SGD", momentum=0.9)
+    s = S.CyclicLR(opt, 0.01, 0.1, step_size_up=3, mode="exp_range", gamma=0.9)
+    for _ in range(5):
+        s.step()
+    sd = s.state_dict()
+    assert not any(callable(v) for v in sd.values())
+    opt2, _ = _pair("SGD", momentum=0.9)
+    s2 = S.CyclicLR(opt2, 0.01, 0.1, step_size_up=3, mode="exp_range", gamma=0.9)
+    s2.load_state_dict(sd)
+    s.step()
+    s2.step()
+    assert s.get_last_lr() == s2.get_last_lr()
+
+
+def test_errors():
+    opt, _ = _pair("Adagrad")
+    with pytest.raises(ValueError, match="momentum"):
+        S.OneCycleLR(opt, max_lr=0.1, total_steps=10)
+    with pytest.raises(ValueError, match="total_steps"):
+        S.OneCycleLR(opt, max_lr=0.1, cycle_momentum=False)
+    with pytest.raises(ValueError, match="Factor"):
+        S.ReduceLROnPlateau(opt, factor=1.0)
+    one = S.OneCycleLR(opt, max_lr=0.1, total_steps=2, cycle_momentum=False)
+    one.step()
+    one.step()
+    with pytest.raises(ValueError, match="Tried to step 3 times"):
+        one.step()

@@ -1,0 +1,165 @@
+"""Issue 13's nn additions: Module.apply, hooks, containers, new layers and activations."""
+import numpy
+import pytest
+import torch
+
+import gradflow as gf
+import gradflow.nn.functional as F
+from gradflow import nn
+
+
+def test_module_apply_named_modules_children():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(inplace=True), nn.Sequential(nn.Linear(4, 2), nn.Identity()))
+    seen = []
+
+    def init(m):
+        seen.append(type(m).__name__)
+        if isinstance(m, nn.Linear):
+            nn.init.constant_(m.weight, 0.5)
+            nn.init.zeros_(m.bias)
+
+    assert model.apply(init) is model
+    assert seen == ["Linear", "ReLU", "Linear", "Identity", "Sequential", "Sequential"]  # children first
+    assert all((m.weight.numpy() == 0.5).all() for m in model.modules() if isinstance(m, nn.Linear))
+    assert [n for n, _ in model.named_modules()] == ["", "0", "1", "2", "2.0", "2.1"]
+    assert [type(c).__name__ for c in model.children()] == ["Linear", "ReLU", "Sequential"]
+    assert model.get_submodule("2.0") is model[2][0] and model.get_parameter("2.0.bias") is model[2][0].bias
+
+
+def test_register_buffer_in_state_dict():
+    class Norm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("running", gf.zeros(3))
+            self.register_buffer("scratch", gf.ones(2), persistent=False)
+
+        def forward(self, x):
+            return x - self.running
+
+    m = Norm()
+    assert list(m.state_dict()) == ["running"] and [n for n, _ in m.named_buffers()] == ["running", "scratch"]
+    m.load_state_dict({"running": numpy.array([1.0, 2.0, 3.0], dtype=numpy.float32)})
+    assert m(gf.ones(3)).tolist() == [0.0, -1.0, -2.0]
+
+
+def test_forward_hooks_and_tensor_hooks():
+    lin = nn.Linear(2, 2)
+    calls = []
+    pre = lin.register_forward_pre_hook(lambda m, args: (args[0] * 2,))
+    post = lin.register_forward_hook(lambda m, args, out: calls.append(args[0].tolist()) or out * 0)
+    out = lin(gf.ones(1, 2))
+    assert calls == [[[2.0, 2.0]]] and out.tolist() == [[0.0, 0.0]]
+    pre.remove()
+    post.remove()
+    assert lin(gf.ones(1, 2)).tolist() != [[0.0, 0.0]]
+    # capture activations for inspection, as people do
+    feats = {}
+    model = nn.Sequential(nn.Linear(2, 3), nn.Tanh())
+    model[0].register_forward_hook(lambda m, a, o: feats.__setitem__("fc", o.detach()))
+    model(gf.ones(4, 2))
+    assert feats["fc"].shape == (4, 3)
+
+
+def test_containers():
+    d = nn.ModuleDict({"a": nn.Linear(2, 3), "b": nn.ReLU()})
+    d["c"] = nn.Linear(3, 1)
+    assert list(d.keys()) == ["a", "b", "c"] and "a" in d and len(d) == 3
+    assert len(list(d.parameters())) == 4 and set(d.state_dict()) == {"a.weight", "a.bias", "c.weight", "c.bias"}
+    pl = nn.ParameterList([nn.Parameter(gf.ones(2)), gf.zeros(3)])
+    pl.append(gf.ones(1))
+    assert len(pl) == 3 and all(isinstance(p, nn.Parameter) and p.requires_grad for p in pl)
+    assert list(pl.state_dict()) == ["0", "1", "2"]
+    pd = nn.ParameterDict({"w": gf.ones(2)})
+    pd["b"] = nn.Parameter(gf.zeros(1))
+    assert list(pd.keys()) == ["w", "b"] and len(list(pd.parameters())) == 2
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.heads = nn.ModuleDict({"x": nn.Linear(2, 1)})
+            self.scales = nn.ParameterList([gf.ones(1)])
+
+        def forward(self, x):
+            return self.heads["x"](x) * self.scales[0]
+
+    net = Net()
+    net(gf.ones(3, 2)).sum().backward()
+    assert all(p.grad is not None for p in net.parameters()) and len(list(net.parameters())) == 3
+
+
+def test_unflatten_and_identity():
+    x = gf.tensor(numpy.arange(24.0).reshape(2, 12))
+    u = nn.Unflatten(1, (3, -1))
+    assert u(x).shape == (2, 3, 4)
+    numpy.testing.assert_array_equal(u(x).numpy(), torch.nn.Unflatten(1, (3, -1))(torch.tensor(x.numpy())).numpy())
+    with pytest.raises(RuntimeError, match="multiply up"):
+        nn.Unflatten(1, (5, 2))(x)
+    assert nn.Identity(54, unused="x")(x) is x
+
+
+@pytest.mark.parametrize("name,args", [("SiLU", ()), ("ReLU6", ()), ("Hardtanh", (-0.5, 0.5)), ("Hardsigmoid", ()),
+                                       ("Hardswish", ()), ("Mish", ()), ("Softsign", ()), ("LogSigmoid", ()),
+                                       ("CELU", (0.5,)), ("Softmin", (1,)), ("ReLU", ()), ("LeakyReLU", (0.1,)),
+                                       ("ELU", ()), ("SELU", ()), ("Dropout", (0.0,))])
+def test_activation_modules_match_torch(name, args):
+    x = numpy.random.default_rng(0).uniform(-5, 5, (4, 6))
+    kwargs = {"inplace": False} if name not in ("Softsign", "LogSigmoid", "Softmin") else {}
+    ours = getattr(nn, name)(*args, **kwargs)
+    theirs = getattr(torch.nn, name)(*args, **kwargs)
+    numpy.testing.assert_allclose(ours(gf.tensor(x)).numpy(), theirs(torch.tensor(x)).numpy(), rtol=1e-12,
+                                  atol=1e-15)
+
+
+@pytest.mark.parametrize("fn", [F.silu, F.mish, F.softsign, F.logsigmoid, lambda x: F.celu(x, 0.6),
+                                F.hardswish, F.hardsigmoid, lambda x: F.hardtanh(x, -1.5, 1.5),
+                                lambda x: F.softmin(x, 0)], ids=lambda f: getattr(f, "__name__", "lambda"))
+def test_new_activations_double_backward(fn):
+    x = numpy.random.default_rng(3).uniform(-4, 4, (3, 5))
+    x[numpy.abs(numpy.abs(x) - 3) < 0.05] = 0.5   # away from hardswish/hardsigmoid kinks
+    x[numpy.abs(numpy.abs(x) - 1.5) < 0.05] = 0.2
+    t = gf.tensor(x, requires_grad=True)
+    gf.gradcheck(fn, [t])
+    gf.gradgradcheck(fn, [t])
+
+
+def test_new_activations_float32_and_edges():
+    x = gf.tensor([-80.0, -3.0, 0.0, 3.0, 80.0, float("nan")])
+    for ours, theirs in ((F.silu, torch.nn.functional.silu), (F.logsigmoid, torch.nn.functional.logsigmoid),
+                         (F.mish, torch.nn.functional.mish), (F.hardswish, torch.nn.functional.hardswish),
+                         (F.relu6, torch.nn.functional.relu6), (F.hardsigmoid, torch.nn.functional.hardsigmoid)):
+        numpy.testing.assert_allclose(ours(x).numpy(), theirs(torch.tensor(x.numpy())).numpy(), rtol=1e-6)
+
+
+def test_one_hot_range_checked():
+    with pytest.raises(RuntimeError, match="smaller than num_classes"):
+        F.one_hot(gf.tensor([0, 3]), 3)
+    with pytest.raises(RuntimeError, match="non-negative"):
+        F.one_hot(gf.tensor([-1, 0]), 3)
+    with pytest.raises(RuntimeError, match="integer"):
+        F.one_hot(gf.tensor([0.0]), 3)
+    assert F.one_hot(gf.tensor([2, 0])).tolist() == [[0, 0, 1], [1, 0, 0]]
+
+
+def test_pad_errors_and_grad():
+    x = gf.tensor(numpy.random.default_rng(0).standard_normal((2, 3)), requires_grad=True)
+    gf.gradcheck(lambda t: F.pad(t, (1, 2, 0, 1), value=3.0), [x])
+    with pytest.raises(NotImplementedError, match="constant"):
+        F.pad(x, (1, 1), mode="reflect")
+    with pytest.raises(ValueError, match="even"):
+        F.pad(x, (1,))
+
+
+@pytest.mark.gpu
+def test_new_activation_kernels_on_gpu():
+    x = numpy.random.default_rng(0).uniform(-5, 5, (64,))
+    for fn in (F.silu, F.mish, F.softsign, F.logsigmoid, F.hardswish, F.hardsigmoid, F.relu6,
+               lambda t: F.celu(t, 0.5)):
+        for dtype in (numpy.float32, numpy.float64):
+            c = gf.tensor(x.astype(dtype), requires_grad=True)
+            g = gf.tensor(x.astype(dtype), device="cuda", requires_grad=True)
+            yc, yg = fn(c), fn(g)
+            numpy.testing.assert_allclose(yg.numpy(), yc.numpy(), rtol=1e-5 if dtype == numpy.float32 else 1e-12)
+            yc.sum().backward()
+            yg.sum().backward()
+            numpy.testing.assert_allclose(g.grad.numpy(), c.grad.numpy(),
+                                          rtol=1e-5 if dtype == numpy.float32 else 1e-12)
