@@ -619,6 +619,32 @@ NEW_ROWS = [_unary_row(n, lambda m, x, n=n: getattr(m, n)(x)) for n in UNARY_NAM
         [(numpy.array([[0, 2], [4, 2]]), randn(5, 3), None), (numpy.array([1, 1, 0]), randn(3, 2), 1),
          (numpy.array([5]), randn(3, 2), None)]),
     Row("F.dropout2d", lambda m, x, p, t: m.F.dropout2d(x, p, training=t), [(IMG, 0.5, False), (IMG, 0.0, True)]),
+    # ---- nn.functional: more activations, distances, padding -------------------------------------------------
+    # torch's CPU kernels use float constants (1.0f / 6.0f, 1 / alpha) in float64 gradients: 3e-8 relative error
+    Row("F.celu", lambda m, x: m.F.celu(x, alpha=0.7), ACT, rtol=1e-7),
+    Row("F.hardsigmoid", lambda m, x: m.F.hardsigmoid(x), ACT, rtol=1e-7),
+    Row("F.hardswish", lambda m, x: m.F.hardswish(x), ACT),
+    Row("F.hardtanh", lambda m, x: m.F.hardtanh(x, -0.5, 2.0), ACT),
+    Row("F.relu6", lambda m, x: m.F.relu6(x), ACT),
+    Row("F.silu", lambda m, x: m.F.silu(x), ACT),
+    Row("F.mish", lambda m, x: m.F.mish(x), ACT[:5]),
+    Row("F.logsigmoid", lambda m, x: m.F.logsigmoid(x), ACT),
+    Row("F.softsign", lambda m, x: m.F.softsign(x), ACT,
+        known={6: "gradient at ±inf is the limit 0 (torch: NaN) and at ±3e38 rounds differently"}),
+    Row("F.softmin", lambda m, x, d: m.F.softmin(x, dim=d), dims(FLOATS[:3], (0, -1, 2))),
+    Row("F.normalize", lambda m, x, p, d: m.F.normalize(x, p, d), [(randn(3, 4), 2.0, 1), (randn(3, 4), 1.0, 0),
+                                                                  (numpy.zeros((2, 3)), 2.0, 1), (randn(3, 4), 2.0, 2)]),
+    Row("F.cosine_similarity", lambda m, a, b, d: m.F.cosine_similarity(a, b, dim=d),
+        [(randn(3, 4), randn(3, 4), 1), (randn(3, 4), randn(1, 4), 1), (randn(3, 4), randn(3, 4), 0)]),
+    Row("F.kl_div", lambda m, x, t, r, lt: m.F.kl_div(x, t, reduction=r, log_target=lt),
+        [(numpy.log(PROBS), PROBS, r, False) for r in ("mean", "sum", "none", "batchmean")] +
+        [(numpy.log(PROBS), numpy.log(PROBS[::-1].copy()), "sum", True), (numpy.log(PROBS), numpy.zeros((4, 3)), "mean", False)],
+        known={5: "gradient w.r.t. a zero target is 0 (torch: NaN from log 0)"}),
+    Row("F.pad", lambda m, x, p, mode, v: m.F.pad(x, p, mode=mode, value=v),
+        [(randn(2, 3), (1, 2), "constant", None), (randn(2, 3, 4), (1, 0, 2, 1), "constant", 1.5),
+         (randn(2, 3), (-1, 1), "constant", None), (randn(1, 2, 5), (2, 1), "reflect", None),
+         (randn(1, 2, 5), (2, 1), "replicate", None)],
+        known={3: "mode='reflect' raises NotImplementedError", 4: "mode='replicate' raises NotImplementedError"}),
 ]
 
 # Public names that are gradflow-only or not comparable value for value, and why.
@@ -640,6 +666,7 @@ NOT_COMPARED = {
     "Tensor.grad_fn": "gradflow's tape object (a Function), not torch's Node", "set_printoptions": "printing only",
     "get_default_dtype": "compared by the set_default_dtype row", "is_inference_mode_enabled": "inference_mode row",
     "Tensor.__dlpack_device__": "compared by the Tensor.__dlpack__ row",
+    "Generator": "gradflow's Philox generator: torch.Generator's API, different streams (test_random)",
     "save_safetensors": "serialization (test_interop)", "load_safetensors": "serialization (test_interop)",
 }
 DTYPES = {"bool", "bool_", "bfloat16", "double", "float", "half", "int", "long", "short", "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8"}

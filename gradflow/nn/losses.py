@@ -123,7 +123,7 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_i
 def _cross_entropy_probs_nd(input, target, reduction, label_smoothing):
     """Class-probability targets for input (C,) or (N, C, d...): target has input's shape."""
     if target.shape != input.shape or input.ndim == 0:
-        raise ValueError(f"cross_entropy: probability targets must have the input's shape, got input "
+        raise OpError(f"cross_entropy: probability targets must have the input's shape, got input "
                          f"{input.shape} and target {target.shape}")
     axis = 0 if input.ndim == 1 else 1
     q = target
