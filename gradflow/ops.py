@@ -2286,3 +2286,34 @@ def expand(x, shape):
             s = x.shape[i - lead]
         resolved.append(s)
     return broadcast_to(x, tuple(resolved))
+
+
+class Xlogy(Function):
+    """x * log(y), and 0 where x == 0 (unless y is NaN), as torch.xlogy. Gradients as torch's:
+    d/dx = xlogy(x != 0, y), d/dy = x / y."""
+    def forward(self, x, y):
+        self.save_for_backward(x, y)
+        xp = backend.xp_of(x)
+        with numpy.errstate(all="ignore"):
+            out = x * xp.log(y)
+        zero = (x == 0) & ~xp.isnan(y)
+        return xp.where(zero, out.dtype.type(0), out)
+
+    def backward(self, g):
+        x, y = self.saved_tensors
+        gx = gy = None
+        if self.needs_input_grad[0]:
+            gx = _unbroadcast(g * xlogy(astype(compare(x, 0, "not_equal"), y.dtype), y), x.shape)
+        if self.needs_input_grad[1]:
+            gy = _unbroadcast(g * x / y, y.shape)
+        return gx, gy
+
+
+def xlogy(x, y):
+    x, y = _pair(x, y)
+    if x.dtype.kind not in "fc" and y.dtype.kind not in "fc":
+        x, y = astype(x, _default_float()), astype(y, _default_float())
+    elif x.dtype != y.dtype:
+        dtype = numpy.result_type(x.dtype, y.dtype)
+        x, y = astype(x, dtype), astype(y, dtype)
+    return Xlogy()(x, y)

@@ -643,6 +643,38 @@ NOT_COMPARED = {
 DTYPES = {"bool", "bool_", "bfloat16", "double", "float", "half", "int", "long", "short", "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8"}
 
 
+NEW_ROWS += [  # issue 13: the new activations and nn.functional helpers
+    Row("F.silu", lambda m, x: m.F.silu(x), ACT),
+    Row("F.mish", lambda m, x: m.F.mish(x), ACT),
+    Row("F.softsign", lambda m, x: m.F.softsign(x), ACT,
+        known={6: "torch differentiates x / (|x| + 1) as a composite: 3e-55 and nan from cancellation and inf / inf "
+                  "at |x| >= 3e38; gradflow's g / (1 + |x|)^2 is exact (about 1e-77, then 0)"}),
+    Row("xlogy", lambda m, a, b: m.xlogy(a, b),
+        [(randn(3, 4), numpy.abs(randn(3, 4))), (numpy.array([0.0, 0.0, 1.0, 2.0]), numpy.array([0.0, nan, 0.0, 3.0])),
+         (randn(3, 1), numpy.abs(randn(4)) + 0.1), (randint(3), numpy.abs(randn(3, dtype=f32)) + 0.5),
+         (randn(3, dtype=f32), numpy.abs(randn(3, dtype=f32)))]),
+    Row("F.logsigmoid", lambda m, x: m.F.logsigmoid(x), ACT),
+    Row("F.hardswish", lambda m, x: m.F.hardswish(x), ACT),
+    # torch's float64 hardsigmoid/celu gradients use float32 constants (1.0f/6, 1.0 / alpha.toFloat())
+    Row("F.hardsigmoid", lambda m, x: m.F.hardsigmoid(x), ACT, rtol=1e-7),
+    Row("F.celu", lambda m, x: m.F.celu(x, 0.7), ACT, rtol=1e-7),
+    Row("F.hardtanh", lambda m, x: m.F.hardtanh(x, -0.5, 2.0), ACT),
+    Row("F.relu6", lambda m, x: m.F.relu6(x), ACT),
+    Row("F.softmin", lambda m, x, d: m.F.softmin(x, d), [(randn(3, 4), 1), (randn(3, 4, dtype=f32), 0), (randn(5), -1)]),
+    Row("F.pad", lambda m, x, p, v: m.F.pad(x, p, value=v),
+        [(randn(2, 3), (1, 2), None), (randn(2, 3, 4), (1, 0, 2, 1), -1.5), (randn(2, 3), (-1, 2), None),
+         (randint(2, 3), (1, 1), 7), (randn(2, 3, dtype=f32), (0, 0, 1, 1), 0.5)]),
+    Row("F.normalize", lambda m, x, p, d: m.F.normalize(x, p=p, dim=d),
+        [(randn(3, 4), 2.0, 1), (randn(3, 4), 1, 0), (randn(3, 4, dtype=f32), 2.0, -1), (numpy.zeros((2, 3)), 2.0, 1)]),
+    Row("F.cosine_similarity", lambda m, a, b, d: m.F.cosine_similarity(a, b, dim=d),
+        [(randn(3, 4), randn(3, 4), 1), (randn(2, 3, 4), randn(4), -1), (randn(3, 4, dtype=f32), randn(3, 4, dtype=f32), 0)]),
+    Row("F.kl_div", lambda m, a, b, r, lt: m.F.kl_div(a, b, reduction=r, log_target=lt),
+        [(randn(3, 4), numpy.abs(randn(3, 4)), r, False) for r in ("mean", "batchmean", "sum", "none")] +
+        [(randn(3, 4), randn(3, 4), "sum", True), (randn(3, 4), numpy.zeros((3, 4)), "mean", False)]),
+    Row("norm", lambda m, x, p, d: m.norm(x, p, d), [(randn(3, 4), 2, None), (randn(3, 4), 1, 0), (randn(3, 4), "fro", 1)]),
+]
+NOT_COMPARED["Generator"] = "gradflow's streams differ from torch's by design (see manual_seed); seeding API only"
+
 ROWS += NEW_ROWS  # issue 13/14 names (API breadth; conv, pooling, norm layers)
 
 
