@@ -9,7 +9,7 @@ from gradflow.nn.losses import (accuracy, binary_cross_entropy, binary_cross_ent
                                 cross_entropy, huber_loss, l1_loss, misclassification_rate, mse_loss,
                                 nll_loss, smooth_l1_loss)
 from gradflow.nn.utils import l1_penalty, l2_penalty
-from gradflow.tensor import OpError, Tensor
+from gradflow.tensor import DTypeError, OpError, Tensor
 # issue 13
 from gradflow.activation import (celu, hardsigmoid, hardswish, hardtanh, logsigmoid, mish, relu6, silu, softmin,
                                  softsign)
@@ -50,7 +50,7 @@ def one_hot(target, num_classes=-1):
     t = target.data if isinstance(target, Tensor) else target
     xp = backend.xp_of(t)
     if t.dtype.kind not in "iu":
-        raise OpError(f"one_hot is only applicable to index tensor (integer dtype), got {t.dtype} "
+        raise DTypeError(f"one_hot is only applicable to index tensor (integer dtype), got {t.dtype} "
                       f"(convert with .long())")
     if t.size and int(t.min()) < 0:
         raise OpError(f"one_hot: class values must be non-negative, got {int(t.min())}")
@@ -59,7 +59,7 @@ def one_hot(target, num_classes=-1):
             raise OpError("one_hot: can not infer total number of classes from an empty tensor")
         num_classes = int(t.max()) + 1
     elif t.size and int(t.max()) >= num_classes:
-        raise OpError(f"one_hot: class values must be smaller than num_classes ({num_classes}), "
+        raise OpError(f"one_hot: class values must be smaller than num_classes={num_classes}, "
                       f"got {int(t.max())}")
     flat = t.reshape(-1)
     out = xp.zeros((flat.size, num_classes), dtype="int64")
