@@ -222,34 +222,77 @@ PYTEST_GROUPS = (  # (report name, does a junit testcase belong to it)
 
 
 def check_pytest(timeout, out_dir):
-    """pytest -m gpu once (CuPy compiles each kernel once); results split into the report's groups."""
+    """pytest -m gpu once (CuPy compiles each kernel once); results split into the report's groups.
+
+    Verbose output names each test as it finishes, so a run killed at its time limit still
+    reports what passed and which test hung; a finished run is read from its junit XML.
+    """
     if not TESTS.is_dir():
         return [Check(g, "skipped", f"no tests/ beside {ROOT.name}: run from a source checkout")
                 for g, _ in reversed(PYTEST_GROUPS)]
     junit = Path(out_dir) / "pytest-gpu.xml"
     start = time.monotonic()
-    rc, out = run_bounded([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                           f"--junitxml={junit}", str(TESTS)], timeout, env=_env(), cwd=str(ROOT))
+    rc, out = run_bounded([sys.executable, "-m", "pytest", "-v", "-m", "gpu", "-p", "no:cacheprovider",
+                           "-o", "console_output_style=classic", f"--junitxml={junit}", str(TESTS)],
+                          timeout, env=_env(), cwd=str(ROOT))
     seconds = time.monotonic() - start
     (Path(out_dir) / "pytest-gpu.log").write_text(out)
-    if rc is None or not junit.exists():
-        why = f"timed out after {timeout:.0f} s" if rc is None else _first_error(out)
-        return [Check(g, "failed", why, seconds) for g, _ in reversed(PYTEST_GROUPS)]
-    return checks_from_junit(junit, seconds)
+    if rc is not None and junit.exists():
+        return checks_from_junit(junit, seconds)
+    return checks_from_verbose(out, seconds, None if rc is not None else timeout)
+
+
+_VERBOSE_LINE = re.compile(r"^(\S+?\.py)::(.+?)(?: (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b(.*))?$")
+
+
+def checks_from_verbose(output, seconds=0.0, timed_out=None):
+    """Checks from ``pytest -v`` output (a run that did not finish: ``timed_out`` = its limit)."""
+    records, running = [], None
+    for line in output.splitlines():
+        m = _VERBOSE_LINE.match(line.strip())
+        if not m:
+            continue
+        path, name, outcome, rest = m.groups()
+        cls = path[:-3].replace("/", ".")
+        if outcome is None:
+            running = (cls, name)
+            continue
+        running = None
+        kind = {"FAILED": "failed", "ERROR": "failed", "SKIPPED": "skipped", "XPASS": "failed"}.get(outcome, "passed")
+        records.append((cls, name, kind, rest.strip() or outcome))
+    if timed_out is not None:
+        cls, name = running or ("(collection)", "pytest")
+        records.append((cls, name, "failed", f"timed out after {timed_out:.0f} s while running this test"))
+    elif not records:
+        return [Check(g, "failed", _first_error(output), seconds) for g, _ in reversed(PYTEST_GROUPS)]
+    return _group_checks(records, seconds)
 
 
 def checks_from_junit(junit, seconds=0.0):
     """One Check per PYTEST_GROUPS entry from a pytest --junitxml file."""
-    groups = {g: dict(passed=0, failed=[], skipped=[]) for g, _ in PYTEST_GROUPS}
+    records = []
     for case in ET.parse(junit).getroot().iter("testcase"):
         cls, name = case.get("classname", ""), case.get("name", "")
-        group = next(g for g, member in PYTEST_GROUPS if member(cls, name))
         problem = case.find("failure") if case.find("failure") is not None else case.find("error")
         if problem is not None:
             message = (problem.get("message") or "").strip().splitlines() or [problem.tag]
-            groups[group]["failed"].append(f"{cls}::{name}: {message[0][:200]}")
+            records.append((cls, name, "failed", message[0]))
         elif case.find("skipped") is not None:
-            groups[group]["skipped"].append(case.find("skipped").get("message") or "skipped")
+            records.append((cls, name, "skipped", case.find("skipped").get("message") or "skipped"))
+        else:
+            records.append((cls, name, "passed", ""))
+    return _group_checks(records, seconds)
+
+
+def _group_checks(records, seconds):
+    """(classname, test name, passed|failed|skipped, message) records -> one Check per group."""
+    groups = {g: dict(passed=0, failed=[], skipped=[]) for g, _ in PYTEST_GROUPS}
+    for cls, name, kind, message in records:
+        group = next(g for g, member in PYTEST_GROUPS if member(cls, name))
+        if kind == "failed":
+            groups[group]["failed"].append(f"{cls}::{name}: {message[:200]}")
+        elif kind == "skipped":
+            groups[group]["skipped"].append(message)
         else:
             groups[group]["passed"] += 1
     checks = []
@@ -332,10 +375,10 @@ def run(device="cuda", out=None, budget=BUDGET_S, skip=()):
     started = time.monotonic()
     checks = []
 
-    def left(cap):
-        return min(cap, budget - (time.monotonic() - started))
+    def remaining():
+        return budget - (time.monotonic() - started)
 
-    env_info, why, seconds = _run_child("environment", device, 120)
+    env_info, why, seconds = _run_child("environment", device, min(120, budget))
     if env_info is None:
         checks.append(Check("environment", "failed", why, seconds))
         env_info = {}
@@ -363,8 +406,9 @@ def run(device="cuda", out=None, budget=BUDGET_S, skip=()):
             if not gpu:
                 checks += [Check(n, "skipped", no_gpu) for n in names]
                 continue
-            timeout = left(LIMITS_S[name])
-            if timeout < 10:
+            cap = LIMITS_S[name]
+            timeout = min(cap, remaining())
+            if remaining() < min(10, cap):
                 checks += [Check(n, "skipped", f"time budget of {budget} s used up") for n in names]
                 continue
             if name == "compile-replay":

@@ -187,3 +187,49 @@ def test_generated_replay_is_straight_line_code():
     assert source.startswith("def replay(v0, v1):")
     assert "vals[" not in source and "for " not in source and "_run_op" not in source
     assert "_deliver_matmul" in source  # weight gradients computed into the parameters' own buffers
+
+
+def _replay_equals_forward(fn, arrays, saved=()):
+    """An op's replay_source (what generated replays run) computes exactly what its forward does."""
+    compile_module = __import__("importlib").import_module("gradflow.compile")
+    names = {f"a{i}" for i in range(len(arrays))}
+    expr = fn.replay_source(*sorted(names), arrays=list(arrays), saved=saved)
+    assert expr is not None, type(fn).__name__
+    scope = {"_iadd": compile_module._iadd}
+    if isinstance(expr, tuple):
+        expr, bindings = expr
+        scope.update(bindings)
+    scope.update({f"a{i}": a for i, a in enumerate(arrays)})
+    got = eval(expr, scope)
+    want = fn.forward(*arrays)
+    if saved:
+        got, *got_saved = got
+        for k, g in zip(saved, got_saved):
+            assert numpy.asarray(g).tobytes() == numpy.asarray(fn._saved[k]).tobytes()
+    assert got.shape == want.shape and got.dtype == want.dtype and got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_every_replay_source_computes_what_forward_computes(dtype):
+    from gradflow import activation, ops
+    rng = numpy.random.default_rng(0)
+
+    def r(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    _replay_equals_forward(ops.MatMul(), (r(7, 5), r(5, 3)))
+    _replay_equals_forward(ops.Linear(), (r(9, 300), r(128, 300), r(128)))   # large weight: other orientation
+    _replay_equals_forward(ops.Linear(), (r(9, 12), r(4, 12), r(4)))
+    _replay_equals_forward(ops.Permute((1, 0)), (r(4, 6),))
+    s = ops.SumTo((6,))
+    s.forward(r(4, 6))  # sets x_shape, as during recording
+    _replay_equals_forward(s, (r(4, 6),))
+    s = ops.SumTo((1, 6))
+    s.forward(r(4, 6))
+    _replay_equals_forward(s, (r(4, 6),))
+    x = r(5, 7)
+    x[0, :3] = [0.0, -0.0, numpy.nan]
+    _replay_equals_forward(activation.ReLU(), (x,))
+    _replay_equals_forward(activation.ReLU(), (x,), saved=(0,))
+    _replay_equals_forward(activation.MaskScale(2.5, 0.0), (x > 0, r(5, 7)))
+    _replay_equals_forward(activation.MaskScale(1.0, 0.25), (x > 0, r(5, 7)))

@@ -31,13 +31,16 @@ _DTYPES = {"int8": "NCCL_INT8", "uint8": "NCCL_UINT8", "int32": "NCCL_INT32", "u
 _OPS = {"sum": "NCCL_SUM", "avg": "NCCL_AVG", "product": "NCCL_PROD", "max": "NCCL_MAX", "min": "NCCL_MIN"}
 
 
-def select_device(local_rank):
-    """One GPU per process: local rank r uses device r (modulo the count, with a warning-free wrap)."""
+def select_device(local_rank, local_size):
+    """One GPU per process: the process of local rank r (its rank on this machine) uses device r."""
     cp = backend.cupy()
     count = cp.cuda.runtime.getDeviceCount()
-    device = local_rank % count
-    cp.cuda.Device(device).use()
-    return device
+    if local_size > count:
+        raise RuntimeError(f"backend='nccl' needs one GPU per process, but {local_size} processes run on this "
+                           f"machine and it has {count} visible GPU(s); start at most {count} per machine "
+                           f"(mpiexec -ppn {count}) or use backend='mpi'")
+    cp.cuda.Device(local_rank).use()
+    return local_rank
 
 
 class Communicator:
@@ -48,7 +51,7 @@ class Communicator:
         self.nccl = nccl
         self.mpi = mpi_comm
         self.rank, self.size = mpi_comm.rank, mpi_comm.size
-        self.device = select_device(mpi_comm.local_rank)
+        self.device = select_device(mpi_comm.local_rank, mpi_comm.local_size)
         uid = nccl.get_unique_id() if self.rank == 0 else None
         uid = pickle.loads(mpi_comm.broadcast_bytes(pickle.dumps(uid) if self.rank == 0 else b"", 0))
         self.comm = nccl.NcclCommunicator(self.size, uid, self.rank)
