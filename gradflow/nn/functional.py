@@ -59,7 +59,7 @@ def one_hot(target, num_classes=-1):
             raise OpError("one_hot: can not infer total number of classes from an empty tensor")
         num_classes = int(t.max()) + 1
     elif t.size and int(t.max()) >= num_classes:
-        raise OpError(f"one_hot: class values must be smaller than num_classes={num_classes}, "
+        raise OpError(f"one_hot: class values must be smaller than num_classes ({num_classes}), "
                       f"got {int(t.max())}")
     flat = t.reshape(-1)
     out = xp.zeros((flat.size, num_classes), dtype="int64")
