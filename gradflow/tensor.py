@@ -255,7 +255,7 @@ class Tensor:
         return f"tensor({body}{extra})"
 
     def requires_grad_(self, requires_grad=True):
-        if requires_grad and self.data.dtype.kind not in "fc":
+        if requires_grad and self.data.dtype.kind not in "fc" and self.data.dtype.name != "bfloat16":
             raise DTypeError(f"only floating-point tensors can require gradients, got dtype {self.dtype}")
         if not requires_grad and self.creator is not None:
             raise RuntimeError("requires_grad can only be turned off on leaf tensors; use detach()")
@@ -436,7 +436,9 @@ class Tensor:
     def astype(self, dtype): return ops.astype(self, dtype)
 
     # ==== API breadth (issue 13): the everyday torch.Tensor methods ==========================
+    def dim(self): return self.data.ndim
     ndimension = dim
+    def numel(self): return int(self.data.size)
     def nelement(self): return int(self.data.size)
     def element_size(self): return self.data.dtype.itemsize
     grad_fn = property(lambda self: self.creator)
