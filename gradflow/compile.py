@@ -627,8 +627,9 @@ class _CudaGraphRunner:
                 seg = step[2]
                 if not self._before_launch(seg):
                     return self._eager_from(seg.start)
-                step[1].launch(stream)
-                self.launches += 1
+                if step[1] is not None:
+                    step[1].launch(stream)
+                    self.launches += 1
                 _after_launch(seg)
             else:
                 _run_op(step[1], vals)
@@ -694,6 +695,10 @@ class _CudaGraphRunner:
                 continue
             if not self._before_launch(item):  # not this time: the next replay builds the runner again
                 return self._eager_from(item.start)
+            if not item.device:  # host acts only (a zero_grad with no device work after it): no graph
+                _after_launch(item)
+                steps.append(("graph", None, item))
+                continue
             graph = self._capture_segment(item)
             if graph is None:
                 return self._eager_from(item.start)

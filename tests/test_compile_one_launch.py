@@ -385,3 +385,32 @@ def test_gpu_whole_step_is_one_graph_launch_and_matches_eager(opt_name):
     numpy.testing.assert_allclose(losses, eager_losses, rtol=2e-3, atol=2e-4)
     for a, b in zip(eager_model.parameters(), model.parameters()):
         numpy.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-2, atol=2e-3)
+
+
+def test_emulated_zero_grad_after_the_step_is_a_host_act_after_the_launch(emulated_gpu):
+    """PyTorch's other order (backward, step, zero_grad): still one launch; .grad ends None as in eager."""
+    def make(model, opt):
+        def step(x, y):
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            return loss
+        return step
+
+    model, opt, _ = build("adam", random=False)
+    ref_model, ref_opt, _ = build("adam", random=False)
+    x, y = batches(20, 5, n=1)[0]
+    compiled, eager = gf.compile(make(model, opt), strict=True), make(ref_model, ref_opt)
+    compiled(x, y), compiled(x, y), eager(x, y), eager(x, y)
+    plan = next(iter(compiled.cache.values())).plan
+    items = compile_module._segments(plan, calls_of(plan), leaf_buffers(plan))
+    assert [kind for kind, _ in items] == ["graph", "graph"] and not items[1][1].device
+    runner = compile_module._CudaGraphRunner(plan)
+    emulated_gpu.persistent = persistent(opt)
+    for i in range(5):
+        a, b = runner.run([x.data, y.data]), eager(x, y)
+        assert a.data.tobytes() == b.data.tobytes()
+        assert emulated_gpu.launches == i + 1
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        assert p.data.tobytes() == q.data.tobytes() and p.grad is None and q.grad is None
