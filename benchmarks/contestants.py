@@ -118,18 +118,6 @@ class GradflowCNNTrainer(GradflowTrainer):
         self.loss_fn = nn.functional.cross_entropy
 
 
-class CapturedCNNTrainer(GradflowCNNTrainer):
-    def __init__(self, state, lr, momentum, device):
-        super().__init__(state, lr, momentum, device)
-        self._captured = self.gf.compile(super().step)
-
-    def step(self, x, y):
-        return self._captured(x, y)
-
-    def capture_status(self):
-        return CapturedTrainer.capture_status(self)
-
-
 class CapturedTrainer(GradflowTrainer):
     """The same step, captured once by ``gradflow.compile`` and replayed."""
 
@@ -154,6 +142,16 @@ class CapturedTrainer(GradflowTrainer):
         reasons = [e.eager_reason for e in getattr(used, "cache", {}).values() if getattr(e, "eager_reason", None)]
         return {"captured": bool(getattr(used, "captured", False)),
                 "eager_reason": reasons[-1] if reasons else None}
+
+
+class CapturedCNNTrainer(CapturedTrainer):
+    """The CNN's step (and forward), captured by ``gradflow.compile`` and replayed."""
+
+    def __init__(self, state, lr, momentum, device):
+        GradflowCNNTrainer.__init__(self, state, lr, momentum, device)
+        self._captured = self.gf.compile(GradflowTrainer.step.__get__(self))
+        self._forward = self.gf.compile(self.model)
+        self._used = self._captured
 
 
 class Contestant:

@@ -24,6 +24,7 @@ from gradflow.ops import (add_, bitwise_and, bitwise_not, bitwise_or, bitwise_xo
 from gradflow.ops import add, argsort, mul, pow, sub  # noqa: E402
 from gradflow.ops import allclose, reduce_all as all, reduce_any as any  # noqa: E402,A001
 from gradflow.ops import true_divide as div  # noqa: E402  (torch.div, with rounding_mode=)
+from gradflow.ops import xlogy  # noqa: E402
 from gradflow.tensor import (get_default_dtype, inference_mode, is_inference_mode_enabled, set_default_dtype,
                              set_grad_enabled, set_printoptions)
 

@@ -33,7 +33,8 @@ def _where0(cond, a):
 
 class MaskScale(Function):
     """g * (mask ? a : b) for a bool mask (no gradient): the backward of relu, leaky_relu,
-    noisy_relu and dropout. Linear in g, so its backward is itself. The mask is an input,
+    noisy_relu and dropout. (a, b) = (1, 0) is relu's select, where(mask, g, 0), exactly 0
+    where the mask is off even for a NaN or inf g, as PyTorch. Linear in g, so its backward is itself. The mask is an input,
     not a constructor argument, so a captured step (gradflow.compile) sees it flow."""
 
     def __init__(self, a, b):
@@ -54,11 +55,20 @@ class MaskScale(Function):
         return None, MaskScale(self.a, self.b)(mask, ggx)
 
 
+_SAME_WIDTH_INT = {2: numpy.int16, 4: numpy.int32, 8: numpy.int64}
+
+
 @_quiet
 def _mask_scale_np(mask, g, a, b):
-    if b == 0:  # relu, dropout: a multiply by the 0/1 mask is the same and ~10x faster than where
-        if a == 1:
-            return numpy.multiply(g, mask, dtype=g.dtype)
+    if b == 0:
+        if a == 1:  # relu: where(mask, g, 0) exactly (a NaN gradient at a dead unit gives 0, as
+            # PyTorch's threshold_backward), as a bitwise AND with an all-ones/all-zeros mask:
+            # ~1.3x a plain multiply, ~15x faster than where on a random mask
+            it = _SAME_WIDTH_INT[g.dtype.itemsize]
+            bits = numpy.negative(mask.view(numpy.int8), dtype=it)
+            numpy.bitwise_and(bits, g.view(it), out=bits)
+            return bits.view(g.dtype)
+        # dropout: g * mask * scale, as PyTorch (a NaN gradient stays NaN where dropped)
         out = numpy.multiply(g, a)
         out *= mask
         return out

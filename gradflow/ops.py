@@ -1078,7 +1078,7 @@ def astype(x, dtype):
     dtype = numpy.dtype(dtype)
     if x.dtype == dtype:
         return x
-    if x.requires_grad and dtype.kind not in "fc":
+    if x.requires_grad and dtype.kind not in "fc" and dtype.name != "bfloat16":
         return Tensor._wrap(x.data.astype(dtype))  # integer results carry no gradient
     return AsType(dtype)(x)
 
@@ -1512,6 +1512,8 @@ class Prod(_Unary):
     def backward(self, gy):
         x, = self.inputs
         axis, keepdim = self.params
+        if x.data.size == 0:  # nothing to differentiate (torch: an empty gradient)
+            return zeros_like_array(x)
         if axis is None:
             flat = reshape(x, (-1,))
             others = _exclusive_cumprod(flat, 0) * flip(_exclusive_cumprod(flip(flat, 0), 0), 0)
@@ -1661,6 +1663,10 @@ def _add_at(target, index_tuple, values):
         cupyx.scatter_add(target, index_tuple, values)
 
 
+class IndexOutOfRangeError(IndexError, RuntimeError):
+    """An index outside a dimension: Python's IndexError that is also the RuntimeError PyTorch raises."""
+
+
 def _check_index(x, dim, index, name, src=None):
     if index.dtype.kind not in "iu":
         raise RuntimeError(f"{name}(): Expected dtype int64 for index, got {index.dtype}")
@@ -1677,8 +1683,8 @@ def _check_index(x, dim, index, name, src=None):
         lo, hi = int(index.min()), int(index.max())
         n = x.shape[dim] if x.ndim else 1
         if lo < -n or hi >= n:
-            raise IndexError(f"{name}(): index {hi if hi >= n else lo} is out of bounds for dimension {dim} "
-                             f"with size {n}")
+            raise IndexOutOfRangeError(f"{name}(): index {hi if hi >= n else lo} is out of bounds for dimension "
+                                       f"{dim} with size {n}")
 
 
 class Gather(_Unary):
@@ -2031,19 +2037,35 @@ class Einsum(Function):
             if not self.needs_input_grad[k]:
                 grads.append(None)
                 continue
-            if len(set(term)) != len(term):
-                raise NotImplementedError(f"einsum backward: repeated subscript in {term!r} (a diagonal) is "
-                                          f"not supported")
+            unique = "".join(dict.fromkeys(term))  # a repeated letter (a diagonal) once
             others = [(t_, o) for j, (t_, o) in enumerate(zip(terms, xs)) if j != k]
             avail = set(out).union(*[set(t_) for t_, _ in others]) if others else set(out)
-            keep = "".join(c for c in term if c in avail)
+            keep = "".join(c for c in unique if c in avail)
             eq = ",".join([out] + [t_ for t_, _ in others]) + "->" + keep
             g = einsum(eq, gy, *[o for _, o in others])
-            if keep != term:  # letters summed over in this operand only: broadcast back
-                shape = tuple(sizes[c] if c in keep else 1 for c in term)
-                g = broadcast_to(reshape(g, shape), tuple(sizes[c] for c in term))
+            if keep != unique:  # letters summed over in this operand only: broadcast back
+                shape = tuple(sizes[c] if c in keep else 1 for c in unique)
+                g = broadcast_to(reshape(g, shape), tuple(sizes[c] for c in unique))
+            if unique != term:  # put the gradient back on the diagonal(s): times identity matrices
+                g = _onto_diagonals(g, unique, term, sizes)
             grads.append(sum_to(g, x.shape))
         return tuple(grads)
+
+
+def _onto_diagonals(g, unique, term, sizes):
+    """g over the letters ``unique`` spread onto ``term``, where letters repeat (einsum's 'ii')."""
+    free = [c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in sizes]
+    fresh, seen, eyes = [], set(), []
+    for c in term:
+        if c in seen:
+            f = free.pop()
+            fresh.append(f)
+            eyes.append((c + f, Tensor._wrap(backend.xp_of(g.data).eye(sizes[c], dtype=g.dtype))))
+        else:
+            seen.add(c)
+            fresh.append(c)
+    eq = ",".join([unique] + [e for e, _ in eyes]) + "->" + "".join(fresh)
+    return einsum(eq, g, *[t for _, t in eyes])
 
 
 def einsum(equation, *operands):
@@ -2301,3 +2323,34 @@ def expand(x, shape):
             s = x.shape[i - lead]
         resolved.append(s)
     return broadcast_to(x, tuple(resolved))
+
+
+class Xlogy(Function):
+    """x * log(y), and 0 where x == 0 (unless y is NaN), as torch.xlogy. Gradients as torch's:
+    d/dx = xlogy(x != 0, y), d/dy = x / y."""
+    def forward(self, x, y):
+        self.save_for_backward(x, y)
+        xp = backend.xp_of(x)
+        with numpy.errstate(all="ignore"):
+            out = x * xp.log(y)
+        zero = (x == 0) & ~xp.isnan(y)
+        return xp.where(zero, out.dtype.type(0), out)
+
+    def backward(self, g):
+        x, y = self.saved_tensors
+        gx = gy = None
+        if self.needs_input_grad[0]:
+            gx = _unbroadcast(g * xlogy(astype(compare(x, 0, "not_equal"), y.dtype), y), x.shape)
+        if self.needs_input_grad[1]:
+            gy = _unbroadcast(g * x / y, y.shape)
+        return gx, gy
+
+
+def xlogy(x, y):
+    x, y = _pair(x, y)
+    if x.dtype.kind not in "fc" and y.dtype.kind not in "fc":
+        x, y = astype(x, _default_float()), astype(y, _default_float())
+    elif x.dtype != y.dtype:
+        dtype = numpy.result_type(x.dtype, y.dtype)
+        x, y = astype(x, dtype), astype(y, dtype)
+    return Xlogy()(x, y)

@@ -255,7 +255,7 @@ class Tensor:
         return f"tensor({body}{extra})"
 
     def requires_grad_(self, requires_grad=True):
-        if requires_grad and self.data.dtype.kind not in "fc":
+        if requires_grad and self.data.dtype.kind not in "fc" and self.data.dtype.name != "bfloat16":
             raise DTypeError(f"only floating-point tensors can require gradients, got dtype {self.dtype}")
         if not requires_grad and self.creator is not None:
             raise RuntimeError("requires_grad can only be turned off on leaf tensors; use detach()")

@@ -305,3 +305,17 @@ def test_noisy_relu():
     out = A.noisy_relu(z, std=0.5)
     out.sum().backward()
     numpy.testing.assert_array_equal(z.grad.numpy(), (out.numpy() > 0).astype(float))
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_relu_gradient_is_zero_at_dead_units_even_for_nan_and_inf_gradients(dtype):
+    """PyTorch's relu backward selects (where(x > 0, g, 0)): a NaN or inf gradient arriving at
+    a dead unit gives 0, not NaN (g * 0); dropout multiplies, so NaN stays NaN there."""
+    x = numpy.array([-1.0, 2.0, -0.0, 3.0], dtype)
+    g = numpy.array([numpy.nan, numpy.nan, numpy.inf, -0.0], dtype)
+    xt = torch.tensor(x, requires_grad=True)
+    torch.relu(xt).backward(torch.tensor(g))
+    xg = gf.tensor(x, requires_grad=True)
+    gf.nn.functional.relu(xg).backward(gf.tensor(g))
+    numpy.testing.assert_array_equal(xg.grad.numpy(), xt.grad.numpy())
+    assert numpy.signbit(xg.grad.numpy()).tolist() == numpy.signbit(xt.grad.numpy()).tolist()

@@ -208,6 +208,12 @@ def test_cnn_case_contestants_start_from_the_same_model():
         outs.append(numpy.asarray(c.to_host(trainer.predict(c.put(x)))))
     for out in outs[1:]:
         numpy.testing.assert_allclose(out, outs[0], rtol=1e-4, atol=1e-4)
+    captured = peers[1].cnn_trainer(state, 0.01, 0.9)  # as the throughput session uses it
+    y = numpy.arange(8) % 10
+    for _ in range(3):
+        loss = captured.step(peers[1].put(x), peers[1].put(y))
+    assert numpy.isfinite(float(peers[1].to_host(loss)))
+    assert captured.capture_status() == {"captured": True, "eager_reason": None}
     spec = next(s for s in ops_bench.op_specs(True) if s.op == "conv2d")
     results = []
     for c in (peers[0], peers[2]):

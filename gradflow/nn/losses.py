@@ -122,6 +122,10 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_i
 # ==== issue 13: probability targets of any shape, smoothing with N-d class indices, KL divergence ====
 def _cross_entropy_probs_nd(input, target, reduction, label_smoothing):
     """Class-probability targets for input (C,) or (N, C, d...): target has input's shape."""
+    if target.ndim == input.ndim - 1 and target.dtype.kind == "f":  # class indices stored as floats
+        name = {"float32": "Float", "float64": "Double", "float16": "Half"}.get(target.dtype.name, target.dtype.name)
+        raise RuntimeError(f"expected target dtype to be Long or Byte, but got {name} (class indices must be "
+                           f"integers; probability targets have the input's shape {input.shape})")
     if target.shape != input.shape or input.ndim == 0:
         raise OpError(f"cross_entropy: probability targets must have the input's shape, got input "
                          f"{input.shape} and target {target.shape}")
@@ -164,7 +168,7 @@ def kl_div(input, target, reduction="mean", log_target=False):
     """KL(target || exp(input)) pointwise: target * (log target - input); ``input`` holds log-probabilities.
 
     ``reduction``: 'mean' (over all elements, torch's default), 'batchmean' (sum / batch size, the
-    mathematically correct KL), 'sum' or 'none'. Terms with target 0 contribute 0 (torch's xlogy).
+    mathematically correct KL), 'sum' or 'none'. Terms with target 0 contribute 0 (xlogy, as torch).
     """
     if reduction not in ("mean", "batchmean", "sum", "none"):
         raise ValueError(f"kl_div: reduction must be 'mean', 'batchmean', 'sum' or 'none', got {reduction!r}")
@@ -172,10 +176,7 @@ def kl_div(input, target, reduction="mean", log_target=False):
     if log_target:
         loss = ops.exp(target) * (target - input)
     else:
-        t = target.data
-        zero = t == 0
-        safe = ops.where(Tensor._wrap(zero), 1.0, target)
-        loss = ops.where(Tensor._wrap(zero), 0.0, target * (ops.log(safe) - input))
+        loss = ops.xlogy(target, target) - target * input
     if reduction == "batchmean":
         return ops.sum(loss) / float(input.shape[0] if input.ndim else 1)
     return _reduce(loss, reduction)
