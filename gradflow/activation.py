@@ -65,7 +65,7 @@ def _mask_scale_np(mask, g, a, b):
             # PyTorch's threshold_backward), as a bitwise AND with an all-ones/all-zeros mask:
             # ~1.3x a plain multiply, ~15x faster than where on a random mask
             it = _SAME_WIDTH_INT[g.dtype.itemsize]
-            bits = numpy.negative(mask.view(numpy.int8), dtype=it)
+            bits = numpy.asarray(numpy.negative(mask.view(numpy.int8), dtype=it))  # 0-d: a scalar otherwise
             numpy.bitwise_and(bits, g.view(it), out=bits)
             return bits.view(g.dtype)
         # dropout: g * mask * scale, as PyTorch (a NaN gradient stays NaN where dropped)

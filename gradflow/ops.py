@@ -1379,17 +1379,26 @@ class Remainder(Function):
         return ga, gb
 
 
+def _check_int_divisor(a, b):
+    """Integer x // 0 and x % 0 are 0 in NumPy, a silent wrong number: raise as PyTorch does."""
+    if a.dtype.kind in "biu" and bool((b.data == 0).any()):
+        raise RuntimeError("ZeroDivisionError: integer division or remainder by zero")
+
+
 def remainder(a, b):
     a, b = _pair(a, b)
     if a.dtype.kind in "fc" or b.dtype.kind in "fc":
         return Remainder()(a, b)
+    _check_int_divisor(a, b)
     return NonDifferentiable("remainder")(a, b)
 
 
 
 def floor_divide(a, b):
     """a // b rounded toward minus infinity (torch.floor_divide); carries no gradient."""
-    return NonDifferentiable("floor_divide")(*_pair(a, b))
+    a, b = _pair(a, b)
+    _check_int_divisor(a, b)
+    return NonDifferentiable("floor_divide")(a, b)
 
 
 def true_divide(a, b, rounding_mode=None):
@@ -1403,6 +1412,7 @@ def true_divide(a, b, rounding_mode=None):
     if rounding_mode == "floor":
         return floor_divide(a, b)
     if rounding_mode == "trunc":
+        _check_int_divisor(*_pair(a, b))
         q = NonDifferentiable("divide")(*_pair(a, b))
         q = NonDifferentiable("trunc")(q)
         return astype(q, _pair(a, b)[0].dtype) if _pair(a, b)[0].dtype.kind in "iu" else q

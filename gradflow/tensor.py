@@ -234,13 +234,6 @@ class Tensor:
             raise IndexError(f"dimension specified as {dim} but tensor has no dimensions")
         return self.data.shape[ops._dim(dim, self.data.ndim)]
 
-    def numel(self):
-        """The number of elements (PyTorch's name; ``size()`` is the shape)."""
-        return int(self.data.size)
-
-    def dim(self):
-        return self.data.ndim
-
     def __len__(self):
         return len(self.data)
 

@@ -34,7 +34,7 @@ def test_selftest_without_gpu_skips_every_gpu_check_and_says_why(tmp_path):
         assert checks[name]["status"] == "skipped", checks[name]
         assert checks[name]["detail"].startswith("no usable CUDA device: "), checks[name]
         assert f"SKIPPED {name}" in text
-    assert text.rstrip().endswith("RESULT: ok")
+    assert text.rstrip().endswith("RESULT: ok, but no GPU check ran (all skipped)")
 
 
 def test_a_hanging_check_is_killed_at_its_time_limit():

@@ -407,19 +407,16 @@ UNARY_NAMES = ["ceil", "cos", "exp2", "floor", "isfinite", "isinf", "isnan", "lo
                "relu", "round", "rsqrt", "sigmoid", "sign", "sin", "tanh", "trunc"]
 BINARY_NAMES = ["add", "sub", "mul", "pow", "remainder", "floor_divide"]
 CMP_NAMES = ["eq", "ne", "lt", "le", "gt", "ge"]
-# floor_divide/remainder: gradflow gives them no gradient (torch: remainder's d/da is 1, floor's is 0) and,
-# for integers, x // 0 and x % 0 give 0 where torch raises ZeroDivisionError; pow of integers by a negative
-# integer tensor raises in gradflow, torch returns wrapped integers. Found by this table (issue 13's ops).
-_INT_BY_ZERO = "integer division by zero gives 0 (torch raises ZeroDivisionError)"
-_BOOL_ARITH = "bool operands give int8 (torch refuses bool)"
+# floor_divide/remainder rows compare values only (torch marks floor_divide's result as requiring grad, with a
+# zero gradient); pow of integers by a negative integer tensor raises in gradflow, torch returns wrapped integers.
 BINARY_OPTIONS = {
-    "floor_divide": dict(grad=False, known={17: _BOOL_ARITH, 18: _INT_BY_ZERO}),
-    "remainder": dict(grad=False, known={17: _BOOL_ARITH, 18: _INT_BY_ZERO}),
+    "floor_divide": dict(grad=False),
+    "remainder": dict(grad=False),
     "pow": dict(known={16: "int ** negative int tensor raises (torch wraps)", 18: "bool ** int with negatives raises"}),
 }
 T_FIRST_OPTIONS = {
-    "floor_divide": dict(grad=False, known={15: _BOOL_ARITH, 16: _INT_BY_ZERO}),
-    "remainder": dict(grad=False, known={15: _BOOL_ARITH, 16: _INT_BY_ZERO}),
+    "floor_divide": dict(grad=False),
+    "remainder": dict(grad=False),
     "pow": dict(known={14: "int ** negative int tensor raises (torch wraps)", 16: "bool ** int with negatives raises"}),
 }
 IDX = numpy.array([[0, 2, 1, 0], [1, 0, 2, 2]])
@@ -448,9 +445,9 @@ NEW_ROWS = [_unary_row(n, lambda m, x, n=n: getattr(m, n)(x)) for n in UNARY_NAM
     Row("div", lambda m, a, b, r: m.div(a, b, rounding_mode=r), [s + (r,) for s in BINARY[:12] for r in (None, "trunc", "floor")],
         grad=False),
     Row("Tensor.__floordiv__", lambda m, a, b: a // b, BINARY, **BINARY_OPTIONS["floor_divide"]),
-    Row("Tensor.__rfloordiv__", lambda m, a, b: b // a, T_FIRST[:12], grad=False, known={10: _INT_BY_ZERO}),
+    Row("Tensor.__rfloordiv__", lambda m, a, b: b // a, T_FIRST[:12], grad=False),
     Row("Tensor.__mod__", lambda m, a, b: a % b, BINARY, **BINARY_OPTIONS["remainder"]),
-    Row("Tensor.__rmod__", lambda m, a, b: b % a, T_FIRST[:12], grad=False, known={10: _INT_BY_ZERO}),
+    Row("Tensor.__rmod__", lambda m, a, b: b % a, T_FIRST[:12], grad=False),
     Row("Tensor.__and__", lambda m, a, b: a & b, BITS),
     Row("Tensor.__or__", lambda m, a, b: a | b, BITS),
     Row("Tensor.__xor__", lambda m, a, b: a ^ b, BITS),

@@ -271,3 +271,16 @@ def test_grad_of_a_single_input_is_a_tuple():
     assert isinstance(result, tuple) and len(result) == 1
     g, = result
     numpy.testing.assert_array_equal(g.numpy(), [2.0, 4.0])
+
+
+@pytest.mark.parametrize("op", [lambda m, a, b: a // b, lambda m, a, b: a % b, lambda m, a, b: m.floor_divide(a, b),
+                                lambda m, a, b: m.remainder(a, b), lambda m, a, b: m.div(a, b, rounding_mode="trunc")])
+def test_integer_division_by_zero_raises(op):
+    a, b = numpy.array([7, -7, 3]), numpy.array([2, 0, 1])
+    with pytest.raises(RuntimeError):
+        op(torch, torch.tensor(a), torch.tensor(b))
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        op(gf, gf.tensor(a), gf.tensor(b))  # NumPy would give 0: a wrong number without an error
+    ok = numpy.array([2, 5, 1])
+    numpy.testing.assert_array_equal(op(gf, gf.tensor(a), gf.tensor(ok)).numpy(),
+                                     op(torch, torch.tensor(a), torch.tensor(ok)).numpy())
