@@ -153,11 +153,14 @@ def mark_broken():
 def _abort_on_uncaught(exc_type, exc, tb):
     rank = os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or "?"
     try:
-        sys.stderr.write(f"gradflow.distributed: uncaught exception on rank {rank}; calling MPI_Abort to end "
-                         f"every rank of the job\n")
-        traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
-        sys.stderr.flush()
+        # one write, then a moment for the launcher to forward it: MPI_Abort kills this rank's
+        # proxy too, and a traceback written line by line was seen cut after its first line
+        message = (f"gradflow.distributed: uncaught exception on rank {rank}; calling MPI_Abort to end "
+                   f"every rank of the job\n" + "".join(traceback.format_exception(exc_type, exc, tb)))
         sys.stdout.flush()
+        sys.stderr.flush()
+        os.write(sys.stderr.fileno(), message.encode("utf-8", "replace"))
+        time.sleep(0.5)
     finally:
         if issubclass(exc_type, (KeyboardInterrupt, SystemExit)) and not _broken:
             code = 130 if exc_type is KeyboardInterrupt else 1
