@@ -699,6 +699,81 @@ NOT_COMPARED["Generator"] = "gradflow's streams differ from torch's by design (s
 ROWS += NEW_ROWS  # issue 13/14 names (API breadth; conv, pooling, norm layers)
 
 
+# ---- folded from the former tests/test_torch_parity_api.py (issue 13's simpler table) ----------------------
+def ties(*shape):
+    """Small integers as float64: sorts and comparisons with equal keys (stable order, eq/ne/le)."""
+    return randint(*shape, low=-3, high=3).astype(f64)
+
+
+MASK = numpy.array([[True, False, True, False], [False, False, True, True], [True, True, False, False]])
+MASK_F = MASK.astype(f64)  # columns with one and with two zeros: prod/cumprod gradients through zeros
+IDX_NEG = randint(3, 4, low=-9, high=9)
+
+
+def more(name, sets):
+    """Extra input sets for the existing row ``name`` (one row per public name)."""
+    rows = [row for row in ROWS if row.name == name]
+    assert rows, f"no row named {name!r}"
+    rows[0].inputs = rows[0].inputs + sets
+
+
+more("div", [(IDX_NEG, randint(4, low=1, high=5), r) for r in (None, "trunc", "floor")])
+more("Tensor.__mod__", [(IDX_NEG, randint(4, low=1, high=4)), (randn(3, 4), numpy.abs(randn(4)) + 0.5)])
+more("Tensor.__floordiv__", [(IDX_NEG, randint(4, low=1, high=4))])
+more("Tensor.__or__", [(boolean(3, 4), boolean(4))])
+more("Tensor.eq", [(ties(3, 4), ties(4))])
+more("Tensor.ne", [(ties(3, 4), ties(4))])
+more("Tensor.le", [(ties(3, 4), ties(3, 4))])
+more("sort", [(ties(6, 3), 0, True), (ties(3, 8), -1, False)])
+more("argsort", [(ties(5, 3), 0), (ties(3, 8), -1)])
+more("Tensor.argsort", [(randint(3, 7, low=0, high=5),), (ties(9),)])
+more("cumprod", [(randn(3, 4) * MASK_F, 1), (randn(3, 4) * MASK_F, 0)])
+more("prod", [(randn(3, 4) * MASK_F, 0), (randn(3, 4) * MASK_F, 1), (randn(3, 4) * MASK_F[:, :1], None)])
+more("einsum", [("bij,bjk->bik", randn(2, 3, 4), randn(2, 4, 5)), ("ij,kj", randn(3, 4), randn(2, 4)),
+                ("ij->j", randn(3, 4)), ("...i,...j->...ij", randn(2, 3), randn(2, 4)),
+                ("iij,jk->ik", randn(3, 3, 4), randn(4, 2)), ("ii->i", randn(3, 3))])
+more("F.kl_div", [(randn(3, 4), numpy.abs(randn(3, 4)) * MASK_F, "mean", False)])
+more("F.cross_entropy", [(randn(2, 5, 3, 2), randint(2, 3, 2, low=0, high=5), "mean", -100, 0.1),
+                         (randn(2, 5, 4), numpy.array([[1, -100, 2, 4], [-100, 3, 3, 0]]), "mean", -100, 0.3),
+                         (randn(5), numpy.array(2), "none", -100, 0.1)])
+ROWS += [
+    Row("Tensor.round decimals", lambda m, x, d: x.round(decimals=d), [(randn(3, 4), 2), (randn(3, 4, dtype=f32) * 50, -1)]),
+    Row("Tensor.add alpha", lambda m, a, b, al: a.add(b, alpha=al), [(randn(3, 4), randn(4), 2), (randint(3), randint(3), 3)]),
+    Row("Tensor.sub alpha", lambda m, a, b, al: a.sub(b, alpha=al), [(randn(3, 4), randn(3, 1), 0.5)]),
+    Row("Tensor.div rounding_mode", lambda m, a, b, r: a.div(b, rounding_mode=r),
+        [(IDX_NEG, randint(4, low=1, high=5), r) for r in ("trunc", "floor")]),
+    Row("Tensor.all dim", lambda m, x, d: x.all(dim=d), [(boolean(3, 4), 1)]),
+    Row("any keepdim", lambda m, x, d: m.any(x, d, keepdim=True), [(boolean(3, 4), 0)]),
+    Row("Tensor.expand -1", lambda m, x, s: x.expand(*s), [(randn(3, 1), (2, -1, 4)), (randn(3, 1), (2, 3, 4))]),
+    Row("Tensor.flip dims", lambda m, x, d: x.flip(*d), [(randn(2, 3, 4), (0, 2))]),
+    Row("Tensor.masked_fill mask", lambda m, x, k, v: x.masked_fill(m.tensor(k), v),
+        [(randn(3, 4), MASK, -1.5), (randn(3, 4), MASK[0], 0.0)]),
+    Row("topk largest", lambda m, x, k, d: m.topk(x, k, dim=d, largest=False), [(randn(4, 3), 3, 0)]),
+    Row("Tensor.norm dim", lambda m, x, p, d, k: x.norm(p, dim=d, keepdim=k),
+        [(randn(3, 4), 2, 1, True), (randn(3, 4), 1, 0, False), (randn(3, 4), inf, 1, False),
+         (numpy.zeros((3, 4)), 2, None, False), (numpy.zeros((3, 4)), 2, 1, False)]),
+    Row("logsumexp keepdim", lambda m, x, d: m.logsumexp(x * 1000, d, keepdim=True), [(randn(3, 4), (0, 1))]),
+    Row("einsum list", lambda m, eq, a, b: m.einsum(eq, [a, b]), [("i,i->", randn(5), randn(5))]),
+    # tuple results: only the first output's gradient is compared by check(), so these join the outputs back
+    # into one tensor to compare every output's gradient
+    Row("meshgrid all outputs", lambda m, ix, *xs: m.stack(m.meshgrid(*xs, indexing=ix)),
+        [("ij", randn(3), randn(4)), ("xy", randn(3), randn(4)), ("ij", randn(3), randn(4), randn(2)),
+         ("xy", randn(3), randn(4), randn(2))]),
+    Row("chunk all outputs", lambda m, x, c, d: m.cat(m.chunk(x, c, d), d), [(randn(2, 7), 3, 1), (randn(6, 2), 4, 0)]),
+    Row("split all outputs", lambda m, x, s, d: m.cat(m.split(x, s, d), d), [(randn(2, 5), 2, 1), (randn(2, 5), [1, 3, 1], 1)]),
+    Row("unbind all outputs", lambda m, x, d: m.stack(m.unbind(x, d), d), [(randn(2, 3), 1), (randn(2, 3), 0)]),
+    Row("Tensor.to dtype=", lambda m, x, d: x.to(dtype=getattr(m, d)), [(randn(3, 4), "float16"), (randn(3, 4), "float")]),
+    Row("Tensor.to other", lambda m, x, y: y.to(x), [(randn(3, 4), randint(2)), (randint(2), randn(3))]),
+    Row("Tensor.grad_fn is None", lambda m, x: (x.grad_fn is None, (x * 2).grad_fn is None, x.detach().grad_fn is None),
+        [(randn(3, 4),)], grad=False),
+    Row("F.cross_entropy probabilities nd", lambda m, x, q, r, ls: m.F.cross_entropy(
+        x, q.softmax(0 if q.ndim == 1 else 1), reduction=r, label_smoothing=ls),
+        [(randn(4, 5), randn(4, 5), "mean", 0.0), (randn(2, 5, 3, 2), randn(2, 5, 3, 2), "mean", 0.0),
+         (randn(2, 5, 3), randn(2, 5, 3), "sum", 0.2), (randn(5), randn(5), "mean", 0.0),
+         (randn(2, 5, 3), randn(2, 5, 3), "none", 0.1)]),
+]
+
+
 @pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
 def test_parity(row):
     """Every input set of the row; the failure lists each failing set (index into row.inputs) and why."""
