@@ -305,8 +305,6 @@ def _session(ctx, case, sizes, batch, mode, weights, source, data, make_trainer)
 
     session = Session(record, error)
     for c in ctx.active:
-        if mode != "train" and c.name == "gradflow-captured":
-            continue   # gradflow.compile captures training steps; its inference would be plain eager
         if case == "cnn" and not hasattr(c, "cnn_trainer"):
             session.notes.append(f"{c.label}: no hand-written CNN to compare with; skipped")
             continue
