@@ -11,7 +11,6 @@ epochs. The 60k training images are split 55k/5k into training and validation se
 ``--resume``), ``curves.png`` and ``metrics.json`` to ``--out``.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ from gradflow.data import DataLoader, random_split
 from gradflow.datasets import MNIST, MNISTError
 from gradflow.optim import lr_scheduler
 from gradflow.train import ModelCheckpoint, evaluate, fit
+from gradflow.plot import write_run_outputs
 
 
 def lenet(channels=(16, 32), hidden=128, dropout=0.25, nn=nn):
@@ -103,16 +103,11 @@ def main(argv=None):
     print(f"test accuracy {test['accuracy'] * 100:.2f}% (loss {test['loss']:.4f}) after {history.epochs[-1]} "
           f"epochs, {seconds:.1f}s of training on {device}")
 
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump({"args": vars(args), "device": device, "train_seconds": seconds, "test": test,
-                   "history": history.history}, f, indent=2)
-    try:
-        from gradflow.plot import plot_history
-        plot_history(history, os.path.join(args.out, "curves.png"),
-                     title=f"MNIST CNN: test accuracy {test['accuracy'] * 100:.2f}%")
-        print(f"wrote {checkpoint}, {os.path.join(args.out, 'curves.png')} and metrics.json")
-    except ImportError as e:
-        print(f"note: no plot ({e}); wrote {checkpoint} and metrics.json")
+    print(write_run_outputs(args.out, history,
+                            {"args": vars(args), "device": device, "train_seconds": seconds, "test": test,
+                             "history": history.history},
+                            title=f"MNIST CNN: test accuracy {test['accuracy'] * 100:.2f}%"))
+    print(f"checkpoint: {checkpoint}")
     return 0
 
 

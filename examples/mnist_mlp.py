@@ -8,7 +8,6 @@ images are evaluated once at the end. Writes ``checkpoint.npz`` (resumable with
 ``--resume``), ``curves.png`` and ``metrics.json`` to ``--out``.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ from gradflow.data import DataLoader, random_split
 from gradflow.datasets import MNIST, MNISTError
 from gradflow.optim import lr_scheduler
 from gradflow.train import ModelCheckpoint, evaluate, fit
+from gradflow.plot import write_run_outputs
 
 OPTIMIZERS = {"sgd": optim.SGD, "adam": optim.Adam, "adamw": optim.AdamW, "rmsprop": optim.RMSprop,
               "adagrad": optim.Adagrad, "adadelta": optim.Adadelta}
@@ -128,17 +128,11 @@ def main(argv=None):
     print(f"test accuracy {test['accuracy'] * 100:.2f}% (loss {test['loss']:.4f}) after {history.epochs[-1]} "
           f"epochs, {seconds:.1f}s of training")
 
-    metrics = os.path.join(args.out, "metrics.json")
-    with open(metrics, "w") as f:
-        json.dump({"args": vars(args), "device": device, "train_seconds": seconds, "test": test,
-                   "history": history.history}, f, indent=2)
-    try:
-        from gradflow.plot import plot_history
-        plot_history(history, os.path.join(args.out, "curves.png"),
-                     title=f"MNIST MLP: test accuracy {test['accuracy'] * 100:.2f}%")
-        print(f"wrote {checkpoint}, {os.path.join(args.out, 'curves.png')} and {metrics}")
-    except ImportError as e:
-        print(f"note: no plot ({e}); wrote {checkpoint} and {metrics}")
+    print(write_run_outputs(args.out, history,
+                            {"args": vars(args), "device": device, "train_seconds": seconds, "test": test,
+                             "history": history.history},
+                            title=f"MNIST MLP: test accuracy {test['accuracy'] * 100:.2f}%"))
+    print(f"checkpoint: {checkpoint}")
     return 0
 
 

@@ -30,3 +30,19 @@ def plot_history(history, path, title=None):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def write_run_outputs(out, history, metrics, title):
+    """What the examples leave in ``out`` after training: ``metrics.json`` (``metrics`` as JSON)
+    and ``curves.png`` (skipped, with the reason, when matplotlib is missing). Returns a line
+    naming every file written, with its folder, for the user to find them."""
+    import json
+    import os
+    path = os.path.join(out, "metrics.json")
+    with open(path, "w") as f:
+        json.dump(metrics, f, indent=2)
+    try:
+        curves = plot_history(history, os.path.join(out, "curves.png"), title=title)
+    except ImportError as e:
+        return f"note: no plot ({e}); wrote {path}"
+    return f"wrote {curves} and {path}"

@@ -409,3 +409,20 @@ def test_checkpoint_with_missing_or_mistyped_parts_is_corrupt(tmp_path):
     path.write_bytes(b"")
     with pytest.raises(serialization.CheckpointError, match="not a valid gradflow checkpoint"):
         load_checkpoint(path, model, opt, sched)
+
+
+def test_run_outputs_name_their_folder_and_survive_a_missing_matplotlib(tmp_path, monkeypatch):
+    import builtins
+    from gradflow.plot import write_run_outputs
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    line = write_run_outputs(str(tmp_path), {"loss": [1.0]}, {"test": {"accuracy": 0.5}}, title="t")
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"test": {"accuracy": 0.5}}
+    assert not (tmp_path / "curves.png").exists()
+    assert "no plot" in line and str(tmp_path / "metrics.json") in line
