@@ -23,6 +23,7 @@ What the ops make of a word ``w``:
 - noisy ReLU's N(0, 1) draw is Box-Muller on the high and low 32-bit halves of ``w``.
 """
 import math
+import sys
 import threading
 
 import numpy
@@ -34,8 +35,7 @@ _MASK64 = (1 << 64) - 1
 _WRAP = 1 << 64            # kernels compute offset + i in 64-bit unsigned arithmetic
 _KEEP_BITS = 53            # dropout compares the top 53 bits of a word with its threshold
 _SHIFT = numpy.uint64(64 - _KEEP_BITS)
-_LO32 = numpy.uint64(0xFFFFFFFF)
-_32 = numpy.uint64(32)
+_HI = 1 if sys.byteorder == "little" else 0  # which uint32 of a uint64 holds its high half
 
 
 class _Philox(threading.local):
@@ -88,9 +88,9 @@ def keep(seed, offset, n, threshold):
 
 def normal(seed, offset, n):
     """Standard normals (float64) by Box-Muller on each word's halves, as ``gf_philox_normal``."""
-    w = bits(seed, offset, n)
-    u1 = ((w >> _32).astype(numpy.float64) + 1.0) * 2.0 ** -32   # (0, 1]
-    u2 = (w & _LO32).astype(numpy.float64) * 2.0 ** -32           # [0, 1)
+    halves = bits(seed, offset, n).view(numpy.uint32).reshape(n, 2)  # uint32 -> float64 converts fast
+    u1 = (halves[:, _HI].astype(numpy.float64) + 1.0) * 2.0 ** -32    # (0, 1]
+    u2 = halves[:, 1 - _HI].astype(numpy.float64) * 2.0 ** -32        # [0, 1)
     return numpy.sqrt(-2.0 * numpy.log(u1)) * numpy.cos(6.283185307179586476925 * u2)
 
 
