@@ -766,6 +766,19 @@ def reshape(x, shape):
     return _view_of(Reshape(shape)(x), x)
 
 
+def view(x, shape):
+    """``Tensor.view``: ``reshape`` that never copies. Where the memory order forbids a view
+    (a transposed tensor, or an ``nn.Linear`` weight on the CPU, stored (in, out)) it raises as
+    torch does, instead of returning a copy that in-place writes would silently not reach."""
+    y = reshape(x, shape)
+    if y is not x and x.data.size and not backend.xp_of(x.data).may_share_memory(x.data, y.data):
+        raise RuntimeError(f"view size is not compatible with input tensor's size and stride (at least one "
+                           f"dimension spans across two contiguous subspaces): a tensor of shape {x.shape} with "
+                           f"strides {tuple(s // x.data.itemsize for s in x.data.strides)} cannot be viewed as "
+                           f"{tuple(y.shape)} without a copy. Use .reshape(...) instead.")
+    return y
+
+
 def permute(x, axes):
     axes = tuple(axes)
     if len(axes) != x.ndim:
