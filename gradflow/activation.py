@@ -715,8 +715,10 @@ _DROP = ("dropout.cuh",)
 
 @_quiet
 def _dropout_np(x, scale, seed, offset, threshold):
-    keep = philox.bits(seed, offset, x.size).reshape(x.shape).astype(numpy.uint64) >= numpy.uint64(threshold)
-    return numpy.where(keep, x * scale, x * 0), keep
+    keep = philox.keep(seed, offset, x.size, threshold).reshape(x.shape)
+    y = numpy.multiply(x, keep)  # (x * keep) * scale == x * (keep ? scale : 0) bit for bit, NaN and -0 too
+    y *= x.dtype.type(scale)
+    return y, keep
 
 
 dropout_fwd = Elementwise("dropout_fwd", "T x, T scale, uint64 seed, uint64 offset, uint64 threshold",

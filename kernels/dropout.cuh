@@ -1,7 +1,7 @@
 // Dropout and noisy ReLU: the random decision of each element from Philox.
 //
-// keep = (first Philox word of counter offset + i) >= threshold, threshold = ceil(p * 2^32)
-// computed on the host, so P(keep) = 1 - p to 2^-32 and p = 1 keeps nothing. The mask
+// keep = (top 53 bits of the Philox word of counter offset + i) >= threshold, threshold =
+// ceil(p * 2^53) computed on the host, so P(keep) = 1 - p to 2^-53 and p = 1 keeps nothing. The mask
 // is written as bool (one byte) next to the output in the same kernel.
 #ifndef GF_DROPOUT_CUH
 #define GF_DROPOUT_CUH
@@ -9,7 +9,7 @@
 
 GF_FN bool gf_dropout_keep(unsigned long long seed, unsigned long long counter,
                            unsigned long long threshold) {
-  return (unsigned long long)gf_philox_bits(seed, counter) >= threshold;
+  return (gf_philox_bits(seed, counter) >> 11) >= threshold;
 }
 
 // x * (keep ? 1/(1-p) : 0): inverted scaling, so eval mode is the identity.

@@ -67,15 +67,25 @@ def kernel_source(k, suffix, device):
 
 
 PHILOX_HOST = r'''
-extern "C" void gfh_philox4x32_10(const unsigned int* ctr, const unsigned int* key, unsigned int* out, long long n) {
+extern "C" void gfh_philox4x64_10(const unsigned long long* ctr, const unsigned long long* key,
+                                  unsigned long long* out, long long n) {
   for (long long i = 0; i < n; ++i) {
-    unsigned int c[4] = {ctr[4 * i], ctr[4 * i + 1], ctr[4 * i + 2], ctr[4 * i + 3]};
-    gf_philox4x32_10(c, key[2 * i], key[2 * i + 1]);
+    unsigned long long c[4] = {ctr[4 * i], ctr[4 * i + 1], ctr[4 * i + 2], ctr[4 * i + 3]};
+    gf_philox4x64_10(c, key[2 * i], key[2 * i + 1]);
     for (int j = 0; j < 4; ++j) out[4 * i + j] = c[j];
   }
 }
-extern "C" void gfh_philox_bits(unsigned long long seed, unsigned long long offset, unsigned int* out, long long n) {
+extern "C" void gfh_mulhi64(const unsigned long long* a, const unsigned long long* b, unsigned long long* out,
+                            long long n) {
+  for (long long i = 0; i < n; ++i) out[i] = gf_mulhi64(a[i], b[i]);
+}
+extern "C" void gfh_philox_bits(unsigned long long seed, unsigned long long offset, unsigned long long* out,
+                                long long n) {
   for (long long i = 0; i < n; ++i) out[i] = gf_philox_bits(seed, offset + i);
+}
+extern "C" void gfh_dropout_keep(unsigned long long seed, unsigned long long offset, unsigned long long threshold,
+                                 bool* out, long long n) {
+  for (long long i = 0; i < n; ++i) out[i] = gf_dropout_keep(seed, offset + i, threshold);
 }
 extern "C" void gfh_philox_normal(unsigned long long seed, unsigned long long offset, double* out, long long n) {
   for (long long i = 0; i < n; ++i) out[i] = gf_philox_normal(seed, offset + i);
@@ -225,20 +235,37 @@ class HostLib:
            x.shape[1], ignore_index)
         return loss, m, logs
 
-    def philox4x32_10(self, ctr, key):
-        ctr = numpy.ascontiguousarray(ctr, dtype=numpy.uint32).reshape(-1, 4)
-        key = numpy.ascontiguousarray(numpy.broadcast_to(numpy.asarray(key, numpy.uint32), (len(ctr), 2)))
+    def philox4x64_10(self, ctr, key):
+        """gf_philox4x64_10 on rows of 4 counter words under rows of 2 key words (uint64)."""
+        ctr = numpy.ascontiguousarray(ctr, dtype=numpy.uint64).reshape(-1, 4)
+        key = numpy.ascontiguousarray(numpy.broadcast_to(numpy.asarray(key, numpy.uint64), (len(ctr), 2)))
         out = numpy.empty_like(ctr)
-        fn = self.lib.gfh_philox4x32_10
+        fn = self.lib.gfh_philox4x64_10
         fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_longlong]
         fn(ctr.ctypes.data, key.ctypes.data, out.ctypes.data, len(ctr))
         return out
 
+    def mulhi64(self, a, b):
+        a = numpy.ascontiguousarray(a, dtype=numpy.uint64)
+        b = numpy.ascontiguousarray(b, dtype=numpy.uint64)
+        out = numpy.empty_like(a)
+        fn = self.lib.gfh_mulhi64
+        fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_longlong]
+        fn(a.ctypes.data, b.ctypes.data, out.ctypes.data, len(a))
+        return out
+
     def philox_bits(self, seed, offset, n):
-        out = numpy.empty(n, numpy.uint32)
+        out = numpy.empty(n, numpy.uint64)
         fn = self.lib.gfh_philox_bits
         fn.argtypes = [ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.c_void_p, ctypes.c_longlong]
         fn(seed, offset, out.ctypes.data, n)
+        return out
+
+    def dropout_keep(self, seed, offset, threshold, n):
+        out = numpy.empty(n, numpy.bool_)
+        fn = self.lib.gfh_dropout_keep
+        fn.argtypes = [ctypes.c_ulonglong] * 3 + [ctypes.c_void_p, ctypes.c_longlong]
+        fn(seed, offset, threshold, out.ctypes.data, n)
         return out
 
     def philox_normal(self, seed, offset, n):

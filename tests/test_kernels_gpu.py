@@ -133,8 +133,25 @@ def test_dropout_masks_identical_on_cpu_and_gpu(cp):
     for c, g in zip(out["cpu"][:4], out["cuda"][:4]):
         numpy.testing.assert_array_equal(c, g)
     numpy.testing.assert_allclose(out["cuda"][4], out["cpu"][4], rtol=1e-6, atol=1e-6)
-    keep = philox.bits(2024, 0, a.size).reshape(a.shape) >= philox.keep_threshold(0.3)
+    keep = philox.keep(2024, 0, a.size, philox.keep_threshold(0.3)).reshape(a.shape)
     numpy.testing.assert_array_equal(out["cuda"][0] != 0, keep & (a != 0))
+
+
+@pytest.mark.parametrize("offset", [0, 1, 2, 3, 2 ** 33 + 5, 2 ** 64 - 1001, 2 ** 64 - 1])
+def test_dropout_and_noise_draws_match_numpy_philox_at_any_offset(cp, offset):
+    """Dropout masks bit for bit and noisy-ReLU pre-activations to a few ulp of the NumPy Philox, at
+    offsets that are not a multiple of 4 words and across the 2^64 counter wraparound."""
+    seed, thr = numpy.uint64(0xDEADBEEF12345678), numpy.uint64(philox.keep_threshold(0.3))
+    x = numpy.random.default_rng(6).standard_normal(4099)
+    for dtype in DTYPES:
+        xd = x.astype(dtype)
+        y, keep = A.dropout_fwd(cp.asarray(xd), 1 / 0.7, seed, numpy.uint64(offset), thr)
+        want_y, want_keep = A.dropout_fwd(xd, 1 / 0.7, seed, numpy.uint64(offset), thr)
+        numpy.testing.assert_array_equal(cp.asnumpy(keep), want_keep)
+        numpy.testing.assert_array_equal(cp.asnumpy(y), want_y)
+    z, _ = A.noisy_relu_fwd(cp.asarray(x), 0.5, seed, numpy.uint64(offset))
+    want_z, _ = A.noisy_relu_fwd(x, 0.5, seed, numpy.uint64(offset))
+    numpy.testing.assert_allclose(cp.asnumpy(z), want_z, rtol=1e-13, atol=1e-13)
 
 
 def test_dropout_rate_on_gpu(cp):
