@@ -183,7 +183,9 @@ class ReLU(Function):
         """What ``gradflow.compile``'s generated CPU replay runs: the NumPy twin (and the mask if read later)."""
         if type(arrays[0]) is not numpy.ndarray or saved not in ((), (0,)):
             return None
-        return f"relu_np({x})" + ("" if saved else "[0]"), {"relu_np": relu_fwd.numpy}
+        if not saved:  # no backward reads the mask (inference): the output alone, as the twin computes it
+            return f"numpy_maximum({x}, {x}.dtype.type(0))", {"numpy_maximum": numpy.maximum}
+        return f"relu_np({x})", {"relu_np": relu_fwd.numpy}
 
     def backward(self, gy):
         mask, = self.saved_tensors
