@@ -15,6 +15,7 @@ import pytest
 import gradflow as gf
 from gradflow import amp, nn, optim
 from gradflow.nn import functional as F
+from test_compile_one_launch import emulated_gpu  # noqa: F401  (the host emulation of the GPU runner)
 
 torch = pytest.importorskip("torch")
 # overflowing steps are the point here: NumPy's overflow/invalid warnings from the forced infs are expected
@@ -515,3 +516,45 @@ def test_device_kernels_keep_subnormals():
                       and ".f32" in ln.split()[0]]
         assert arithmetic and not [ln for ln in arithmetic if ".ftz" in ln.split()[0]], arithmetic
     assert any(ln.startswith("mul.rn.f32") for ln in c.body("amp_unscale_f32"))
+
+
+def test_emulated_gpu_replay_with_scaler_equals_eager(emulated_gpu):
+    """The GPU runner (host emulation, tests/test_compile_one_launch.py): the scaler's calls run on the host
+    between graph launches (no GraphCall: step reads found_inf on the host), with the same bytes as eager."""
+    import test_compile_one_launch as one_launch
+    want = compiled_run("sgd", 16, False)
+
+    gf.manual_seed(0)
+    model = _model(gf, _init_weights())
+    opt = OPTS["sgd"](gf, model.parameters())
+    scaler = amp.GradScaler("cpu", init_scale=2.0 ** 127, growth_interval=3)
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.mse_loss(model(x), y, reduction="sum")
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(opt)
+        scaler.update()
+        return loss
+
+    compiled = gf.compile(step, strict=True)
+    data = [(gf.tensor(x), gf.tensor(y)) for x, y in _data()]
+    got, runner = [], None
+    for i in range(16):
+        x, y = data[i % len(data)]
+        if i < 2:
+            loss = compiled(x, y)
+        else:
+            if runner is None:
+                runner = one_launch.compile_module._CudaGraphRunner(next(iter(compiled.cache.values())).plan)
+                emulated_gpu.persistent = one_launch.persistent(opt)
+            before = emulated_gpu.launches
+            loss = runner.run([x.data, y.data])
+            assert emulated_gpu.launches - before == 1  # forward + backward + deliveries: one graph
+            assert [s[0] for s in runner.steps] == ["graph", "op", "op", "op", "op"]  # the calls on the host
+        got.append((loss.data.tobytes(), scaler.get_scale(), scaler._get_growth_tracker(),
+                    b"".join(p.data.tobytes() + p.grad.data.tobytes() for p in model.parameters())))
+    for i, (a, b) in enumerate(zip(want, got)):
+        assert a == b, f"step {i}: emulated GPU replay differs from eager"
