@@ -54,9 +54,10 @@ __device__ void gf_amp_unscale(T* g, const float* inv_scale, float* found_inf, l
 }
 
 // One thread: PyTorch's _amp_update_scale_. Found inf: scale *= backoff (in double, rounded to
-// the scale's type: so the float32 entry computes in double by design), tracker = 0. Else tracker + 1 reaching growth_interval grows the scale
-// (kept only when finite) and resets the tracker. GradScaler keeps a float32 scale (f32 entry);
-// the f64 entry follows the file's naming convention.
+// the scale's type: the float32 entry computes in double by design), tracker = 0. Else
+// tracker + 1 reaching growth_interval grows the scale (kept only when finite) and resets the
+// tracker. GradScaler keeps a float32 scale (f32 entry); the f64 entry follows the file's
+// naming convention.
 template <typename S>
 __device__ void gf_amp_update_scale(S* scale, int* tracker, const float* found_inf, double growth_factor,
                                     double backoff_factor, long long growth_interval) {

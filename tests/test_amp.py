@@ -323,7 +323,8 @@ def test_getters_and_setters_like_torch():
         scaler.set_growth_factor(4.0)
         scaler.set_backoff_factor(0.125)
         scaler.set_growth_interval(9)
-        assert (scaler.get_growth_factor(), scaler.get_backoff_factor(), scaler.get_growth_interval()) == (4.0, 0.125, 9)
+        assert (scaler.get_growth_factor(), scaler.get_backoff_factor(),
+                scaler.get_growth_interval()) == (4.0, 0.125, 9)
         scaler.scale(m.ones(()))
         assert isinstance(scaler._get_scale_async(), m.Tensor) and scaler._get_scale_async().dtype == m.float32
 
