@@ -313,7 +313,8 @@ def _generate(plan, arrays):
     weight gradient computed by a matmul is computed straight into the parameter's own
     gradient buffer (``out=``). No slot table, no per-op objects or dispatch in between.
     """
-    names = {"_wrap": Tensor._wrap, "_deliver": _deliver_leaf, "_iadd": _iadd, "_deliver_matmul": _deliver_matmul}
+    names = {"_wrap": Tensor._wrap, "_deliver": _deliver_leaf, "_iadd": _iadd, "_deliver_matmul": _deliver_matmul,
+             "_deliver_matmul_t": _deliver_matmul_t, "_deliver_sum0": _deliver_sum0}
     external = {s for s, a in enumerate(plan.template) if a is not None}
     for s in external:
         names[f"e{s}"] = plan.template[s]
@@ -321,17 +322,19 @@ def _generate(plan, arrays):
     def ref(slot):
         return f"e{slot}" if slot in external else f"v{slot}"
 
-    fused = _matmuls_into_grads(plan, arrays)
+    fused, skipped = _into_grads(plan, arrays)
+    delivered = {j for j, _ in fused.values()}
     read = {s for op in plan.ops for s in _reads(op)} | set(_output_slots(plan.outputs))
     lines = [f"def replay({', '.join(f'v{s}' for s in range(plan.n_inputs))}):"]
     for i, op in enumerate(plan.ops):
         kind = op[0]
+        if i in skipped:  # a transpose folded into the matmul before it
+            continue
         if kind == _FUNCTION and i in fused:
-            j = fused[i]
+            j, deliver = fused[i]
             x, dst, own = plan.ops[j][1], plan.ops[j][4], plan.ops[j][5]
-            a, b = (ref(s) for s in op[2])
             names[f"x{j}"], names[f"o{j}"], names[f"b{j}"] = x, own, x._grad_buffer
-            lines.append(f"    v{dst} = _deliver_matmul(x{j}, {a}, {b}, b{j}, o{j})")
+            lines.append(f"    v{dst} = {deliver}(x{j}, {', '.join(ref(s) for s in op[2])}, b{j}, o{j})")
         elif kind == _FUNCTION:
             fn, ins, outs, single, saved = op[1:6]
             saved = [(k, s) for k, s in saved if s in read]  # what forward saves for a backward that never runs
@@ -353,7 +356,7 @@ def _generate(plan, arrays):
                 lines.extend(f"    v{s} = n{i}._saved[{k}]" for k, s in saved)
                 lines.append(f"    n{i}._saved = ()")
         elif kind == _LEAF:
-            if i in fused.values():
+            if i in delivered:
                 continue
             x, src, copy, dst, own = op[1:6]
             names[f"x{i}"], names[f"o{i}"] = x, own
@@ -372,26 +375,50 @@ def _generate(plan, arrays):
     return replay
 
 
-def _matmuls_into_grads(plan, arrays):
-    """{matmul op index: leaf op index} for 2-D NumPy matmuls whose result only becomes a
-    parameter's gradient, with no call or other delivery to that parameter in between."""
+def _into_grads(plan, arrays):
+    """Ops whose result only becomes a parameter's gradient, computed straight into its buffer.
+
+    Returns ({op index: (leaf op index, deliver function name)}, {transpose op indices to
+    skip}) for 2-D NumPy ops delivered to a leaf with no call or other delivery to that
+    parameter in between: a matmul ``a @ b`` into a buffer of its shape (``_deliver_matmul``);
+    ``(a @ b).T``, the weight gradient of a Linear weight stored (in, out), the transpose
+    op between folded, into a buffer whose transpose is row-major (``_deliver_matmul_t``);
+    a bias gradient summed over the batch axis (``_deliver_sum0``).
+    """
     readers = collections.Counter(s for op in plan.ops for s in _reads(op))
     outputs = set(_output_slots(plan.outputs))
-    producer = {}
+    producer = {}    # slot -> (op index, deliver function name)
+    transposes = {}  # slot -> index of the transpose op producing it
     fused = {}
     for i, op in enumerate(plan.ops):
-        if op[0] == _FUNCTION and type(op[1]).__name__ == "MatMul" and not op[5] and \
-                all(type(arrays[s]) is numpy.ndarray and arrays[s].ndim == 2 for s in op[2]):
-            producer[op[3][0]] = i
-        elif op[0] == _LEAF:
-            x, src = op[1], op[2]
-            j = producer.get(src)
-            buf = getattr(x, "_grad_buffer", None)
-            if j is not None and readers[src] == 1 and src not in outputs and type(buf) is numpy.ndarray and \
-                    buf.shape == arrays[src].shape and buf.dtype == arrays[src].dtype and \
-                    not any(o[0] == _CALL or (o[0] == _LEAF and o[1] is x) for o in plan.ops[j + 1:i]):
-                fused[j] = i
-    return fused
+        if op[0] != _FUNCTION and op[0] != _LEAF:
+            continue
+        if op[0] == _FUNCTION:
+            name = type(op[1]).__name__
+            if op[5] or not all(type(arrays[s]) is numpy.ndarray and arrays[s].ndim == 2 for s in op[2]):
+                continue
+            if name == "MatMul":
+                producer[op[3][0]] = (i, "_deliver_matmul")
+            elif name == "SumTo" and op[1].x_shape[1:] == op[1].shape:
+                producer[op[3][0]] = (i, "_deliver_sum0")
+            elif name == "Permute" and op[1].axes == (1, 0) and \
+                    producer.get(op[2][0], (0, ""))[1] == "_deliver_matmul" and \
+                    readers[op[2][0]] == 1 and op[2][0] not in outputs:
+                producer[op[3][0]] = (producer[op[2][0]][0], "_deliver_matmul_t")
+                transposes[op[3][0]] = i
+            continue
+        x, src = op[1], op[2]
+        j, deliver = producer.get(src, (None, ""))
+        buf = getattr(x, "_grad_buffer", None)
+        if j is None or readers[src] != 1 or src in outputs or type(buf) is not numpy.ndarray or \
+                buf.shape != arrays[src].shape or buf.dtype != arrays[src].dtype or \
+                any(o[0] == _CALL or (o[0] == _LEAF and o[1] is x) for o in plan.ops[j + 1:i]):
+            continue
+        if deliver == "_deliver_matmul_t" and not buf.T.flags.c_contiguous:
+            continue
+        fused[j] = (i, deliver)
+    skipped = {transposes[plan.ops[i][2]] for i, deliver in fused.values() if deliver == "_deliver_matmul_t"}
+    return fused, skipped
 
 
 def _deliver_matmul(x, a, b, buf, own):
@@ -401,6 +428,24 @@ def _deliver_matmul(x, a, b, buf, own):
         x.grad = Tensor._wrap(g)
         return g
     return _deliver_leaf(x, a @ b, own)
+
+
+def _deliver_matmul_t(x, a, b, buf, own):
+    """A leaf's gradient ``(a @ b).T`` (a Linear weight stored (in, out)), computed into its buffer."""
+    if x.grad is None and getattr(x, "_grad_buffer", None) is buf:
+        numpy.matmul(a, b, out=buf.T)
+        x.grad = Tensor._wrap(buf)
+        return buf
+    return _deliver_leaf(x, (a @ b).T, own)
+
+
+def _deliver_sum0(x, a, buf, own):
+    """A leaf's gradient ``a.sum(axis=0)`` (a bias), summed into its own buffer when it has none yet."""
+    if x.grad is None and getattr(x, "_grad_buffer", None) is buf:
+        a.sum(axis=0, out=buf)  # the method: numpy.sum adds a Python-level dispatch
+        x.grad = Tensor._wrap(buf)
+        return buf
+    return _deliver_leaf(x, a.sum(axis=0), own)
 
 
 def _emit_outputs(structure, ref, names):

@@ -766,6 +766,19 @@ def reshape(x, shape):
     return _view_of(Reshape(shape)(x), x)
 
 
+def view(x, shape):
+    """``Tensor.view``: ``reshape`` that never copies. Where the memory order forbids a view
+    (a transposed tensor, or an ``nn.Linear`` weight on the CPU, stored (in, out)) it raises as
+    torch does, instead of returning a copy that in-place writes would silently not reach."""
+    y = reshape(x, shape)
+    if y is not x and x.data.size and not backend.xp_of(x.data).may_share_memory(x.data, y.data):
+        raise RuntimeError(f"view size is not compatible with input tensor's size and stride (at least one "
+                           f"dimension spans across two contiguous subspaces): a tensor of shape {x.shape} with "
+                           f"strides {tuple(s // x.data.itemsize for s in x.data.strides)} cannot be viewed as "
+                           f"{tuple(y.shape)} without a copy. Use .reshape(...) instead.")
+    return y
+
+
 def permute(x, axes):
     axes = tuple(axes)
     if len(axes) != x.ndim:
@@ -1113,8 +1126,8 @@ class Linear(Function):
             y = x @ weight.T
         elif backend.capturing:
             y = _matmul_arrays(x, weight.T)
-        elif weight.size >= 16384:  # same dot products; OpenBLAS runs this orientation of a large
-            y = (weight @ x.T).T    # weight ~1.4x faster for small batches (the output is F-ordered)
+        elif _transposed_first(x, weight):  # same dot products; OpenBLAS runs this orientation of
+            y = (weight @ x.T).T            # a large (out, in) weight ~1.4x faster for small batches
         else:
             y = x @ weight.T
         if bias is not None:
@@ -1125,7 +1138,7 @@ class Linear(Function):
     def replay_source(x, weight, bias=None, arrays=(), saved=()):
         if arrays[0].ndim != 2 or bias is None or saved:
             return None
-        if arrays[1].size >= 16384:  # as forward
+        if _transposed_first(arrays[0], arrays[1]):  # as forward
             return f"_iadd(({weight} @ {x}.T).T, {bias})"
         return f"_iadd({x} @ {weight}.T, {bias})"
 
@@ -1137,10 +1150,22 @@ class Linear(Function):
         if need[1]:
             g2 = gy if gy.ndim == 2 else reshape(gy, (-1, gy.shape[-1]))
             x2 = x if x.ndim == 2 else reshape(x, (-1, x.shape[-1]))
-            gw = matmul(g2.mT, x2)
+            # in the weight's own memory order: (x^T gy)^T for a weight stored (in, out)
+            gw = matmul(x2.mT, g2).mT if _stored_transposed(weight.data) else matmul(g2.mT, x2)
         if len(need) > 2 and need[2]:
             gb = sum_to(gy, (gy.shape[-1],))
         return gx, gw, gb
+
+
+def _stored_transposed(w):
+    """Whether a 2-D weight is stored (in, out) in memory, as ``nn.Linear`` keeps it on the CPU."""
+    return type(w) is numpy.ndarray and w.ndim == 2 and w.flags.f_contiguous and not w.flags.c_contiguous
+
+
+def _transposed_first(x, w):
+    """Whether ``(w @ x.T).T`` beats ``x @ w.T``: a large row-major (out, in) NumPy weight and a
+    small batch; a weight stored (in, out) makes ``x @ w.T`` a plain row-major GEMM instead."""
+    return type(w) is numpy.ndarray and w.size >= 16384 and x.shape[0] <= 64 and w.flags.c_contiguous
 
 
 def linear(x, weight, bias=None):

@@ -417,7 +417,7 @@ class Tensor:
     def argmax(self, dim=None, keepdim=False, **kw): return ops.argmax(self, dim, keepdim, **kw)
     def argmin(self, dim=None, keepdim=False, **kw): return ops.argmin(self, dim, keepdim, **kw)
     def reshape(self, *shape): return ops.reshape(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
-    view = reshape
+    def view(self, *shape): return ops.view(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
     def flatten(self, start_dim=0, end_dim=-1): return ops.flatten(self, start_dim, end_dim)
     def transpose(self, *axes): return ops.transpose(self, *axes)
     def permute(self, *axes): return ops.permute(self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else axes)
@@ -454,7 +454,7 @@ class Tensor:
             return f"torch.{'cuda.' if self.device == 'cuda' else ''}{name}"
         return ops.astype(self, _TYPE_BY_NAME.get(dtype, dtype) if isinstance(dtype, str) else dtype)
 
-    def view_as(self, other): return ops.reshape(self, other.shape)
+    def view_as(self, other): return ops.view(self, other.shape)
     def reshape_as(self, other): return ops.reshape(self, other.shape)
     def expand_as(self, other): return ops.broadcast_to(self, other.shape)
     def contiguous(self): return ops.contiguous(self)

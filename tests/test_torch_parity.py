@@ -212,6 +212,10 @@ ROWS = [
     Row("reshape", lambda m, x, s: m.reshape(x, s), SHAPES),
     Row("Tensor.reshape", lambda m, x, s: x.reshape(*s), SHAPES),
     Row("Tensor.view", lambda m, x, s: x.view(s), SHAPES),
+    # a transposed tensor cannot be viewed flat: torch raises, and so must gradflow (a copy would
+    # silently not alias); the same shape, or a split of a contiguous dim, stays a view
+    Row("Tensor.view non-contiguous", lambda m, x, s: x.mT.view(s),
+        [(randn(3, 4), (12,)), (randn(3, 4), (4, 3)), (randn(2, 3, 4), (2, 12)), (randn(2, 3, 4), (2, 2, 2, 3))]),
     Row("flatten", lambda m, x, a, b: m.flatten(x, a, b),
         [(randn(2, 3, 4), a, b) for a, b in [(0, -1), (1, 2), (0, 1), (-2, -1), (2, 1), (0, 3), (1, 1)]] +
         [(numpy.array(2.0), 0, -1), (numpy.zeros((2, 0, 3)), 0, 1)]),

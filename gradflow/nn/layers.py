@@ -14,6 +14,20 @@ def _empty(shape, device, dtype):
     return xp.empty(shape, dtype=numpy.dtype(dtype or numpy.float32))
 
 
+def _empty_weight(out_features, in_features, device, dtype):
+    """A Linear weight of shape (out, in), laid out in memory as (in, out) on the CPU.
+
+    Values, shape and every op are PyTorch's; only the memory order differs (``weight.T``
+    is the contiguous one). With the weight stored this way, the forward ``x @ W.T`` and the
+    weight gradient ``(x.T @ gy).T`` are plain row-major GEMMs, which OpenBLAS runs up to
+    ~1.5x faster than the (out, in) orientation for MLP-sized layers -- the layout a
+    hand-written NumPy MLP uses. Optimizers keep the order (``fused.flat_buffer``), so the
+    gradient buffer has it too. On the GPU the weight is row-major (out, in), as in PyTorch.
+    """
+    w = _empty((in_features, out_features), device, dtype)
+    return w.T if type(w) is numpy.ndarray else _empty((out_features, in_features), device, dtype)
+
+
 class Linear(Module):
     """y = x W^T + b, with W of shape (out_features, in_features) as in PyTorch.
 
@@ -29,7 +43,7 @@ class Linear(Module):
             if value < 0:
                 raise ValueError(f"Linear: {name} must be >= 0, got {value}")
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.weight = Parameter(_empty((self.out_features, self.in_features), device, dtype))
+        self.weight = Parameter(_empty_weight(self.out_features, self.in_features, device, dtype))
         if bias:
             self.bias = Parameter(_empty((self.out_features,), device, dtype))
         else:

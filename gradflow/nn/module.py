@@ -204,6 +204,8 @@ class Module:
         """``to('cpu'|'cuda')`` moves the weights; ``to(dtype)`` casts the floating-point ones."""
         if isinstance(target, str) and target in ("cpu", "cuda"):
             backend.check_device(target)
+            if target == "cuda":  # row-major on the GPU, as PyTorch (a CPU Linear weight is stored (in, out))
+                return self._apply(lambda a: backend.xp_for("cuda").ascontiguousarray(backend.to_device(a, target)))
             return self._apply(lambda a: backend.to_device(a, target))
         dtype = numpy.dtype(target)
         if dtype.kind != "f":

@@ -358,26 +358,34 @@ def adamax_(param, grad, exp_avg, exp_inf, *, lr, beta1, beta2, eps, weight_deca
 
 
 # ---- multi-tensor path ---------------------------------------------------------------------------------
-def flat_buffer(arrays, dtype=None):
+def flat_buffer(arrays, dtype=None, orders=None):
     """One contiguous buffer holding copies of ``arrays``, and views of it shaped like each.
 
     Keep a group's parameters, gradients and each state in buffers of the same layout and
     a single fused call on the buffers updates every parameter in one kernel launch
     (the elementwise rules do not care where one parameter ends). The group then shares
-    its hyperparameters.
+    its hyperparameters. ``orders`` gives each view's memory order ('C' or 'F', see
+    ``memory_order``): every buffer of one group must use the parameters' orders, whatever
+    the order of the arrays copied in, or the fused update would pair unrelated elements.
     """
     arrays = list(arrays)
     if not arrays:
         raise ValueError("flat_buffer: needs at least one array")
     xp = backend.xp_of(arrays[0])
+    orders = orders or ["C"] * len(arrays)
     buffer = xp.empty(sum(a.size for a in arrays), dtype=dtype or arrays[0].dtype)
     views, start = [], 0
-    for a in arrays:
-        view = buffer[start:start + a.size].reshape(a.shape)
+    for a, order in zip(arrays, orders):
+        view = buffer[start:start + a.size].reshape(a.shape, order=order)
         view[...] = a
         views.append(view)
         start += a.size
     return buffer, views
+
+
+def memory_order(array):
+    """'F' for a 2-D array stored column-major (a Linear weight on the CPU), else 'C'."""
+    return "F" if array.ndim == 2 and not array.flags.c_contiguous and array.flags.f_contiguous else "C"
 
 
 # ---- device-scalar twins: the updates a captured step records ------------------------------------------

@@ -46,13 +46,13 @@ def _fmt(value):
     return f"{value!r}"
 
 
-def _views(buffer, shapes):
+def _views(buffer, shapes, orders):
     views, start = [], 0
-    for shape in shapes:
+    for shape, order in zip(shapes, orders):
         size = 1
         for n in shape:
             size *= n
-        views.append(buffer[start:start + size].reshape(shape))
+        views.append(buffer[start:start + size].reshape(shape, order=order))
         start += size
     return views
 
@@ -62,11 +62,12 @@ class _FlatGroup:
 
     def __init__(self, params):
         self.params = params
-        self.param_flat, self.param_views = fused.flat_buffer([p.data for p in params])
+        self.orders = [fused.memory_order(p.data) for p in params]  # every buffer of the group keeps these
+        self.param_flat, self.param_views = fused.flat_buffer([p.data for p in params], orders=self.orders)
         for p, view in zip(params, self.param_views):
             p.data = view
         self.grad_flat = backend.xp_of(self.param_flat).zeros_like(self.param_flat)
-        self.grad_views = _views(self.grad_flat, [p.shape for p in params])
+        self.grad_views = _views(self.grad_flat, [p.shape for p in params], self.orders)
         for p, view in zip(params, self.grad_views):
             p._grad_buffer = view  # the parameter's own gradient buffer (gradflow.compile delivers into it)
         self.state = {}            # key -> (flat buffer, views)
@@ -145,7 +146,7 @@ class _FlatGroup:
                         if not isinstance(v, Tensor) or v.shape != p.shape or v.dtype != p.dtype or \
                                 type(v.data) is not type(p.data):
                             return None
-                    buffer, views = fused.flat_buffer([s[key].data for s in states])
+                    buffer, views = fused.flat_buffer([s[key].data for s in states], orders=self.orders)
                     for s, view in zip(states, views):
                         s[key].data = view
                     held = self.state[key] = (buffer, views)
@@ -310,21 +311,28 @@ class Optimizer:
                                    f"'{value.device}', but the parameter has shape {p.shape} on '{p.device}'")
 
     def _prepare(self):
-        """Validate every group and gradient and create missing state; nothing is updated yet."""
+        """Validate every group and gradient and create missing state; nothing is updated yet.
+
+        Returns ``[(group, its parameters that have a gradient, layout or None)]``, with the
+        group's flat layout when it is ``ready`` (the steady state of a training loop and of
+        every replayed step: nothing per parameter left to check).
+        """
         work = []
         for gi, group in enumerate(self.param_groups):
             self._check_group(group, f"param_groups[{gi}]")
             layout = self._flat.get(id(group))
             if layout is not None and layout.ready(self.state):  # the layout's own views: nothing to check
-                work.extend((p, group) for p in group["params"])
+                work.append((group, group["params"], layout))
                 continue
+            params = []
             for pi, p in enumerate(group["params"]):
                 if p.grad is not None:
                     self._check_param(p, f"param_groups[{gi}]['params'][{pi}]")
-                    work.append((p, group))
-        for p, group in work:
-            state = self.state.setdefault(p, {})
-            self._init_state(p, state, group)
+                    params.append(p)
+            work.append((group, params, None))
+        for group, params, _ in work:
+            for p in params:
+                self._init_state(p, self.state.setdefault(p, {}), group)
         return work
 
     @replay_as_call(graph=lambda self, closure=None: self._graph_step(closure))
@@ -338,36 +346,33 @@ class Optimizer:
         if self.flat:
             self._step_groups(work)
         else:
-            for p, group in work:
-                self._update(p, self.state[p], group)
-                p._bump_version()
+            for group, params, _ in work:
+                for p in params:
+                    self._update(p, self.state[p], group)
+                    p._bump_version()
         return loss
 
     def _step_groups(self, work):
         """The update of each group: one fused call on its flat buffers where it can, else per parameter."""
-        start = 0
-        while start < len(work):
-            group = work[start][1]
-            end = start + 1
-            while end < len(work) and work[end][1] is group:
-                end += 1
-            params = [p for p, _ in work[start:end]]
-            layout = self._flat.get(id(group))
-            if layout is not None and not layout.holds(params) and len(params) == len(group["params"]) \
-                    and _FlatGroup.possible(params):
+        for group, params, ready in work:
+            if not params:
+                continue
+            layout = ready or self._flat.get(id(group))
+            if ready is None and layout is not None and not layout.holds(params) and \
+                    len(params) == len(group["params"]) and _FlatGroup.possible(params):
                 self._relayout(group)  # a parameter's array was replaced (Module.to): lay the group out again
                 layout = self._flat.get(id(group))
             states = [self.state[p] for p in params]
-            flat_state = layout.state_for(states) if layout is not None and layout.holds(params) else None
+            flat_state = layout.state_for(states) if layout is not None and (ready or layout.holds(params)) else None
             if flat_state is None:
                 for p, state in zip(params, states):
                     self._update(p, state, group)
             else:
-                layout.gather_grads()
+                if ready is None:
+                    layout.gather_grads()
                 self._flat_update(layout, states, flat_state, group)
             for p in params:
                 p._bump_version()
-            start = end
 
     def _flat_update(self, layout, states, flat_state, group):
         """One fused update of a whole group on its flat buffers; per-parameter states follow."""
