@@ -91,7 +91,7 @@ def _model(m, weights):
     model = m.nn.Sequential(m.nn.Linear(10, 16), m.nn.ReLU(), m.nn.Linear(16, 3))
     with m.no_grad():
         for p, w in zip(model.parameters(), weights):
-            p.copy_(m.from_numpy(w.copy())) if m is torch else setattr(p, "data", w.copy())
+            p.copy_(m.from_numpy(w.copy()))
     return model
 
 
