@@ -137,3 +137,42 @@ def test_load_checkpoint_into_the_same_objects_mid_run(opt_name, tmp_path):
     for i, (a, b) in enumerate(zip(want, got)):
         assert a == b, f"step {i}: compiled differs from eager after load_checkpoint at {LOAD_AT}"
     assert all(replayed) and all(e.eager_reason is None for e in compiled.cache.values())
+
+
+def reset_run(opt_name, mode, emulated=None):
+    """Load an EMPTY state mid-run (a reset: the optimizer starts its state afresh, as torch's does)."""
+    model, opt, sched = build(opt_name)
+    step = make_step(model, opt)
+    compiled = gf.compile(step, strict=True) if mode != "eager" else None
+    data = batches()
+    out, runner, launched = [], None, []
+    for i in range(STEPS):
+        if i == LOAD_AT:
+            opt.load_state_dict({"state": {}, "param_groups": opt.state_dict()["param_groups"]})
+            assert opt.state == {}
+        x, y = data[i % len(data)]
+        if mode == "emulated" and i >= 2:
+            if runner is None:
+                runner = one_launch.compile_module._CudaGraphRunner(next(iter(compiled.cache.values())).plan)
+                emulated.persistent = persistent(opt)
+            before = emulated.launches
+            loss = runner.run([x.data, y.data])
+            launched.append(emulated.launches - before)
+        else:
+            loss = (compiled or step)(x, y)
+        out.append(fingerprint(model, opt, loss))
+        sched.step()
+    return out, launched
+
+
+@pytest.mark.parametrize("opt_name", ["sgd-momentum", "adam"])
+def test_state_reset_mid_run_replays_after_one_eager_step(opt_name, emulated_gpu):
+    """The reset state is created afresh at the next step; it goes into the layout's existing flat buffers
+    (``state_for``), so only that one step runs eagerly and the graph launches again after it."""
+    want, _ = reset_run(opt_name, "eager")
+    assert reset_run(opt_name, "compiled")[0] == want
+    got, launched = reset_run(opt_name, "emulated", emulated_gpu)
+    for i, (a, b) in enumerate(zip(want, got)):
+        assert a == b, f"step {i}: emulated GPU replay differs from eager after a state reset"
+    k = LOAD_AT - 2  # replays start at step 2
+    assert launched[:k] == [1] * k and launched[k] == 0 and launched[k + 1:] == [1] * (STEPS - LOAD_AT - 1), launched

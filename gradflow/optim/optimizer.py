@@ -146,10 +146,16 @@ class _FlatGroup:
                         if not isinstance(v, Tensor) or v.shape != p.shape or v.dtype != p.dtype or \
                                 type(v.data) is not type(p.data):
                             return None
-                    buffer, views = fused.flat_buffer([s[key].data for s in states], orders=self.orders)
-                    for s, view in zip(states, views):
-                        s[key].data = view
-                    held = self.state[key] = (buffer, views)
+                    if held is not None:  # keep the buffer (a captured step holds it): copy the new state in
+                        for s, view in zip(states, held[1]):
+                            if s[key].data is not view:
+                                view[...] = s[key].data
+                                s[key].data = view
+                    else:
+                        buffer, views = fused.flat_buffer([s[key].data for s in states], orders=self.orders)
+                        for s, view in zip(states, views):
+                            s[key].data = view
+                        held = self.state[key] = (buffer, views)
                 flat[key] = Tensor._wrap(held[0])
             else:
                 for s in states[1:]:
