@@ -391,8 +391,8 @@ def compiled_run(opt_name, steps, compiled, clip=1.0, reload_at=None):
         opt.zero_grad()
         loss = F.mse_loss(model(x), y, reduction="sum")
         scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        if clip is not None:
+        if clip is not None:  # else scaler.step unscales
+            scaler.unscale_(opt)
             nn.utils.clip_grad_norm_(model.parameters(), clip)
         scaler.step(opt)
         scaler.update()
