@@ -778,6 +778,26 @@ ROWS += [
 ]
 
 
+
+def _grad_scaler(m, w, x, init_scale):
+    """One scaled backward, step and update (growth_interval=1): the parameter after SGD (untouched when
+    a gradient is inf), its unscaled gradient and the new scale. tests/test_amp.py compares whole runs."""
+    w.requires_grad = True
+    opt = m.optim.SGD([w], lr=0.5)
+    scaler = m.GradScaler("cpu", init_scale=init_scale, growth_interval=1)
+    scaler.scale((w * x).sum()).backward()
+    scaler.step(opt)
+    scaler.update()
+    return w.detach(), w.grad, m.tensor(scaler.get_scale())
+
+
+ROWS += [  # issue 12: loss scaling
+    Row("GradScaler", _grad_scaler, [(randn(4, dtype=f32), randn(4, dtype=f32), 1024.0), (randn(5), randn(5), 3.0),
+                                     (randn(3, dtype=f32), numpy.array([1.0, inf, 2.0], f32), 8.0),
+                                     (randn(3), numpy.array([nan, 1.0, 2.0]), 2.0 ** 20)], grad=False),
+]
+
+
 @pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
 def test_parity(row):
     """Every input set of the row; the failure lists each failing set (index into row.inputs) and why."""

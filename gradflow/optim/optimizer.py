@@ -110,6 +110,23 @@ class _FlatGroup:
                     return False
         return True
 
+    def load(self, state):
+        """Copy loaded state (``state``: parameter -> dict) into this layout's flat buffers, in place.
+
+        Each key this layout holds that every parameter's loaded state has, as a Tensor of the
+        parameter's shape, dtype and array type, is copied into the existing views, and the
+        state then holds those views. The buffers thus stay the ones a compiled step's plan (and
+        on the GPU its CUDA graph) captured, so it keeps replaying after ``load_state_dict``.
+        Keys that do not fit are left to ``state_for``, which lays them out anew.
+        """
+        for key, (_, views) in self.state.items():
+            values = [state.get(p, {}).get(key) for p in self.params]
+            if all(isinstance(v, Tensor) and v.shape == view.shape and v.dtype == view.dtype and
+                   type(v.data) is type(view) for v, view in zip(values, views)):
+                for p, value, view in zip(self.params, values, views):
+                    view[...] = value.data
+                    state[p][key] = Tensor._wrap(view)
+
     def gather_grads(self):
         for p, view in zip(self.params, self.grad_views):
             g = p.grad.data
@@ -129,10 +146,16 @@ class _FlatGroup:
                         if not isinstance(v, Tensor) or v.shape != p.shape or v.dtype != p.dtype or \
                                 type(v.data) is not type(p.data):
                             return None
-                    buffer, views = fused.flat_buffer([s[key].data for s in states], orders=self.orders)
-                    for s, view in zip(states, views):
-                        s[key].data = view
-                    held = self.state[key] = (buffer, views)
+                    if held is not None:  # keep the buffer (a captured step holds it): copy the new state in
+                        for s, view in zip(states, held[1]):
+                            if s[key].data is not view:
+                                view[...] = s[key].data
+                                s[key].data = view
+                    else:
+                        buffer, views = fused.flat_buffer([s[key].data for s in states], orders=self.orders)
+                        for s, view in zip(states, views):
+                            s[key].data = view
+                        held = self.state[key] = (buffer, views)
                 flat[key] = Tensor._wrap(held[0])
             else:
                 for s in states[1:]:
@@ -549,4 +572,7 @@ class Optimizer:
     def _apply_loaded(self, new_state, new_groups):
         for group, values in zip(self.param_groups, new_groups):
             group.update(values)
+            layout = self._flat.get(id(group))
+            if layout is not None:  # into the flat buffers a compiled step holds, not new arrays
+                layout.load(new_state)
         self.state = new_state
