@@ -25,7 +25,10 @@ whether to call ``optimizer.step`` (a sync on the GPU, as in PyTorch's step).
 Under ``gradflow.compile``: ``scale(loss)`` is a recorded multiply by the scale array itself,
 so a replay reads the current scale; ``unscale_``, ``step`` and ``update`` are
 ``replay_as_call``, re-run as calls at every replay (skipped steps, back-off and growth stay
-exact). In a GPU replay they are host calls between CUDA graphs, not part of one graph.
+exact). In a GPU replay they are parts of the step's one CUDA graph (``GraphCall``s, see
+"inside a CUDA graph" below): the optimizer's update kernels read the found-inf flag and skip
+on the device, as PyTorch's capturable fused optimizers do; the host reads the flag once after
+the launch, to take a skipped step's step-count advance back.
 """
 import warnings
 from collections import defaultdict
@@ -34,7 +37,7 @@ from enum import Enum
 import numpy
 
 from gradflow import backend
-from gradflow.compile import replay_as_call
+from gradflow.compile import GraphCall, replay_as_call
 from gradflow.kernel import RawKernel
 from gradflow.tensor import Tensor, no_grad
 
@@ -42,6 +45,7 @@ __all__ = ["GradScaler", "OptState"]
 
 UNSCALE = RawKernel("amp.cu", "amp_unscale")
 UPDATE_SCALE = RawKernel("amp.cu", "amp_update_scale")
+UPDATE_SCALE_DEV = RawKernel("amp.cu", "amp_update_scale_dev")
 _THREADS = 256
 
 
@@ -103,6 +107,16 @@ def update_scale_(scale, growth_tracker, found_inf, growth_factor, backoff_facto
         return
     UPDATE_SCALE.function(scale.dtype)((1,), (1,), (scale, growth_tracker, found_inf, numpy.float64(growth_factor),
                                                     numpy.float64(backoff_factor), numpy.int64(growth_interval)))
+
+
+def update_scale_dev_(scale, growth_tracker, found_inf, factors, growth_interval):
+    """``update_scale_`` reading its hyperparameters from arrays on the scale's device: ``factors``
+    (float64: growth_factor, backoff_factor) and ``growth_interval`` (0-d int64). A CUDA graph holding
+    the launch uses whatever the host last wrote there (``GradScaler.update`` in a captured step)."""
+    if type(scale) is numpy.ndarray:
+        update_scale_(scale, growth_tracker, found_inf, float(factors[0]), float(factors[1]), int(growth_interval))
+        return
+    UPDATE_SCALE_DEV.function(scale.dtype)((1,), (1,), (scale, growth_tracker, found_inf, factors, growth_interval))
 
 
 # ---- GradScaler ---------------------------------------------------------------------------------------
@@ -244,7 +258,9 @@ class GradScaler:
             g._bump_version()
         return per_device_found_inf._per_device
 
-    @replay_as_call  # in place on .grad, state kept in Python: a compiled step re-runs it as a call
+    # in place on .grad, state kept in Python: a compiled step re-runs it as a call, or on the GPU
+    # puts its kernels in the step's CUDA graph (see "inside a CUDA graph" below)
+    @replay_as_call(graph=lambda self, optimizer: self._graph_unscale(optimizer))
     def unscale_(self, optimizer):
         """Divide ("unscale") ``optimizer``'s gradients by the scale, in place, and note whether any
         is inf/NaN. Optional (``step`` does it), once per optimizer per ``update``; use it to clip
@@ -271,7 +287,7 @@ class GradScaler:
             retval = optimizer.step(*args, **kwargs)
         return retval
 
-    @replay_as_call
+    @replay_as_call(graph=lambda self, optimizer, *args, **kwargs: self._graph_step(optimizer, *args, **kwargs))
     def step(self, optimizer, *args, **kwargs):
         """``unscale_(optimizer)`` unless already done, then ``optimizer.step(*args, **kwargs)`` unless a
         gradient was inf/NaN (then the step is skipped). Returns what ``optimizer.step`` returned, or None."""
@@ -291,7 +307,7 @@ class GradScaler:
         optimizer_state["stage"] = OptState.STEPPED
         return retval
 
-    @replay_as_call
+    @replay_as_call(graph=lambda self, new_scale=None: self._graph_update(new_scale))
     def update(self, new_scale=None):
         """Update the scale: back off if any optimizer step this iteration was skipped, grow after
         ``growth_interval`` clean steps in a row; or set it to ``new_scale`` (a float or a 1-element
@@ -407,6 +423,7 @@ class GradScaler:
             state["_init_growth_tracker"] = self._get_growth_tracker()
             state["_scale"] = None
             state["_growth_tracker"] = None
+            state["_graph"] = None
             state["_per_optimizer_states"] = None  # a defaultdict of a module function: rebuilt below
         return state
 
@@ -414,6 +431,199 @@ class GradScaler:
         self.__dict__.update(state)
         if self._enabled:
             self._per_optimizer_states = defaultdict(_refresh_per_optimizer_state)
+
+    # ---- inside a CUDA graph -----------------------------------------------------------------------
+    # The one-launch GPU replay of a compiled step (gradflow.compile.GraphCall): unscale_, step and
+    # update put their kernels in the step's graph. Each optimizer gets one found-inf flag in device
+    # memory (_GraphBuffers), zeroed and set by the unscale kernels in the graph; the optimizer's update
+    # kernels read it and skip on the device when it is set (Optimizer._graph_step(found_inf=...), as
+    # PyTorch's capturable fused optimizers take found_inf), and the scale update reads it. Before
+    # each launch the host part ("commit") walks the same READY/UNSCALED/STEPPED states as the eager
+    # calls (anything else, e.g. unscale_ called outside the step, runs that replay eagerly, which
+    # raises as eager does) and folds the optimizer's hyperparameters, advancing its step counts. After
+    # the launch step's epilogue reads the flag (the one host sync, as PyTorch's step's
+    # found_inf.item()) and for a skipped step takes the step-count advance back, so the next step's
+    # bias corrections use the right count.
+    def _graph_buffers(self):
+        buffers = getattr(self, "_graph", None)
+        if buffers is None or buffers.scale is not self._scale:
+            buffers = self._graph = _GraphBuffers(self._scale)
+        return buffers
+
+    def _graph_grads(self, optimizer):
+        """(parameters, the arrays to unscale) when every parameter of ``optimizer`` has its own float32/64
+        gradient buffer on the scale's device (where a graph delivers its gradient), else None."""
+        if self._scale is None:
+            return None
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        buffers = [getattr(p, "_grad_buffer", None) for p in params]
+        xp = backend.xp_of(self._scale)
+        if not params or any(b is None or type(b) is not xp.ndarray or b.dtype not in (numpy.float32, numpy.float64)
+                             or backend.device_of(b) != backend.device_of(self._scale) for b in buffers):
+            return None
+        return params, buffers, _merge_flat(optimizer, buffers)
+
+    def _graph_unscale_parts(self, params, buffers, arrays, flag):
+        """check, device, epilogue and warm of unscaling ``arrays`` into ``flag`` inside a graph."""
+        scale, inv_scale = self._scale, self._graph_buffers().inv_scale
+        xp = backend.xp_of(scale)
+
+        def check():
+            return self._scale is scale and all(p._grad_buffer is b for p, b in zip(params, buffers))
+
+        def device(arrays=arrays, found_inf=flag, inv=inv_scale):  # unscale_'s work, on the graph's buffers
+            found_inf.fill(0)
+            inv[...] = xp.reciprocal(scale.astype(numpy.float64))
+            non_finite_check_and_unscale_(arrays, found_inf, inv)
+
+        def epilogue():
+            for p in params:
+                p.grad._bump_version()
+
+        def warm():
+            device([a.copy() for a in arrays], flag.copy(), inv_scale.copy())
+
+        return check, device, epilogue, warm
+
+    def _graph_stage(self, optimizer, flag, stage):
+        """The host part of a graphed unscale_ (``stage`` UNSCALED) or step (STEPPED) on the scaler's
+        per-optimizer states: an undo, or None where the eager call would raise or find another flag."""
+        saved = self._per_optimizer_states
+        state = saved.get(id(optimizer))
+        if state is not None and state["stage"] is OptState.STEPPED:
+            return None
+        if state is not None and state["stage"] is OptState.UNSCALED:
+            found = list(state["found_inf_per_device"].values())
+            if stage is OptState.UNSCALED or len(found) != 1 or found[0] is not flag:
+                return None
+        states = defaultdict(_refresh_per_optimizer_state,
+                             {k: {"stage": v["stage"], "found_inf_per_device": dict(v["found_inf_per_device"])}
+                              for k, v in saved.items()})
+        states[id(optimizer)] = {"stage": stage, "found_inf_per_device": {backend.device_of(self._scale): flag}}
+        self._per_optimizer_states = states
+
+        def undo():
+            self._per_optimizer_states = saved
+        return undo
+
+    def _graph_unscale(self, optimizer):
+        """``unscale_(optimizer)`` inside a CUDA graph (see above), or None where it stays a call."""
+        if not self._enabled:
+            return GraphCall(host=_nothing)
+        grads = self._graph_grads(optimizer)
+        if grads is None:
+            return None
+        flag = self._graph_buffers().flag(optimizer)
+        check, device, epilogue, warm = self._graph_unscale_parts(*grads, flag)
+        return GraphCall(grads=grads[0], check=check, device=device, epilogue=epilogue, warm=warm,
+                         commit=lambda: self._graph_stage(optimizer, flag, OptState.UNSCALED))
+
+    def _graph_step(self, optimizer, *args, **kwargs):
+        """``step(optimizer)`` inside a CUDA graph (see above), or None where it stays a call: unscaling
+        first when ``unscale_`` was not called, then the optimizer's update kernels with the found-inf
+        flag, which skip on the device when it is set."""
+        if not self._enabled:
+            hook = getattr(optimizer.step, "_graph_call", None)
+            return None if hook is None else hook(optimizer, *args, **kwargs)
+        graph_step = getattr(optimizer, "_graph_step", None)
+        grads = self._graph_grads(optimizer)
+        if args or kwargs or graph_step is None or grads is None:
+            return None  # a closure raises in eager; other arguments: the optimizer's own step
+        flag = self._graph_buffers().flag(optimizer)
+        inner = graph_step(found_inf=flag)
+        if inner is None:
+            return None
+        check_unscale, unscale, bump_grads, warm_unscale = self._graph_unscale_parts(*grads, flag)
+        fixed = {}        # "unscales": whether this step unscales (no unscale_ before it), fixed at the capture
+        committed = []    # the optimizer commit's undo, taken back after the launch when the step was skipped
+
+        def check():
+            return check_unscale() and (inner.check is None or inner.check())
+
+        def commit():
+            state = self._per_optimizer_states.get(id(optimizer))
+            unscales = state is None or state["stage"] is OptState.READY
+            if fixed.setdefault("unscales", unscales) != unscales:
+                return None
+            undo_stage = self._graph_stage(optimizer, flag, OptState.STEPPED)
+            if undo_stage is None:
+                return None
+            undo_step = inner.commit()
+            if undo_step is None:
+                undo_stage()
+                return None
+            committed[:] = [undo_step]
+
+            def undo():
+                undo_step()
+                undo_stage()
+            return undo
+
+        def device():
+            if fixed["unscales"]:
+                unscale()
+            inner.device()
+
+        def epilogue():
+            if fixed["unscales"]:
+                bump_grads()
+            undo_step = committed.pop()
+            if float(flag):  # the host read of a skipped step (PyTorch's step reads found_inf too)
+                undo_step()  # as if optimizer.step had not been called: step counts, first-step flags
+            elif inner.epilogue is not None:
+                inner.epilogue()
+
+        def warm():
+            if fixed["unscales"]:
+                warm_unscale()
+            if inner.warm is not None:
+                inner.warm()
+
+        return GraphCall(grads=inner.grads, check=check, commit=commit, device=device, epilogue=epilogue, warm=warm)
+
+    def _graph_update(self, new_scale=None):
+        """``update()`` inside a CUDA graph (see above), or None where it stays a call (``new_scale``)."""
+        if not self._enabled:
+            return GraphCall(host=_nothing)
+        if new_scale is not None or self._scale is None:
+            return None
+        scale, tracker, buffers = self._scale, self._growth_tracker, self._graph_buffers()
+        fixed = {}  # "flags": the found-inf flags the update combines, fixed at the capture; "sum"
+
+        def check():
+            return self._scale is scale and self._growth_tracker is tracker
+
+        def commit():
+            flags = [f for state in self._per_optimizer_states.values() for f in state["found_inf_per_device"].values()]
+            if not flags or not all(any(f is g for g in buffers.found_inf.values()) for f in flags):
+                return None  # none (eager raises), or one from an eager unscale_: its array is new each step
+            held = fixed.setdefault("flags", flags)
+            if len(held) != len(flags) or any(a is not b for a, b in zip(held, flags)):
+                return None
+            if len(flags) > 1 and "sum" not in fixed:
+                fixed["sum"] = backend.xp_of(scale).zeros((), numpy.float32)
+            buffers.upload(self._growth_factor, self._backoff_factor, self._growth_interval)
+            saved = self._per_optimizer_states
+            self._per_optimizer_states = defaultdict(_refresh_per_optimizer_state)
+
+            def undo():
+                self._per_optimizer_states = saved
+            return undo
+
+        def device(scale=scale, tracker=tracker):
+            flags = fixed["flags"]
+            found_inf = flags[0]
+            if len(flags) > 1:  # as update: the flags summed (into a buffer of the graph's)
+                found_inf = fixed["sum"]
+                found_inf[...] = flags[0]
+                for f in flags[1:]:
+                    found_inf += f
+            update_scale_dev_(scale, tracker, found_inf, buffers.factors, buffers.interval)
+
+        def warm():
+            device(scale.copy(), tracker.copy())
+
+        return GraphCall(check=check, commit=commit, device=device, warm=warm)
 
     def _check_inf_per_device(self, optimizer):
         _scale, _ = self._check_scale_growth_tracker("_check_inf_per_device")
@@ -426,6 +636,37 @@ class GradScaler:
 
     def _found_inf_per_device(self, optimizer):
         return self._per_optimizer_states[id(optimizer)]["found_inf_per_device"]
+
+
+def _nothing():
+    """The host part of a disabled scaler's call in a CUDA graph: nothing to do."""
+
+
+class _GraphBuffers:
+    """Device memory a scaler's calls share inside CUDA graphs: one found-inf flag per optimizer, the
+    inverse scale, and the update's hyperparameters (rewritten by the host before a launch when changed)."""
+
+    def __init__(self, scale):
+        xp = backend.xp_of(scale)
+        self.scale = scale
+        self.inv_scale = xp.ones((), numpy.float32)
+        self.found_inf = {}  # id(optimizer) -> 0-d float32 flag
+        self.factors = xp.zeros(2, numpy.float64)   # growth_factor, backoff_factor
+        self.interval = xp.zeros((), numpy.int64)   # growth_interval
+        self.uploaded = None
+
+    def flag(self, optimizer):
+        flag = self.found_inf.get(id(optimizer))
+        if flag is None:
+            flag = self.found_inf[id(optimizer)] = backend.xp_of(self.scale).zeros((), numpy.float32)
+        return flag
+
+    def upload(self, growth_factor, backoff_factor, growth_interval):
+        values = (float(growth_factor), float(backoff_factor), int(growth_interval))
+        if values != self.uploaded:
+            self.factors[0], self.factors[1] = values[0], values[1]
+            self.interval[...] = values[2]
+            self.uploaded = values
 
 
 def _merge_flat(optimizer, arrays):

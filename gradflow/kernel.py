@@ -129,28 +129,39 @@ class Elementwise:
         return f"Elementwise({self.name!r}: {self.in_params} -> {self.out_params})"
 
 
-def device_scalar_twin(kernel, names=None):
+def device_scalar_twin(kernel, names=None, skip=None):
     """``kernel`` with its scalar parameters ``names`` (default: all) taken as arrays: ``<name>_dev``.
 
     Called with 0-d device arrays there, the kernel reads those values from device memory,
     so a CUDA graph that holds the launch stays valid when the host rewrites them before
     each launch (optimizer hyperparameters, Philox seeds and offsets under gradflow.compile).
     The NumPy twin takes each such array's single value and runs ``kernel``'s twin.
+    ``skip`` names one more input, a float32 flag appended after the kernel's inputs: where
+    it is nonzero the operation does nothing and every output keeps its value (an in-place
+    update skipped on the device: an optimizer step after a loss-scaling overflow, read
+    from the found-inf flag with no host sync). The NumPy twin reads the flag's first value.
     Registered like any declaration, so the compile and host tests cover it.
     """
     names = {p.name for p in kernel.params if p.scalar} if names is None else set(names.split())
     moved = [k for k, p in enumerate(kernel.params) if p.scalar and p.name in names]
     if len(moved) != len(names):
         raise ValueError(f"{kernel.name}: {sorted(names)} are not all scalar parameters")
+    n_in = sum(not p.output for p in kernel.params)
 
     def twin(*args):
         args = list(args)
+        if skip is not None:
+            if numpy.asarray(args.pop(n_in)).reshape(-1)[0] != 0:
+                return None  # skipped: the in-place outputs keep their values
         for k in moved:
             args[k] = numpy.asarray(args[k]).reshape(-1)[0]
         return kernel.numpy(*args)
 
     keep = [p.name for p in kernel.params if p.scalar and p.name not in names]
-    return Elementwise(kernel.name + "_dev", kernel.in_params, kernel.out_params, kernel.operation,
+    in_params, operation = kernel.in_params, kernel.operation
+    if skip is not None:
+        in_params, operation = f"{in_params}, float32 {skip}", f"if ({skip} == 0.0f) {{ {operation}; }}"
+    return Elementwise(kernel.name + "_dev", in_params, kernel.out_params, operation,
                        headers=kernel.headers, scalars=keep, numpy=twin)
 
 

@@ -78,6 +78,10 @@ __device__ void gf_amp_update_scale(S* scale, int* tracker, const float* found_i
   }
 }
 
+// amp_update_scale_dev: the same update with growth_factor, backoff_factor (factors[0], factors[1])
+// and growth_interval read from device memory, for a CUDA graph (GradScaler.update inside a
+// captured step): the host rewrites them before each launch, so set_growth_factor and friends
+// between steps need no new capture.
 #define GF_AMP_ENTRIES(T, S)                                                                               \
   extern "C" __global__ void amp_unscale_##S(T* g, const float* inv_scale, float* found_inf, long long n) { \
     gf_amp_unscale<T>(g, inv_scale, found_inf, n);                                                         \
@@ -86,6 +90,10 @@ __device__ void gf_amp_update_scale(S* scale, int* tracker, const float* found_i
                                                   double growth_factor, double backoff_factor,             \
                                                   long long growth_interval) {                             \
     gf_amp_update_scale<T>(scale, tracker, found_inf, growth_factor, backoff_factor, growth_interval);     \
+  }                                                                                                        \
+  extern "C" __global__ void amp_update_scale_dev_##S(T* scale, int* tracker, const float* found_inf,      \
+                                                      const double* factors, const long long* interval) {  \
+    gf_amp_update_scale<T>(scale, tracker, found_inf, factors[0], factors[1], *interval);                  \
   }
 
 GF_AMP_ENTRIES(float, f32)

@@ -511,7 +511,7 @@ def test_device_kernels_keep_subnormals():
     with N.offline():
         c = N.compile_raw_module("amp.cu", N.ARCHS[0])
     assert "-ftz=true" in " ".join(c.options)
-    for entry in ("amp_unscale_f32", "amp_update_scale_f32"):
+    for entry in ("amp_unscale_f32", "amp_update_scale_f32", "amp_update_scale_dev_f32"):
         body = c.body(entry)
         arithmetic = [ln for ln in body if ln.split()[0].startswith(("mul.", "cvt.", "fma.", "add."))
                       and ".f32" in ln.split()[0]]
@@ -520,8 +520,9 @@ def test_device_kernels_keep_subnormals():
 
 
 def test_emulated_gpu_replay_with_scaler_equals_eager(emulated_gpu):
-    """The GPU runner (host emulation, tests/test_compile_one_launch.py): the scaler's calls run on the host
-    between graph launches (no GraphCall: step reads found_inf on the host), with the same bytes as eager."""
+    """The GPU runner (host emulation, tests/test_compile_one_launch.py): the scaler's calls are parts of the
+    step's one graph (tests/test_amp_graph.py); while the first steps overflow the optimizer has no state
+    yet and those replays run eagerly. Same bytes as eager at every step."""
     import test_compile_one_launch as one_launch
     want = compiled_run("sgd", 16, False)
 
@@ -542,7 +543,7 @@ def test_emulated_gpu_replay_with_scaler_equals_eager(emulated_gpu):
 
     compiled = gf.compile(step, strict=True)
     data = [(gf.tensor(x), gf.tensor(y)) for x, y in _data()]
-    got, runner = [], None
+    got, runner, launches = [], None, []
     for i in range(16):
         x, y = data[i % len(data)]
         if i < 2:
@@ -550,12 +551,16 @@ def test_emulated_gpu_replay_with_scaler_equals_eager(emulated_gpu):
         else:
             if runner is None:
                 runner = one_launch.compile_module._CudaGraphRunner(next(iter(compiled.cache.values())).plan)
-                emulated_gpu.persistent = one_launch.persistent(opt)
+            emulated_gpu.persistent = one_launch.persistent(opt) + [scaler._scale, scaler._growth_tracker,
+                                                                    scaler._graph_buffers().inv_scale,
+                                                                    scaler._graph_buffers().flag(opt)]
             before = emulated_gpu.launches
             loss = runner.run([x.data, y.data])
-            assert emulated_gpu.launches - before == 1  # forward + backward + deliveries: one graph
-            assert [s[0] for s in runner.steps] == ["graph", "op", "op", "op", "op"]  # the calls on the host
+            launches.append(emulated_gpu.launches - before)
         got.append((loss.data.tobytes(), scaler.get_scale(), scaler._get_growth_tracker(),
                     b"".join(p.data.tobytes() + p.grad.data.tobytes() for p in model.parameters())))
     for i, (a, b) in enumerate(zip(want, got)):
         assert a == b, f"step {i}: emulated GPU replay differs from eager"
+    first = launches.index(1)
+    assert 0 < first and launches == [0] * first + [1] * (14 - first)
+    assert [s[0] for s in runner.steps] == ["graph"]  # forward, backward, deliveries and the scaler's calls

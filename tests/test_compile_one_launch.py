@@ -222,9 +222,13 @@ def test_device_scalar_update_equals_the_scalar_kernel_bit_for_bit(opt_name, dty
             for view, value in zip(launches[0][4], scalars):
                 view[...] = value
             upload()
-            update.device(*before, *launches[0][2], *after)
+            update.device(*before, *launches[0][2], numpy.zeros((), numpy.float32), *after)  # found_inf = 0
             for a, w in zip(after, want):
                 assert a.tobytes() == w.tobytes()
+            kept = [a.copy() for a in after]
+            update.device(*before, *launches[0][2], numpy.ones((), numpy.float32), *after)   # skipped
+            for a, k in zip(after, kept):
+                assert a.tobytes() == k.tobytes()
 
 
 # ---- the emulated GPU replay -----------------------------------------------------------------------------

@@ -65,6 +65,34 @@ def test_elementwise_matches_numpy(host, name, dtype):
             numpy.testing.assert_array_equal(g, w, err_msg=f"{name}.{out.name}")
 
 
+SKIPPABLE = sorted(name for name, k in K.ELEMENTWISE.items() if any(p.name == "found_inf" for p in k.params))
+
+
+def test_the_optimizer_updates_are_skippable():
+    """Every fused optimizer update's device-scalar twin takes the found_inf flag (gradflow.optim.fused.Update)."""
+    from gradflow.optim import fused
+    updates = [u for u in vars(fused).values() if isinstance(u, fused.Update)]
+    assert len(updates) >= 10 and sorted(u.device.name for u in updates) == SKIPPABLE
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", SKIPPABLE)
+def test_a_set_found_inf_flag_skips_the_update(host, name, dtype):
+    """found_inf != 0 (a loss-scaling overflow): the host build and the NumPy twin leave every in-place
+    output (parameter and optimizer state) exactly as it was, NaN gradients included."""
+    k = K.ELEMENTWISE[name]
+    args = list(spec(name, rng_for(name), dtype))
+    flag = next(i for i, p in enumerate(k.params) if p.name == "found_inf")
+    args[flag] = numpy.ones_like(args[flag])
+    n_in = sum(not p.output for p in k.params)
+    before = [a.copy() for a in args[n_in:]]
+    got = host.elementwise(name, *[_copy(a) for a in args])
+    twin = [_copy(a) for a in args]
+    assert k.numpy(*twin) is None
+    for g, t, b in zip(got if isinstance(got, tuple) else (got,), twin[n_in:], before):
+        assert g.tobytes() == b.tobytes() and t.tobytes() == b.tobytes()
+
+
 # ---- the row kernels of softmax.cu (threads emulated) -------------------------------------------------
 def row_inputs(rng, dtype):
     cases = []

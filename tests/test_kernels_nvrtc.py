@@ -47,6 +47,7 @@ RAW_SOURCES = sorted(p.name for p in K.kernel_directory().iterdir() if p.name.en
 FP64_BY_DESIGN = {
     "noisy_relu_fwd": "Box-Muller in double so host and device draw the same normals (philox.cuh)",
     "amp_update_scale_f32": "PyTorch's _amp_update_scale_ multiplies the float scale by a double factor (amp.cu)",
+    "amp_update_scale_dev_f32": "amp_update_scale_f32 with its factors read from device memory (amp.cu)",
 }
 # Kernels whose sign tests must see subnormals as PyTorch does (no flush): their masks are
 # compared bit for bit with the NumPy twins.

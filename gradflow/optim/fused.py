@@ -398,13 +398,18 @@ class Update:
     with every hyperparameter an array parameter: called with 0-d device arrays (views of
     one buffer that the host refills before each graph launch), its hyperparameters are
     read from device memory, so a CUDA graph holding the launch stays valid when the
-    learning rate, the bias corrections or the step count change.
+    learning rate, the bias corrections or the step count change. After the hyperparameters
+    it takes ``found_inf``, a 0-d float32 device flag: nonzero, the update does nothing
+    (parameters and state keep their values), as PyTorch's capturable fused optimizers skip
+    a step on the device when loss scaling found an inf or NaN gradient
+    (``gradflow.amp.GradScaler.step`` in a CUDA graph). Called as
+    ``update.device(*before, *scalars, found_inf, *after)``.
     """
 
     def __init__(self, kernel):
         self.kernel = kernel
         self.scalars = [p for p in kernel.params if p.scalar]
-        self.device = device_scalar_twin(kernel)
+        self.device = device_scalar_twin(kernel, skip="found_inf")
 
     def __call__(self, *args):
         if _deferred is not None:

@@ -393,7 +393,7 @@ class Optimizer:
                 for state in states:
                     state[key] = value
 
-    def _graph_step(self, closure=None):
+    def _graph_step(self, closure=None, found_inf=None):
         """``step()`` inside a CUDA graph (a ``compile.GraphCall``), or None where it stays a call.
 
         Possible when every group is laid out flat: the graph then holds one device-scalar
@@ -403,6 +403,12 @@ class Optimizer:
         kernel calls deferred), advances step counts, and copies the folded values into that
         buffer (one host-to-device copy); an LR schedule or a changed hyperparameter thus
         changes nothing recorded. Version counters advance after the launch.
+
+        ``found_inf`` (a 0-d float32 array on the parameters' device, written inside the same
+        graph: ``GradScaler.step``) makes every update kernel skip when it is nonzero, leaving
+        parameters and state untouched; whoever passes it reads it after the launch and, for a
+        skipped step, calls the undo ``commit`` returned (step counts go back, as if ``step``
+        had not been called). Without it the kernels read a zero flag of their own.
         """
         if closure is not None or not self.flat:
             return None
@@ -413,6 +419,8 @@ class Optimizer:
                 return None
             groups.append((group, layout, group["params"]))
         params = [p for _, _, ps in groups for p in ps]
+        if found_inf is None:
+            found_inf = backend.xp_of(groups[0][1].param_flat).zeros((), numpy.float32)
         fixed = {}  # "launches": [(update, arrays before, device scalars, arrays after, host views)], "upload"
 
         def check():
@@ -453,7 +461,7 @@ class Optimizer:
 
         def device():
             for update, before, scalars, after, _ in fixed["launches"]:
-                update.device(*before, *scalars, *after)
+                update.device(*before, *scalars, found_inf, *after)
 
         def epilogue():
             for p in params:
@@ -461,7 +469,7 @@ class Optimizer:
 
         def warm():
             for update, before, scalars, after, _ in fixed["launches"]:
-                update.device(*[a.copy() for a in before], *scalars, *[a.copy() for a in after])
+                update.device(*[a.copy() for a in before], *scalars, found_inf.copy(), *[a.copy() for a in after])
 
         return GraphCall(grads=params, check=check, commit=commit, device=device, epilogue=epilogue, warm=warm)
 
