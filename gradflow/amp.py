@@ -534,7 +534,7 @@ class GradScaler:
         if inner is None:
             return None
         check_unscale, unscale, bump_grads, warm_unscale = self._graph_unscale_parts(*grads, flag)
-        fixed = {}        # "unscales": whether this step unscales (no unscale_ before it), fixed at the capture
+        fixed = {}        # "unscales": whether this step unscales (no unscale_ before it), fixed by the capture
         committed = []    # the optimizer commit's undo, taken back after the launch when the step was skipped
 
         def check():
@@ -543,7 +543,7 @@ class GradScaler:
         def commit():
             state = self._per_optimizer_states.get(id(optimizer))
             unscales = state is None or state["stage"] is OptState.READY
-            if fixed.setdefault("unscales", unscales) != unscales:
+            if fixed.get("captured") and fixed["unscales"] != unscales:
                 return None
             undo_stage = self._graph_stage(optimizer, flag, OptState.STEPPED)
             if undo_stage is None:
@@ -553,6 +553,8 @@ class GradScaler:
                 undo_stage()
                 return None
             committed[:] = [undo_step]
+            if not fixed.get("captured"):
+                fixed["unscales"] = unscales
 
             def undo():
                 undo_step()
@@ -560,6 +562,7 @@ class GradScaler:
             return undo
 
         def device():
+            fixed["captured"] = True
             if fixed["unscales"]:
                 unscale()
             inner.device()
@@ -588,7 +591,7 @@ class GradScaler:
         if new_scale is not None or self._scale is None:
             return None
         scale, tracker, buffers = self._scale, self._growth_tracker, self._graph_buffers()
-        fixed = {}  # "flags": the found-inf flags the update combines, fixed at the capture; "sum"
+        fixed = {}  # "flags": the found-inf flags the update combines, fixed by the capture; "sum"
 
         def check():
             return self._scale is scale and self._growth_tracker is tracker
@@ -597,9 +600,12 @@ class GradScaler:
             flags = [f for state in self._per_optimizer_states.values() for f in state["found_inf_per_device"].values()]
             if not flags or not all(any(f is g for g in buffers.found_inf.values()) for f in flags):
                 return None  # none (eager raises), or one from an eager unscale_: its array is new each step
-            held = fixed.setdefault("flags", flags)
-            if len(held) != len(flags) or any(a is not b for a, b in zip(held, flags)):
-                return None
+            if fixed.get("captured"):
+                held = fixed["flags"]
+                if len(held) != len(flags) or any(a is not b for a, b in zip(held, flags)):
+                    return None
+            else:
+                fixed["flags"] = flags
             if len(flags) > 1 and "sum" not in fixed:
                 fixed["sum"] = backend.xp_of(scale).zeros((), numpy.float32)
             buffers.upload(self._growth_factor, self._backoff_factor, self._growth_interval)
@@ -610,7 +616,8 @@ class GradScaler:
                 self._per_optimizer_states = saved
             return undo
 
-        def device(scale=scale, tracker=tracker):
+        def device(scale=scale, tracker=tracker, captured=True):
+            fixed["captured"] = captured
             flags = fixed["flags"]
             found_inf = flags[0]
             if len(flags) > 1:  # as update: the flags summed (into a buffer of the graph's)
@@ -621,7 +628,7 @@ class GradScaler:
             update_scale_dev_(scale, tracker, found_inf, buffers.factors, buffers.interval)
 
         def warm():
-            device(scale.copy(), tracker.copy())
+            device(scale.copy(), tracker.copy(), False)
 
         return GraphCall(check=check, commit=commit, device=device, warm=warm)
 

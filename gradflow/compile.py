@@ -96,7 +96,8 @@ class GraphCall:
       advancing step counts); returns an undo callable, or None when this replay cannot use
       the graph (then nothing is changed);
     - ``device()``: device work only, captured into the graph;
-    - ``epilogue()``: host bookkeeping after the launch (version counters);
+    - ``epilogue()``: host bookkeeping after the launch (version counters; ``GradScaler.step`` reads
+      its found-inf flag there and calls the undo of a skipped step's commit);
     - ``warm()``: runs the device part's kernels once on scratch copies before the capture, so
       CuPy compiles and loads them outside it.
     """

@@ -239,6 +239,20 @@ def test_unscale_outside_the_step_runs_the_replay_eagerly_and_raises_like_eager(
     assert emulated_gpu.launches == 1
 
 
+def test_a_replay_run_eagerly_does_not_fix_the_graph(emulated_gpu):
+    """unscale_ called outside the step (on the last step's gradients) before the first replay and again
+    later: those replays run eagerly (their step finds another flag and, as eager, does not unscale
+    again); the others launch the graph that unscales in scaler.step."""
+    def between(i, scaler, opt):
+        if i in (2, 6):
+            scaler.unscale_(opt)
+
+    want, _ = run("adam", 10, None, between=between)
+    got, launches = run("adam", 10, None, emulated_gpu, between=between)
+    assert launches == [0, 1, 1, 1, 0, 1, 1, 1]
+    assert_same(want, got)
+
+
 def test_two_optimizers_one_scaler(emulated_gpu):
     """One scaler, two optimizers (one per layer): each has its own device flag; the update combines both;
     an inf in one layer's gradients skips only that optimizer's step (as eager)."""
