@@ -9,6 +9,7 @@ Formulas and edge cases (kinks, NaN, thresholds) follow PyTorch, except that gel
 is erfc(-x/sqrt 2)/2, accurate in the left tail where torch's 1 + erf cancels.
 Supported dtypes: float32 and float64.
 """
+import functools
 import math
 
 import numpy
@@ -554,8 +555,10 @@ class LogSoftmaxGrad(Function):
 # short path: the targets are checked once, by one reduction, in the forward; the backward knows it
 # from the count the forward saved (count == rows) and does no check. m (the row max) and
 # logs = log(sum(exp(x - m))) are kept apart, not folded into one log-sum-exp m + logs (rounded at
-# the magnitude of m), so that the loss logs - (x[t] - m) and the backward's softmax
-# exp((x - m) - logs) stay accurate for large logits, as PyTorch's log_softmax.
+# the magnitude of m), so that the loss logs - (x[t] - m) and the softmax stay accurate for large
+# logits, as PyTorch's log_softmax. The CPU backward's softmax is exp(x - m) / sum, both saved by
+# the forward (as the hand-written NumPy loop in benchmarks/numpy_mlp.py); the GPU kernel
+# recomputes exp((x - m) - logs) from m and logs instead.
 
 def _dense_targets(t, cols, ignore_index):
     """True when every int64 target in ``t`` (rows,) is a class in [0, cols) other than ignore_index."""
@@ -564,47 +567,58 @@ def _dense_targets(t, cols, ignore_index):
         not (0 <= ignore_index < cols and (t == ignore_index).any())
 
 
+@functools.lru_cache(maxsize=16)
+def _small_row_starts(rows, cols):
+    starts = numpy.arange(0, rows * cols, cols)
+    starts.flags.writeable = False
+    return starts
+
+
+def _row_starts(rows, cols):
+    """The flat index of each row's first element in a C-contiguous (rows, cols) array."""
+    return _small_row_starts(rows, cols) if rows <= 4096 else numpy.arange(0, rows * cols, cols)
+
+
 def _xent_rows_core_np(x, t, ignore_index):
-    """(loss, z, m, logs, count) of logits x (rows, cols) against int64 targets t (rows,): z = x - m,
-    m and logs (rows, 1), count the number of rows that count (a Python int)."""
+    """(loss, m, logs, e, s, count) of logits x (rows, cols) against int64 targets t (rows,): m the row
+    max, e = exp(x - m), s its row sums and logs = log(s) (m, s and logs (rows, 1)), count the number
+    of rows that count (a Python int)."""
     rows, cols = x.shape
-    if cols:
-        m = x.max(axis=1, keepdims=True)
-        z = x - m
-        logs = numpy.log(numpy.add.reduce(numpy.exp(z), axis=1, keepdims=True))
-    else:
-        m, logs = numpy.zeros((rows, 1), x.dtype), numpy.full((rows, 1), -numpy.inf, x.dtype)
-        z = x - m
+    m = x.max(axis=1, keepdims=True) if cols else numpy.zeros((rows, 1), x.dtype)
+    z = x - m
+    e = numpy.exp(z)
+    s = numpy.add.reduce(e, axis=1, keepdims=True)
+    logs = numpy.log(s)  # -inf without classes
     if _dense_targets(t, cols, ignore_index):
         # (m - x[t]) + logs == logs - (x[t] - m) exactly: IEEE rounding is symmetric in sign
-        return logs[:, 0] - z.reshape(-1)[numpy.arange(0, rows * cols, cols) + t], z, m, logs, rows
+        return logs[:, 0] - z.take(_row_starts(rows, cols) + t), m, logs, e, s, rows
     valid = t != ignore_index
     bad = valid & ((t < 0) | (t >= cols))
     if bad.any():
         raise IndexError(f"softmax_cross_entropy: target {int(t[bad][0])} is out of bounds for {cols} classes")
     picked = z[numpy.arange(rows), numpy.where(valid, t, 0)] if cols else logs[:, 0]  # cols 0: every row ignored
-    return numpy.where(valid, logs[:, 0] - picked, x.dtype.type(0)), z, m, logs, int(numpy.count_nonzero(valid))
+    return numpy.where(valid, logs[:, 0] - picked, x.dtype.type(0)), m, logs, e, s, int(numpy.count_nonzero(valid))
 
 
 @_quiet
 def _xent_rows_np(x, target, ignore_index):
     """(loss, m, logs) per row of logits x (rows, cols) for int class indices ``target`` (rows,):
     the NumPy twin of the GPU row kernel gf_xent_fwd."""
-    loss, _, m, logs, _ = _xent_rows_core_np(x, numpy.asarray(target, numpy.int64), ignore_index)
+    loss, m, logs, _, _, _ = _xent_rows_core_np(x, numpy.asarray(target, numpy.int64), ignore_index)
     return loss, m[:, 0], logs[:, 0]
 
 
 @_quiet  # NaN/inf propagate silently; a mean over no valid rows is NaN, as in torch
 def _xent_fwd_np(x, target, ignore_index, reduction):
-    """SoftmaxCrossEntropy's forward on the CPU: (loss, z, logs, count), z = x - m and logs in the
-    (rows, cols) layout of ``_as_rows(x, 1)``, count a 0-d array of x's dtype."""
+    """SoftmaxCrossEntropy's forward on the CPU: (loss, e, s, count), e = exp(x - m) and its row sums
+    s in the (rows, cols) layout of ``_as_rows(x, 1)``, count a 0-d array of x's dtype."""
     x2, _ = _as_rows(x, 1)
-    loss, z, _, logs, n = _xent_rows_core_np(x2, target.reshape(-1), ignore_index)
+    loss, _, _, e, s, n = _xent_rows_core_np(x2, target.reshape(-1), ignore_index)
     count = numpy.asarray(n, dtype=x.dtype)
     if reduction == "none":
-        return loss.reshape(target.shape), z, logs, count
+        return loss.reshape(target.shape), e, s, count
     total = numpy.add.reduce(loss)
-    return numpy.asarray(total / count if reduction == "mean" else total, dtype=x.dtype), z, logs, count
+    return numpy.asarray(total / count if reduction == "mean" else total, dtype=x.dtype), e, s, count
 
 
 def _onehot_grad_np(p, t, w, ignore_index, dense):
@@ -612,7 +626,7 @@ def _onehot_grad_np(p, t, w, ignore_index, dense):
     the short path (``dense``: see _dense_targets); rows whose target is ignore_index get 0."""
     rows, cols = p.shape
     if dense:
-        p.reshape(-1)[numpy.arange(0, rows * cols, cols) + t] -= 1
+        p.reshape(-1)[_row_starts(rows, cols) + t] -= 1
         p *= w
         return p
     onehot = (numpy.arange(cols) == t[:, None]).astype(p.dtype)
@@ -620,14 +634,14 @@ def _onehot_grad_np(p, t, w, ignore_index, dense):
 
 
 @_quiet
-def _xent_grad_np(target, z, logs, count, g, reduction, ignore_index, shape):
+def _xent_grad_np(target, e, s, count, g, reduction, ignore_index, shape):
     """SoftmaxCrossEntropyGrad's forward on the CPU: the gradient of logits of ``shape`` from the
-    z = x - m and logs the forward saved. count == rows tells that the forward found every row
-    valid (exact below 2**24 rows; beyond, the checked path runs)."""
-    rows, cols = z.shape
+    e = exp(x - m) and row sums s the forward saved. count == rows tells that the forward found
+    every row valid (exact below 2**24 rows; beyond, the checked path runs)."""
+    rows, cols = e.shape
     w = g.reshape(rows, 1) if reduction == "none" else g / count if reduction == "mean" else g
     dense = 0 < rows < 2 ** 24 and cols > 0 and int(count) == rows
-    gx = _onehot_grad_np(numpy.exp(z - logs), target.reshape(-1), w, ignore_index, dense)
+    gx = _onehot_grad_np(e / s, target.reshape(-1), w, ignore_index, dense)
     return _from_rows(gx, shape[:1] + shape[2:] + shape[1:2], 1)
 
 
@@ -678,9 +692,10 @@ class SoftmaxCrossEntropy(Function):
     """Cross-entropy of logits (N, C[, d...]) against class indices (N[, d...]), class axis 1.
 
     Forward: one row pass gives each row's max, log-sum of exp(x - max) and loss. Backward:
-    one kernel (softmax - onehot) * g / N. Besides the logits and targets it keeps the two
-    per-row statistics on the GPU (the kernel recomputes x - max), and x - max itself (in the
-    rows layout) and the log-sums on the CPU, where recomputing costs a pass.
+    one kernel (softmax - onehot) * g / N. Besides the logits, the targets and the count of rows
+    that count, it keeps two statistics: the row max and log-sum on the GPU, whose
+    kernel recomputes the softmax from them; exp(x - max) (in the rows layout) and its row sums
+    on the CPU, where recomputing costs passes.
     The target is an input (without gradient), so a captured step sees each batch's.
     """
 
@@ -689,8 +704,8 @@ class SoftmaxCrossEntropy(Function):
 
     def forward(self, x, target):
         if type(x) is numpy.ndarray:
-            loss, z, logs, count = _xent_fwd_np(x, target, self.ignore_index, self.reduction)
-            self.save_for_backward(x, target, z, logs, count)
+            loss, e, s, count = _xent_fwd_np(x, target, self.ignore_index, self.reduction)
+            self.save_for_backward(x, target, e, s, count)
             return loss
         return self._forward_cuda(x, target)
 
@@ -715,15 +730,15 @@ class SoftmaxCrossEntropy(Function):
         return xp.asarray(total / count if self.reduction == "mean" else total, dtype=x.dtype)
 
     def backward(self, gy):
-        x, target, stat, logs, count = self.saved_tensors
-        return SoftmaxCrossEntropyGrad(self.reduction, self.ignore_index)(x, target, stat, logs, count, gy), None
+        x, target, a, b, count = self.saved_tensors
+        return SoftmaxCrossEntropyGrad(self.reduction, self.ignore_index)(x, target, a, b, count, gy), None
 
 
 class SoftmaxCrossEntropyGrad(Function):
     """gx = (softmax(x) - onehot(target)) * w per row, w = g (sum/none) or g / N (mean).
 
-    ``stat`` is what the forward saved besides the log-sums: the row max m (rows,) on the GPU,
-    x - m (rows, cols) on the CPU."""
+    (a, b) are the statistics SoftmaxCrossEntropy saved: the row max m and log-sum logs (rows,)
+    on the GPU, e = exp(x - m) (rows, cols) and its row sums s (rows, 1) on the CPU."""
 
     def __init__(self, reduction, ignore_index):
         self.reduction, self.ignore_index = reduction, ignore_index
@@ -735,22 +750,22 @@ class SoftmaxCrossEntropyGrad(Function):
         w = g / count if self.reduction == "mean" else g
         return xp.asarray(w, dtype=g.dtype).reshape(1, 1)  # broadcasts against the rows in the kernel
 
-    def forward(self, x, target, stat, logs, count, g):
+    def forward(self, x, target, a, b, count, g):
         self.save_for_backward(x, target, count, g)
-        if type(stat) is numpy.ndarray:
-            return _xent_grad_np(target, stat, logs, count, g, self.reduction, self.ignore_index, x.shape)
+        if type(a) is numpy.ndarray:
+            return _xent_grad_np(target, a, b, count, g, self.reduction, self.ignore_index, x.shape)
         x2, moved = _as_rows(x, 1)
         rows, cols = x2.shape
         t = target.reshape(rows, 1)
-        gx = xent_bwd(x2, stat.reshape(rows, 1), logs.reshape(rows, 1), t, self._row_weights(g, count, rows), cols,
+        gx = xent_bwd(x2, a.reshape(rows, 1), b.reshape(rows, 1), t, self._row_weights(g, count, rows), cols,
                       self.ignore_index)
         return _from_rows(gx, moved, 1)
 
-    def replay_source(self, x, target, stat, logs, count, g, arrays, saved=()):
+    def replay_source(self, x, target, a, b, count, g, arrays, saved=()):
         """What ``gradflow.compile``'s generated CPU replay runs: the CPU forward, without the op around it."""
         if type(arrays[2]) is not numpy.ndarray or saved:
             return None
-        return (f"xent_grad_np({target}, {stat}, {logs}, {count}, {g}, {self.reduction!r}, {self.ignore_index!r}, "
+        return (f"xent_grad_np({target}, {a}, {b}, {count}, {g}, {self.reduction!r}, {self.ignore_index!r}, "
                 f"{tuple(arrays[0].shape)!r})"), {"xent_grad_np": _xent_grad_np}
 
     def backward(self, ggx):
