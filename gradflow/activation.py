@@ -9,7 +9,6 @@ Formulas and edge cases (kinks, NaN, thresholds) follow PyTorch, except that gel
 is erfc(-x/sqrt 2)/2, accurate in the left tail where torch's 1 + erf cancels.
 Supported dtypes: float32 and float64.
 """
-import functools
 import math
 
 import numpy
@@ -567,16 +566,20 @@ def _dense_targets(t, cols, ignore_index):
         not (0 <= ignore_index < cols and (t == ignore_index).any())
 
 
-@functools.lru_cache(maxsize=16)
-def _small_row_starts(rows, cols):
-    starts = numpy.arange(0, rows * cols, cols)
-    starts.flags.writeable = False
-    return starts
+_ROW_STARTS = {}  # (rows, cols): read-only _row_starts of a batch of up to 4096 rows, reused
 
 
 def _row_starts(rows, cols):
     """The flat index of each row's first element in a C-contiguous (rows, cols) array."""
-    return _small_row_starts(rows, cols) if rows <= 4096 else numpy.arange(0, rows * cols, cols)
+    starts = _ROW_STARTS.get((rows, cols))
+    if starts is None:
+        starts = numpy.arange(0, rows * cols, cols)
+        if rows <= 4096:
+            if len(_ROW_STARTS) >= 64:
+                _ROW_STARTS.clear()
+            starts.flags.writeable = False
+            _ROW_STARTS[rows, cols] = starts
+    return starts
 
 
 def _xent_rows_core_np(x, t, ignore_index):
@@ -612,8 +615,8 @@ def _xent_rows_np(x, target, ignore_index):
 def _xent_fwd_np(x, target, ignore_index, reduction):
     """SoftmaxCrossEntropy's forward on the CPU: (loss, e, s, count), e = exp(x - m) and its row sums
     s in the (rows, cols) layout of ``_as_rows(x, 1)``, count a 0-d array of x's dtype."""
-    x2, _ = _as_rows(x, 1)
-    loss, _, _, e, s, n = _xent_rows_core_np(x2, target.reshape(-1), ignore_index)
+    x2 = x if x.ndim == 2 and x.flags.c_contiguous else _as_rows(x, 1)[0]
+    loss, _, _, e, s, n = _xent_rows_core_np(x2, target if target.ndim == 1 else target.reshape(-1), ignore_index)
     count = numpy.asarray(n, dtype=x.dtype)
     if reduction == "none":
         return loss.reshape(target.shape), e, s, count
@@ -640,9 +643,9 @@ def _xent_grad_np(target, e, s, count, g, reduction, ignore_index, shape):
     every row valid (exact below 2**24 rows; beyond, the checked path runs)."""
     rows, cols = e.shape
     w = g.reshape(rows, 1) if reduction == "none" else g / count if reduction == "mean" else g
-    dense = 0 < rows < 2 ** 24 and cols > 0 and int(count) == rows
-    gx = _onehot_grad_np(e / s, target.reshape(-1), w, ignore_index, dense)
-    return _from_rows(gx, shape[:1] + shape[2:] + shape[1:2], 1)
+    t = target if target.ndim == 1 else target.reshape(-1)
+    gx = _onehot_grad_np(e / s, t, w, ignore_index, 0 < rows < 2 ** 24 and cols > 0 and int(count) == rows)
+    return gx if len(shape) == 2 else _from_rows(gx, shape[:1] + shape[2:] + shape[1:2], 1)
 
 
 xent_fwd_rows = RawKernel("softmax.cu", "gf_xent_fwd")
