@@ -706,7 +706,7 @@ class SoftmaxCrossEntropy(Function):
         self.reduction, self.ignore_index = reduction, ignore_index
 
     def forward(self, x, target):
-        if type(x) is numpy.ndarray:
+        if not _on_cuda(x):
             loss, e, s, count = _xent_fwd_np(x, target, self.ignore_index, self.reduction)
             self.save_for_backward(x, target, e, s, count)
             return loss
@@ -755,7 +755,7 @@ class SoftmaxCrossEntropyGrad(Function):
 
     def forward(self, x, target, a, b, count, g):
         self.save_for_backward(x, target, count, g)
-        if type(a) is numpy.ndarray:
+        if not _on_cuda(x):
             return _xent_grad_np(target, a, b, count, g, self.reduction, self.ignore_index, x.shape)
         x2, moved = _as_rows(x, 1)
         rows, cols = x2.shape
@@ -766,7 +766,7 @@ class SoftmaxCrossEntropyGrad(Function):
 
     def replay_source(self, x, target, a, b, count, g, arrays, saved=()):
         """What ``gradflow.compile``'s generated CPU replay runs: the CPU forward, without the op around it."""
-        if type(arrays[2]) is not numpy.ndarray or saved:
+        if type(arrays[0]) is not numpy.ndarray or saved:
             return None
         return (f"xent_grad_np({target}, {a}, {b}, {count}, {g}, {self.reduction!r}, {self.ignore_index!r}, "
                 f"{tuple(arrays[0].shape)!r})"), {"xent_grad_np": _xent_grad_np}
