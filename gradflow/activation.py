@@ -629,6 +629,8 @@ def _onehot_grad_np(p, t, w, ignore_index, dense):
     the short path (``dense``: see _dense_targets); rows whose target is ignore_index get 0."""
     rows, cols = p.shape
     if dense:
+        if not p.flags.c_contiguous:  # the flat indices address C order (reshape would copy)
+            p = numpy.ascontiguousarray(p)
         p.reshape(-1)[_row_starts(rows, cols) + t] -= 1
         p *= w
         return p
