@@ -558,33 +558,104 @@ class LogSoftmaxGrad(Function):
 
 
 # ---- fused softmax cross-entropy ---------------------------------------------------------------------
+# On the CPU a training batch (every target a class in [0, C), none equal to ignore_index) takes a
+# short path: the targets are checked once, by one reduction, in the forward; the backward knows it
+# from the count the forward saved (count == rows) and does no check. m (the row max) and
+# logs = log(sum(exp(x - m))) are kept apart, not folded into one log-sum-exp m + logs (rounded at
+# the magnitude of m), so that the loss logs - (x[t] - m) and the softmax stay accurate for large
+# logits, as PyTorch's log_softmax. The CPU backward's softmax is exp(x - m) / sum, both saved by
+# the forward (as the hand-written NumPy loop in benchmarks/numpy_mlp.py); the GPU kernel
+# recomputes exp((x - m) - logs) from m and logs instead.
+
+def _dense_targets(t, cols, ignore_index):
+    """True when every int64 target in ``t`` (rows,) is a class in [0, cols) other than ignore_index."""
+    # negative targets wrap to huge unsigned values: one reduction checks both bounds
+    return t.size > 0 and numpy.maximum.reduce(t.view(numpy.uint64)) < cols and \
+        not (0 <= ignore_index < cols and (t == ignore_index).any())
+
+
+_ROW_STARTS = {}  # (rows, cols): read-only _row_starts of a batch of up to 4096 rows, reused
+
+
+def _row_starts(rows, cols):
+    """The flat index of each row's first element in a C-contiguous (rows, cols) array."""
+    starts = _ROW_STARTS.get((rows, cols))
+    if starts is None:
+        starts = numpy.arange(0, rows * cols, cols)
+        if rows <= 4096:
+            if len(_ROW_STARTS) >= 64:
+                _ROW_STARTS.clear()
+            starts.flags.writeable = False
+            _ROW_STARTS[rows, cols] = starts
+    return starts
+
+
+def _xent_rows_core_np(x, t, ignore_index):
+    """(loss, m, logs, e, s, count) of logits x (rows, cols) against int64 targets t (rows,): m the row
+    max, e = exp(x - m), s its row sums and logs = log(s) (m, s and logs (rows, 1)), count the number
+    of rows that count (a Python int)."""
+    rows, cols = x.shape
+    m = x.max(axis=1, keepdims=True) if cols else numpy.zeros((rows, 1), x.dtype)
+    z = x - m
+    e = numpy.exp(z)
+    s = numpy.add.reduce(e, axis=1, keepdims=True)
+    logs = numpy.log(s)  # -inf without classes
+    if _dense_targets(t, cols, ignore_index):
+        # (m - x[t]) + logs == logs - (x[t] - m) exactly: IEEE rounding is symmetric in sign
+        return logs[:, 0] - z.take(_row_starts(rows, cols) + t), m, logs, e, s, rows
+    valid = t != ignore_index
+    bad = valid & ((t < 0) | (t >= cols))
+    if bad.any():
+        raise IndexError(f"softmax_cross_entropy: target {int(t[bad][0])} is out of bounds for {cols} classes")
+    picked = z[numpy.arange(rows), numpy.where(valid, t, 0)] if cols else logs[:, 0]  # cols 0: every row ignored
+    return numpy.where(valid, logs[:, 0] - picked, x.dtype.type(0)), m, logs, e, s, int(numpy.count_nonzero(valid))
+
+
 @_quiet
 def _xent_rows_np(x, target, ignore_index):
-    """(loss, m, logs) per row of logits x (rows, cols) for int64 class indices ``target`` (rows,).
+    """(loss, m, logs) per row of logits x (rows, cols) for int class indices ``target`` (rows,):
+    the NumPy twin of the GPU row kernel gf_xent_fwd."""
+    loss, m, logs, _, _, _ = _xent_rows_core_np(x, numpy.asarray(target, numpy.int64), ignore_index)
+    return loss, m[:, 0], logs[:, 0]
 
-    m is the row max and logs = log(sum(exp(x - m))); they are kept apart (not folded into
-    one log-sum-exp m + logs, which is rounded at the magnitude of m) so that the loss
-    (m - x[t]) + logs and the backward's softmax exp((x - m) - logs) stay accurate for
-    large logits, as PyTorch's log_softmax.
-    """
-    rows, cols = x.shape
-    if cols:
-        m = x.max(axis=1, keepdims=True)
-        logs = numpy.log(numpy.exp(x - m).sum(axis=1, keepdims=True))[:, 0]
-        m = m[:, 0]
-    else:
-        m, logs = numpy.zeros(rows, x.dtype), numpy.full(rows, -numpy.inf, x.dtype)
-    # the short path needs every row valid; an ignore_index inside [0, cols) may mark some
-    if rows and cols and 0 <= target.min() and target.max() < cols and \
-            not (0 <= ignore_index < cols and (target == ignore_index).any()):
-        return (m - x[numpy.arange(rows), target]) + logs, m, logs
-    valid = target != ignore_index
-    bad = valid & ((target < 0) | (target >= cols))
-    if bad.any():
-        raise IndexError(f"softmax_cross_entropy: target {int(target[bad][0])} is out of bounds for "
-                         f"{cols} classes")
-    picked = x[numpy.arange(rows), numpy.where(valid, target, 0)] if cols else m + logs
-    return numpy.where(valid, (m - picked) + logs, x.dtype.type(0)), m, logs
+
+@_quiet  # NaN/inf propagate silently; a mean over no valid rows is NaN, as in torch
+def _xent_fwd_np(x, target, ignore_index, reduction):
+    """SoftmaxCrossEntropy's forward on the CPU: (loss, e, s, count), e = exp(x - m) and its row sums
+    s in the (rows, cols) layout of ``_as_rows(x, 1)``, count a 0-d array of x's dtype."""
+    x2 = x if x.ndim == 2 and x.flags.c_contiguous else _as_rows(x, 1)[0]
+    loss, _, _, e, s, n = _xent_rows_core_np(x2, target if target.ndim == 1 else target.reshape(-1), ignore_index)
+    count = numpy.asarray(n, dtype=x.dtype)
+    if reduction == "none":
+        return loss.reshape(target.shape), e, s, count
+    total = numpy.add.reduce(loss)
+    return numpy.asarray(total / count if reduction == "mean" else total, dtype=x.dtype), e, s, count
+
+
+def _onehot_grad_np(p, t, w, ignore_index, dense):
+    """(p - onehot(t)) * w for softmax rows p (rows, cols) and targets t (rows,), in p's buffer on
+    the short path (``dense``: see _dense_targets); rows whose target is ignore_index get 0."""
+    rows, cols = p.shape
+    if dense:
+        if not p.flags.c_contiguous:  # the flat indices address C order (reshape would copy)
+            p = numpy.ascontiguousarray(p)
+        p.reshape(-1)[_row_starts(rows, cols) + t] -= 1
+        p *= w
+        return p
+    onehot = (numpy.arange(cols) == t[:, None]).astype(p.dtype)
+    return numpy.where((t == ignore_index)[:, None], p.dtype.type(0), (p - onehot) * w)
+
+
+@_quiet
+def _xent_grad_np(target, e, s, count, g, reduction, ignore_index, shape):
+    """SoftmaxCrossEntropyGrad's forward on the CPU: the gradient of logits of ``shape`` from the
+    e = exp(x - m) and row sums s the forward saved. count == rows tells that the forward found
+    every row valid (exact below 2**24 rows; beyond, the checked path runs)."""
+    rows, cols = e.shape
+    w = g.reshape(rows, 1) if reduction == "none" else g / count if reduction == "mean" else g
+    t = target if target.ndim == 1 else target.reshape(-1)
+    gx = _onehot_grad_np(e / s, t, w, ignore_index, 0 < rows < 2 ** 24 and cols > 0 and int(count) == rows)
+    return gx if len(shape) == 2 else _from_rows(gx, shape[:1] + shape[2:] + shape[1:2], 1)
 
 
 xent_fwd_rows = RawKernel("softmax.cu", "gf_xent_fwd")
@@ -613,12 +684,11 @@ def _on_cuda(a):
 
 @_quiet
 def _xent_bwd_np(x, m, logs, target, w, cols, ignore_index):
+    """The NumPy twin of the xent_bwd kernel (target broadcast against x, e.g. (rows, 1))."""
     p = numpy.exp((x - m) - logs)
-    if x.ndim == 2 and target.shape == (x.shape[0], 1) and x.size and target.min() >= 0 and \
-            not (0 <= ignore_index < cols and (target == ignore_index).any()):  # no ignored rows
-        p[numpy.arange(x.shape[0]), target[:, 0]] -= 1
-        p *= w
-        return p
+    if x.ndim == 2 and target.shape == (x.shape[0], 1):
+        t = numpy.asarray(target[:, 0], numpy.int64)
+        return _onehot_grad_np(p, t, w, ignore_index, _dense_targets(t, cols, ignore_index))
     onehot = (numpy.arange(cols) == target).astype(x.dtype)
     gx = (p - onehot) * w
     return numpy.where(target == ignore_index, x.dtype.type(0), gx)
@@ -635,16 +705,32 @@ class SoftmaxCrossEntropy(Function):
     """Cross-entropy of logits (N, C[, d...]) against class indices (N[, d...]), class axis 1.
 
     Forward: one row pass gives each row's max, log-sum of exp(x - max) and loss. Backward:
-    one kernel (softmax - onehot) * g / N; the two per-row statistics are all it keeps
-    besides the logits.
+    one kernel (softmax - onehot) * g / N. Besides the logits, the targets and the count of rows
+    that count, it keeps two statistics: the row max and log-sum on the GPU, whose
+    kernel recomputes the softmax from them; exp(x - max) (in the rows layout) and its row sums
+    on the CPU, where recomputing costs passes.
     The target is an input (without gradient), so a captured step sees each batch's.
     """
 
     def __init__(self, reduction, ignore_index):
         self.reduction, self.ignore_index = reduction, ignore_index
 
-    @_quiet  # a mean over no valid rows is NaN, as in torch
     def forward(self, x, target):
+        if not _on_cuda(x):
+            loss, e, s, count = _xent_fwd_np(x, target, self.ignore_index, self.reduction)
+            self.save_for_backward(x, target, e, s, count)
+            return loss
+        return self._forward_cuda(x, target)
+
+    def replay_source(self, x, target, arrays, saved=()):
+        """What ``gradflow.compile``'s generated CPU replay runs: the CPU forward, without the op around it."""
+        if type(arrays[0]) is not numpy.ndarray or saved not in ((), (2, 3, 4)):
+            return None
+        call = f"xent_fwd_np({x}, {target}, {self.ignore_index!r}, {self.reduction!r})"
+        return call + ("" if saved else "[0]"), {"xent_fwd_np": _xent_fwd_np}
+
+    @_quiet  # a mean over no valid rows is NaN, as in torch
+    def _forward_cuda(self, x, target):
         x2, _ = _as_rows(x, 1)
         t = target.reshape(-1)
         xp = backend.xp_of(x)
@@ -657,12 +743,15 @@ class SoftmaxCrossEntropy(Function):
         return xp.asarray(total / count if self.reduction == "mean" else total, dtype=x.dtype)
 
     def backward(self, gy):
-        x, target, m, logs, count = self.saved_tensors
-        return SoftmaxCrossEntropyGrad(self.reduction, self.ignore_index)(x, target, m, logs, count, gy), None
+        x, target, a, b, count = self.saved_tensors
+        return SoftmaxCrossEntropyGrad(self.reduction, self.ignore_index)(x, target, a, b, count, gy), None
 
 
 class SoftmaxCrossEntropyGrad(Function):
-    """gx = (softmax(x) - onehot(target)) * w per row, w = g (sum/none) or g / N (mean)."""
+    """gx = (softmax(x) - onehot(target)) * w per row, w = g (sum/none) or g / N (mean).
+
+    (a, b) are the statistics SoftmaxCrossEntropy saved: the row max m and log-sum logs (rows,)
+    on the GPU, e = exp(x - m) (rows, cols) and its row sums s (rows, 1) on the CPU."""
 
     def __init__(self, reduction, ignore_index):
         self.reduction, self.ignore_index = reduction, ignore_index
@@ -674,14 +763,23 @@ class SoftmaxCrossEntropyGrad(Function):
         w = g / count if self.reduction == "mean" else g
         return xp.asarray(w, dtype=g.dtype).reshape(1, 1)  # broadcasts against the rows in the kernel
 
-    def forward(self, x, target, m, logs, count, g):
+    def forward(self, x, target, a, b, count, g):
         self.save_for_backward(x, target, count, g)
+        if not _on_cuda(x):
+            return _xent_grad_np(target, a, b, count, g, self.reduction, self.ignore_index, x.shape)
         x2, moved = _as_rows(x, 1)
         rows, cols = x2.shape
         t = target.reshape(rows, 1)
-        gx = xent_bwd(x2, m.reshape(rows, 1), logs.reshape(rows, 1), t, self._row_weights(g, count, rows), cols,
+        gx = xent_bwd(x2, a.reshape(rows, 1), b.reshape(rows, 1), t, self._row_weights(g, count, rows), cols,
                       self.ignore_index)
         return _from_rows(gx, moved, 1)
+
+    def replay_source(self, x, target, a, b, count, g, arrays, saved=()):
+        """What ``gradflow.compile``'s generated CPU replay runs: the CPU forward, without the op around it."""
+        if type(arrays[0]) is not numpy.ndarray or saved:
+            return None
+        return (f"xent_grad_np({target}, {a}, {b}, {count}, {g}, {self.reduction!r}, {self.ignore_index!r}, "
+                f"{tuple(arrays[0].shape)!r})"), {"xent_grad_np": _xent_grad_np}
 
     def backward(self, ggx):
         x, target, count, g = self.saved_tensors

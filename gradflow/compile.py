@@ -136,6 +136,15 @@ def replay_as_call(func=None, *, graph=None):
     return wrapper
 
 
+def _clear_grad(x):
+    """``x.grad = None`` written inside a compiled step, repeated by each replay."""
+    x.grad = None
+
+
+# on the GPU, a host act before the launch, as zero_grad(set_to_none=True)
+_clear_grad._graph_call = lambda x: GraphCall(clears=[x], host=lambda: _clear_grad(x))
+
+
 class _Recording:
     """The log of one eager run of the step."""
 
@@ -199,6 +208,13 @@ class _Recording:
     def on_in_place(self, what):
         self._fail(f"{what} modifies an array outside the recorded ops; use out-of-place ops "
                    f"inside a compiled step, or do it in a @replay_as_call function")
+
+    def on_grad_assigned(self, x, value):
+        if value is None:  # ``p.grad = None`` in the step: replayed as a call
+            self.ops.append((_CALL, _clear_grad, (x,), {}))
+        else:
+            self._fail("the step assigns a Tensor to .grad, which a replay cannot repeat; set it to None, call "
+                       "zero_grad(), or do it in a @replay_as_call function")
 
     def on_create_graph(self):
         self._fail("backward(create_graph=True) is not supported inside a compiled step")

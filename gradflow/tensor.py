@@ -190,7 +190,7 @@ class Tensor:
     """An n-d array of either backend, plus what autograd needs to know about it."""
     __array_priority__ = 200  # numpy scalars and arrays defer binary ops to Tensor
     # defaults as class attributes keep the per-op wrap cheap
-    grad = None
+    _grad = None
     creator = None
     generation = 0
     _index = 0            # which output of ``creator`` this is
@@ -219,6 +219,20 @@ class Tensor:
         return t
 
     # ---- basic properties ------------------------------------------------------------
+    @property
+    def grad(self):
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        """A user's ``p.grad = ...``; inside a step that ``gradflow.compile`` records, the recorder
+        is told, so a replay does it too (``p.grad = None``) instead of silently accumulating
+        into the previous step's gradient. gradflow's own deliveries write ``_grad``."""
+        recorder = _state._recorder
+        if recorder is not None:
+            recorder.on_grad_assigned(self, value)
+        self._grad = value
+
     shape = property(lambda self: self.data.shape)
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)
@@ -996,7 +1010,7 @@ def _walk(roots, grads, targets, target_outputs, results, deliver, heap, pending
                     if ref is not None and "_hooks" in ref.__dict__ and ref._hooks:
                         g = gys[i] = _run_hooks(ref, g)
                     if ref is not None and ref._retain_grad:
-                        ref.grad = g if create_graph else g.detach()
+                        ref._grad = g if create_graph else g.detach()
                 if targets is not None and (id(fn), i) in target_outputs:
                     tid = target_outputs[(id(fn), i)]
                     results[tid] = gys[i]
@@ -1062,7 +1076,7 @@ def _accumulate_leaf(x, gx, create_graph, assigned):
     if not x.requires_grad:
         return
     if create_graph and (gx.requires_grad or (x.grad is not None and x.grad.requires_grad)):
-        x.grad = gx if x.grad is None else x.grad + gx
+        x._grad = gx if x.grad is None else x.grad + gx
         return
     # a gradient without history gets its own buffer, whether or not create_graph was asked
     a = gx.data
@@ -1076,7 +1090,7 @@ def _accumulate_leaf(x, gx, create_graph, assigned):
         assigned.add(id(result) if copy else owner)
     else:
         result = x.grad.data + a
-    x.grad = Tensor._wrap(result)
+    x._grad = Tensor._wrap(result)  # a delivery the recorder logs below, not a user's assignment
     recorder = _state._recorder
     if recorder is not None:
         recorder.on_leaf_grad(x, a, copy, result)

@@ -418,3 +418,34 @@ def test_emulated_zero_grad_after_the_step_is_a_host_act_after_the_launch(emulat
         assert emulated_gpu.launches == i + 1
     for p, q in zip(model.parameters(), ref_model.parameters()):
         assert p.data.tobytes() == q.data.tobytes() and p.grad is None and q.grad is None
+
+
+def test_emulated_grad_set_to_none_in_the_step_is_a_host_act_before_the_launch(emulated_gpu):
+    """``p.grad = None`` written in the step (instead of zero_grad) clears before the launch, as
+    zero_grad does: one launch per step, bit-identical to eager."""
+    def make(model, opt):
+        def step(x, y):
+            for p in model.parameters():
+                p.grad = None
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+        return step
+
+    model, opt, _ = build("sgd-momentum", random=False)
+    ref_model, ref_opt, _ = build("sgd-momentum", random=False)
+    x, y = batches(20, 5, n=1)[0]
+    compiled, eager = gf.compile(make(model, opt), strict=True), make(ref_model, ref_opt)
+    compiled(x, y), compiled(x, y), eager(x, y), eager(x, y)
+    plan = next(iter(compiled.cache.values())).plan
+    items = compile_module._segments(plan, calls_of(plan), leaf_buffers(plan))
+    assert [kind for kind, _ in items] == ["graph"]
+    runner = compile_module._CudaGraphRunner(plan)
+    emulated_gpu.persistent = persistent(opt)
+    for i in range(4):
+        a, b = runner.run([x.data, y.data]), eager(x, y)
+        assert a.data.tobytes() == b.data.tobytes()
+        assert emulated_gpu.launches == i + 1
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        assert p.data.tobytes() == q.data.tobytes()

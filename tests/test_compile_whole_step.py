@@ -233,3 +233,42 @@ def test_every_replay_source_computes_what_forward_computes(dtype):
     _replay_equals_forward(activation.ReLU(), (x,), saved=(0,))
     _replay_equals_forward(activation.MaskScale(2.5, 0.0), (x > 0, r(5, 7)))
     _replay_equals_forward(activation.MaskScale(1.0, 0.25), (x > 0, r(5, 7)))
+
+
+def test_grad_set_to_none_inside_a_compiled_step_is_replayed():
+    # ``p.grad = None`` instead of zero_grad(): a replay must clear the gradients too, not
+    # silently accumulate onto the previous step's (it did, before the assignment was recorded)
+    results = []
+    for compiled in (False, True):
+        model, opt, _ = build("sgd", 0.0)
+
+        def step(x, y):
+            for p in model.parameters():
+                p.grad = None
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        run = gf.compile(step, strict=True) if compiled else step
+        losses = [run(x, y).data.tobytes() for x, y in batches(6)]
+        results.append((losses, [p.data.tobytes() for p in model.parameters()]))
+        if compiled:
+            assert run.captured
+    assert results[0] == results[1]
+
+
+def test_assigning_a_tensor_to_grad_inside_a_compiled_step_is_refused():
+    model, opt, _ = build("sgd", 0.0)
+
+    def step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        model[0].weight.grad = model[0].weight.grad * 2
+        opt.step()
+        return loss
+
+    run = gf.compile(step, strict=True)
+    x, y = batches(1)[0]
+    with pytest.raises(gf.CaptureError, match="assigns a Tensor to .grad"):
+        run(x, y)

@@ -262,8 +262,8 @@ class DistributedDataParallel(Module):
             for index, (p, view) in zip(bucket.indices, bucket.views):
                 if used is not None and not used[index]:
                     continue
-                if p.grad is None:
-                    p.grad = Tensor._wrap(view.copy())
+                if p.grad is None:  # a delivery (inside backward), not a user's assignment
+                    p._grad = Tensor._wrap(view.copy())
                 else:
                     p.grad.data[...] = view
                     p.grad._bump_version()
