@@ -402,22 +402,31 @@ def test_emulated_zero_grad_after_the_step_is_a_host_act_after_the_launch(emulat
             return loss
         return step
 
-    model, opt, _ = build("adam", random=False)
-    ref_model, ref_opt, _ = build("adam", random=False)
+    items, model, ref_model = emulated_against_eager(make, "adam", emulated_gpu)
+    assert [kind for kind, _ in items] == ["graph", "graph"] and not items[1][1].device
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        assert p.grad is None and q.grad is None
+
+
+def emulated_against_eager(make, opt_name, emulated_gpu, steps=5):
+    """Record ``make(model, opt)``'s step, replay it on the emulated GPU runner next to eager:
+    each replay one launch, the same loss and weights bit for bit. Returns the segments."""
+    model, opt, _ = build(opt_name, random=False)
+    ref_model, ref_opt, _ = build(opt_name, random=False)
     x, y = batches(20, 5, n=1)[0]
     compiled, eager = gf.compile(make(model, opt), strict=True), make(ref_model, ref_opt)
     compiled(x, y), compiled(x, y), eager(x, y), eager(x, y)
     plan = next(iter(compiled.cache.values())).plan
     items = compile_module._segments(plan, calls_of(plan), leaf_buffers(plan))
-    assert [kind for kind, _ in items] == ["graph", "graph"] and not items[1][1].device
     runner = compile_module._CudaGraphRunner(plan)
     emulated_gpu.persistent = persistent(opt)
-    for i in range(5):
+    for i in range(steps):
         a, b = runner.run([x.data, y.data]), eager(x, y)
         assert a.data.tobytes() == b.data.tobytes()
         assert emulated_gpu.launches == i + 1
     for p, q in zip(model.parameters(), ref_model.parameters()):
-        assert p.data.tobytes() == q.data.tobytes() and p.grad is None and q.grad is None
+        assert p.data.tobytes() == q.data.tobytes()
+    return items, model, ref_model
 
 
 def test_emulated_grad_set_to_none_in_the_step_is_a_host_act_before_the_launch(emulated_gpu):
@@ -433,19 +442,5 @@ def test_emulated_grad_set_to_none_in_the_step_is_a_host_act_before_the_launch(e
             return loss
         return step
 
-    model, opt, _ = build("sgd-momentum", random=False)
-    ref_model, ref_opt, _ = build("sgd-momentum", random=False)
-    x, y = batches(20, 5, n=1)[0]
-    compiled, eager = gf.compile(make(model, opt), strict=True), make(ref_model, ref_opt)
-    compiled(x, y), compiled(x, y), eager(x, y), eager(x, y)
-    plan = next(iter(compiled.cache.values())).plan
-    items = compile_module._segments(plan, calls_of(plan), leaf_buffers(plan))
+    items, _, _ = emulated_against_eager(make, "sgd-momentum", emulated_gpu)
     assert [kind for kind, _ in items] == ["graph"]
-    runner = compile_module._CudaGraphRunner(plan)
-    emulated_gpu.persistent = persistent(opt)
-    for i in range(4):
-        a, b = runner.run([x.data, y.data]), eager(x, y)
-        assert a.data.tobytes() == b.data.tobytes()
-        assert emulated_gpu.launches == i + 1
-    for p, q in zip(model.parameters(), ref_model.parameters()):
-        assert p.data.tobytes() == q.data.tobytes()
