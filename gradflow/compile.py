@@ -209,6 +209,11 @@ class _Recording:
         self._fail(f"{what} modifies an array outside the recorded ops; use out-of-place ops "
                    f"inside a compiled step, or do it in a @replay_as_call function")
 
+    def on_post_accumulate_hooks(self, x, fire):
+        """``x``'s post-accumulate-grad hooks ran: a replay calls them again (they run on the host; what
+        they do to ``x.grad`` is not recorded op by op)."""
+        self.ops.append((_CALL, fire, (x,), {}))
+
     def on_grad_assigned(self, x, value):
         if value is None:  # ``p.grad = None`` in the step: replayed as a call
             self.ops.append((_CALL, _clear_grad, (x,), {}))

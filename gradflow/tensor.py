@@ -1068,6 +1068,15 @@ def _leaf_edge_done(hooked, x, received):
 
 
 def _fire_post_accumulate_hooks(x):
+    recorder = _state._recorder
+    if recorder is not None:  # gradflow.compile records the hooks as one call that each replay repeats
+        recorder.on_post_accumulate_hooks(x, _fire_post_accumulate_hooks)
+        _state._recorder = None
+        try:
+            _fire_post_accumulate_hooks(x)
+        finally:
+            _state._recorder = recorder
+        return
     for hook in list((x._post_accumulate_grad_hooks or {}).values()):
         hook(x)
 

@@ -272,3 +272,27 @@ def test_assigning_a_tensor_to_grad_inside_a_compiled_step_is_refused():
     x, y = batches(1)[0]
     with pytest.raises(gf.CaptureError, match="assigns a Tensor to .grad"):
         run(x, y)
+
+
+@pytest.mark.parametrize("in_place", ["array", "tensor"])
+def test_post_accumulate_grad_hooks_run_in_every_replay(in_place):
+    # a hook that rescales .grad in place (gradient scaling per layer, optimizer-in-backward
+    # patterns) ran only while recording: replays silently skipped it
+    results = []
+    for compiled in (False, True):
+        model, opt, _ = build("sgd", 0.0)
+        w = model[0].weight
+        if in_place == "array":
+            w.register_post_accumulate_grad_hook(lambda p: p.grad.data.__imul__(numpy.float32(0.5)))
+        else:
+            def halve(p):
+                with gf.no_grad():
+                    p.grad.mul_(0.5)
+            w.register_post_accumulate_grad_hook(halve)
+        step = make_step(model, opt, None)
+        run = gf.compile(step, strict=True) if compiled else step
+        losses = [run(x, y)[0].data.tobytes() for x, y in batches(6)]
+        results.append((losses, [p.data.tobytes() for p in model.parameters()]))
+        if compiled:
+            assert run.captured
+    assert results[0] == results[1]
