@@ -444,3 +444,22 @@ def test_emulated_grad_set_to_none_in_the_step_is_a_host_act_before_the_launch(e
 
     items, _, _ = emulated_against_eager(make, "sgd-momentum", emulated_gpu)
     assert [kind for kind, _ in items] == ["graph"]
+
+
+def test_emulated_scheduler_step_inside_the_step_runs_after_the_launch(emulated_gpu):
+    """``sched.step()`` at the end of the step (a per-batch schedule): a host call after the
+    graph, so the next launch's optimizer reads the new rate; bit-identical to eager."""
+    def make(model, opt):
+        sched = optim.lr_scheduler.StepLR(opt, 1, gamma=0.7)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            sched.step()
+            return loss
+        return step
+
+    items, _, _ = emulated_against_eager(make, "adam", emulated_gpu)
+    assert [kind for kind, _ in items][0] == "graph" and "host" in [kind for kind, _ in items]

@@ -296,3 +296,29 @@ def test_post_accumulate_grad_hooks_run_in_every_replay(in_place):
         if compiled:
             assert run.captured
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("schedule", ["StepLR", "OneCycleLR", "SequentialLR"])
+def test_scheduler_stepped_inside_a_compiled_step_steps_in_every_replay(schedule):
+    # a per-batch schedule stepped inside the step was not replayed: the rate froze after recording
+    results = []
+    for compiled in (False, True):
+        model, opt, _ = build("sgd", 0.0)
+        if schedule == "StepLR":
+            sched = optim.lr_scheduler.StepLR(opt, 1, gamma=0.7)
+        elif schedule == "OneCycleLR":
+            sched = optim.lr_scheduler.OneCycleLR(opt, max_lr=0.5, total_steps=20)
+        else:
+            sched = optim.lr_scheduler.SequentialLR(opt, [optim.lr_scheduler.ConstantLR(opt, 0.5, total_iters=2),
+                                                          optim.lr_scheduler.ExponentialLR(opt, 0.9)], milestones=[2])
+        step = make_step(model, opt, None)
+
+        def step_and_schedule(x, y):
+            out = step(x, y)
+            sched.step()
+            return out
+
+        run = gf.compile(step_and_schedule, strict=True) if compiled else step_and_schedule
+        losses = [run(x, y)[0].data.tobytes() for x, y in batches(6)]
+        results.append((losses, opt.param_groups[0]["lr"], [p.data.tobytes() for p in model.parameters()]))
+    assert results[0] == results[1]

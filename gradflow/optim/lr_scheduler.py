@@ -2,11 +2,15 @@
 
 A scheduler rewrites ``group['lr']`` in its optimizer's parameter groups each time ``step()``
 is called (usually once per epoch, after the optimizer's steps). The recurrences are the
-same as PyTorch's, so the learning rates agree with it to the last bit.
+same as PyTorch's, so the learning rates agree with it to the last bit. ``step`` is
+``replay_as_call``: a ``gradflow.compile``-d training step that steps its scheduler steps it
+in every replay, as eager does (the optimizer reads the new rate at its next step).
 """
 import math
 from bisect import bisect_right
 from collections import Counter
+
+from gradflow.compile import replay_as_call
 
 
 class LRScheduler:
@@ -43,6 +47,7 @@ class LRScheduler:
         """The learning rates the last ``step()`` set, one per parameter group."""
         return list(self._last_lr)
 
+    @replay_as_call
     def step(self):
         self._step_count += 1
         self._update_lr()
@@ -245,6 +250,7 @@ class SequentialLR(LRScheduler):
         self._schedulers[idx]._initial_step()
         self._last_lr = self._schedulers[idx].get_last_lr()
 
+    @replay_as_call
     def step(self):
         self.last_epoch += 1
         idx = bisect_right(self._milestones, self.last_epoch)
@@ -299,6 +305,7 @@ class MomentumWarmup:
         t = min(max(self.last_epoch, 0), self.total_iters) / self.total_iters
         return self.start + (self.end - self.start) * t
 
+    @replay_as_call
     def step(self):
         self.last_epoch += 1
         momentum = self.get_momentum()
@@ -361,6 +368,7 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         return [self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * self.T_cur / self.T_i)) / 2
                 for base_lr in self.base_lrs]
 
+    @replay_as_call
     def step(self, epoch=None):
         """One step (per epoch or per batch); ``step(epoch)`` with a fractional epoch jumps there."""
         self._step_count += 1
@@ -610,6 +618,7 @@ class ReduceLROnPlateau:
             return a > best * (self.threshold + 1.0)
         return a > best + self.threshold
 
+    @replay_as_call
     def step(self, metrics, epoch=None):
         current = float(metrics)  # a Tensor's item(), a NumPy or Python number
         self.last_epoch = self.last_epoch + 1 if epoch is None else epoch
