@@ -209,6 +209,10 @@ class _Recording:
         self._fail(f"{what} modifies an array outside the recorded ops; use out-of-place ops "
                    f"inside a compiled step, or do it in a @replay_as_call function")
 
+    def on_reseed(self, what):
+        self._fail(f"{what} inside the step reseeds the random streams, which a replay would not repeat; "
+                   f"seed outside the compiled function")
+
     def on_post_accumulate_hooks(self, x, fire):
         """``x``'s post-accumulate-grad hooks ran: a replay calls them again (they run on the host; what
         they do to ``x.grad`` is not recorded op by op)."""

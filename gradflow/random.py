@@ -14,6 +14,7 @@ class Generator:
         self.manual_seed(seed)
 
     def manual_seed(self, seed):
+        _not_while_recording("manual_seed")
         self.seed = int(seed) & 0xFFFFFFFFFFFFFFFF
         self.numpy = numpy.random.default_rng(self.seed)
         self.offset = 0
@@ -39,10 +40,20 @@ class Generator:
         return {"seed": self.seed, "offset": self.offset, "numpy": self.numpy.bit_generator.state}
 
     def set_state(self, state):
+        _not_while_recording("set_rng_state")
         self.seed = state["seed"]
         self.offset = state["offset"]
         self.numpy = numpy.random.default_rng()
         self.numpy.bit_generator.state = state["numpy"]
+
+
+def _not_while_recording(what):
+    """Reseeding inside a step that gradflow.compile records: a replay would not reseed (its draws
+    would go on from the stream), so the step runs eagerly instead (``strict=True``: an error)."""
+    tensor = sys.modules.get("gradflow.tensor")
+    recorder = tensor._active_recorder() if tensor is not None else None
+    if recorder is not None:
+        recorder.on_reseed(what)
 
 
 default_generator = Generator(0)

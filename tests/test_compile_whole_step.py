@@ -1,6 +1,8 @@
 """Issue 12's done-when on the CPU: a replayed whole step (forward, backward, clipping, the flat
 multi-tensor optimizer update, dropout draws, an LR schedule changing every step) equals eager
 bit for bit over 100 steps, across a checkpoint save and resume in the middle."""
+import contextlib
+
 import numpy
 import pytest
 
@@ -321,4 +323,27 @@ def test_scheduler_stepped_inside_a_compiled_step_steps_in_every_replay(schedule
         run = gf.compile(step_and_schedule, strict=True) if compiled else step_and_schedule
         losses = [run(x, y)[0].data.tobytes() for x, y in batches(6)]
         results.append((losses, opt.param_groups[0]["lr"], [p.data.tobytes() for p in model.parameters()]))
+    assert results[0] == results[1]
+
+
+def test_reseeding_inside_a_compiled_step_runs_it_eagerly():
+    # a replay would not reseed, so its dropout masks would silently differ from eager's
+    results = []
+    for compiled in (False, True):
+        model, opt, _ = build("sgd", 0.3)
+        step = make_step(model, opt, None)
+
+        def seeded(x, y):
+            gf.manual_seed(123)
+            return step(x, y)
+
+        if compiled:
+            with pytest.raises(gf.CaptureError, match="manual_seed"):
+                gf.compile(seeded, strict=True)(*batches(1)[0])
+            model, opt, _ = build("sgd", 0.3)
+            step = make_step(model, opt, None)
+        run = gf.compile(seeded) if compiled else seeded
+        with pytest.warns(RuntimeWarning, match="manual_seed") if compiled else contextlib.nullcontext():
+            losses = [run(x, y)[0].data.tobytes() for x, y in batches(6)]
+        results.append((losses, [p.data.tobytes() for p in model.parameters()]))
     assert results[0] == results[1]
