@@ -209,6 +209,11 @@ class _Recording:
         self._fail(f"{what} modifies an array outside the recorded ops; use out-of-place ops "
                    f"inside a compiled step, or do it in a @replay_as_call function")
 
+    def on_group_write(self, group, key, value):
+        """``optimizer.param_groups[i][key] = value`` inside the step: replayed with this value (a
+        value that differs between the two recordings fails their comparison: the step runs eagerly)."""
+        self.ops.append((_CALL, dict.__setitem__, (group, key, value), {}))
+
     def on_reseed(self, what):
         self._fail(f"{what} inside the step reseeds the random streams, which a replay would not repeat; "
                    f"seed outside the compiled function")
@@ -246,6 +251,10 @@ class _Recording:
                 if a[1] is not b[1] or a[2:] != b[2:]:
                     return f"gradient delivery #{i} differs between steps"
             elif a[1] is not b[1] or not _same_arg(a[2], b[2]) or not _same_arg(a[3], b[3]):
+                if b[1] is dict.__setitem__:
+                    return (f"the step sets an optimizer's param_groups[...][{b[2][1]!r}] to a different value in each "
+                            f"call, which a replay cannot repeat; set it outside the compiled function or use a "
+                            f"scheduler from gradflow.optim.lr_scheduler")
                 return f"call #{i} ({getattr(b[1], '__qualname__', b[1])}) differs between steps"
         if self.external != other.external:
             return "the arrays read from outside the step differ"

@@ -347,3 +347,28 @@ def test_reseeding_inside_a_compiled_step_runs_it_eagerly():
             losses = [run(x, y)[0].data.tobytes() for x, y in batches(6)]
         results.append((losses, [p.data.tobytes() for p in model.parameters()]))
     assert results[0] == results[1]
+
+
+def test_hyperparameters_written_inside_a_compiled_step_are_replayed_or_run_eagerly():
+    # ``group['lr'] = ...`` inside the step was not replayed: a warm-up computed in the step froze
+    for kind in ("constant", "warmup"):
+        results = []
+        for compiled in (False, True):
+            model, opt, _ = build("sgd", 0.0)
+            step = make_step(model, opt, None)
+            calls = [0]
+
+            def set_lr_then_step(x, y):
+                calls[0] += 1
+                for group in opt.param_groups:
+                    group["lr"] = 0.05 if kind == "constant" else 0.1 * min(1.0, calls[0] / 4)
+                return step(x, y)
+
+            run = gf.compile(set_lr_then_step) if compiled else set_lr_then_step
+            with pytest.warns(RuntimeWarning, match="param_groups") if compiled and kind == "warmup" else \
+                    contextlib.nullcontext():
+                losses = [run(x, y)[0].data.tobytes() for x, y in batches(6)]
+            results.append((losses, [p.data.tobytes() for p in model.parameters()]))
+            if compiled:
+                assert run.captured == (kind == "constant")
+        assert results[0] == results[1], kind

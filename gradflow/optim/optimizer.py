@@ -31,7 +31,7 @@ from gradflow import backend
 from gradflow.compile import GraphCall, replay_as_call
 from gradflow.optim import fused
 from gradflow.nn.utils import zero_grads
-from gradflow.tensor import Tensor, enable_grad
+from gradflow.tensor import Tensor, _active_recorder, enable_grad
 
 
 class _Required:
@@ -55,6 +55,19 @@ def _views(buffer, shapes, orders):
         views.append(buffer[start:start + size].reshape(shape, order=order))
         start += size
     return views
+
+
+class _ParamGroup(dict):
+    """A parameter group: a plain dict to the user, which tells ``gradflow.compile`` when a step it
+    records writes to it (``group['lr'] = ...`` inside the step). The write is replayed with the
+    recorded value; a value that differs between recordings makes the step run eagerly, where
+    a replay would otherwise silently keep the first one."""
+
+    def __setitem__(self, key, value):
+        recorder = _active_recorder()
+        if recorder is not None:
+            recorder.on_group_write(self, key, value)
+        dict.__setitem__(self, key, value)
 
 
 class _FlatGroup:
@@ -243,7 +256,7 @@ class Optimizer:
         """Add a dict with ``params`` and optional per-group hyperparameters (others take the defaults)."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
-        group = dict(param_group)
+        group = _ParamGroup(param_group)
         if "params" not in group:
             raise ValueError(f"a parameter group must have a 'params' entry (its Tensors), got keys "
                              f"{sorted(group)}; e.g. {{'params': model.parameters(), 'lr': 0.01}}")
