@@ -71,13 +71,37 @@ def fingerprint(model, opt, loss):
     return b"".join(parts)
 
 
+class Stepper:
+    """Takes the steps of a run: eagerly, through the compiled CPU replay, or (``emulated``) on the
+    one-launch GPU runner, emulated, from the third step on."""
+
+    def __init__(self, mode, step, opt, emulated=None):
+        self.mode, self.step, self.opt, self.emulated = mode, step, opt, emulated
+        self.compiled = gf.compile(step, strict=True) if mode != "eager" else None
+        self.runner, self.launched, self.replayed = None, [], []
+
+    def __call__(self, i, x, y):
+        if self.mode == "emulated" and i >= 2:
+            if self.runner is None:
+                plan = next(iter(self.compiled.cache.values())).plan
+                self.runner = one_launch.compile_module._CudaGraphRunner(plan)
+                self.emulated.persistent = persistent(self.opt)
+            before = self.emulated.launches
+            loss = self.runner.run([x.data, y.data])
+            self.launched.append(self.emulated.launches - before)
+            return loss
+        loss = (self.compiled or self.step)(x, y)
+        if self.compiled is not None and i >= 2:
+            self.replayed.append(self.compiled.captured)
+        return loss
+
+
 def run(opt_name, mode, emulated=None, checkpoint=None):
     """``mode``: "eager", "compiled" (CPU replay) or "emulated" (the one-launch GPU runner, emulated)."""
     model, opt, sched = build(opt_name)
-    step = make_step(model, opt)
-    compiled = gf.compile(step, strict=True) if mode != "eager" else None
+    stepper = Stepper(mode, make_step(model, opt), opt, emulated)
     data = batches()
-    out, saved, runner, launched, replayed = [], None, None, [], []
+    out, saved = [], None
     for i in range(STEPS):
         if i == SAVE_AT:
             saved = snapshot(opt)
@@ -94,20 +118,9 @@ def run(opt_name, mode, emulated=None, checkpoint=None):
                     all(layout.state[key][0] is b for key, b in buffers[k].items()), \
                     "load_state_dict replaced the flat state buffers the plan holds"
         x, y = data[i % len(data)]
-        if mode == "emulated" and i >= 2:
-            if runner is None:
-                runner = one_launch.compile_module._CudaGraphRunner(next(iter(compiled.cache.values())).plan)
-                emulated.persistent = persistent(opt)
-            before = emulated.launches
-            loss = runner.run([x.data, y.data])
-            launched.append(emulated.launches - before)
-        else:
-            loss = (compiled or step)(x, y)
-            if compiled is not None and i >= 2:
-                replayed.append(compiled.captured)
-        out.append(fingerprint(model, opt, loss))
+        out.append(fingerprint(model, opt, stepper(i, x, y)))
         sched.step()
-    return out, launched, replayed, compiled
+    return out, stepper.launched, stepper.replayed, stepper.compiled
 
 
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
@@ -142,27 +155,17 @@ def test_load_checkpoint_into_the_same_objects_mid_run(opt_name, tmp_path):
 def reset_run(opt_name, mode, emulated=None):
     """Load an EMPTY state mid-run (a reset: the optimizer starts its state afresh, as torch's does)."""
     model, opt, sched = build(opt_name)
-    step = make_step(model, opt)
-    compiled = gf.compile(step, strict=True) if mode != "eager" else None
+    stepper = Stepper(mode, make_step(model, opt), opt, emulated)
     data = batches()
-    out, runner, launched = [], None, []
+    out = []
     for i in range(STEPS):
         if i == LOAD_AT:
             opt.load_state_dict({"state": {}, "param_groups": opt.state_dict()["param_groups"]})
             assert opt.state == {}
         x, y = data[i % len(data)]
-        if mode == "emulated" and i >= 2:
-            if runner is None:
-                runner = one_launch.compile_module._CudaGraphRunner(next(iter(compiled.cache.values())).plan)
-                emulated.persistent = persistent(opt)
-            before = emulated.launches
-            loss = runner.run([x.data, y.data])
-            launched.append(emulated.launches - before)
-        else:
-            loss = (compiled or step)(x, y)
-        out.append(fingerprint(model, opt, loss))
+        out.append(fingerprint(model, opt, stepper(i, x, y)))
         sched.step()
-    return out, launched
+    return out, stepper.launched
 
 
 @pytest.mark.parametrize("opt_name", ["sgd-momentum", "adam"])
