@@ -90,31 +90,35 @@ def make_schedulers(args, optimizer):
     return schedulers
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    device = args.device or gradflow.backend.default_device()
-    gradflow.manual_seed(args.seed)
+def mnist_loaders(args, device, flatten=True):
+    """(train, validation, test) DataLoaders: the 60k training images split (n - val_size, val_size)
+    with ``--limit``/``--val-size``, and the 10k test images (``test_limit`` of them, if set);
+    None (with the reason printed) when the MNIST files are missing."""
     try:
-        train_full = MNIST(args.data, train=True)
-        test_set = MNIST(args.data, train=False)
+        train_full = MNIST(args.data, train=True, flatten=flatten)
+        test_set = MNIST(args.data, train=False, flatten=flatten)
     except MNISTError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return None
     n = len(train_full) if args.limit is None else min(args.limit, len(train_full))
     val_size = min(args.val_size, n // 2)
     train_set, val_set, _ = random_split(train_full, [n - val_size, val_size, len(train_full) - n],
                                          generator=args.seed)
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, device=device)
-    val_loader = DataLoader(val_set, batch_size=1000, device=device)
-    test_loader = DataLoader(test_set, batch_size=1000, device=device)
+    test_limit = getattr(args, "test_limit", None)
+    if test_limit is not None:
+        test_set, _ = random_split(test_set, [test_limit, len(test_set) - test_limit], generator=args.seed)
+    return (DataLoader(train_set, batch_size=args.batch_size, shuffle=True, device=device),
+            DataLoader(val_set, batch_size=1000, device=device), DataLoader(test_set, batch_size=1000, device=device))
 
-    model = nn.MLP([784, *args.hidden, 10], activation=args.activation, dropout=args.dropout, device=device)
-    optimizer = make_optimizer(args, model.parameters())
-    schedulers = make_schedulers(args, optimizer)
+
+def train_and_report(args, name, model, optimizer, schedulers, loaders, device, recipe):
+    """Train with ``fit`` (checkpointing every epoch to ``--out``), evaluate on the test set and
+    write ``metrics.json`` and ``curves.png``; ``recipe`` describes the optimizer in the header."""
+    train_loader, val_loader, test_loader = loaders
     os.makedirs(args.out, exist_ok=True)
     checkpoint = os.path.join(args.out, "checkpoint.npz")
-    print(f"{model}\n{len(train_set)} train / {len(val_set)} validation / {len(test_set)} test images on {device}; "
-          f"{args.optimizer} lr={args.lr} batch={args.batch_size} epochs={args.epochs}")
+    print(f"{model}\n{len(train_loader.dataset)} train / {len(val_loader.dataset)} validation / "
+          f"{len(test_loader.dataset)} test images on {device}; {recipe} batch={args.batch_size} epochs={args.epochs}")
 
     start = time.perf_counter()
     history = fit(model, nn.CrossEntropyLoss(), optimizer, train_loader, val_loader, epochs=args.epochs,
@@ -126,14 +130,27 @@ def main(argv=None):
             print(f"epoch {epoch}: validation accuracy {acc * 100:.2f}%")
     test = evaluate(model, test_loader, nn.CrossEntropyLoss())
     print(f"test accuracy {test['accuracy'] * 100:.2f}% (loss {test['loss']:.4f}) after {history.epochs[-1]} "
-          f"epochs, {seconds:.1f}s of training")
+          f"epochs, {seconds:.1f}s of training on {device}")
 
     print(write_run_outputs(args.out, history,
                             {"args": vars(args), "device": device, "train_seconds": seconds, "test": test,
                              "history": history.history},
-                            title=f"MNIST MLP: test accuracy {test['accuracy'] * 100:.2f}%"))
+                            title=f"{name}: test accuracy {test['accuracy'] * 100:.2f}%"))
     print(f"checkpoint: {checkpoint}")
     return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = args.device or gradflow.backend.default_device()
+    gradflow.manual_seed(args.seed)
+    loaders = mnist_loaders(args, device)
+    if loaders is None:
+        return 2
+    model = nn.MLP([784, *args.hidden, 10], activation=args.activation, dropout=args.dropout, device=device)
+    optimizer = make_optimizer(args, model.parameters())
+    return train_and_report(args, "MNIST MLP", model, optimizer, make_schedulers(args, optimizer), loaders, device,
+                            f"{args.optimizer} lr={args.lr}")
 
 
 if __name__ == "__main__":
