@@ -149,13 +149,11 @@ class TanhGrad(Function):
 
 # ---- piecewise linear: forward writes the output and a one-byte mask --------------------------------
 def _relu_np(x):
-    # comparisons and maximum raise no floating-point warnings, NaN included: no errstate
-    keep = numpy.less_equal(x, 0)
-    if type(keep) is numpy.ndarray:
-        numpy.logical_not(keep, out=keep)  # NaN counts as kept, as in the kernel
-    else:  # 0-d: a NumPy scalar
-        keep = ~keep
-    return numpy.maximum(x, x.dtype.type(0)), keep
+    # comparisons and maximum raise no floating-point warnings, NaN included: no errstate.
+    # y != 0 is the kernel's mask !(x <= 0) in one pass: y = x where x > 0, NaN where x is NaN
+    # (kept, as in the kernel), +-0 elsewhere
+    y = numpy.maximum(x, x.dtype.type(0))
+    return y, numpy.not_equal(y, 0)
 
 
 relu_fwd = Elementwise("relu_fwd", "T x", "T y, bool mask", "y = gf_relu(x); mask = gf_relu_mask(x)",

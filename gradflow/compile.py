@@ -58,6 +58,9 @@ class CaptureError(RuntimeError):
     """The step cannot be captured; the message says which op and why."""
 
 
+STALE = object()  # what _Plan.run returns when it must be recorded again
+
+
 def invalidate():
     """Forget every recording (``Module.to`` calls this: plans hold the arrays it replaces)."""
     global _epoch
@@ -145,6 +148,12 @@ def _clear_grad(x):
 _clear_grad._graph_call = lambda x: GraphCall(clears=[x], host=lambda: _clear_grad(x))
 
 
+def _group_write(group, key, value):
+    """``group[key] = value`` on an optimizer's param group, written inside a compiled step: repeated
+    by each replay through the group's own ``__setitem__`` (which counts its writes)."""
+    group[key] = value
+
+
 class _Recording:
     """The log of one eager run of the step."""
 
@@ -156,6 +165,7 @@ class _Recording:
         self.strict = strict
         self.problem = None
         self.rng_ops = set()     # ops whose forward draws random numbers (kept out of CUDA graphs)
+        self.owners = {}         # external slot -> the Tensor whose .data it was (a parameter)
         self._drew = False
         for a in arrays:
             self._new(a)
@@ -182,8 +192,15 @@ class _Recording:
             self.problem = reason
 
     # ---- hooks called by the tape --------------------------------------------------------------
-    def on_function(self, fn, xs, ys, constructed):
-        ins = [self._ref(a) for a in xs]
+    def on_function(self, fn, xs, ys, constructed, tensors=()):
+        ins = []
+        for k, a in enumerate(xs):
+            slot = self.slot_of.get(id(a))
+            if slot is None:  # read from outside the step: remember the Tensor that holds it
+                slot = self._ref(a)
+                if k < len(tensors) and tensors[k].data is a:
+                    self.owners[slot] = tensors[k]
+            ins.append(slot)
         single = type(ys) is not tuple
         outs = [self._new(y) for y in ((ys,) if single else ys)]
         saved = [(k, self._new(a)) for k, a in enumerate(fn._saved or ())
@@ -212,7 +229,7 @@ class _Recording:
     def on_group_write(self, group, key, value):
         """``optimizer.param_groups[i][key] = value`` inside the step: replayed with this value (a
         value that differs between the two recordings fails their comparison: the step runs eagerly)."""
-        self.ops.append((_CALL, dict.__setitem__, (group, key, value), {}))
+        self.ops.append((_CALL, _group_write, (group, key, value), {}))
 
     def on_reseed(self, what):
         self._fail(f"{what} inside the step reseeds the random streams, which a replay would not repeat; "
@@ -251,7 +268,7 @@ class _Recording:
                 if a[1] is not b[1] or a[2:] != b[2:]:
                     return f"gradient delivery #{i} differs between steps"
             elif a[1] is not b[1] or not _same_arg(a[2], b[2]) or not _same_arg(a[3], b[3]):
-                if b[1] is dict.__setitem__:
+                if b[1] is _group_write:
                     return (f"the step sets an optimizer's param_groups[...][{b[2][1]!r}] to a different value in each "
                             f"call, which a replay cannot repeat; set it outside the compiled function or use a "
                             f"scheduler from gradflow.optim.lr_scheduler")
@@ -309,6 +326,9 @@ class _Plan:
         self.template = [None] * len(recording.arrays)
         for slot in recording.external:
             self.template[slot] = recording.arrays[slot]
+        # (Tensor, the array it held): a replay reads the array, so a Tensor given another one since
+        # (``p.data = ...``, a parameter re-laid out by its optimizer) makes the plan stale
+        self.owners = tuple((t, recording.arrays[slot]) for slot, t in recording.owners.items())
         self.n_inputs = recording.n_inputs
         self.outputs = recording.outputs
         keep = set(recording.external) | set(_output_slots(recording.outputs))
@@ -326,6 +346,10 @@ class _Plan:
         self.replay = _generate(self, recording.arrays)
 
     def run(self, arrays):
+        """The step's outputs, or ``STALE`` (nothing run) when a Tensor the plan reads holds another array."""
+        for t, a in self.owners:
+            if t.data is not a:
+                return STALE
         if self.cuda_graphs and arrays and backend.device_of(arrays[0]) == "cuda":
             if self.graph_runner is None:
                 self.graph_runner = _CudaGraphRunner(self)
@@ -458,27 +482,27 @@ def _into_grads(plan, arrays):
 
 def _deliver_matmul(x, a, b, buf, own):
     """A leaf's gradient ``a @ b``, computed into its own buffer when it has no gradient yet."""
-    if x.grad is None and getattr(x, "_grad_buffer", None) is buf:
+    if x._grad is None and getattr(x, "_grad_buffer", None) is buf:
         g = numpy.matmul(a, b, out=buf)
-        x.grad = Tensor._wrap(g)
+        x._grad = Tensor._wrap(g)
         return g
     return _deliver_leaf(x, a @ b, own)
 
 
 def _deliver_matmul_t(x, a, b, buf, own):
     """A leaf's gradient ``(a @ b).T`` (a Linear weight stored (in, out)), computed into its buffer."""
-    if x.grad is None and getattr(x, "_grad_buffer", None) is buf:
+    if x._grad is None and getattr(x, "_grad_buffer", None) is buf:
         numpy.matmul(a, b, out=buf.T)
-        x.grad = Tensor._wrap(buf)
+        x._grad = Tensor._wrap(buf)
         return buf
     return _deliver_leaf(x, (a @ b).T, own)
 
 
 def _deliver_sum0(x, a, buf, own):
     """A leaf's gradient ``a.sum(axis=0)`` (a bias), summed into its own buffer when it has none yet."""
-    if x.grad is None and getattr(x, "_grad_buffer", None) is buf:
+    if x._grad is None and getattr(x, "_grad_buffer", None) is buf:
         a.sum(axis=0, out=buf)  # the method: numpy.sum adds a Python-level dispatch
-        x.grad = Tensor._wrap(buf)
+        x._grad = Tensor._wrap(buf)
         return buf
     return _deliver_leaf(x, a.sum(axis=0), own)
 
@@ -1023,7 +1047,10 @@ class CompiledStep:
             self.cache.move_to_end(key)
         tensors = [a.data for a in args if isinstance(a, Tensor)]
         if entry.plan is not None:
-            return entry.plan.run(tensors)
+            result = entry.plan.run(tensors)
+            if result is not STALE:
+                return result
+            entry.plan, entry.tries = None, 0  # a parameter got a new array (p.data = ...): record afresh
         if entry.eager_reason is not None:
             return self.fn(*args)
         return self._record(entry, args, tensors)

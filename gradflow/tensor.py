@@ -766,7 +766,7 @@ class Function:
         if recorder is not None:
             constructed = dict(vars(self))  # set by __init__: must be equal in every step
             ys = self._forward_checked(arrays)
-            recorder.on_function(self, arrays, ys, constructed)
+            recorder.on_function(self, arrays, ys, constructed, inputs)
         else:
             try:
                 ys = self.forward(*arrays)

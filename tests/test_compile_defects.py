@@ -232,3 +232,49 @@ def test_replayed_grad_is_the_parameters_own_buffer():
     assert all(p.grad.data is p._grad_buffer for p in model.parameters())
     flat = next(iter(opt._flat.values())).grad_flat
     assert all(numpy.shares_memory(p.grad.data, flat) for p in model.parameters())
+
+
+# ---- a parameter given a new array between replays (``p.data = ...``) ------------------------------------
+def clipped_run(compiled, clip_at, strict):
+    gf.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    predict = gf.compile(model) if compiled else model
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    run = gf.compile(step, strict=strict) if compiled else step
+    rng = numpy.random.default_rng(1)
+    x, y = gf.tensor(rng.standard_normal((4, 6), dtype=numpy.float32)), gf.tensor(rng.integers(0, 3, 4))
+    out = []
+    for i in range(10):
+        if i in clip_at:
+            w = model[0].weight
+            w.data = numpy.clip(w.data, -0.05, 0.05)  # a new array, not the optimizer's view
+        out.append(run(x, y).data.tobytes())
+        with gf.no_grad():
+            out.append(predict(x).data.tobytes())
+        out.append(b"".join(p.data.tobytes() for p in model.parameters()))
+    return out, run, predict
+
+
+def test_a_parameter_given_a_new_array_is_read_by_the_next_replay():
+    """A plan reads each parameter's array; ``p.data = p.data.clamp(...)`` (a new array, as weight
+    clipping written out of place does) left replays reading the old one, silently. The plan now
+    checks that every Tensor it reads still holds the array it recorded, else records afresh."""
+    want, _, _ = clipped_run(False, {4}, strict=True)
+    got, run, predict = clipped_run(True, {4}, strict=True)
+    assert got == want
+    assert run.captured and predict.captured
+
+
+def test_a_parameter_given_a_new_array_every_step_runs_eagerly_with_a_warning():
+    want, _, _ = clipped_run(False, set(range(3, 10)), strict=False)
+    with pytest.warns(RuntimeWarning, match="changes between steps"):
+        got, run, _ = clipped_run(True, set(range(3, 10)), strict=False)
+    assert got == want and not run.captured

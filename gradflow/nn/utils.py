@@ -3,7 +3,7 @@ import math
 
 from gradflow import backend, ops
 from gradflow.compile import GraphCall, replay_as_call
-from gradflow.tensor import Tensor
+from gradflow.tensor import Tensor, _active_recorder
 
 
 def _params(parameters):
@@ -18,6 +18,10 @@ def zero_grads(parameters, set_to_none=True):
     every step). As PyTorch detaches it first, it is replaced by fresh zeros without
     history; its array may be shared with the graph, so it is never written to.
     """
+    if set_to_none and _active_recorder() is None:  # every step of a training loop: nobody to tell
+        for p in _params(parameters):
+            p._grad = None
+        return
     for p in _params(parameters):
         g = p.grad
         if g is None:
