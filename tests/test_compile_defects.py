@@ -241,13 +241,7 @@ def clipped_run(compiled, clip_at, strict):
     opt = optim.SGD(model.parameters(), lr=0.1)
     predict = gf.compile(model) if compiled else model
 
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
+    step = gf.train.training_step(model, F.cross_entropy, opt)
     run = gf.compile(step, strict=strict) if compiled else step
     rng = numpy.random.default_rng(1)
     x, y = gf.tensor(rng.standard_normal((4, 6), dtype=numpy.float32)), gf.tensor(rng.integers(0, 3, 4))
@@ -256,7 +250,7 @@ def clipped_run(compiled, clip_at, strict):
         if i in clip_at:
             w = model[0].weight
             w.data = numpy.clip(w.data, -0.05, 0.05)  # a new array, not the optimizer's view
-        out.append(run(x, y).data.tobytes())
+        out.append(run(x, y)[1].data.tobytes())
         with gf.no_grad():
             out.append(predict(x).data.tobytes())
         out.append(b"".join(p.data.tobytes() for p in model.parameters()))

@@ -59,13 +59,7 @@ def train(make_opt, change, compiled):
     opt = make_opt(model.parameters())
     sched = optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1.0 + 0.1 * step))
 
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
+    step = gf.train.training_step(model, F.cross_entropy, opt)
     run = gf.compile(step, strict=True) if compiled else step
     out = []
     for i in range(STEPS):
@@ -207,12 +201,7 @@ def test_an_invalid_hyperparameter_fails_the_steady_step_before_any_update(stead
     model, data = model_and_data()
     opt = SGD(model.parameters())
 
-    def step(x, y):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    run = gf.compile(step, strict=True)
+    run = gf.compile(gf.train.training_step(model, F.cross_entropy, opt), strict=True)
     for i in range(5):
         run(*data[i % 3])
     assert steady_runs["steady"] == 2
