@@ -253,3 +253,16 @@ def test_param_group_counts_its_writes_and_survives_pickling():
     copy = pickle.loads(pickle.dumps(group))
     assert copy.version == group.version and copy.keys() == group.keys() and copy["lr"] == 0.1 and \
         [p.shape for p in copy["params"]] == [p.shape for p in group["params"]]
+
+
+def test_a_steady_step_advances_every_parameters_version_once(steady_runs):
+    """In-place updates are seen by autograd's saved-tensor check: one version per step, as the full step."""
+    model, data = model_and_data()
+    opt = SGD(model.parameters())
+    run = gf.compile(gf.train.training_step(model, F.cross_entropy, opt), strict=True)
+    for i in range(4):
+        run(*data[i % 3])
+    before = [p._version for p in model.parameters()]
+    run(*data[0])
+    assert steady_runs["steady"] == 2
+    assert [p._version for p in model.parameters()] == [v + 1 for v in before]

@@ -19,8 +19,11 @@ from gradflow.kernel import Elementwise, device_scalar_twin
 _OPT = ("optimizers.cuh",)
 
 
+_FLOATS = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))  # dtypes, not types: `in` tests identity first
+
+
 def _check(param, grad, *state):
-    if param.dtype not in (numpy.float32, numpy.float64):
+    if param.dtype not in _FLOATS:
         raise TypeError(f"fused optimizer updates support float32 and float64 parameters, got {param.dtype}")
     for a in (grad,) + state:
         if a is not None and (a.shape != param.shape or a.dtype != param.dtype):
@@ -48,7 +51,7 @@ def _lerp(a, b, w):
 # ---- SGD ---------------------------------------------------------------------------------------------
 def _sgd_np(grad, neg_lr, weight_decay, l1, maximize, param, buf=None, momentum=0.0, one_minus_dampening=1.0,
             nesterov=0, first_step=0):
-    g = _opt_grad(param, grad, maximize, weight_decay, l1)
+    g = _opt_grad(param, grad, maximize, weight_decay, l1) if maximize or weight_decay or l1 else grad
     if buf is not None:  # in place with out=: the same roundings, fewer temporaries
         if first_step:
             buf[...] = g

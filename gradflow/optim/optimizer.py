@@ -265,6 +265,8 @@ class _SteadyStep:
                                 for k, (p, s) in enumerate(zip(params, states)))
             self.groups.append(entry)
             self.params.extend(params)
+        # a parameter keeps its version counter for life (views share their base's): bump the boxes
+        self.versions = [p._version_box() for p in self.params]
         return self
 
     def run(self):
@@ -314,8 +316,8 @@ class _SteadyStep:
                 value = flat_state[key]
                 for s in entry.states:
                     s[key] = value
-        for p in self.params:
-            p._bump_version()
+        for box in self.versions:  # p._bump_version() of every parameter
+            box[0] += 1
         return True
 
 
