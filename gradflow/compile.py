@@ -1019,7 +1019,8 @@ class CompiledStep:
         key = []
         for a in args:
             if isinstance(a, Tensor):
-                key.append(("T", a.shape, a.dtype.str, a.device, a.requires_grad))
+                d = a.data  # the array type stands for the device (numpy: cpu, cupy: cuda)
+                key.append((type(d), d.shape, d.dtype, a.requires_grad))
             else:
                 try:
                     hash(a)
