@@ -26,7 +26,10 @@ What cannot be captured is detected and never replayed: reading data on the host
 the step (``.item()``, ``.numpy()``, ``bool()`` — data-dependent control flow), in-place
 edits of arrays outside the recorded ops, and arrays that change between steps without
 being produced by a recorded op. By default such a step warns once and runs eagerly;
-``strict=True`` raises ``CaptureError`` at the point of detection instead.
+``strict=True`` raises ``CaptureError`` at the point of detection instead. A plan reads
+each parameter's array directly, so before each replay it checks that every Tensor whose
+array it read still holds that array: one given a new array since (``p.data = ...``, an
+optimizer re-laying out its flat buffers) makes the step record afresh.
 """
 import builtins  # this module defines its own compile()
 import collections
@@ -58,7 +61,7 @@ class CaptureError(RuntimeError):
     """The step cannot be captured; the message says which op and why."""
 
 
-STALE = object()  # what _Plan.run returns when it must be recorded again
+_STALE = object()  # what _Plan.run returns when it must be recorded again
 
 
 def invalidate():
@@ -192,14 +195,13 @@ class _Recording:
             self.problem = reason
 
     # ---- hooks called by the tape --------------------------------------------------------------
-    def on_function(self, fn, xs, ys, constructed, tensors=()):
+    def on_function(self, fn, tensors, xs, ys, constructed):
         ins = []
-        for k, a in enumerate(xs):
+        for t, a in zip(tensors, xs):  # xs: the tensors' arrays
             slot = self.slot_of.get(id(a))
-            if slot is None:  # read from outside the step: remember the Tensor that holds it
+            if slot is None:  # read from outside the step: a replay first checks that t still holds it
                 slot = self._ref(a)
-                if k < len(tensors) and tensors[k].data is a:
-                    self.owners[slot] = tensors[k]
+                self.owners[slot] = t
             ins.append(slot)
         single = type(ys) is not tuple
         outs = [self._new(y) for y in ((ys,) if single else ys)]
@@ -346,10 +348,10 @@ class _Plan:
         self.replay = _generate(self, recording.arrays)
 
     def run(self, arrays):
-        """The step's outputs, or ``STALE`` (nothing run) when a Tensor the plan reads holds another array."""
+        """The step's outputs, or ``_STALE`` (nothing run) when a Tensor the plan reads holds another array."""
         for t, a in self.owners:
             if t.data is not a:
-                return STALE
+                return _STALE
         if self.cuda_graphs and arrays and backend.device_of(arrays[0]) == "cuda":
             if self.graph_runner is None:
                 self.graph_runner = _CudaGraphRunner(self)
@@ -1049,7 +1051,7 @@ class CompiledStep:
         tensors = [a.data for a in args if isinstance(a, Tensor)]
         if entry.plan is not None:
             result = entry.plan.run(tensors)
-            if result is not STALE:
+            if result is not _STALE:
                 return result
             entry.plan, entry.tries = None, 0  # a parameter got a new array (p.data = ...): record afresh
         if entry.eager_reason is not None:

@@ -766,7 +766,7 @@ class Function:
         if recorder is not None:
             constructed = dict(vars(self))  # set by __init__: must be equal in every step
             ys = self._forward_checked(arrays)
-            recorder.on_function(self, arrays, ys, constructed, inputs)
+            recorder.on_function(self, inputs, arrays, ys, constructed)
         else:
             try:
                 ys = self.forward(*arrays)

@@ -242,13 +242,12 @@ class _SteadyStep:
     @classmethod
     def build(cls, opt, work):
         """The steady step after the full step that ran ``work`` (``Optimizer._prepare``), or None."""
-        if len(work) != len(opt.param_groups):
-            return None
+        if len(work) != len(opt.param_groups) or any(ready is None for _, _, ready in work):
+            return None  # eager gradients (arrays of their own): every eager step ends here
         self = cls()
-        self.opt, self.state, self.group_list, self.groups = opt, opt.state, tuple(opt.param_groups), []
-        self.params = []
+        self.opt, self.state, self.groups = opt, opt.state, []
         for group, params, ready in work:
-            if ready is None or not params or len(params) != len(group["params"]):
+            if not params or len(params) != len(group["params"]):
                 return None
             states = [opt.state[p] for p in params]
             flat_state = ready.state_for(states)
@@ -264,9 +263,8 @@ class _SteadyStep:
                                  tuple((key, s[key], s[key].data) for key in tensors))
                                 for k, (p, s) in enumerate(zip(params, states)))
             self.groups.append(entry)
-            self.params.extend(params)
         # a parameter keeps its version counter for life (views share their base's): bump the boxes
-        self.versions = [p._version_box() for p in self.params]
+        self.versions = [item[0]._version_box() for entry in self.groups for item in entry.items]
         return self
 
     def run(self):
@@ -275,7 +273,7 @@ class _SteadyStep:
         ``_prepare`` would)."""
         opt = self.opt
         state, groups = opt.state, opt.param_groups
-        if state is not self.state or len(groups) != len(self.group_list):
+        if state is not self.state or len(groups) != len(self.groups):
             return False
         for gi, entry in enumerate(self.groups):
             group = entry.group
