@@ -1071,11 +1071,13 @@ def _fire_post_accumulate_hooks(x):
     recorder = _state._recorder
     if recorder is not None:  # gradflow.compile records the hooks as one call that each replay repeats
         recorder.on_post_accumulate_hooks(x, _fire_post_accumulate_hooks)
+        recorder.check_parameters()
         _state._recorder = None
         try:
             _fire_post_accumulate_hooks(x)
         finally:
             _state._recorder = recorder
+            recorder.on_call_returned()  # hooks may update parameters (an optimizer step in backward)
         return
     for hook in list((x._post_accumulate_grad_hooks or {}).values()):
         hook(x)

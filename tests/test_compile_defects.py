@@ -272,3 +272,55 @@ def test_a_parameter_given_a_new_array_every_step_runs_eagerly_with_a_warning():
     with pytest.warns(RuntimeWarning, match="changes between steps"):
         got, run, _ = clipped_run(True, set(range(3, 10)), strict=False)
     assert got == want and not run.captured
+
+
+# ---- a parameter changed inside the step by plain NumPy (``p.data *= 0.9``) ------------------------------
+def decay_run(compiled, where, strict=False, hook=False):
+    gf.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    if hook:  # an optimizer step in backward: a legitimate parameter update, repeated by every replay
+        w = model[0].weight
+        w.register_post_accumulate_grad_hook(lambda p: p.data.__isub__(numpy.float32(0.01) * p.grad.data))
+
+    def decay():
+        for p in model.parameters():
+            p.data *= numpy.float32(0.9)  # an in-place NumPy write: no op records it
+
+    def step(x, y):
+        if where == "before":
+            decay()
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        if where == "between":
+            decay()
+        opt.step()
+        if where == "after":
+            decay()
+        return loss
+
+    run = gf.compile(step, strict=strict) if compiled else step
+    rng = numpy.random.default_rng(1)
+    x, y = gf.tensor(rng.standard_normal((4, 6), dtype=numpy.float32)), gf.tensor(rng.integers(0, 3, 4))
+    losses = [run(x, y).data.tobytes() for _ in range(6)]
+    return losses + [p.data.tobytes() for p in model.parameters()], run
+
+
+@pytest.mark.parametrize("where", ["before", "between", "after"])
+def test_a_parameter_changed_by_numpy_inside_the_step_runs_eagerly(where):
+    """``p.data *= 0.9`` inside a compiled step ran only while recording: every replay silently skipped
+    it. The recorder now checksums each parameter when an op reads it, around every call and at the
+    end of the step (recording only; a replay does no such work), and such a step runs eagerly."""
+    want, _ = decay_run(False, where)
+    with pytest.warns(RuntimeWarning, match="parameter was changed inside the step"):
+        got, run = decay_run(True, where)
+    assert got == want and not run.captured
+    with pytest.raises(CaptureError, match=r"p.data \*= 0.9"):
+        decay_run(True, where, strict=True)
+
+
+def test_parameters_updated_by_calls_and_hooks_still_capture():
+    want, _ = decay_run(False, None, hook=True)
+    got, run = decay_run(True, None, strict=True, hook=True)
+    assert got == want and run.captured
