@@ -197,13 +197,18 @@ def test_steady_steps_equal_eager_with_a_schedule(make_opt, steady_runs):
     assert steady_runs["steady"] == STEPS - 3  # every replay after the first
 
 
-def test_an_invalid_hyperparameter_fails_the_steady_step_before_any_update(steady_runs):
+def compiled_sgd(steps):
+    """A compiled SGD training step after ``steps`` calls: (model, optimizer, step, data)."""
     model, data = model_and_data()
     opt = SGD(model.parameters())
-
     run = gf.compile(gf.train.training_step(model, F.cross_entropy, opt), strict=True)
-    for i in range(5):
+    for i in range(steps):
         run(*data[i % 3])
+    return model, opt, run, data
+
+
+def test_an_invalid_hyperparameter_fails_the_steady_step_before_any_update(steady_runs):
+    model, opt, run, data = compiled_sgd(5)
     assert steady_runs["steady"] == 2
     before = fingerprint(model, opt)
     opt.param_groups[0]["lr"] = -1.0
@@ -257,11 +262,7 @@ def test_param_group_counts_its_writes_and_survives_pickling():
 
 def test_a_steady_step_advances_every_parameters_version_once(steady_runs):
     """In-place updates are seen by autograd's saved-tensor check: one version per step, as the full step."""
-    model, data = model_and_data()
-    opt = SGD(model.parameters())
-    run = gf.compile(gf.train.training_step(model, F.cross_entropy, opt), strict=True)
-    for i in range(4):
-        run(*data[i % 3])
+    model, opt, run, data = compiled_sgd(4)
     before = [p._version for p in model.parameters()]
     run(*data[0])
     assert steady_runs["steady"] == 2
