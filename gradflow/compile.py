@@ -24,9 +24,9 @@ is captured, because CuPy refuses cuBLAS calls during stream capture.
 
 What cannot be captured is detected and never replayed: reading data on the host inside
 the step (``.item()``, ``.numpy()``, ``bool()`` — data-dependent control flow), in-place
-edits of arrays outside the recorded ops (a parameter changed by plain NumPy, ``p.data *=
-0.9``, is caught by checksums taken while recording: when an op reads it, around every call
-and at the end of the step), and arrays that change between steps without being produced by
+edits of arrays outside the recorded ops (a parameter, buffer or input changed by plain
+NumPy, ``p.data *= 0.9``, is caught by checksums taken while recording: before and after
+every op that reads it, around every call and at the end of the step), and arrays that change between steps without being produced by
 a recorded op. By default such a step warns once and runs eagerly;
 ``strict=True`` raises ``CaptureError`` at the point of detection instead. A plan reads
 each parameter's array directly, so before each replay it checks that every Tensor whose
@@ -137,7 +137,7 @@ def replay_as_call(func=None, *, graph=None):
         # a generator (model.parameters()) would be spent after one call: replay needs a list
         args = tuple(list(a) if isinstance(a, types.GeneratorType) else a for a in args)
         recorder.ops.append((_CALL, func, args, kwargs))
-        recorder.check_parameters()
+        recorder.check_leaves()
         _tape._recorder = None
         try:
             return func(*args, **kwargs)
@@ -164,8 +164,10 @@ def _group_write(group, key, value):
 
 def _checksum(a):
     """A checksum of an array's bytes (while recording only)."""
-    host = a if type(a) is numpy.ndarray else a.get()
-    return zlib.crc32(host.ravel(order="K"))
+    host = numpy.asarray(a) if isinstance(a, (numpy.ndarray, numpy.generic)) else a.get()
+    if host.dtype.hasobject:
+        return 0  # Python objects: not checked
+    return zlib.crc32(host.ravel(order="K").view(numpy.uint8))  # bytes: any dtype (bfloat16 included)
 
 
 class _Recording:
@@ -180,9 +182,10 @@ class _Recording:
         self.problem = None
         self.rng_ops = set()     # ops whose forward draws random numbers (kept out of CUDA graphs)
         self.owners = {}         # external slot -> the Tensor whose .data it was (a parameter)
-        # parameter -> (its array, a checksum) as of its last read or the last call: a write that no
-        # op and no call made (``p.data *= 0.9`` in the step) would not be replayed. ``watch``: the
-        # previous recording's parameters, checked from the start (a write before their first read)
+        # leaf Tensor an op reads (parameter, buffer, the step's input) -> (its array, a checksum) as
+        # of the last op or call that could change it: a write that no op and no call made
+        # (``p.data *= 0.9`` in the step) would not be replayed. ``watch``: the step's inputs and the
+        # previous recording's leaves, checked from the start (a write before their first read)
         self.watched = {}
         for t in watch:
             self._watch(t)
@@ -219,8 +222,8 @@ class _Recording:
             if slot is None:  # read from outside the step: a replay first checks that t still holds it
                 slot = self._ref(a)
                 self.owners[slot] = t
-            if t.requires_grad and t.creator is None:  # a parameter
-                self._check_watched(t, reading=True)
+            if t.creator is None:  # the op may write its inputs in place (BatchNorm's running stats)
+                self._watch(t)
             ins.append(slot)
         single = type(ys) is not tuple
         outs = [self._new(y) for y in ((ys,) if single else ys)]
@@ -233,28 +236,32 @@ class _Recording:
             self._drew = False
         self.ops.append((_FUNCTION, fn, ins, outs, single, saved, constructed))
 
-    # ---- parameters changed outside ops and calls ----------------------------------------------------
+    # ---- leaves changed outside ops and calls ---------------------------------------------------------
     def _watch(self, t):
         self.watched[t] = (t.data, _checksum(t.data))
 
-    def _check_watched(self, t, reading=False):
-        """Fail when parameter ``t`` changed since it was last seen, other than by an op or a call."""
+    def _check_watched(self, t):
+        """Fail when leaf ``t`` changed since it was last seen, other than by an op or a call."""
         seen = self.watched.get(t)
         if seen is not None and (seen[0] is not t.data or _checksum(t.data) != seen[1]):
-            self._fail("a parameter was changed inside the step by code that is neither an op nor a "
-                       "@replay_as_call function (such as `p.data *= 0.9` or `p.data = ...`), which a replay "
-                       "would not repeat; do it in a @gradflow.replay_as_call function or outside the "
-                       "compiled function")
-        if reading or seen is not None:
-            self._watch(t)
+            self._fail("an array the step reads (a parameter, a buffer or an input) was changed inside the step "
+                       "by code that is neither an op nor a @replay_as_call function (such as `p.data *= 0.9`, "
+                       "`x.data /= 255` or `p.data = ...`), which a replay would not repeat; do it with ops, in "
+                       "a @gradflow.replay_as_call function, or outside the compiled function")
 
-    def check_parameters(self):
-        """Before a call and at the end of the step: no parameter changed since it was last seen."""
-        for t in list(self.watched):
+    def before_function(self, tensors):
+        """Before an op's forward: the leaves it reads are as the last op or call left them."""
+        for t in tensors:
+            if t.creator is None:
+                self._check_watched(t)
+
+    def check_leaves(self):
+        """Before a call and at the end of the step: no leaf changed since it was last seen."""
+        for t in self.watched:
             self._check_watched(t)
 
     def on_call_returned(self):
-        """A call (optimizer step, hooks) may change parameters: what it left is what ops read next."""
+        """A call (optimizer step, hooks) may change leaves: what it left is what ops read next."""
         for t in self.watched:
             self._watch(t)
 
@@ -1103,13 +1110,13 @@ class CompiledStep:
         return self._record(entry, args, tensors)
 
     def _record(self, entry, args, arrays):
-        watch = entry.last.watched if entry.last is not None else ()
+        watch = [a for a in args if isinstance(a, Tensor)] + list(entry.last.watched if entry.last is not None else ())
         recording = _Recording(arrays, self.strict, watch)
         _tape._recorder = recording
         try:
             result = self.fn(*args)
             recording.outputs = _flatten_outputs(result, recording)
-            recording.check_parameters()
+            recording.check_leaves()
         finally:
             _tape._recorder = None
         entry.tries += 1

@@ -765,6 +765,7 @@ class Function:
         recorder = state._recorder
         if recorder is not None:
             constructed = dict(vars(self))  # set by __init__: must be equal in every step
+            recorder.before_function(inputs)
             ys = self._forward_checked(arrays)
             recorder.on_function(self, inputs, arrays, ys, constructed)
         else:
@@ -1071,7 +1072,7 @@ def _fire_post_accumulate_hooks(x):
     recorder = _state._recorder
     if recorder is not None:  # gradflow.compile records the hooks as one call that each replay repeats
         recorder.on_post_accumulate_hooks(x, _fire_post_accumulate_hooks)
-        recorder.check_parameters()
+        recorder.check_leaves()
         _state._recorder = None
         try:
             _fire_post_accumulate_hooks(x)

@@ -310,10 +310,10 @@ def decay_run(compiled, where, strict=False, hook=False):
 @pytest.mark.parametrize("where", ["before", "between", "after"])
 def test_a_parameter_changed_by_numpy_inside_the_step_runs_eagerly(where):
     """``p.data *= 0.9`` inside a compiled step ran only while recording: every replay silently skipped
-    it. The recorder now checksums each parameter when an op reads it, around every call and at the
-    end of the step (recording only; a replay does no such work), and such a step runs eagerly."""
+    it. The recorder now checksums every leaf an op reads before and after the op, around every call
+    and at the end of the step (recording only; a replay does no such work): such a step runs eagerly."""
     want, _ = decay_run(False, where)
-    with pytest.warns(RuntimeWarning, match="parameter was changed inside the step"):
+    with pytest.warns(RuntimeWarning, match="was changed inside the step"):
         got, run = decay_run(True, where)
     assert got == want and not run.captured
     with pytest.raises(CaptureError, match=r"p.data \*= 0.9"):
@@ -323,4 +323,56 @@ def test_a_parameter_changed_by_numpy_inside_the_step_runs_eagerly(where):
 def test_parameters_updated_by_calls_and_hooks_still_capture():
     want, _ = decay_run(False, None, hook=True)
     got, run = decay_run(True, None, strict=True, hook=True)
+    assert got == want and run.captured
+
+
+def raw_write_run(compiled, kind, strict=False):
+    """A step that changes an input or a buffer with plain NumPy (``kind``), or nothing (None)."""
+    gf.manual_seed(0)
+    student = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    teacher = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    teacher.requires_grad_(False)
+    bn = nn.BatchNorm1d(6)  # its op updates its running statistics in place: legitimate
+    opt = optim.SGD(student.parameters(), lr=0.1)
+
+    def step(x, y):
+        if kind == "input-in-place":
+            x.data /= numpy.float32(2)
+        elif kind == "input-replaced":
+            x.data = x.data / numpy.float32(2)
+        h = bn(x)
+        opt.zero_grad()
+        loss = F.cross_entropy(student(h), y) + F.mse_loss(student(h), teacher(h))
+        loss.backward()
+        opt.step()
+        if kind == "teacher-ema":  # a mean-teacher update written with .data
+            for t, s in zip(teacher.parameters(), student.parameters()):
+                t.data *= numpy.float32(0.9)
+                t.data += numpy.float32(0.1) * s.data
+        return loss
+
+    run = gf.compile(step, strict=strict) if compiled else step
+    rng = numpy.random.default_rng(2)
+    out = []
+    for _ in range(6):
+        x = gf.tensor(rng.standard_normal((4, 6), dtype=numpy.float32))
+        y = gf.tensor(rng.integers(0, 3, 4))
+        out.append(run(x, y).data.tobytes())
+    out += [t.data.tobytes() for m in (student, teacher, bn) for t in list(m.parameters()) + list(m.buffers())]
+    return out, run
+
+
+@pytest.mark.parametrize("kind", ["input-in-place", "input-replaced", "teacher-ema"])
+def test_an_input_or_buffer_changed_by_numpy_inside_the_step_runs_eagerly(kind):
+    """The same for the step's inputs (``x.data /= 255`` at its start) and for buffers or frozen
+    parameters that ops read (a mean-teacher EMA written with ``.data``): replays skipped the write."""
+    want, _ = raw_write_run(False, kind)
+    with pytest.warns(RuntimeWarning, match="was changed inside the step"):
+        got, run = raw_write_run(True, kind)
+    assert got == want and not run.captured
+
+
+def test_ops_that_write_their_inputs_still_capture():
+    want, _ = raw_write_run(False, None)
+    got, run = raw_write_run(True, None, strict=True)
     assert got == want and run.captured
