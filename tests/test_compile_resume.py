@@ -13,10 +13,10 @@ import pytest
 
 import gradflow as gf
 from gradflow import nn, optim
-from gradflow.nn import functional as F
 from gradflow.train import load_checkpoint, save_checkpoint
 from test_compile_one_launch import emulated_gpu, persistent  # noqa: F401  (the fixture)
 import test_compile_one_launch as one_launch
+from test_compile import make_step
 
 OPTIMIZERS = {
     "sgd-momentum": lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, dampening=0.1, weight_decay=1e-4),
@@ -36,18 +36,6 @@ def build(opt_name):
     opt = OPTIMIZERS[opt_name](model.parameters())
     sched = optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1.0 + 0.05 * step))
     return model, opt, sched
-
-
-def make_step(model, opt, clip=None):
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        if clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
-        return loss
-    return step
 
 
 def batches(n=3, bs=8):
