@@ -13,6 +13,7 @@ DESCRIPTION = __doc__.splitlines()[0]
 
 def parse_args(argv=None):
     from benchmarks.cases import CASES
+    from benchmarks.worker import GROUPS
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=DESCRIPTION)
     p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
                    help="which backends to run: cpu, cuda, or all (the default: cpu, plus cuda when usable)")
@@ -33,8 +34,16 @@ def parse_args(argv=None):
                         "machine idle (default 20, quick 1; 0 disables)")
     p.add_argument("--batches", default=None, metavar="N,N,...",
                    help="batch sizes of the mlp and inference cases (default 32,128,512,2048,8192; quick 128,2048)")
+    p.add_argument("--contestants", default=None, metavar="NAME,...",
+                   help=f"comma-separated subset of: {', '.join(GROUPS)} (default: all; each runs in a process "
+                        f"of its own)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     args = p.parse_args(argv)
+    if args.contestants is not None:
+        args.contestants = tuple(c.strip() for c in args.contestants.split(",") if c.strip())
+        unknown = [c for c in args.contestants if c not in GROUPS]
+        if unknown or not args.contestants:
+            p.error(f"--contestants: unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(GROUPS)}")
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
     if unknown:
@@ -62,7 +71,7 @@ def main(argv=None):
     args = parse_args(argv)
     from benchmarks import cases, harness, report
     from benchmarks.suite import Suite
-    from benchmarks.worker import Workers
+    from benchmarks.worker import GROUPS, Workers
     from gradflow import backend
 
     reporter = report.Reporter(progress=not args.no_progress)
@@ -123,7 +132,7 @@ def main(argv=None):
         payload["meta"]["elapsed_s"] = round(time.time() - started, 2)
         report.write_json(json_path, payload)
 
-    with Workers(cfg, cooldown=cfg.cooldown) as workers:
+    with Workers(cfg, groups=args.contestants or tuple(GROUPS), cooldown=cfg.cooldown) as workers:
         payload["meta"]["workers"] = workers.info
         _describe_workers(reporter, workers.info, machine, cfg)
         suite = Suite(workers, cfg, reporter)
@@ -178,12 +187,13 @@ def _good(records):
 
 
 def _describe_workers(reporter, info, machine, cfg):
+    from benchmarks.worker import TORCH_GROUPS
     for group, w in info.items():
         t = w["threads"]
-        torch_part = f", torch threads {t.get('torch_threads')}" if group == "torch" else ""
+        torch_part = f", torch threads {t.get('torch_threads')}" if group in TORCH_GROUPS else ""
         reporter.line(f"  {group} worker: {', '.join(w['available']) or 'nothing to run'}; BLAS threads "
                       f"{t['blas_threads']} ({t['blas_threads_source']}){torch_part}")
-        if group == "torch" and w.get("torch"):
+        if group in TORCH_GROUPS and w.get("torch"):
             machine["torch"], machine["torch_cuda"] = w["torch"], w.get("torch_cuda")
         for label, why in w["skipped"].items():
             reporter.note(f"{label} skipped: {why}")

@@ -99,11 +99,12 @@ class Context:
     """What a worker keeps between jobs: config, its contestants, weights, MNIST."""
 
     def __init__(self, group, cfg):
-        from benchmarks.worker import GROUPS
+        from benchmarks.worker import GROUPS, TORCH_GROUPS
         self.group, self.cfg = group, cfg
+        self.torch = group in TORCH_GROUPS
         kinds = [getattr(C, name) for name in GROUPS[group]]
         self.active, self.skipped = C.split_available(C.contestants(cfg.devices, kinds))
-        self.threads = harness.pin_threads(cfg.threads) if group == "torch" else harness.blas_threads_info()
+        self.threads = harness.pin_threads(cfg.threads) if self.torch else harness.blas_threads_info()
         self._weights = {}
         self._cnn_weights = None
         self._mnist = None
@@ -128,7 +129,9 @@ class Context:
 
     def _warm_up(self, seconds=0.3):
         """Some BLAS work first, so the cores are awake when timing starts."""
-        if self.group == "torch":
+        if not self.active:
+            return   # nothing to time here (e.g. the CUDA-graph worker on a machine without a GPU)
+        if self.torch:
             import torch
             a = torch.ones(512, 512)
         else:
@@ -142,7 +145,7 @@ def job_info(ctx):
     import sys
     info = {"group": ctx.group, "available": [c.label for c in ctx.active], "skipped": ctx.skipped,
             "threads": ctx.threads, "python": sys.version.split()[0]}
-    if ctx.group == "torch":
+    if ctx.torch:
         try:
             import torch
             info["torch"] = torch.__version__

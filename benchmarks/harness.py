@@ -239,7 +239,15 @@ class Runner:
         self.k += 1
 
     def prepare(self, warmup=3, min_time=0.2, max_calls=100_000):
-        """Time the first call alone, warm up, and choose the calls per repeat."""
+        """Time the first call alone, warm up, and choose the calls per repeat.
+
+        The calls per repeat come from timing steady calls after the warm-up, doubling their
+        number until they last a tenth of ``min_time``: the warm-up's own calls can be many
+        times slower than the rest (a compiled step records its first two calls), and
+        calibrating on them made such a contestant's repeats last a fraction of ``min_time``
+        -- short repeats that start after the pause between workers with cold caches and
+        sleeping BLAS threads, which biased the ratios against it.
+        """
         clock = self.clock
         clock.sync()
         t0 = time.perf_counter()
@@ -249,12 +257,19 @@ class Runner:
         if self.first > 0.5:
             warmup = min(warmup, 1)   # a slow call needs little warming and costs a lot
         self.warmup = warmup
-        per_call = self.first
-        if warmup:
+        for _ in range(warmup):
+            self._call()
+        clock.sync()
+        n = 1
+        while True:
             clock.start()
-            for _ in range(warmup):
+            for _ in range(n):
                 self._call()
-            per_call = clock.stop() / warmup
+            elapsed = clock.stop()
+            if elapsed >= min_time / 10 or n >= max_calls:
+                break
+            n *= 2
+        per_call = elapsed / n
         self.calls = max(1, min(max_calls, math.ceil(min_time / max(per_call, 1e-9))))
 
     def repeat(self):

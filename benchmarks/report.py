@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import statistics
 import sys
 from contextlib import contextmanager
 
@@ -160,8 +161,29 @@ def compute_ratios(records):
 
 
 def _ratio(key, what, device, a, b):
-    return {"group": list(key), "what": what, "device": device, "ratio": _speed(a) / _speed(b),
+    return {"group": list(key), "what": what, "device": device, "ratio": speed_ratio(a, b),
             "a": a["label"], "b": b["label"]}
+
+
+def speed_ratio(a, b):
+    """How much faster record ``a`` ran than record ``b`` (>1: ``a`` is faster).
+
+    Two timings of one measurement were taken side by side: round k timed a repeat of each
+    contestant, seconds apart. The ratio is then the median over the rounds of b's time / a's
+    time in that round (rounds either one set aside, for other processes' load, left out).
+    A virtual machine's speed wanders by tens of percent over seconds to minutes; the ratio of
+    the two medians mixes the rounds where one contestant met a slow patch with rounds where
+    the other did, the per-round ratio cancels it (in the runs of 2026-12-01, the former
+    spread 0.87-1.12 over seven runs of one row, the latter 0.92-0.98). Records without such
+    paired timings (time to accuracy) compare throughputs.
+    """
+    ta, tb = a.get("timing"), b.get("timing")
+    if ta and tb and len(ta.get("times", ())) == len(tb.get("times", ())):
+        pairs = [y / x for x, y, use_x, use_y in zip(ta["times"], tb["times"], ta["used"], tb["used"])
+                 if use_x and use_y and x > 0]
+        if len(pairs) >= 2:
+            return statistics.median(pairs)
+    return _speed(a) / _speed(b)
 
 
 def print_ratios(reporter, ratios, case):
@@ -189,7 +211,7 @@ def _target(what, a, b, threshold, a_label, b_label):
         missing = " and ".join(label for label, r in ((a_label, a), (b_label, b)) if r is None)
         return {"target": what, "threshold": threshold, "ratio": None, "status": "not measured",
                 "detail": f"no {missing} result in this run"}
-    ratio = _speed(a) / _speed(b)
+    ratio = speed_ratio(a, b)
     detail = f"{a['label']} {fmt_rate(a['value'])}/s vs {b['label']} {fmt_rate(b['value'])}/s"
     shaky = [r["label"] for r in (a, b) if r.get("drift", 1.0) > 1.25 or r.get("timing", {}).get("contended")]
     if shaky:

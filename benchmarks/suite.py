@@ -19,7 +19,7 @@ TTA_COLUMNS = (["model", "contestant", "reached", "wall time", "train time", "ep
 class Suite:
     def __init__(self, workers, cfg, reporter):
         self.workers, self.cfg, self.reporter = workers, cfg, reporter
-        self.groups = list(workers.info)
+        self.groups = list(workers.active)   # the workers with a contestant to run
         self.waited = 0.0       # seconds spent waiting for a quiet machine
         self.busy_waits = 0     # measurements that started on a machine still busy after the wait
         self.redone = 0         # measurements redone because the machine's speed drifted
@@ -256,7 +256,7 @@ class Suite:
             self.reporter.note(f"quick mode: time to accuracy is limited to {cfg.tta_max_epochs:g} epoch(s); "
                                f"'reached' says whether {cfg.tta_target:.0%} was reached within it")
         runs = {}
-        jobs = [(group, label) for group, info in self.workers.info.items() for label in info["available"]]
+        jobs = [(group, label) for group in self.groups for label in self.workers.info[group]["available"]]
         with self.reporter.progress(len(jobs) * cfg.tta_repeats, "tta") as bar:
             for r in range(cfg.tta_repeats):   # round-robin, so machine noise spreads over everyone
                 for group, label in (jobs if r % 2 == 0 else jobs[::-1]):

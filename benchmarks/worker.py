@@ -1,22 +1,28 @@
-"""Worker processes: each framework family is timed in a process of its own.
+"""Worker processes: each contestant is timed in a process of its own.
 
-Why: NumPy's OpenBLAS and PyTorch's OpenMP keep their worker threads spinning for a while
-after each call. In one process on a machine with few cores, one library's spinning
-threads steal the cores the other needs, and timings swing by 2-50x. A user runs one
-framework per process, so the suite does too: one worker for the NumPy-based contestants
-(gradflow, gradflow-captured, the NumPy/CuPy loop -- they share one BLAS pool) and one for
-PyTorch. The parent only orchestrates and prints; it sends one job at a time and, when the
-next job goes to the other worker, first pauses (``cooldown``) so the spinning stops.
+Why: a user runs one framework per process, and contestants that share a process share
+more than a BLAS pool -- the heap and where each one's arrays land in it, the allocator's
+caches, whatever the other imported and warmed. Measured side by side in one process, the
+same gradflow commit against the NumPy loop came out anywhere from 0.86x to 1.04x from one
+process to the next. NumPy's OpenBLAS and PyTorch's OpenMP also keep their worker threads
+spinning for a while after each call; on a machine with few cores one library's spinning
+threads steal the cores the other needs, and timings swing by 2-50x. So the parent only
+orchestrates and prints; it sends one job at a time and, when the next job goes to another
+worker, first pauses (``cooldown``) so the spinning stops.
 """
 import multiprocessing
 import time
 import traceback
 import warnings
 
-GROUPS = {
-    "numpy": ("Gradflow", "GradflowCaptured", "NumpyLoop"),   # one OpenBLAS (or CuPy) pool
-    "torch": ("Torch", "TorchCudaGraph"),
+GROUPS = {   # worker name: the contestant kind it times (benchmarks.contestants)
+    "gradflow": ("Gradflow",),
+    "gradflow-captured": ("GradflowCaptured",),
+    "numpy-loop": ("NumpyLoop",),
+    "torch": ("Torch",),
+    "torch-cudagraph": ("TorchCudaGraph",),
 }
+TORCH_GROUPS = ("torch", "torch-cudagraph")   # workers that set PyTorch's thread count and report its build
 
 
 def serve(conn, group, cfg):
@@ -52,7 +58,10 @@ class WorkerError(RuntimeError):
 
 
 class Workers:
-    """One worker process per group; ``call(group, job, **kwargs)`` runs a job there."""
+    """One worker process per group; ``call(group, job, **kwargs)`` runs a job there.
+
+    ``active`` lists the workers that have a contestant available here (on a machine without
+    a GPU the CUDA-graph worker has none): the jobs go to those only."""
 
     def __init__(self, cfg, groups=tuple(GROUPS), cooldown=0.25):
         self.cooldown = cooldown
@@ -67,6 +76,7 @@ class Workers:
             self.procs[group], self.conns[group] = proc, parent
         for group in groups:
             self.info[group] = self._reply(group)
+        self.active = [group for group, info in self.info.items() if info["available"]]
 
     def _reply(self, group):
         conn = self.conns[group]

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy
 import pytest
@@ -51,7 +52,7 @@ def test_quick_run_writes_table_json_and_plot(tmp_path):
     for key in ("cpu_model", "cpu_count", "numpy", "numpy_blas", "torch", "gpu", "cuda_driver", "cupy"):
         assert key in machine
     assert meta["threads"] >= 1
-    assert {"numpy", "torch"} <= set(meta["workers"])
+    assert {"gradflow", "gradflow-captured", "numpy-loop", "torch"} <= set(meta["workers"])   # one per contestant
 
     records = [r for r in data["records"] if "error" not in r]
     errors = [r for r in data["records"] if "error" in r]
@@ -144,6 +145,39 @@ def test_runner_calibrates_and_rotates_inputs():
     runner.repeat()
     t = runner.timing()
     assert seen[:4] == [0, 1, 2, 0] and len(t.times) == 2 and len(t.foreign) == 2
+
+
+def test_runner_calibrates_on_steady_calls_not_the_slow_first_ones():
+    """A compiled step records its first calls (many times slower): calibrating on them made its
+    repeats a fraction of min_time long."""
+    calls = []
+
+    def step():
+        calls.append(None)
+        time.sleep(0.05 if len(calls) <= 3 else 0.001)   # the first call and two warm-up calls: slow
+
+    runner = harness.Runner(step, [()], harness.WallClock())
+    runner.prepare(warmup=2, min_time=0.2)
+    assert 100 <= runner.calls <= 200   # ~0.2 s of 1 ms calls, not 0.2 s of the warm-up's ~34 ms
+
+
+def test_ratio_of_timings_is_the_median_of_per_round_ratios():
+    """Side by side timings pair round by round: a machine slowed in some rounds slows both there."""
+    def rec(contestant, times, foreign=None):
+        t = harness.Timing(times=times, calls_per_repeat=10, first_call_s=1.0, warmup_calls=1,
+                           clock="perf_counter", foreign=foreign or [0.0] * len(times))
+        return {"case": "mlp", "model": "m", "batch": 32, "contestant": contestant, "device": "cpu",
+                "label": f"{contestant}/cpu", "unit": "samples/s", "value": 32 / t.median_s, "timing": t.as_dict()}
+    # the machine ran at half speed in rounds 1-3: the medians of the two mix the two speeds
+    fast = rec("gradflow-captured", [1.0, 2.0, 2.0, 2.0, 1.0, 1.0])
+    slow = rec("numpy-loop", [1.1, 2.2, 2.2, 1.1, 1.1, 1.1])
+    assert report.speed_ratio(fast, slow) == pytest.approx(1.1)
+    assert slow["value"] / fast["value"] != pytest.approx(1.1)   # what the ratio of medians says
+    # a round set aside for other processes' load on either side is left out
+    disturbed = rec("numpy-loop", [1.1, 2.2, 2.2, 9.0, 1.1, 1.1], foreign=[0, 0, 0, 0.9, 0, 0])
+    assert report.speed_ratio(fast, disturbed) == pytest.approx(1.1)
+    targets = {t["target"]: t for t in report.compute_targets([fast, slow], (32,), ())}
+    assert targets["CPU mlp batch 32: compiled step >= 1.0x NumPy loop"]["ratio"] == pytest.approx(1.1)
 
 
 def test_ratios_and_targets_from_records():
