@@ -234,6 +234,43 @@ def test_replayed_grad_is_the_parameters_own_buffer():
     assert all(numpy.shares_memory(p.grad.data, flat) for p in model.parameters())
 
 
+def accumulation_run(compiled, replace_grad):
+    """Gradients accumulated over two micro-batches by a step without zero_grad; every other
+    call the user clears them and steps. ``replace_grad``: the user also hands the first
+    parameter a gradient of its own before each pair (a Tensor, not the optimizer's buffer)."""
+    gf.manual_seed(0)
+    model = nn.MLP([12, 8, 3])
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def backward(x, y):
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    run = gf.compile(backward, strict=True) if compiled else backward
+    first = next(iter(model.parameters()))
+    losses = []
+    for k in range(12):
+        if k % 2 == 0:
+            opt.zero_grad()
+            if replace_grad:
+                first.grad = gf.Tensor(numpy.full(first.shape, 0.25, numpy.float32))
+        losses.append(run(*_data(seed=k)).item())
+        if k % 2 == 1:
+            opt.step()
+    return losses, [p.data.copy() for p in model.parameters()], [p.grad.data.copy() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("replace_grad", [False, True], ids=["cleared", "user-grad"])
+def test_gradients_accumulated_across_replays_equal_eager(replace_grad):
+    """A replay computes a gradient straight into the parameter's buffer only when the parameter
+    has none yet and still owns that buffer; otherwise it adds to what is there, as eager does."""
+    eager, replayed = accumulation_run(False, replace_grad), accumulation_run(True, replace_grad)
+    assert eager[0] == replayed[0]
+    for a, b in zip(eager[1] + eager[2], replayed[1] + replayed[2]):
+        assert a.tobytes() == b.tobytes()
+
+
 # ---- a parameter given a new array between replays (``p.data = ...``) ------------------------------------
 def clipped_run(compiled, clip_at, strict):
     gf.manual_seed(0)
