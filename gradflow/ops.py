@@ -1426,22 +1426,44 @@ def floor_divide(a, b):
     return NonDifferentiable("floor_divide")(a, b)
 
 
+class RoundedDivide(Function):
+    """a / b of float tensors rounded toward minus infinity ('floor', as Python's //) or toward
+    zero ('trunc'): torch.div with ``rounding_mode``. Piecewise constant, so its gradient is
+    zero -- and, as in PyTorch, that is a gradient: the result requires grad and backward
+    gives zeros (a model ported from PyTorch that divides with a rounding mode trains, and
+    its parameters get a .grad, as there)."""
+    def __init__(self, mode):
+        self.mode = mode
+
+    def forward(self, a, b):
+        self.shapes = (a.shape, b.shape)
+        xp = backend.xp_of(a)
+        return xp.floor_divide(a, b) if self.mode == "floor" else xp.trunc(xp.divide(a, b))
+
+    def backward(self, gy):
+        xp = backend.xp_of(gy.data)
+        return tuple(Tensor._wrap(xp.zeros(shape, gy.dtype)) if need else None
+                     for shape, need in zip(self.shapes, self.needs_input_grad))
+
+
 def true_divide(a, b, rounding_mode=None):
     """torch.div: ``rounding_mode`` None (true division), 'trunc' or 'floor'."""
+    if rounding_mode not in (None, "trunc", "floor"):
+        raise ValueError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found "
+                         f"{rounding_mode!r}")
+    a, b = _pair(a, b)
     if rounding_mode is None:
-        a, b = _pair(a, b)
         if a.dtype.kind not in "fc" and b.dtype.kind not in "fc":
             a = astype(a, _default_float())
             b = astype(b, _default_float())
         return div(a, b)
+    if a.dtype.kind == "f":
+        return RoundedDivide(rounding_mode)(a, b)
     if rounding_mode == "floor":
         return floor_divide(a, b)
-    if rounding_mode == "trunc":
-        _check_int_divisor(*_pair(a, b))
-        q = NonDifferentiable("divide")(*_pair(a, b))
-        q = NonDifferentiable("trunc")(q)
-        return astype(q, _pair(a, b)[0].dtype) if _pair(a, b)[0].dtype.kind in "iu" else q
-    raise ValueError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found {rounding_mode!r}")
+    _check_int_divisor(a, b)
+    q = NonDifferentiable("trunc")(NonDifferentiable("divide")(a, b))
+    return astype(q, a.dtype) if a.dtype.kind in "iu" else q
 
 
 # ---- reductions: all / any / prod / cumsum / cumprod / logsumexp / norm -----------------------
