@@ -450,7 +450,7 @@ NEW_ROWS = [_unary_row(n, lambda m, x, n=n: getattr(m, n)(x)) for n in UNARY_NAM
         grad=False),
     # with a rounding mode the result of float tensors requires grad and the gradient is zero, as in torch
     Row("div rounding_mode grad", lambda m, a, b, r: m.div(a, b, rounding_mode=r),
-        [s + (r,) for s in BINARY[:4] + BINARY[5:9] for r in ("trunc", "floor")]),
+        [s + (r,) for s in BINARY for r in ("trunc", "floor")]),
     Row("Tensor.__floordiv__", lambda m, a, b: a // b, BINARY, **BINARY_OPTIONS["floor_divide"]),
     Row("Tensor.__rfloordiv__", lambda m, a, b: b // a, T_FIRST[:12], grad=False),
     Row("Tensor.__mod__", lambda m, a, b: a % b, BINARY, **BINARY_OPTIONS["remainder"]),
