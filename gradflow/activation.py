@@ -10,6 +10,7 @@ is erfc(-x/sqrt 2)/2, accurate in the left tail where torch's 1 + erf cancels.
 Supported dtypes: float32 and float64.
 """
 import math
+import warnings
 
 import numpy
 
@@ -987,16 +988,28 @@ def _axis(axis, ndim, name):
     return axis % ndim
 
 
-def softmax(x, dim=-1, *, axis=None):
+def _implicit_dim(name, ndim):
+    """torch's dim for softmax/log_softmax/softmin called without one (deprecated there, with a
+    warning): 0 for 0-, 1- and 3-d inputs, else 1. Not the last dim: a (N, C, H, W) batch
+    normalised over W would be a silently different result from the same PyTorch code."""
+    warnings.warn(f"Implicit dimension choice for {name} has been deprecated. Change the call to include "
+                  f"dim=X as an argument.", UserWarning, stacklevel=3)
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+def softmax(x, dim=None, *, axis=None):
     """exp(x - max) / sum(exp(x - max)) along ``dim`` (``axis`` is the NumPy spelling)."""
     x = _tensor(x, "softmax")
-    return Softmax(_axis(dim if axis is None else axis, x.ndim, "softmax"))(x)
+    dim = dim if axis is None else axis
+    return Softmax(_axis(_implicit_dim("softmax", x.ndim) if dim is None else dim, x.ndim, "softmax"))(x)
 
 
-def log_softmax(x, dim=-1, *, axis=None):
+def log_softmax(x, dim=None, *, axis=None):
     """x - max - log(sum(exp(x - max))) along ``dim`` (``axis`` is the NumPy spelling)."""
     x = _tensor(x, "log_softmax")
-    return LogSoftmax(_axis(dim if axis is None else axis, x.ndim, "log_softmax"))(x)
+    dim = dim if axis is None else axis
+    return LogSoftmax(_axis(_implicit_dim("log_softmax", x.ndim) if dim is None else dim, x.ndim,
+                            "log_softmax"))(x)
 
 
 def softmax_cross_entropy(logits, target, reduction="mean", ignore_index=-100):
@@ -1262,6 +1275,7 @@ def celu(x, alpha=1.0, inplace=False):
     return CELU(float(alpha), 1.0 / float(alpha))(_tensor(x, "celu"))
 
 
-def softmin(x, dim=-1):
+def softmin(x, dim=None):
     """softmax(-x) along ``dim``."""
-    return softmax(-_tensor(x, "softmin"), dim)
+    x = _tensor(x, "softmin")
+    return softmax(-x, _implicit_dim("softmin", x.ndim) if dim is None else dim)

@@ -108,9 +108,9 @@ TORCH = {
     "softplus_beta": (lambda x: A.softplus(x, beta=2.0, threshold=5.0), lambda x: F.softplus(x, 2.0, 5.0)),
     "gelu": (A.gelu, F.gelu),
     "gelu_tanh": (lambda x: A.gelu(x, "tanh"), lambda x: F.gelu(x, approximate="tanh")),
-    "softmax": (A.softmax, lambda x: torch.softmax(x, -1)),
+    "softmax": (lambda x: A.softmax(x, -1), lambda x: torch.softmax(x, -1)),
     "softmax_axis0": (lambda x: A.softmax(x, 0), lambda x: torch.softmax(x, 0)),
-    "log_softmax": (A.log_softmax, lambda x: torch.log_softmax(x, -1)),
+    "log_softmax": (lambda x: A.log_softmax(x, -1), lambda x: torch.log_softmax(x, -1)),
     "log_softmax_axis1": (lambda x: A.log_softmax(x, 1), lambda x: torch.log_softmax(x, 1)),
 }
 TOL = {numpy.float32: dict(rtol=2e-6, atol=2e-7), numpy.float64: dict(rtol=1e-13, atol=1e-15)}
@@ -319,3 +319,20 @@ def test_relu_gradient_is_zero_at_dead_units_even_for_nan_and_inf_gradients(dtyp
     gf.nn.functional.relu(xg).backward(gf.tensor(g))
     numpy.testing.assert_array_equal(xg.grad.numpy(), xt.grad.numpy())
     assert numpy.signbit(xg.grad.numpy()).tolist() == numpy.signbit(xt.grad.numpy()).tolist()
+
+
+@pytest.mark.parametrize("shape", [(5,), (2, 5), (2, 3, 4), (1, 2, 3, 4)])
+def test_softmax_without_dim_takes_torchs_implicit_dim(shape):
+    """torch: dim 0 for 0-, 1- and 3-d inputs, else 1 (with a deprecation warning); the last dim
+    normalised a 3- or 4-d batch over another axis than the same PyTorch code, silently."""
+    import torch
+    x = numpy.random.default_rng(0).standard_normal(shape)
+    for name in ("softmax", "log_softmax", "softmin"):
+        with pytest.warns(UserWarning, match="Implicit dimension choice"):
+            ours = getattr(gf.nn.functional, name)(gf.Tensor(x)).numpy()
+        with pytest.warns(UserWarning):
+            theirs = getattr(torch.nn.functional, name)(torch.tensor(x)).numpy()
+        numpy.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-15)
+    with pytest.warns(UserWarning):
+        numpy.testing.assert_allclose(gf.nn.Softmax()(gf.Tensor(x)).numpy(),
+                                      torch.nn.Softmax()(torch.tensor(x)).numpy(), rtol=1e-12)

@@ -277,3 +277,19 @@ def test_accuracy_variants():
     assert F.accuracy(T([[2.0], [-1.0], [0.5], [-0.5]]), I([1, 0, 0, 0]), threshold=0.0) == 0.75
     with pytest.raises(ValueError, match="4 predictions but 3 targets"):
         F.accuracy(logits, I([0, 1, 2]))
+
+
+@pytest.mark.parametrize("loss", [lambda x, t: F.cross_entropy(x, t, label_smoothing=0.1),
+                                  lambda x, t: F.nll_loss(x, t)], ids=["cross_entropy-smoothed", "nll_loss"])
+def test_an_all_ignored_batch_has_a_nan_loss_and_zero_gradients_as_in_torch(loss):
+    """A batch made only of padding (every target ignore_index): the mean is 0 / 0, NaN, but the
+    gradient is zero in torch -- a NaN gradient would poison every weight at the next step."""
+    x = gradflow.Tensor(numpy.random.default_rng(0).standard_normal((3, 4)), requires_grad=True)
+    value = loss(x, gradflow.tensor(numpy.array([-100, -100, -100])))
+    value.backward()
+    assert math.isnan(value.item())
+    assert numpy.array_equal(x.grad.numpy(), numpy.zeros((3, 4)))
+    # one valid row: the usual mean over the valid rows, the ignored rows' gradients zero
+    x.grad = None
+    loss(x, gradflow.tensor(numpy.array([-100, 2, -100]))).backward()
+    assert numpy.array_equal(x.grad.numpy()[[0, 2]], numpy.zeros((2, 4))) and numpy.abs(x.grad.numpy()[1]).sum() > 0

@@ -117,3 +117,19 @@ def test_errors():
     one.step()
     with pytest.raises(ValueError, match="Tried to step 3 times"):
         one.step()
+
+
+def test_nested_sequential_lr_matches_torch():
+    """A SequentialLR inside a SequentialLR: the undo of the children's construction steps goes
+    down to the inner one's children (torch's recursive_undo), or its warm-up starts at 4x its end."""
+    def build(sched, opt):
+        inner = sched.SequentialLR(opt, [sched.LinearLR(opt, start_factor=0.1, total_iters=3),
+                                         sched.ExponentialLR(opt, gamma=0.8)], milestones=[3])
+        return sched.SequentialLR(opt, [inner, sched.StepLR(opt, 2, 0.5)], milestones=[8])
+
+    ours = gf.optim.SGD([gf.nn.Parameter(numpy.ones(2, numpy.float32))], lr=0.1)
+    theirs = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)
+    a, b = build(S, ours), build(torch.optim.lr_scheduler, theirs)
+    for _ in range(12):
+        assert ours.param_groups[0]["lr"] == pytest.approx(theirs.param_groups[0]["lr"], rel=1e-12)
+        ours.step(), theirs.step(), a.step(), b.step()

@@ -272,7 +272,7 @@ class GELU(Module):
 
 
 class Softmax(Module):
-    def __init__(self, dim=-1):
+    def __init__(self, dim=None):  # None: torch's implicit dim (see activation._implicit_dim)
         super().__init__()
         self.dim = dim
 
@@ -284,7 +284,7 @@ class Softmax(Module):
 
 
 class LogSoftmax(Module):
-    def __init__(self, dim=-1):
+    def __init__(self, dim=None):
         super().__init__()
         self.dim = dim
 
@@ -373,7 +373,7 @@ class CELU(Module):
 class Softmin(Module):
     def __init__(self, dim=None):
         super().__init__()
-        self.dim = -1 if dim is None else dim
+        self.dim = dim
 
     def forward(self, x):
         return F.softmin(x, self.dim)

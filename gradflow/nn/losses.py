@@ -73,8 +73,12 @@ def _one_hot(t, valid, num_classes, dtype):
 def _reduce_rows(loss, valid, reduction):
     """Like ``_reduce``, but a mean only counts the rows that are not ignored (PyTorch's ignore_index)."""
     if reduction == "mean" and valid is not None:
+        xp = backend.xp_of(valid)
         count = valid.sum().astype(loss.dtype)
-        return ops.sum(loss) / Tensor._wrap(count)
+        # every row ignored: the loss is NaN (0 / 0) but the gradient zero, as torch's (a batch of
+        # padding must not poison the weights): divide by max(count, 1) and add the NaN as a constant
+        mean = ops.sum(loss) / Tensor._wrap(xp.maximum(count, 1))
+        return mean + Tensor._wrap(xp.where(count == 0, loss.dtype.type(xp.nan), loss.dtype.type(0)))
     return _reduce(loss, reduction)
 
 

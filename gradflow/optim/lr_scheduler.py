@@ -226,6 +226,16 @@ class CosineAnnealingLR(LRScheduler):
                 for base_lr in self.base_lrs]
 
 
+def _undo_initial_steps(schedulers):
+    """Undo the step each scheduler took when it was built; a nested SequentialLR's own count
+    was never stepped by its children, so the undo goes down to them, as torch's recursive_undo."""
+    for s in schedulers:
+        if hasattr(s, "_schedulers"):
+            _undo_initial_steps(s._schedulers)
+        else:
+            s.last_epoch -= 1
+
+
 class SequentialLR(LRScheduler):
     """Run ``schedulers[i]`` until ``milestones[i]``, then the next (e.g. LinearLR warm-up, then cosine)."""
 
@@ -244,8 +254,7 @@ class SequentialLR(LRScheduler):
         self.optimizer = optimizer
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"]
-        for s in self._schedulers:  # undo the step each scheduler took when it was built
-            s.last_epoch -= 1
+        _undo_initial_steps(self._schedulers)
         idx = bisect_right(self._milestones, 0)
         self._schedulers[idx]._initial_step()
         self._last_lr = self._schedulers[idx].get_last_lr()
