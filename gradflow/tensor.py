@@ -744,6 +744,7 @@ class Function:
     """One recorded op. Subclasses define ``forward`` (arrays) and ``backward`` (Tensors)."""
     generation = 0
     inputs = None
+    edges = None   # [(the node that made each input, its output index)], set when recorded
     needs_input_grad = ()
     _saved = ()
 
@@ -804,9 +805,15 @@ class Function:
         self.inputs = inputs
         self.needs_input_grad = tuple([x.requires_grad for x in inputs])
         generation = 0
+        edges = []
         for x in inputs:
             if x.generation > generation:
                 generation = x.generation
+            edges.append((x.creator, x._index))
+        # where each input's gradient goes: the node that made the value this op read. Not
+        # x.creator at backward time -- an in-place op on x since (x.mul_(2), x[0] = 1) gives x
+        # a new node, which must not receive the gradient of a value it did not make.
+        self.edges = edges
         self.generation = generation
         self.outputs = [weakref.ref(y) for y in outputs]
         for i, y in enumerate(outputs):
@@ -875,7 +882,7 @@ class Function:
 
     def release(self):
         """Drop everything backward needed (called after backward unless retain_graph)."""
-        self.inputs = None
+        self.inputs = self.edges = None
         self._saved = ()
 
 
@@ -935,19 +942,21 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
     hooked = _hooked_edges(roots) if _hooked_leaves and targets is None else None
     hooked_leaves = {}  # id -> (leaf with tensor hooks, its summed gradient): hooked once, at the end
 
-    def deliver(x, gx):
+    def deliver(x, gx, edge=None):
+        """Hand gradient gx to x: to the node that made x's value (``edge``, recorded with the op
+        that read it; x's own node for a root), else into the leaf."""
         if gx.dtype != x.dtype:
             gx = gx.astype(x.dtype)
-        if x.creator is not None:
-            fn = x.creator
+        fn, index = edge if edge is not None else (x.creator, x._index)
+        if fn is not None:
             slots = pending.get(fn)
             if slots is None:
                 if fn.inputs is None:
                     raise _freed_error()
                 slots = pending[fn] = [None] * len(fn.outputs)
                 heapq.heappush(heap, (-fn.generation, next(counter), fn))
-            prev = slots[x._index]
-            slots[x._index] = gx if prev is None else prev + gx
+            prev = slots[index]
+            slots[index] = gx if prev is None else prev + gx
         elif results is not None:
             if id(x) in results:
                 prev = results[id(x)]
@@ -1020,7 +1029,7 @@ def _walk(roots, grads, targets, target_outputs, results, deliver, heap, pending
             gxs = fn.backward(*gys)
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)
-            for x, gx, need in zip(fn.inputs, gxs, fn.needs_input_grad):
+            for x, edge, gx, need in zip(fn.inputs, fn.edges, gxs, fn.needs_input_grad):
                 if not need or gx is None:
                     if need and hooked is not None and id(x) in hooked:
                         _leaf_edge_done(hooked, x, False)
@@ -1028,7 +1037,7 @@ def _walk(roots, grads, targets, target_outputs, results, deliver, heap, pending
                 if gx.shape != x.shape:
                     raise RuntimeError(f"{fn.name}.backward returned a gradient of shape {gx.shape} "
                                        f"for an input of shape {x.shape}")
-                deliver(x, gx)
+                deliver(x, gx, edge)
             if not retain_graph:
                 fn.release()
     return results
@@ -1048,11 +1057,11 @@ def _hooked_edges(roots):
         if id(fn) in seen or fn.inputs is None:
             continue
         seen.add(id(fn))
-        for x, need in zip(fn.inputs, fn.needs_input_grad):
+        for x, (creator, _), need in zip(fn.inputs, fn.edges, fn.needs_input_grad):
             if not need:
                 continue
-            if x.creator is not None:
-                stack.append(x.creator)
+            if creator is not None:
+                stack.append(creator)
             elif x._post_accumulate_grad_hooks:
                 counts.setdefault(id(x), [x, 0, False])[1] += 1
     return counts
