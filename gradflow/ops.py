@@ -675,10 +675,13 @@ def argmin(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
 
 # ---- shapes ---------------------------------------------------------------------------------------
 def _view_of(y, x):
-    """Views share the version counter of their base, so in-place edits are seen by both."""
+    """Views share the version counter of their base, so in-place edits are seen by both, and
+    know the tensor whose memory they view (``_view_base``, the first one up a chain of views):
+    an in-place op through the view rebases that tensor's history too (``_rebase_view_base``)."""
     base = y.data.base
     if base is not None and (base is x.data or base is x.data.base):
         y._vc = x._version_box()
+        y._view_base = x if x._view_base is None else x._view_base
     return y
 
 
@@ -934,9 +937,12 @@ class GetItem(Function):
     def forward(self, x):
         self.x_shape, self.x_dtype = x.shape, x.dtype
         try:
-            return x[self.index]
+            y = x[self.index]
         except IndexError as e:
             raise IndexError(f"indexing a tensor of shape {x.shape}: {e}") from None
+        if type(y) is not type(x):  # an int for every axis: NumPy gives a scalar, torch a 0-d view of x
+            y = x[(self.index if isinstance(self.index, tuple) else (self.index,)) + (Ellipsis,)]
+        return y
 
     def backward(self, gy):
         return GetItemGrad(self.index, self.x_shape)(gy)
@@ -2180,9 +2186,20 @@ def rebase_in_place(x, compute, what, keep_old=True):
     """A differentiable in-place update, as torch's: ``compute(old)`` builds the new value out of place
     from ``old`` (x's value and history before the update); the result is written into x's buffer
     (views see it), x's version is bumped (ops that saved x's old value then refuse to backward) and x
-    takes the new value's place in the graph. ``keep_old``: backward reads the old value, so it is copied."""
+    takes the new value's place in the graph. ``keep_old``: backward reads the old value, so it is copied.
+    x a view of another tensor: that tensor's history is rebased too (``_rebase_view_base``)."""
     if x.creator is None and x.requires_grad:
         raise _leaf_in_place_error(what)
+    base = x._view_base
+    if base is not None:
+        if base.creator is None and base.requires_grad:
+            raise RuntimeError(f"{what}: a view of a leaf tensor that requires grad is being used in an in-place "
+                               f"operation; wrap the update in `with gradflow.no_grad():`")
+        positions = _flat_positions(x.data, base.data)
+        if positions is None:
+            raise RuntimeError(f"{what} on a view whose elements gradflow cannot map back to the tensor it views "
+                               f"(that tensor is not contiguous, or the view repeats elements, as expand does); "
+                               f"compute the new value out of place instead")
     _in_place(what)
     old = Tensor._wrap(x.data.copy() if keep_old else x.data, x.requires_grad)
     if x.creator is not None:
@@ -2202,7 +2219,65 @@ def rebase_in_place(x, compute, what, keep_old=True):
         y.creator.outputs[y._index] = weakref.ref(x)
     else:
         x.creator = None
+    if base is not None:
+        _rebase_view_base(base, x, positions)
     return x
+
+
+class ViewWrite(Function):
+    """``base`` with the elements at flat positions ``pos`` replaced by ``view``'s: what an
+    in-place op through a view (``y[:, 1:].fill_(0)``, ``y.t().mul_(2)``) makes of the tensor it
+    views (torch's CopySlices). The gradient reaches base outside those elements and view
+    through them."""
+    def __init__(self, pos):
+        self.pos = pos
+
+    def forward(self, base, view):
+        out = base.copy()
+        out.reshape(-1)[self.pos] = view
+        return out
+
+    def backward(self, gy):
+        gb = gv = None
+        if self.needs_input_grad[0]:
+            keep = backend.xp_of(gy.data).ones(gy.shape, dtype=gy.dtype)
+            keep.reshape(-1)[self.pos] = 0
+            gb = gy * Tensor._wrap(keep)
+        if self.needs_input_grad[1]:
+            gv = getitem(reshape(gy, (-1,)), self.pos)
+        return gb, gv
+
+
+def _flat_positions(view, base):
+    """Each element of array ``view`` as a flat index into the C-contiguous array ``base`` whose
+    memory it views (an int64 array of view's shape); None when base is not C-contiguous, the
+    view repeats an element (a zero stride) or its layout does not fall on base's elements."""
+    if not base.flags.c_contiguous or any(s == 0 and n > 1 for n, s in zip(view.shape, view.strides)):
+        return None
+    xp, item = backend.xp_of(base), base.itemsize
+    def address(a):
+        return a.data.ptr if xp is not numpy else a.__array_interface__["data"][0]
+    start = address(view) - address(base)
+    if start % item or any(s % item for s in view.strides):
+        return None
+    pos = xp.asarray(start // item, dtype=xp.int64)
+    for n, stride in zip(view.shape, view.strides):
+        pos = pos[..., None] + xp.arange(n, dtype=xp.int64) * (stride // item)
+    return pos
+
+
+def _rebase_view_base(base, view, positions):
+    """After ``view`` (a view of ``base``) was updated in place and took its new value's place in
+    the graph: base takes the place of ViewWrite(base's old value, view's new value). Its buffer
+    already holds the new values (view wrote through it); only its history changes."""
+    old = Tensor._wrap(base.data, base.requires_grad)
+    if base.creator is not None:
+        old.creator, old._index, old.generation = base.creator, base._index, base.generation
+    y = ViewWrite(positions)(old, view)
+    base.requires_grad = y.requires_grad
+    if y.creator is not None:
+        base.creator, base._index, base.generation = y.creator, y._index, y.generation
+        y.creator.outputs[y._index] = weakref.ref(base)
 
 
 def check_in_place(x, what):

@@ -195,6 +195,7 @@ class Tensor:
     generation = 0
     _index = 0            # which output of ``creator`` this is
     _vc = None            # version counter [n], created on first need, shared by views
+    _view_base = None     # a view's tensor whose memory it views (ops._view_of)
     _retain_grad = False
     _post_accumulate_grad_hooks = None   # {id: hook}, set by register_post_accumulate_grad_hook
 

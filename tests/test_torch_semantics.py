@@ -284,3 +284,74 @@ def test_integer_division_by_zero_raises(op):
     ok = numpy.array([2, 5, 1])
     numpy.testing.assert_array_equal(op(gf, gf.tensor(a), gf.tensor(ok)).numpy(),
                                      op(torch, torch.tensor(a), torch.tensor(ok)).numpy())
+
+
+VIEWS = {
+    "slice": lambda y: y[:, 1:],
+    "int": lambda y: y[1],
+    "T": lambda y: y.T,
+    "transpose": lambda y: y.transpose(0, 1),
+    "permute": lambda y: y.permute(1, 0),
+    "reshape": lambda y: y.reshape(3, 2),
+    "view": lambda y: y.view(-1),
+    "unsqueeze": lambda y: y.unsqueeze(0),
+    "flatten": lambda y: y.flatten(),
+    "slice of slice": lambda y: y[:, 1:][1:],
+    "step": lambda y: y[:, ::2],
+}
+IN_PLACE = {
+    "fill_": lambda v, w: v.fill_(0.5),
+    "zero_": lambda v, w: v.zero_(),
+    "mul_": lambda v, w: v.mul_(3.0),
+    "mul_ tensor": lambda v, w: v.mul_(w.sum()),
+    "add_ tensor": lambda v, w: v.add_(w.sum()),
+    "clamp_": lambda v, w: v.clamp_(min=2.5),
+    "setitem": lambda v, w: v.__setitem__(0, w.sum()),
+}
+
+
+@pytest.mark.parametrize("update", IN_PLACE)
+@pytest.mark.parametrize("view", VIEWS)
+def test_in_place_through_a_view_reaches_the_base_s_gradient(view, update):
+    """An in-place op through a view of a non-leaf changes the tensor it views: that tensor's
+    gradient must change with it, as torch's (it silently kept its old history)."""
+    grads = []
+    for m in (gf, torch):
+        x = m.tensor(numpy.arange(1.0, 7.0).reshape(2, 3), requires_grad=True)
+        w = m.tensor(numpy.array([0.5, 2.0]), requires_grad=True)
+        y = x * 1.0
+        IN_PLACE[update](VIEWS[view](y), w)
+        (y * m.tensor(numpy.arange(6.0).reshape(2, 3))).sum().backward()
+        grads.append((y.detach().numpy().copy(), x.grad.numpy().copy(), w.grad.numpy().copy() if w.grad is not None
+                      else numpy.zeros(2)))
+    for ours, theirs in zip(*grads):
+        numpy.testing.assert_allclose(ours, theirs, rtol=1e-12)
+
+
+def test_augmented_assignment_through_an_index_and_a_read_before_an_in_place_op():
+    """``y[:, 0] += w`` (a view updated in place, then written back); and an op that read x before
+    x.mul_(2) keeps the gradient of the value it read (it went through the in-place node)."""
+    results = []
+    for m in (gf, torch):
+        x = m.tensor(numpy.arange(1.0, 7.0).reshape(2, 3), requires_grad=True)
+        w = m.tensor(numpy.array(2.0), requires_grad=True)
+        y = x * 1.0
+        y[:, 0] += w * 2.0
+        s = y + 0.0               # reads y before the next in-place op
+        y.mul_(2.0)
+        (s.sum() + (y * y).sum()).backward()
+        results.append((x.grad.numpy().copy(), w.grad.numpy().copy()))
+    for ours, theirs in zip(*results):
+        numpy.testing.assert_allclose(ours, theirs, rtol=1e-12)
+
+
+def test_in_place_through_a_view_of_a_leaf_that_requires_grad_raises():
+    x = gf.tensor(numpy.ones(3), requires_grad=True)
+    with pytest.raises(RuntimeError, match="view of a leaf tensor that requires grad"):
+        x[0].add_(1.0)
+    with gf.no_grad():
+        x[0].add_(1.0)            # what optimizers and initialisers do
+    assert x.numpy()[0] == 2.0
+    z = gf.tensor(numpy.ones(1), requires_grad=True) * 1.0
+    with pytest.raises(RuntimeError, match="cannot map back"):
+        z.expand(3).add_(1.0)  # three elements of the view are one of z's (torch refuses too)
