@@ -925,6 +925,40 @@ def _index_arrays(index, xp):
     return index
 
 
+def _int_like(i):
+    """An index entry torch applies as an integer (basic indexing): Python and NumPy ints, 0-d int arrays."""
+    if isinstance(i, bool):
+        return False
+    return isinstance(i, (int, numpy.integer)) or getattr(i, "ndim", None) == 0 and i.dtype.kind in "iu"
+
+
+def _split_ints(index):
+    """(the ints of ``index``, the rest) when it holds ints and advanced entries (arrays), else None.
+
+    torch applies such ints first, as basic indexing; NumPy counts them as advanced, which moves
+    the result's axes when a slice separates them: ``x[0, :, [1, 2]]`` of a (2, 3, 4) x is (3, 2)
+    in torch, (2, 3) in NumPy. Indexing with the ints, then with the rest, is torch's order."""
+    if not isinstance(index, tuple) or any(isinstance(i, bool) for i in index):
+        return None
+    ints = [_int_like(i) for i in index]
+    if not builtins.any(ints) or all(ok or isinstance(i, (slice, type(None), type(Ellipsis)))
+                                     for i, ok in zip(index, ints)):
+        return None
+    first, rest = [], []
+    for i, is_int in zip(index, ints):
+        if is_int:
+            first.append(int(i))
+        elif i is None:
+            rest.append(i)
+        elif i is Ellipsis:
+            first.append(i)
+            rest.append(i)
+        else:  # a slice or an index array: the axes it indexes (a bool mask indexes its ndim)
+            first.extend([slice(None)] * (i.ndim if getattr(i, "dtype", None) == bool else 1))
+            rest.append(i)
+    return tuple(first), tuple(rest)
+
+
 def _is_basic(index):
     items = index if isinstance(index, tuple) else (index,)
     return all(isinstance(i, (int, slice, type(None), type(Ellipsis))) for i in items)
@@ -971,6 +1005,9 @@ class GetItemGrad(Function):
 
 def getitem(x, index):
     index = _index_arrays(index, backend.xp_of(x.data))
+    split = _split_ints(index)
+    if split is not None:
+        return getitem(getitem(x, split[0]), split[1])
     y = GetItem(index)(x)
     return _view_of(y, x) if _is_basic(index) else y
 
@@ -1034,6 +1071,9 @@ def embedding(indices, weight, padding_idx=None):
 
 def setitem_(x, index, value):
     """``x[index] = value`` in place; refused where it would corrupt recorded history."""
+    split = _split_ints(_index_arrays(index, backend.xp_of(x.data)))
+    if split is not None:  # into the view the ints select (torch's order, see _split_ints)
+        return setitem_(getitem(x, split[0]), split[1], value)
     _in_place("index assignment")
     if is_grad_enabled() and (x.requires_grad or (isinstance(value, Tensor) and value.requires_grad)):
         index_put_(x, index, value)  # recorded: x's history is rebased, as in torch

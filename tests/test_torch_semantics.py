@@ -355,3 +355,36 @@ def test_in_place_through_a_view_of_a_leaf_that_requires_grad_raises():
     z = gf.tensor(numpy.ones(1), requires_grad=True) * 1.0
     with pytest.raises(RuntimeError, match="cannot map back"):
         z.expand(3).add_(1.0)  # three elements of the view are one of z's (torch refuses too)
+
+
+MIXED_INDEX = {
+    "int slice list": lambda t, m: (0, slice(None), t([1, 2])),
+    "int slice tensor": lambda t, m: (1, slice(None), t([3, 0, 3])),
+    "list int list": lambda t, m: (t([0, 1]), 0, t([1, 2])),
+    "list slice int": lambda t, m: (t([1, 0]), slice(0, 2), -1),
+    "int ellipsis list": lambda t, m: (0, Ellipsis, t([2, 1])),
+    "0-d tensor slice list": lambda t, m: (m.tensor(1), slice(None), t([0, 3])),
+    "int none slice list": lambda t, m: (1, None, slice(1, 3), t([0, 2])),
+    "int bool mask": lambda t, m: (0, m.tensor(numpy.array([[True, False, True, False]] * 3))),
+}
+
+
+@pytest.mark.parametrize("name", MIXED_INDEX)
+def test_ints_mixed_with_index_arrays_index_as_torch(name):
+    """torch applies the ints of an index that also has index arrays first (basic indexing):
+    ``x[0, :, [1, 2]]`` of a (2, 3, 4) tensor is (3, 2), where NumPy's rule gives (2, 3) --
+    reading, writing and the gradient."""
+    out = []
+    for m in (gf, torch):
+        index = MIXED_INDEX[name](lambda v: m.tensor(numpy.array(v)), m)
+        x = m.tensor(numpy.arange(24.0).reshape(2, 3, 4), requires_grad=True)
+        got = x[index]
+        y = x * 1.0
+        y[index] = got * 10.0
+        (y * m.tensor(numpy.arange(24.0).reshape(2, 3, 4))).sum().backward()
+        plain = m.tensor(numpy.zeros((2, 3, 4)))
+        plain[index] = 5.0
+        out.append((got.detach().numpy(), y.detach().numpy(), x.grad.numpy(), plain.numpy()))
+    for ours, theirs in zip(*out):
+        assert ours.shape == theirs.shape
+        numpy.testing.assert_array_equal(ours, theirs)
