@@ -307,6 +307,15 @@ class Sqrt(Function):
         return gy / (y * 2.0)
 
 
+class StdSqrt(Sqrt):
+    """sqrt of a variance, for std: a zero gradient where the variance is 0 (a constant row), as
+    torch's std -- not 1 / (2 sqrt 0) = inf, which times the variance's zero gradient gave NaN."""
+    def backward(self, gy):
+        y, = self.saved_tensors
+        zero = Tensor._wrap(y.data == 0)
+        return where(zero, 0.0, gy / where(zero, 1.0, y * 2.0))
+
+
 class Abs(Function):
     def forward(self, x):
         xp = backend.xp_of(x)
@@ -562,7 +571,7 @@ def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None
 
 def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None, keepdims=None):
     """sqrt(var(...)), with ``var``'s arguments."""
-    return sqrt(var(x, dim, unbiased, keepdim, correction=correction, axis=axis, keepdims=keepdims))
+    return StdSqrt()(var(x, dim, unbiased, keepdim, correction=correction, axis=axis, keepdims=keepdims))
 
 
 def _return_type(name):

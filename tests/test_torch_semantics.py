@@ -388,3 +388,19 @@ def test_ints_mixed_with_index_arrays_index_as_torch(name):
     for ours, theirs in zip(*out):
         assert ours.shape == theirs.shape
         numpy.testing.assert_array_equal(ours, theirs)
+
+
+CONSTANT_ROWS = numpy.array([[1.0, 1.0, 1.0], [1.0, 2.0, 3.0]])   # row 0 and column 0 constant
+
+
+@pytest.mark.parametrize("a, kwargs", [(CONSTANT_ROWS, dict(dim=1)), (CONSTANT_ROWS, dict(dim=0, keepdim=True)),
+                                       (numpy.ones((2, 3)), dict()), (CONSTANT_ROWS, dict(dim=1, correction=0))])
+def test_std_of_a_constant_row_has_a_zero_gradient_as_torch(a, kwargs):
+    """d std / dx where the variance is 0: torch gives 0; 1 / (2 sqrt 0) times var's zero gradient was NaN."""
+    grads = []
+    for m in (gf, torch):
+        x = m.tensor(a, requires_grad=True)
+        (x.std(**kwargs) * m.tensor(2.0)).sum().backward()
+        grads.append(x.grad.numpy())
+    numpy.testing.assert_allclose(grads[0], grads[1], rtol=1e-12)
+    assert not numpy.isnan(grads[0]).any()
