@@ -1100,7 +1100,8 @@ def _hardswish_np(x):
 @_quiet
 def _hardswish_bwd_np(x, g):
     t = x.dtype.type
-    return numpy.where(x < -3, t(0), numpy.where(x <= 3, g * ((x / t(3)) + t(0.5)), g))
+    # the kinks at -3 and 3 belong to the flat parts, as in torch 2: 0 at -3, g at 3
+    return numpy.where(x <= -3, t(0), numpy.where(x < 3, g * ((x / t(3)) + t(0.5)), g))
 
 
 @_quiet

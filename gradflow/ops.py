@@ -388,15 +388,15 @@ def zeros_like_array(t):
 
 
 def exp(x):
-    return Exp()(x)
+    return _float_op(Exp, x, "exp")  # int and bool inputs give the default float, as in torch
 
 
 def log(x):
-    return Log()(x)
+    return _float_op(Log, x, "log")
 
 
 def sqrt(x):
-    return Sqrt()(x)
+    return _float_op(Sqrt, x, "sqrt")
 
 
 def abs(x):
@@ -408,6 +408,9 @@ def abs(x):
 def clamp(x, min=None, max=None):
     if min is None and max is None:
         raise OpError("clamp: give at least one of min and max")
+    if x.dtype.kind in "biu" and builtins.any(isinstance(v, float) or isinstance(v, Tensor) and v.dtype.kind == "f"
+                                              for v in (min, max)):
+        x = astype(x, _default_float())  # an int tensor clamped to float bounds: the default float, as in torch
     return Clamp(min, max)(x)
 
 
@@ -1784,7 +1787,7 @@ def _check_index(x, dim, index, name, src=None):
     if index.size:
         lo, hi = int(index.min()), int(index.max())
         n = x.shape[dim] if x.ndim else 1
-        if lo < -n or hi >= n:
+        if lo < 0 or hi >= n:  # torch refuses negative indices here too (NumPy would wrap them silently)
             raise IndexOutOfRangeError(f"{name}(): index {hi if hi >= n else lo} is out of bounds for dimension "
                                        f"{dim} with size {n}")
 

@@ -104,9 +104,9 @@ template <typename T> GF_FN T gf_hardswish(T x) {
   const T z = x + T(3);
   return x * (z < T(0) ? T(0) : (z > T(6) ? T(6) : z)) / T(6);
 }
-template <typename T> GF_FN T gf_hardswish_grad(T x, T g) {
-  if (x < T(-3)) return T(0);
-  if (x <= T(3)) return g * ((x / T(3)) + T(0.5));
+template <typename T> GF_FN T gf_hardswish_grad(T x, T g) {  // the kinks belong to the flat parts, as torch 2's
+  if (x <= T(-3)) return T(0);
+  if (x < T(3)) return g * ((x / T(3)) + T(0.5));
   return g;
 }
 

@@ -259,3 +259,15 @@ def test_conv_default_init_matches_torch_distribution():
     assert abs(m.weight.numpy().std() - bound / numpy.sqrt(3)) < 0.05 * bound / numpy.sqrt(3)
     t = nn.ConvTranspose2d(8, 4, 3)
     assert numpy.abs(t.bias.numpy()).max() <= 1 / numpy.sqrt(4 * 9) + 1e-7
+
+
+def test_dropout2d_of_a_3d_input_drops_per_sample_and_channel_as_torch():
+    """torch 2 reads a 3-d input to dropout2d as (N, C, L), with a warning; here it was an
+    unbatched (C, H, W), a whole sample kept or dropped at once."""
+    gf.manual_seed(0)
+    x = gf.Tensor(numpy.ones((64, 8, 5), numpy.float32))
+    with pytest.warns(UserWarning, match="interpreted as shape \\(N, C, L\\)"):
+        y = F.dropout2d(x, 0.5).numpy()
+    assert (y.min(axis=2) == y.max(axis=2)).all()          # each (sample, channel) all kept or all dropped
+    kept = y[:, :, 0] != 0
+    assert (kept.any(axis=1) & (~kept).any(axis=1)).mean() > 0.9   # samples with channels kept and dropped

@@ -404,3 +404,38 @@ def test_std_of_a_constant_row_has_a_zero_gradient_as_torch(a, kwargs):
         grads.append(x.grad.numpy())
     numpy.testing.assert_allclose(grads[0], grads[1], rtol=1e-12)
     assert not numpy.isnan(grads[0]).any()
+
+
+@pytest.mark.parametrize("op", ["exp", "log", "sqrt", "clamp float bounds", "clamp int bounds"])
+@pytest.mark.parametrize("dtype", ["int64", "int32", "bool"])
+def test_int_and_bool_inputs_of_float_ops_give_torchs_dtype(op, dtype):
+    """int.sqrt() is float32 in torch (the default float); it was float64 here (NumPy's promotion)."""
+    a = numpy.array([0, 1, 4, 9]).astype(dtype)
+    fn = {"exp": lambda x: x.exp(), "log": lambda x: x.log(), "sqrt": lambda x: x.sqrt(),
+          "clamp float bounds": lambda x: x.clamp(0.5, 2.5), "clamp int bounds": lambda x: x.clamp(1, 3)}[op]
+    if dtype == "bool" and op.startswith("clamp"):
+        pytest.skip("torch does not clamp bool tensors")
+    ours, theirs = fn(gf.tensor(a)), fn(torch.tensor(a))
+    assert str(ours.dtype) == str(theirs.dtype).replace("torch.", "")
+    numpy.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-6)
+
+
+def test_hardswish_gradient_at_its_kinks_is_torchs():
+    """torch 2 puts x = -3 and x = 3 in the flat parts: gradients 0 and 1 (it was -0.5 and 1.5)."""
+    grads = []
+    for m in (gf, torch):
+        x = m.tensor(numpy.array([-3.0, -2.5, 3.0, 2.5, 4.0, -4.0]), requires_grad=True)
+        m.nn.functional.hardswish(x).sum().backward()
+        grads.append(x.grad.numpy())
+    numpy.testing.assert_allclose(grads[0], grads[1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("op", [lambda m, x, i: x.gather(1, i), lambda m, x, i: x.scatter_add(1, i, m.ones_like(x[:, :1])),
+                                lambda m, x, i: x.scatter(1, i, m.ones_like(x[:, :1]))],
+                         ids=["gather", "scatter_add", "scatter"])
+def test_a_negative_index_in_gather_or_scatter_raises_as_torch(op):
+    """torch refuses index -1 there; NumPy's indexing would wrap it to the last element, silently."""
+    for m in (torch, gf):
+        x = m.tensor(numpy.arange(6.0).reshape(2, 3))
+        with pytest.raises((RuntimeError, IndexError), match="out of bounds"):
+            op(m, x, m.tensor(numpy.array([[-1], [0]])))

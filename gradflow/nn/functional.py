@@ -1,4 +1,6 @@
 """Stateless building blocks, as ``torch.nn.functional``: activations, ``linear``, losses, metrics."""
+import warnings
+
 from gradflow import backend, ops
 from gradflow.activation import (dropout, elu, gelu, leaky_relu, log_softmax, noisy_relu, prelu, relu,
                                  selu, sigmoid, softmax, softmax_cross_entropy, softplus, tanh)
@@ -31,7 +33,9 @@ def embedding(input, weight, padding_idx=None, max_norm=None):
 
 
 def dropout2d(input, p=0.5, training=True):
-    """Zero whole channels: one keep/drop draw per (sample, channel) of (N, C, *) or (C, *) input."""
+    """Zero whole channels: one keep/drop draw per (sample, channel) of (N, C, H, W) input. A 3-d
+    input is (N, C, L), with torch 2's warning (channel-wise 1-d dropout; torch means to read it as
+    an unbatched (C, H, W) one day, and will warn before)."""
     x = input if isinstance(input, Tensor) else Tensor(input)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
@@ -39,7 +43,13 @@ def dropout2d(input, p=0.5, training=True):
         return x
     if x.ndim not in (3, 4):
         raise ValueError(f"dropout2d: expected a 3-d or 4-d input, got shape {x.shape}")
-    lead = 2 if x.ndim == 4 else 1
+    if x.ndim == 3:
+        warnings.warn("dropout2d: Received a 3D input to dropout2d and assuming that channel-wise 1D dropout "
+                      "behavior is desired - input is interpreted as shape (N, C, L), where C is the channel dim. "
+                      "This behavior will change in a future release to interpret the input as one without a "
+                      "batch dimension, i.e. shape (C, H, W). To maintain the 1D channel-wise dropout behavior, "
+                      "please switch to using dropout1d instead.", UserWarning, stacklevel=2)
+    lead = 2
     mask_shape = x.shape[:lead] + (1,) * (x.ndim - lead)
     keep = dropout(Tensor._wrap(backend.xp_of(x.data).ones(mask_shape, dtype=x.dtype)), p, True)
     return x * keep
