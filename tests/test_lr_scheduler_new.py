@@ -133,3 +133,34 @@ def test_nested_sequential_lr_matches_torch():
     for _ in range(12):
         assert ours.param_groups[0]["lr"] == pytest.approx(theirs.param_groups[0]["lr"], rel=1e-12)
         ours.step(), theirs.step(), a.step(), b.step()
+
+
+class _Warmup:
+    """A stateful lr_lambda: a callable object whose attributes are its state."""
+
+    def __init__(self):
+        self.k = 1.0
+
+    def __call__(self, epoch):
+        self.k *= 0.5
+        return self.k
+
+
+def test_lambda_lr_state_dict_keeps_a_callable_objects_state_as_torch():
+    """torch saves a callable object's attributes with the scheduler; a resumed run here restarted
+    the callable afresh (twice the learning rate after one step)."""
+    lrs = []
+    for opt_mod, sched in ((gf.optim, S), (torch.optim, torch.optim.lr_scheduler)):
+        params = [gf.nn.Parameter(numpy.ones(2, numpy.float32))] if opt_mod is gf.optim else \
+            [torch.nn.Parameter(torch.ones(2))]
+        opt = opt_mod.SGD(params, lr=0.1)
+        first = sched.LambdaLR(opt, _Warmup())
+        opt.step(), first.step()
+        state = first.state_dict()
+        assert state["lr_lambdas"] == [{"k": 0.25}]
+        resumed = sched.LambdaLR(opt, _Warmup())
+        resumed.load_state_dict(state)
+        opt.step(), resumed.step()
+        lrs.append(opt.param_groups[0]["lr"])
+        assert sched.LambdaLR(opt, lambda e: 1.0).state_dict()["lr_lambdas"] == [None]   # a function: not saved
+    assert lrs[0] == pytest.approx(lrs[1], rel=1e-12)

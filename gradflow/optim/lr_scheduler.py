@@ -7,6 +7,7 @@ same as PyTorch's, so the learning rates agree with it to the last bit. ``step``
 in every replay, as eager does (the optimizer reads the new rate at its next step).
 """
 import math
+import types
 from bisect import bisect_right
 from collections import Counter
 
@@ -96,6 +97,20 @@ class LambdaLR(LRScheduler):
 
     def get_lr(self):
         return [base_lr * lmbda(self.last_epoch) for lmbda, base_lr in zip(self.lr_lambdas, self.base_lrs)]
+
+    def state_dict(self):
+        """As torch's: a callable object's attributes are saved (its state: a resumed run must not
+        start it afresh), a plain function or lambda as None."""
+        state = super().state_dict()
+        state["lr_lambdas"] = [None if isinstance(fn, types.FunctionType) else dict(vars(fn))
+                               for fn in self.lr_lambdas]
+        return state
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        for fn, saved in zip(self.lr_lambdas, state_dict.get("lr_lambdas") or ()):
+            if saved is not None:
+                vars(fn).update(saved)
 
 
 class StepLR(LRScheduler):
