@@ -346,6 +346,35 @@ class Clamp(Function):
         return gy * inside
 
 
+class ClampTensor(Function):
+    """clamp(x, lo, hi) with tensor bounds (inputs x, then lo and/or hi; all broadcast), as torch's:
+    x's gradient where lo <= x <= hi, lo's where x < lo (and lo < hi), hi's where x > hi (or hi < lo,
+    where the result is hi)."""
+    def __init__(self, has_lo, has_hi):
+        self.has_lo, self.has_hi = has_lo, has_hi
+
+    def forward(self, x, *bounds):
+        xp = backend.xp_of(x)
+        lo = bounds[0] if self.has_lo else None
+        hi = bounds[-1] if self.has_hi else None
+        y = x if lo is None else xp.maximum(x, lo)  # NaN in x stays NaN, as in torch
+        y = y if hi is None else xp.minimum(y, hi)
+        inside = xp.ones(y.shape, dtype=bool)
+        masks = []
+        if lo is not None:
+            inside &= x >= lo
+            masks.append((x < lo) if hi is None else (x < lo) & (lo < hi))
+        if hi is not None:
+            inside &= x <= hi
+            masks.append((x > hi) if lo is None else (x > hi) | (hi < lo))
+        self.masks = [inside] + masks
+        return y
+
+    def backward(self, gy):
+        return tuple(_unbroadcast(gy * Tensor._wrap(m.astype(gy.dtype)), t.shape) if need else None
+                     for m, t, need in zip(self.masks, self.inputs, self.needs_input_grad))
+
+
 class Maximum(Function):
     """Elementwise max (or min, ``kind='minimum'``); at ties the gradient is split evenly, as in PyTorch."""
     def __init__(self, kind="maximum"):
@@ -411,6 +440,12 @@ def clamp(x, min=None, max=None):
     if x.dtype.kind in "biu" and builtins.any(isinstance(v, float) or isinstance(v, Tensor) and v.dtype.kind == "f"
                                               for v in (min, max)):
         x = astype(x, _default_float())  # an int tensor clamped to float bounds: the default float, as in torch
+    if isinstance(min, Tensor) or isinstance(max, Tensor):  # tensor bounds: differentiable, broadcast
+        bounds = [b for b in (min, max) if b is not None]
+        for b in bounds:
+            x, _ = _pair(x, b)
+        bounds = [astype(_pair(x, b)[1], x.dtype) for b in bounds]
+        return ClampTensor(min is not None, max is not None)(x, *bounds)
     return Clamp(min, max)(x)
 
 

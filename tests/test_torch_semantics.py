@@ -438,3 +438,26 @@ def test_a_negative_index_in_gather_or_scatter_raises_as_torch(op):
         x = m.tensor(numpy.arange(6.0).reshape(2, 3))
         with pytest.raises((RuntimeError, IndexError), match="out of bounds"):
             op(m, x, m.tensor(numpy.array([[-1], [0]])))
+
+
+CLAMP_BOUNDS = {
+    "both": (numpy.array([0.0, 0.0, 0.0, 1.0, -1.0]), numpy.array([1.0, 1.0, 3.0, 0.5, 2.0])),   # lo > hi once
+    "min only": (numpy.array([0.0, 1.0, 0.0, 1.0, 3.0]), None),                                    # a tie at 1
+    "max only": (None, numpy.array([1.0, 0.5, 2.0, 1.0, -3.0])),
+    "broadcast min": (numpy.array(0.25), numpy.array([1.0, 1.0, 1.0, 1.0, 1.0])),
+}
+
+
+@pytest.mark.parametrize("name", CLAMP_BOUNDS)
+def test_clamp_with_tensor_bounds_is_differentiable_in_the_bounds_as_torch(name):
+    """Tensor min/max were taken as constants: no gradient reached them (and with x requiring
+    grad, backward failed with a device error)."""
+    results = []
+    for m in (gf, torch):
+        x = m.tensor(numpy.array([-2.0, 0.5, 2.0, 1.0, 0.0]), requires_grad=True)
+        lo, hi = (m.tensor(b, requires_grad=True) if isinstance(b, numpy.ndarray) else b for b in CLAMP_BOUNDS[name])
+        y = x.clamp(lo, hi)
+        (y * m.tensor(numpy.arange(1.0, 6.0))).sum().backward()
+        results.append([y.detach().numpy()] + [t.grad.numpy() for t in (x, lo, hi) if isinstance(t, m.Tensor)])
+    for ours, theirs in zip(*results):
+        numpy.testing.assert_array_equal(ours, theirs)
