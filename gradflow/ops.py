@@ -537,9 +537,15 @@ class Sum(Function):
     def forward(self, x):
         self.axes = _axes(self.axis, x.ndim)
         self.x_shape = x.shape
-        y = x.sum(axis=self.axes, keepdims=self.keepdims)
+        # as torch: unsigned ints sum as int64 (NumPy: uint64), float16 accumulates in float32
+        # (NumPy in float16: the mean of [60000, 60000] overflowed to inf)
+        wide = numpy.int64 if x.dtype.kind == "u" and x.dtype.itemsize < 8 else \
+            numpy.float32 if x.dtype == numpy.float16 else None
+        y = x.sum(axis=self.axes, keepdims=self.keepdims, dtype=wide)
         if self.scale is not None:
             y = y * y.dtype.type(self.scale) if hasattr(y, "dtype") else y * self.scale
+        if x.dtype == numpy.float16:
+            y = y.astype(numpy.float16)
         return backend.xp_of(x).asarray(y)
 
     def backward(self, gy):

@@ -461,3 +461,16 @@ def test_clamp_with_tensor_bounds_is_differentiable_in_the_bounds_as_torch(name)
         results.append([y.detach().numpy()] + [t.grad.numpy() for t in (x, lo, hi) if isinstance(t, m.Tensor)])
     for ours, theirs in zip(*results):
         numpy.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("case", ["uint8 sum", "float16 mean", "float16 sum", "float16 mean dim"])
+def test_sum_and_mean_of_narrow_dtypes_as_torch(case):
+    """uint8 sums are int64 in torch (NumPy: uint64); float16 accumulates in float32 (NumPy's
+    float16 accumulation made the mean of [60000, 60000] inf)."""
+    a = {"uint8 sum": numpy.array([200, 200, 7], numpy.uint8)}.get(case, numpy.array([[60000.0, 60000.0],
+                                                                                         [1.5, 2.25]], numpy.float16))
+    fn = {"uint8 sum": lambda x: x.sum(), "float16 mean": lambda x: x.mean(), "float16 sum": lambda x: x.sum(),
+          "float16 mean dim": lambda x: x.mean(dim=1)}[case]
+    ours, theirs = fn(gf.tensor(a)), fn(torch.tensor(a))
+    assert str(ours.dtype) == str(theirs.dtype).replace("torch.", "")
+    numpy.testing.assert_array_equal(ours.numpy(), theirs.numpy())
