@@ -370,7 +370,8 @@ class _Plan:
     """A recording turned into a replayable program over a slot table."""
 
     def __init__(self, recording, cuda_graphs=True, strict=False):
-        self.cuda_graphs = cuda_graphs
+        # the cache key holds each input's array type: every call of this plan is on this device
+        self.cuda_graphs = bool(cuda_graphs and recording.n_inputs and backend.device_of(recording.arrays[0]) == "cuda")
         self.strict = strict
         self.graph_runner = None
         self.rng_ops = recording.rng_ops
@@ -397,15 +398,13 @@ class _Plan:
                     (tuple(frees.get(i, ())),) for i, op in enumerate(recording.ops)]
 
         self.replay = _generate(self, recording.arrays)
-        # the cache key holds each input's array type: every call of this plan is on this device
-        self.graphs = bool(cuda_graphs and self.n_inputs and backend.device_of(recording.arrays[0]) == "cuda")
 
     def run(self, arrays):
         """The step's outputs, or ``_STALE`` (nothing run) when a Tensor the plan reads holds another array."""
         for t, a in self.owners:
             if t.data is not a:
                 return _STALE
-        if self.graphs:
+        if self.cuda_graphs:
             if self.graph_runner is None:
                 self.graph_runner = _CudaGraphRunner(self)
             return self.graph_runner.run(arrays)
@@ -935,7 +934,7 @@ class _CudaGraphRunner:
                 vals[s] = a
             for f in reversed(seg.undo):
                 f()
-            self.plan.cuda_graphs = self.plan.graphs = False  # every later replay: the generated code, no graphs
+            self.plan.cuda_graphs = False  # every later replay: the generated code, no graphs
             return None
         if draws.draws:
             seg.draws = draws

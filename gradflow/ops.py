@@ -367,12 +367,12 @@ class ClampTensor(Function):
         if hi is not None:
             inside &= x <= hi
             masks.append((x > hi) if lo is None else (x > hi) | (hi < lo))
-        self.masks = [inside] + masks
+        self.save_for_backward(*(m.astype(y.dtype) for m in [inside] + masks))
         return y
 
     def backward(self, gy):
-        return tuple(_unbroadcast(gy * Tensor._wrap(m.astype(gy.dtype)), t.shape) if need else None
-                     for m, t, need in zip(self.masks, self.inputs, self.needs_input_grad))
+        return tuple(_unbroadcast(gy * m, t.shape) if need else None
+                     for m, t, need in zip(self.saved_tensors, self.inputs, self.needs_input_grad))
 
 
 class Maximum(Function):
@@ -2294,10 +2294,7 @@ def rebase_in_place(x, compute, what, keep_old=True):
                                f"(that tensor is not contiguous, or the view repeats elements, as expand does); "
                                f"compute the new value out of place instead")
     _in_place(what)
-    old = Tensor._wrap(x.data.copy() if keep_old else x.data, x.requires_grad)
-    if x.creator is not None:
-        old.creator, old._index, old.generation = x.creator, x._index, x.generation
-    y = compute(old)
+    y = compute(_with_history_of(x, x.data.copy() if keep_old else x.data))
     if y.shape != x.shape:
         raise RuntimeError(f"{what}: output with shape {x.shape} doesn't match the broadcast shape {y.shape}")
     if y.dtype != x.dtype:
@@ -2306,15 +2303,28 @@ def rebase_in_place(x, compute, what, keep_old=True):
         y = astype(y, x.dtype)
     x.data[...] = y.data
     x._bump_version()
+    _take_place(x, y)
+    if base is not None:
+        _rebase_view_base(base, x, positions)
+    return x
+
+
+def _with_history_of(x, data):
+    """A tensor of ``data`` in x's place in the graph as it is now: x's value before an in-place update."""
+    old = Tensor._wrap(data, x.requires_grad)
+    if x.creator is not None:
+        old.creator, old._index, old.generation = x.creator, x._index, x.generation
+    return old
+
+
+def _take_place(x, y):
+    """x takes y's place in the graph: the result of an in-place update of x."""
     x.requires_grad = y.requires_grad
     if y.creator is not None:
         x.creator, x._index, x.generation = y.creator, y._index, y.generation
         y.creator.outputs[y._index] = weakref.ref(x)
     else:
         x.creator = None
-    if base is not None:
-        _rebase_view_base(base, x, positions)
-    return x
 
 
 class ViewWrite(Function):
@@ -2363,14 +2373,7 @@ def _rebase_view_base(base, view, positions):
     """After ``view`` (a view of ``base``) was updated in place and took its new value's place in
     the graph: base takes the place of ViewWrite(base's old value, view's new value). Its buffer
     already holds the new values (view wrote through it); only its history changes."""
-    old = Tensor._wrap(base.data, base.requires_grad)
-    if base.creator is not None:
-        old.creator, old._index, old.generation = base.creator, base._index, base.generation
-    y = ViewWrite(positions)(old, view)
-    base.requires_grad = y.requires_grad
-    if y.creator is not None:
-        base.creator, base._index, base.generation = y.creator, y._index, y.generation
-        y.creator.outputs[y._index] = weakref.ref(base)
+    _take_place(base, ViewWrite(positions)(_with_history_of(base, base.data), view))
 
 
 def check_in_place(x, what):
