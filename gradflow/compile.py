@@ -48,6 +48,7 @@ import numpy
 from gradflow import backend
 from gradflow import random as random_module
 from gradflow.gemm import gemm
+from gradflow.ops import sum_rows
 from gradflow.tensor import Tensor, is_grad_enabled
 
 _tape = sys.modules["gradflow.tensor"]._state  # this thread's tape state: holds its active recorder
@@ -555,10 +556,10 @@ def _deliver_matmul_t(x, a, b, buf, own):
 def _deliver_sum0(x, a, buf, own):
     """A leaf's gradient ``a.sum(axis=0)`` (a bias), summed into its own buffer when it has none yet."""
     if x._grad is None and getattr(x, "_grad_buffer", None) is buf:
-        a.sum(axis=0, out=buf)  # the method: numpy.sum adds a Python-level dispatch
+        sum_rows(a, out=buf)
         x._grad = Tensor._wrap(buf)
         return buf
-    return _deliver_leaf(x, a.sum(axis=0), own)
+    return _deliver_leaf(x, sum_rows(a), own)
 
 
 def _emit_outputs(structure, ref, names):

@@ -800,6 +800,8 @@ class SumTo(Function):
                                           if s == 1 and self.x_shape[lead + i] != 1)
         if not axes or saved:
             return None
+        if axes == (0,) and _gemv_sums(arrays[0]):
+            return f"sum_rows({x})" + ("" if lead else ".reshape(1, -1)"), {"sum_rows": sum_rows}
         return f"{x}.sum(axis={axes}, keepdims=True)" + (f".reshape({self.shape})" if lead else "")
 
     def backward(self, gy):
@@ -811,8 +813,40 @@ def sum_to_array(x, shape):
     if lead < 0 or any(s != 1 and s != xs for s, xs in zip(shape, x.shape[lead:])):
         raise ValueError(f"sum_to: cannot sum shape {x.shape} down to {shape}")
     axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape) if s == 1 and x.shape[lead + i] != 1)
+    if axes == (0,) and _gemv_sums(x):  # a bias gradient
+        y = sum_rows(x)
+        return y if lead else y.reshape(1, -1)
     y = x.sum(axis=axes, keepdims=True) if axes else x
     return y.reshape(shape) if lead else y
+
+
+_ONES = {}  # dtype -> one flat read-only array of ones (sum_rows)
+
+
+def _gemv_sums(a):
+    """True when sum_rows sums ``a`` by BLAS: a 2-D float32/float64 NumPy array."""
+    return type(a) is numpy.ndarray and a.ndim == 2 and a.dtype.char in "fd"
+
+
+def sum_rows(a, out=None):
+    """a.sum(axis=0) of a 2-D float32/float64 NumPy array as the product ones @ a: one BLAS gemv,
+    2-3x faster than NumPy's axis-0 reduction at batch sizes (float32 128x128: 2.3 vs 5.5 us,
+    128x10: 1.1 vs 3.1 us), and a bias gradient is one per layer and step. Eager mode (sum_to) and a
+    captured replay (SumTo's replay_source, compile's _deliver_sum0) all sum here, so they agree
+    bit for bit. Other arrays sum with NumPy."""
+    if not _gemv_sums(a):
+        return a.sum(axis=0, out=out)
+    return numpy.matmul(ones_vector(a.shape[0], a.dtype), a, out=out)
+
+
+def ones_vector(n, dtype):
+    """A read-only NumPy vector of n ones (a view of one flat buffer per dtype that only grows)."""
+    ones = _ONES.get(dtype)
+    if ones is None or ones.size < n:
+        ones = numpy.ones(builtins.max(n, 1024, 0 if ones is None else 2 * ones.size), dtype)  # ops.max shadows max
+        ones.flags.writeable = False
+        _ONES[dtype] = ones
+    return ones[:n]
 
 
 def reshape(x, shape):

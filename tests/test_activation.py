@@ -336,3 +336,49 @@ def test_softmax_without_dim_takes_torchs_implicit_dim(shape):
     with pytest.warns(UserWarning):
         numpy.testing.assert_allclose(gf.nn.Softmax()(gf.Tensor(x)).numpy(),
                                       torch.nn.Softmax()(torch.tensor(x)).numpy(), rtol=1e-12)
+
+
+_SPECIALS = [0.0, -0.0, 1.5, -2.0, numpy.nan, -numpy.nan, numpy.inf, -numpy.inf, 1e-40, -1e-40]
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64, numpy.float16])
+@pytest.mark.parametrize("layout", ["0-d", "empty", "small", "rows", "transposed", "strided", "large"])
+def test_relu_against_a_zeros_array_is_bitwise_numpys_maximum_with_a_scalar(dtype, layout):
+    """The CPU relu compares with a cached array of zeros (NumPy's maximum against a scalar is not
+    vectorized): the same bits as maximum(x, 0) for NaN (either sign), -0, inf and subnormals, in
+    every layout, and the cached zeros stay zero and read-only."""
+    rng = numpy.random.default_rng(0)
+    n = {"0-d": 1, "empty": 0, "small": 10, "rows": 6 * 40, "transposed": 6 * 40, "strided": 6 * 80,
+         "large": 3 * 100_000}[layout]
+    x = rng.choice(numpy.array(_SPECIALS + list(rng.standard_normal(20)), dtype), n)
+    x = {"0-d": lambda: x.reshape(()), "empty": lambda: x.reshape(0, 3), "small": lambda: x,
+         "rows": lambda: x.reshape(6, 40), "transposed": lambda: x.reshape(6, 40).T,
+         "strided": lambda: x.reshape(6, 80)[:, ::2], "large": lambda: x.reshape(3, -1)}[layout]()
+    def bits(a):
+        return numpy.ascontiguousarray(a).reshape(-1).view(numpy.uint8)
+
+    y, mask = A._relu_np(x)
+    expected = numpy.maximum(x, dtype(0))
+    assert numpy.asarray(y).shape == x.shape and numpy.asarray(y).dtype == dtype
+    assert numpy.array_equal(bits(y), bits(expected))
+    assert numpy.array_equal(mask, expected != 0)
+    assert numpy.array_equal(bits(A._relu_out_np(x)), bits(expected))
+    for zeros in A._ZEROS.values():
+        assert not zeros.flags.writeable and not zeros.any()
+
+
+@pytest.mark.parametrize("shape", [(128, 10), (64, 3), (32, 10), (200, 16), (70, 17), (5, 1000), (1, 1)])
+def test_row_statistics_of_cross_entropy_match_numpys_reductions(shape):
+    """The row max (from a transposed copy for few classes) is exactly x.max(axis=1); the row sums
+    (a BLAS gemv from 64 rows on) equal the axis-1 sums to rounding."""
+    rng = numpy.random.default_rng(1)
+    for dtype in (numpy.float32, numpy.float64):
+        x = rng.standard_normal(shape).astype(dtype)
+        x.flat[::7] = numpy.nan if x.size > 20 else x.flat[::7]
+        m = A._row_max(x)
+        assert m.shape == (shape[0], 1)
+        numpy.testing.assert_array_equal(m, x.max(axis=1, keepdims=True))
+        e = numpy.exp(rng.standard_normal(shape)).astype(dtype)
+        s = A._row_sums(e)
+        assert s.shape == (shape[0], 1) and s.dtype == dtype
+        numpy.testing.assert_allclose(s, e.sum(axis=1, keepdims=True), rtol=1e-6 if dtype == numpy.float32 else 1e-13)

@@ -171,3 +171,28 @@ def test_linear(xshape, bias):
 def test_linear_shape_error_names_shapes():
     with pytest.raises(ValueError, match=r"linear: input \(2, 5\) does not match weight \(3, 4\)"):
         gf.ops.linear(gf.zeros(2, 5), gf.zeros(3, 4))
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64, numpy.float16, numpy.int64])
+@pytest.mark.parametrize("shape", [(128, 10), (1, 5), (0, 4), (3, 0), (2000, 3)])
+def test_sum_rows_is_the_axis0_sum(dtype, shape):
+    """sum_rows (a bias gradient: ones @ a by BLAS for float32/float64) equals a.sum(axis=0) to
+    rounding, with NumPy's dtype, NaN and inf propagation, into ``out`` when given, and the cached
+    ones stay ones and read-only."""
+    from gradflow.ops import _ONES, sum_rows
+    rng = numpy.random.default_rng(0)
+    a = (rng.standard_normal(shape) * 4).astype(dtype)
+    expected = a.sum(axis=0)
+    got = sum_rows(a)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    rtol = {numpy.float32: 1e-5, numpy.float16: 1e-2}.get(dtype, 1e-12)
+    numpy.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol)
+    out = numpy.empty_like(expected)
+    assert sum_rows(a, out=out) is out
+    numpy.testing.assert_array_equal(out, got)
+    if a.size and dtype in (numpy.float32, numpy.float64):
+        a[0, 0], a[-1, -1] = numpy.nan, numpy.inf
+        got = sum_rows(a)
+        assert numpy.isnan(got[0]) and (shape[1] == 1 or numpy.isposinf(got[-1]))
+    for ones in _ONES.values():
+        assert not ones.flags.writeable and (ones == 1).all()
