@@ -34,6 +34,10 @@ GF_FN float gf_erfc(float x) { return erfcf(x); }
 GF_FN double gf_erfc(double x) { return erfc(x); }
 GF_FN float gf_sqrt(float x) { return sqrtf(x); }
 GF_FN double gf_sqrt(double x) { return sqrt(x); }
+// a * b + c rounded once, where torch adds with alpha= (its CPU kernels use fused multiply-add,
+// and the NumPy twins call BLAS axpy); written out so that no compiler setting changes it.
+GF_FN float gf_fma(float a, float b, float c) { return fmaf(a, b, c); }
+GF_FN double gf_fma(double a, double b, double c) { return fma(a, b, c); }
 
 // +infinity without INFINITY/HUGE_VAL, which NVRTC does not define.
 template <typename T> GF_FN T gf_inf();

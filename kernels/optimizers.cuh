@@ -19,7 +19,7 @@ template <typename T> GF_FN T gf_lerp(T a, T b, T w) {
 // L1 penalty l1 * sign(param) at the point torch adds weight decay.
 template <typename T> GF_FN T gf_opt_grad(T p, T g, int maximize, T weight_decay, T l1) {
   if (maximize) g = -g;
-  if (weight_decay != T(0)) g = g + weight_decay * p;
+  if (weight_decay != T(0)) g = gf_fma(weight_decay, p, g);
   if (l1 != T(0)) g = g + l1 * gf_sign(p);
   return g;
 }
@@ -30,10 +30,10 @@ GF_FN void gf_sgd(T& p, T g, T* buf, T neg_lr, T momentum, T one_minus_dampening
                   T weight_decay, T l1, int maximize) {
   g = gf_opt_grad(p, g, maximize, weight_decay, l1);
   if (buf) {
-    *buf = first_step ? g : *buf * momentum + one_minus_dampening * g;
-    g = nesterov ? g + momentum * *buf : *buf;
+    *buf = first_step ? g : gf_fma(one_minus_dampening, g, *buf * momentum);
+    g = nesterov ? gf_fma(momentum, *buf, g) : *buf;
   }
-  p = p + neg_lr * g;
+  p = gf_fma(neg_lr, g, p);
 }
 
 // Adam / AdamW (decoupled: p *= 1 - lr * wd first), optional AMSGrad (vmax null without).
@@ -44,7 +44,7 @@ GF_FN void gf_adam(T& p, T g, T& m, T& v, T* vmax, T one_minus_beta1, T beta2, T
   if (maximize) g = -g;
   if (weight_decay != T(0)) {
     if (decoupled) p = p * decay_factor;
-    else g = g + weight_decay * p;
+    else g = gf_fma(weight_decay, p, g);
   }
   if (l1 != T(0)) g = g + l1 * gf_sign(p);
   m = gf_lerp(m, g, one_minus_beta1);
@@ -74,7 +74,7 @@ GF_FN void gf_adadelta(T& p, T g, T& square_avg, T& acc_delta, T neg_lr, T rho, 
   const T denom = gf_sqrt(square_avg + eps);
   const T delta = gf_sqrt(acc_delta + eps) / denom * g;
   acc_delta = acc_delta * rho + one_minus_rho * delta * delta;
-  p = p + neg_lr * delta;
+  p = gf_fma(neg_lr, delta, p);
 }
 
 // RMSprop; grad_avg non-null when centered, buf non-null when momentum > 0.
@@ -93,7 +93,7 @@ GF_FN void gf_rmsprop(T& p, T g, T& square_avg, T* grad_avg, T* buf, T neg_lr, T
   avg = avg + eps;
   if (buf) {
     *buf = *buf * momentum + g / avg;
-    p = p + neg_lr * *buf;
+    p = gf_fma(neg_lr, *buf, p);
   } else {
     p = p + neg_lr * g / avg;
   }
@@ -108,7 +108,7 @@ GF_FN void gf_nadam(T& p, T g, T& m, T& v, T one_minus_beta1, T beta2, T one_min
   if (maximize) g = -g;
   if (weight_decay != T(0)) {
     if (decoupled) p = p * decay_factor;
-    else g = g + weight_decay * p;
+    else g = gf_fma(weight_decay, p, g);
   }
   m = gf_lerp(m, g, one_minus_beta1);
   v = v * beta2 + one_minus_beta2 * g * g;
@@ -126,7 +126,7 @@ GF_FN void gf_radam(T& p, T g, T& m, T& v, T one_minus_beta1, T beta2, T one_min
   if (maximize) g = -g;
   if (weight_decay != T(0)) {
     if (decoupled) p = p * decay_factor;
-    else g = g + weight_decay * p;
+    else g = gf_fma(weight_decay, p, g);
   }
   m = gf_lerp(m, g, one_minus_beta1);
   v = v * beta2 + one_minus_beta2 * g * g;
@@ -145,7 +145,7 @@ template <typename T>
 GF_FN void gf_adamax(T& p, T g, T& m, T& u, T one_minus_beta1, T beta2, T eps, T neg_clr, T weight_decay,
                      int maximize) {
   if (maximize) g = -g;
-  if (weight_decay != T(0)) g = g + weight_decay * p;
+  if (weight_decay != T(0)) g = gf_fma(weight_decay, p, g);
   m = gf_lerp(m, g, one_minus_beta1);
   u = gf_max(u * beta2, (g < T(0) ? -g : g) + eps);
   p = p + neg_clr * m / u;

@@ -453,3 +453,35 @@ def test_training_step_replays_under_compile(name, kwargs):
         assert numpy.array_equal(p.numpy(), q.numpy())
     if name == "Adam":
         assert compiled_opt.state[next(compiled_model.parameters())]["step"] == 12
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kwargs", [{}, {"momentum": 0.9}, {"momentum": 0.9, "dampening": 0.3},
+                                    {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-2},
+                                    {"momentum": 0.5, "weight_decay": 5e-4, "maximize": True}],
+                         ids=["plain", "momentum", "dampening", "nesterov-decay", "maximize-decay"])
+def test_sgd_steps_are_torchs_bit_for_bit(dtype, kwargs):
+    """torch adds with alpha= (param.add_(buf, alpha=-lr), grad.add(param, alpha=weight_decay)) by one
+    fused multiply-add per element; NumPy's p + (-lr) * buf rounds twice and 1-2 % of the elements came
+    out one ulp off after a step. With BLAS axpy the CPU update rounds as torch's. Shapes include a
+    Linear weight (stored (in, out) here), odd sizes and a scalar."""
+    torch = pytest.importorskip("torch")
+    from gradflow import blas
+    if not blas.fused():
+        pytest.skip("NumPy here has no OpenBLAS axpy to round once (the update rounds twice)")
+    rng = numpy.random.default_rng(3)
+    lin = nn.Linear(37, 19)
+    lin = lin.double() if dtype == "float64" else lin
+    extra = [gradflow.tensor(rng.standard_normal(s).astype(dtype), requires_grad=True) for s in ((1001,), (3, 5), ())]
+    ours = [lin.weight, lin.bias] + extra
+    theirs = [torch.tensor(p.numpy().copy(), requires_grad=True) for p in ours]
+    opt = optim.SGD(ours, lr=0.05, **kwargs)
+    topt = torch.optim.SGD(theirs, lr=0.05, **kwargs)
+    for _ in range(4):
+        grads = [rng.standard_normal(p.shape).astype(dtype) for p in ours]
+        for p, t, g in zip(ours, theirs, grads):
+            p.grad, t.grad = gradflow.tensor(g), torch.tensor(g)
+        opt.step()
+        topt.step()
+        for p, t in zip(ours, theirs):
+            assert p.numpy().tobytes() == t.detach().numpy().tobytes()

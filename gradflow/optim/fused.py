@@ -2,7 +2,9 @@
 
 Each update is PyTorch's single-tensor (``foreach=False``) rule for one element, written
 once in ``kernels/optimizers.cuh`` and once in NumPy below, with the same operation order:
-results match ``torch.optim`` to rounding in float32 and float64. Scalars that do not
+results match ``torch.optim`` to rounding in float32 and float64. Where torch adds with
+``alpha=`` (weight decay, SGD's momentum and step, RMSprop's and Adadelta's step), one fused
+multiply-add, the CPU does too (``blas.axpy``): SGD's steps are torch's bit for bit. Scalars that do not
 depend on the element (bias corrections, ``1 - beta``, ``-lr``) are folded here in
 double, as torch folds them in Python before casting to the tensor's dtype.
 
@@ -14,6 +16,7 @@ the multi-tensor path: parameters kept as views of one buffer update in one laun
 import numpy
 
 from gradflow import backend
+from gradflow.blas import axpy
 from gradflow.kernel import Elementwise, device_scalar_twin
 
 _OPT = ("optimizers.cuh",)
@@ -35,8 +38,8 @@ def _opt_grad(p, g, maximize, weight_decay, l1):
     """NumPy twin of gf_opt_grad."""
     if maximize:
         g = -g
-    if weight_decay != 0:
-        g = g + weight_decay * p
+    if weight_decay != 0:  # torch: grad.add(param, alpha=weight_decay)
+        g = axpy(weight_decay, p, g if maximize else g.copy())
     if l1 != 0:
         g = g + l1 * numpy.sign(p)
     return g
@@ -55,11 +58,11 @@ def _sgd_np(grad, neg_lr, weight_decay, l1, maximize, param, buf=None, momentum=
     if buf is not None:  # in place with out=: the same roundings, fewer temporaries
         if first_step:
             buf[...] = g
-        else:
+        else:  # torch: buf.mul_(momentum).add_(g, alpha=1 - dampening)
             numpy.multiply(buf, momentum, out=buf)
-            numpy.add(buf, g if one_minus_dampening == 1 else one_minus_dampening * g, out=buf)
-        g = g + momentum * buf if nesterov else buf
-    numpy.add(param, neg_lr * g, out=param)
+            axpy(one_minus_dampening, g, buf)
+        g = axpy(momentum, buf, g.copy()) if nesterov else buf  # torch: g.add(buf, alpha=momentum)
+    axpy(neg_lr, g, param)  # torch: param.add_(g, alpha=-lr)
 
 
 _sgd = Elementwise("sgd", "T grad, T neg_lr, T weight_decay, T l1, int32 maximize", "T param",
@@ -105,7 +108,7 @@ def _adam_np(grad, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqr
         if decoupled:
             param[...] = param * decay_factor
         else:
-            g = g + weight_decay * param
+            g = axpy(weight_decay, param, g.copy())  # torch: grad.add(param, alpha=weight_decay)
     if l1 != 0:
         g = g + l1 * numpy.sign(param)
     exp_avg[...] = _lerp(exp_avg, g, one_minus_beta1)
@@ -176,7 +179,7 @@ def _adadelta_np(grad, neg_lr, rho, one_minus_rho, eps, weight_decay, l1, maximi
     square_avg[...] = square_avg * rho + one_minus_rho * g * g
     delta = numpy.sqrt(acc_delta + eps) / numpy.sqrt(square_avg + eps) * g
     acc_delta[...] = acc_delta * rho + one_minus_rho * delta * delta
-    param[...] = param + neg_lr * delta
+    axpy(neg_lr, delta, param)  # torch: param.add_(delta, alpha=-lr)
 
 
 _adadelta = Elementwise(
@@ -204,7 +207,7 @@ def _rmsprop_np(grad, neg_lr, alpha, one_minus_alpha, eps, momentum, weight_deca
     avg = avg + eps
     if buf is not None:
         buf[...] = buf * momentum + g / avg
-        param[...] = param + neg_lr * buf
+        axpy(neg_lr, buf, param)  # torch: param.add_(buf, alpha=-lr)
     else:
         param[...] = param + neg_lr * g / avg
 
@@ -253,7 +256,7 @@ def _decay(param, g, weight_decay, decay_factor, decoupled):
         if decoupled:
             param[...] = param * param.dtype.type(decay_factor)
         else:
-            g = g + weight_decay * param
+            g = axpy(weight_decay, param, g.copy())  # torch: grad.add(param, alpha=weight_decay)
     return g
 
 
@@ -339,7 +342,7 @@ def radam_(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_de
 def _adamax_np(grad, one_minus_beta1, beta2, eps, neg_clr, weight_decay, maximize, param, exp_avg, exp_inf):
     g = -grad if maximize else grad
     if weight_decay != 0:
-        g = g + weight_decay * param
+        g = axpy(weight_decay, param, g.copy())  # torch: grad.add(param, alpha=weight_decay)
     exp_avg[...] = _lerp(exp_avg, g, one_minus_beta1)
     exp_inf[...] = numpy.maximum(exp_inf * beta2, numpy.abs(g) + eps)
     param[...] = param + neg_clr * exp_avg / exp_inf
