@@ -1698,48 +1698,78 @@ def logsumexp(x, dim, keepdim=False):
     return y if keepdim else squeeze(y, axes) if axes else y
 
 
-class Norm2(_Unary):
-    """sqrt(sum(x^2)) over axes; its gradient x / norm is taken as 0 where the norm is 0 (as torch)."""
+class Norm(_Unary):
+    """The vector p-norm over ``axes`` (``torch.linalg.vector_norm``): sum(|x|^p)^(1/p), the largest
+    (smallest) |x| for p = inf (-inf), the count of nonzeros for p = 0.
+
+    One op with torch's gradient formula for each p, not the chain rule through abs, pow and sum:
+    that rule meets 0 * inf where the norm or an element is 0 (a zero row of ``F.normalize(x, p=1)``
+    got a NaN gradient), where torch's formula gives 0. The output is saved as itself, so double
+    backward sees the norm's dependence on x."""
     def forward(self, x):
-        axes, keepdim = self.params
+        p, axes, keepdim = self.params
         xp = backend.xp_of(x)
-        y = xp.sqrt((x * x).sum(axis=axes, keepdims=True))
+        if numpy.isinf(p) and builtins.any(x.shape[a] == 0 for a in axes):
+            raise RuntimeError(f"norm: cannot compute the {p} norm over an empty dimension (shape {x.shape}): "
+                               f"a max or min of no elements has no value")
+        with numpy.errstate(divide="ignore", over="ignore"):  # |0| ** (p < 0) is inf, as in torch
+            if p == 2:
+                y = xp.sqrt((x * x).sum(axis=axes, keepdims=True))
+            elif p == 1:
+                y = xp.abs(x).sum(axis=axes, keepdims=True)
+            elif p == 0:
+                y = (x != 0).sum(axis=axes, keepdims=True).astype(x.dtype)
+            elif numpy.isinf(p):
+                y = (xp.abs(x).max if p > 0 else xp.abs(x).min)(axis=axes, keepdims=True)
+            else:
+                y = (xp.abs(x) ** p).sum(axis=axes, keepdims=True) ** (1.0 / p)
         if not keepdim:
             y = y.reshape(tuple(s for i, s in enumerate(x.shape) if i not in axes))
-        self.save_for_backward(x, y)  # the output itself, so double backward sees y's dependence on x
+        self.save_for_backward(x, y)
         return y
 
     def backward(self, gy):
         x, y = self.saved_tensors
-        axes, keepdim = self.params
+        p, axes, keepdim = self.params
+        if p == 0:
+            return None  # a count: no gradient (torch's is undefined, so a leaf's .grad stays None)
         if not keepdim:
             gy = reshape(gy, _kept_shape(x.shape, axes))
             y = reshape(y, _kept_shape(x.shape, axes))
-        zero = y.data == 0
-        return where(zero, 0.0, x / where(zero, 1.0, y)) * gy
+        xp = backend.xp_of(x.data)
+        sign = Tensor._wrap((x.data > 0).astype(x.dtype) - (x.data < 0).astype(x.dtype))  # 0 at 0 and NaN
+        if p == 1:
+            return sign * gy
+        zero = Tensor._wrap(y.data == 0)
+        if p == 2:
+            return gy * where(zero, 0.0, x / where(zero, 1.0, y))
+        if numpy.isinf(p):  # amax/amin of |x|: ties (and NaNs) share the gradient
+            absx = xp.abs(x.data)
+            hit = ((absx == y.data) | xp.isnan(absx)).astype(x.dtype)
+            return sign * (gy / Tensor._wrap(hit.sum(axis=axes, keepdims=True)) * Tensor._wrap(hit))
+        if p < 1:  # |x| ** (p - 1) is inf at x = 0: that element's gradient is 0
+            at_zero = Tensor._wrap(x.data == 0)
+            scaled = sign * where(at_zero, 0.0, where(at_zero, 1.0, abs(x)) ** (p - 1))
+            return scaled * gy * y ** (1 - p)
+        scaled = sign * abs(x) ** (p - 1) if p < 2 else x * abs(x) ** (p - 2)
+        return scaled * where(zero, 0.0, gy / where(zero, 1.0, y ** (p - 1)))  # 0 where the norm is 0
 
 
 def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
-    """Vector norm (p = 2/'fro', 1, inf, -inf, 0 or any real) over ``dim`` (all elements by default)."""
+    """Vector norm (p = 2/'fro'/None, 1, inf, -inf, 0 or any real) over ``dim`` (all elements by default)."""
     x = _t(x)
     if dtype is not None:
         x = astype(x, dtype)
     if x.dtype.kind not in "fc":
         raise RuntimeError(f"norm(): input dtype should be floating point, but got {x.dtype}")
     axes = _axes(dim, x.ndim)
-    if p in ("fro", 2, 2.0):
-        return Norm2(axes, keepdim)(x)
-    if p in (float("inf"), "inf"):
-        return max(abs(x), axes, keepdim)
-    if p in (float("-inf"), "-inf"):
-        return min(abs(x), axes, keepdim)
-    if p == 1:
-        return sum(abs(x), axes, keepdim)
-    if p == 0:
-        return sum(astype(compare(x, 0, "not_equal"), x.dtype), axes, keepdim)
-    if isinstance(p, str):
-        raise ValueError(f"norm: unsupported p={p!r}")
-    return sum(abs(x) ** float(p), axes, keepdim) ** (1.0 / float(p))
+    if p is None or p == "fro":
+        p = 2
+    elif p in ("inf", "-inf"):
+        p = float(p)
+    elif isinstance(p, str):
+        raise ValueError(f"norm: unsupported p={p!r} (gradflow has the vector norms and 'fro', not 'nuc')")
+    return Norm(float(p), axes, keepdim)(x)
 
 
 # ---- sorting and selection -----------------------------------------------------------------------

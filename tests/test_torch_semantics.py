@@ -474,3 +474,62 @@ def test_sum_and_mean_of_narrow_dtypes_as_torch(case):
     ours, theirs = fn(gf.tensor(a)), fn(torch.tensor(a))
     assert str(ours.dtype) == str(theirs.dtype).replace("torch.", "")
     numpy.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+NORM_INPUTS = {
+    "zero vector": numpy.zeros(4),
+    "some zero rows": numpy.array([[0.0, 0.0, 0.0], [1.0, -2.0, 0.5], [0.0, 3.0, 0.0], [-1.0, -1.0, 1.0]]),
+    "no zeros": numpy.array([[0.3, -1.2, 2.0], [1.1, 0.7, -0.4]]),
+}
+NORM_PS = [1, 3, 0.5, 1.5, -1, -0.5, 4, float("inf"), float("-inf"), 0, 2, "fro", None]
+
+
+@pytest.mark.parametrize("keepdim", [False, True])
+@pytest.mark.parametrize("p", NORM_PS, ids=str)
+@pytest.mark.parametrize("name, dim", [(name, dim) for name in NORM_INPUTS for dim in (None, -1, (0, 1))
+                                       if not (dim == (0, 1) and NORM_INPUTS[name].ndim == 1)])
+def test_norm_gradient_at_zero_rows_and_elements_is_torchs(name, dim, p, keepdim):
+    """norm(p) for p != 2 went through abs, pow and sum: where the norm or an element is 0 the chain
+    rule meets 0 * inf and gave NaN (torch: 0); p=0 had no gradient node at all (torch: one that
+    gives none, so x.grad stays None)."""
+    results = []
+    for m in (gf, torch):
+        x = m.tensor(NORM_INPUTS[name], requires_grad=True)
+        y = m.norm(x, p, dim, keepdim) if p is None else x.norm(p, dim=dim, keepdim=keepdim)
+        w = m.tensor(numpy.linspace(0.5, 1.5, y.numel()).reshape(tuple(y.shape)))
+        (y * w).sum().backward()
+        results.append((tuple(y.shape), y.detach().numpy(), x.grad if x.grad is None else x.grad.numpy()))
+    (shape, value, grad), (want_shape, want_value, want_grad) = results
+    assert shape == want_shape
+    numpy.testing.assert_allclose(value, want_value, rtol=1e-12)
+    if want_grad is None:
+        assert grad is None
+    else:
+        assert not numpy.isnan(grad).any()
+        numpy.testing.assert_allclose(grad, want_grad, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("p", [1, 2, 3, 0.5, float("inf")], ids=str)
+def test_normalize_of_a_zero_row_has_torchs_gradient(p):
+    """F.normalize divides by clamp(norm, eps): a zero row's gradient went through norm's NaN."""
+    results = []
+    for m, functional in ((gf, F), (torch, torch.nn.functional)):
+        x = m.tensor(numpy.array([[0.0, 0.0, 0.0], [1.0, -2.0, 0.5]], numpy.float32), requires_grad=True)
+        out = functional.normalize(x, p=p, dim=1)
+        (out * m.tensor(numpy.arange(6.0, dtype=numpy.float32).reshape(2, 3))).sum().backward()
+        results.append((out.detach().numpy(), x.grad.numpy()))
+    for ours, theirs in zip(*results):
+        numpy.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("p", [2, 3, 0.5, 1.5, -1, 4], ids=str)
+def test_norm_double_backward_is_torchs(p):
+    a = numpy.array([[0.3, -1.2, 2.0, 0.5], [1.1, 0.7, -0.4, -2.5]])
+    results = []
+    for m in (gf, torch):
+        x = m.tensor(a, requires_grad=True)
+        y = x.norm(p, dim=1)
+        g, = (gf.grad if m is gf else torch.autograd.grad)((y * m.tensor([0.5, 2.0])).sum(), x, create_graph=True)
+        (g * m.tensor(numpy.arange(8.0).reshape(2, 4))).sum().backward()
+        results.append(x.grad.numpy())
+    numpy.testing.assert_allclose(results[0], results[1], rtol=1e-10)
