@@ -1112,6 +1112,8 @@ def _accumulate_leaf(x, gx, create_graph, assigned):
         assigned.add(id(result) if copy else owner)
     else:
         result = x.grad.data + a
+    if isinstance(result, numpy.generic):  # NumPy's result of an op on 0-d arrays: a read-only scalar
+        result = numpy.array(result)
     x._grad = Tensor._wrap(result)  # a delivery the recorder logs below, not a user's assignment
     recorder = _state._recorder
     if recorder is not None:

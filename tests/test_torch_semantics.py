@@ -533,3 +533,30 @@ def test_norm_double_backward_is_torchs(p):
         (g * m.tensor(numpy.arange(8.0).reshape(2, 4))).sum().backward()
         results.append(x.grad.numpy())
     numpy.testing.assert_allclose(results[0], results[1], rtol=1e-10)
+
+
+@pytest.mark.parametrize("owner", ["optimizer", "module"])
+def test_zero_grad_keeping_the_tensors_of_a_0d_parameter_as_torch(owner):
+    """A 0-d parameter's gradient was NumPy's read-only scalar (what an op on 0-d arrays gives), so
+    ``zero_grad(set_to_none=False)`` raised TypeError; torch zeroes it in place (aliases see it)."""
+    results = []
+    for m in (gf, torch):
+        model = m.nn.Linear(2, 1)
+        with m.no_grad():
+            model.weight.copy_(m.tensor([[0.5, -0.25]]))
+            model.bias.fill_(0.125)
+        model.scale = m.nn.Parameter(m.tensor(1.5))
+        opt = m.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        seen = []
+        for step in range(3):
+            (model(m.tensor([[1.0, -2.0]])) * model.scale * model.scale).sum().backward()
+            alias = model.scale.grad
+            seen.append(alias.numpy().copy())
+            opt.step()
+            (opt if owner == "optimizer" else model).zero_grad(set_to_none=False)
+            seen += [model.scale.grad.numpy().copy(), alias.numpy().copy(), model.weight.grad.numpy().copy()]
+        seen.append(model.scale.detach().numpy().copy())
+        results.append(seen)
+    for ours, theirs in zip(*results):
+        assert ours.shape == theirs.shape
+        numpy.testing.assert_allclose(ours, theirs, rtol=1e-6)
