@@ -2413,11 +2413,19 @@ def check_in_place(x, what):
     _in_place(what)
 
 
+def _overwrite(old, new):
+    """``new`` (broadcast to old's shape) in old's place, old's history getting a zero gradient:
+    what zero_/fill_/copy_ make of a recorded tensor, as torch's. Not ``new + old * 0``, which
+    wrote NaN where old held inf or NaN."""
+    everywhere = Tensor._wrap(backend.xp_of(old.data).asarray(True))
+    return where(everywhere, new, old)
+
+
 def _constant_in_place(x, value_of, what):
     """zero_/fill_/normal_/uniform_ on a recorded non-leaf: the new value is a constant, so the old
     history gets a zero gradient (torch keeps requires_grad, as here)."""
     def compute(old):
-        return old * 0 + Tensor._wrap(backend.xp_of(x.data).asarray(value_of(), dtype=x.dtype))
+        return _overwrite(old, Tensor._wrap(backend.xp_of(x.data).asarray(value_of(), dtype=x.dtype)))
     return rebase_in_place(x, compute, what, keep_old=False)
 
 
@@ -2447,8 +2455,7 @@ def zero_(x):
 def fill_(x, value):
     if _records_in_place(x, value):
         if isinstance(value, Tensor) and value.requires_grad:  # the gradient flows to the fill value
-            return rebase_in_place(x, lambda old: broadcast_to(astype(value, x.dtype), x.shape), "fill_",
-                                   keep_old=False)
+            return rebase_in_place(x, lambda old: _overwrite(old, astype(value, x.dtype)), "fill_", keep_old=False)
         v = value.data if isinstance(value, Tensor) else value
         return _constant_in_place(x, lambda: v, "fill_")
     check_in_place(x, "fill_")
@@ -2463,8 +2470,7 @@ def copy_(x, src):
         src = src if isinstance(src, Tensor) else Tensor._wrap(backend.xp_of(x.data).asarray(src))
         if src.device != x.device:
             src = to_device(src, x.device)
-        return rebase_in_place(x, lambda old: broadcast_to(astype(src, x.dtype), x.shape) + old * 0, "copy_",
-                               keep_old=False)
+        return rebase_in_place(x, lambda old: _overwrite(old, astype(src, x.dtype)), "copy_", keep_old=False)
     check_in_place(x, "copy_")
     return _store(x, src.data if isinstance(src, Tensor) else src, "copy_")
 

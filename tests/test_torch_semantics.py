@@ -560,3 +560,45 @@ def test_zero_grad_keeping_the_tensors_of_a_0d_parameter_as_torch(owner):
     for ours, theirs in zip(*results):
         assert ours.shape == theirs.shape
         numpy.testing.assert_allclose(ours, theirs, rtol=1e-6)
+
+
+OVERWRITES = {
+    "zero_": lambda y, w, m: y.zero_(),
+    "fill_": lambda y, w, m: y.fill_(2.0),
+    "fill_ tensor": lambda y, w, m: y.fill_(w),
+    "copy_": lambda y, w, m: y.copy_(m.tensor(numpy.array([5.0, 6.0, 7.0]))),
+    "copy_ broadcast tensor": lambda y, w, m: y.copy_(w * 2.0),
+    "view zero_": lambda y, w, m: y[1:].zero_(),
+    "view copy_ tensor": lambda y, w, m: y[:, :2].copy_(w * 3.0),
+    "setitem tensor": lambda y, w, m: y.__setitem__((0, 1), w),
+}
+
+
+@pytest.mark.parametrize("name", OVERWRITES)
+def test_overwriting_a_recorded_tensor_that_holds_inf_or_nan_as_torch(name):
+    """zero_/fill_/copy_ of a tensor with history computed new + old * 0 (to give the old value a
+    zero gradient): NaN where the old value was inf or NaN. fill_(tensor) cut the old history
+    (x.grad None where torch's is zeros)."""
+    results = []
+    for m in (gf, torch):
+        x = m.tensor(numpy.array([[numpy.inf, 1.0, numpy.nan], [-numpy.inf, 2.0, 3.0]]), requires_grad=True)
+        w = m.tensor(numpy.array(0.5), requires_grad=True)
+        y = x * 1.0
+        OVERWRITES[name](y, w, m)
+        (y * m.tensor(numpy.arange(1.0, 7.0).reshape(2, 3))).sum().backward()
+        results.append((y.detach().numpy(), x.grad.numpy(), w.grad if w.grad is None else w.grad.numpy()))
+    for ours, theirs in zip(*results):
+        if theirs is None:
+            assert ours is None
+        else:
+            numpy.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("fill", ["normal_", "uniform_"])
+def test_random_fill_of_a_recorded_tensor_that_holds_inf_is_finite(fill):
+    x = gf.tensor(numpy.array([numpy.inf, numpy.nan, 1.0]), requires_grad=True)
+    y = x * 1.0
+    getattr(y, fill)()
+    y.sum().backward()
+    assert numpy.isfinite(y.detach().numpy()).all()
+    numpy.testing.assert_array_equal(x.grad.numpy(), [0.0, 0.0, 0.0])
