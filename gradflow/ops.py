@@ -11,7 +11,8 @@ import numpy
 
 from gradflow import backend
 from gradflow.gemm import gemm
-from gradflow.tensor import DTypeError, Function, OpError, Tensor, _in_place, as_tensor, is_grad_enabled
+from gradflow.tensor import (DTypeError, Function, OpError, Tensor, _in_place, _state as _tape_state, as_tensor,
+                             enable_grad, is_grad_enabled)
 
 
 # ---- type promotion: PyTorch's rules, in one place -------------------------------------------
@@ -727,15 +728,57 @@ def argmin(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
 
 
 # ---- shapes ---------------------------------------------------------------------------------------
-def _view_of(y, x):
+def _view_of(y, x, fn, arg):
     """Views share the version counter of their base, so in-place edits are seen by both, and
     know the tensor whose memory they view (``_view_base``, the first one up a chain of views):
-    an in-place op through the view rebases that tensor's history too (``_rebase_view_base``)."""
+    an in-place op through the view rebases that tensor's history too (``_rebase_view_base``).
+
+    y = fn(x, arg). A view also keeps how to take it again from its base (``_view_replay``, the
+    chain of view functions) and the version its history is of: once the memory is changed in
+    place by any other tensor (the base, a sibling or enclosing view), the view's recorded history
+    is stale, and its next use re-takes it from the base as it is then (``_refresh_view``), as
+    torch regenerates a view's grad_fn. A view made with grad off keeps no replay, as in torch."""
     base = y.data.base
     if base is not None and (base is x.data or base is x.data.base):
-        y._vc = x._version_box()
-        y._view_base = x if x._view_base is None else x._view_base
+        vc = y._vc = x._version_box()
+        y._view_version = vc[0]
+        if x._view_base is None:
+            y._view_base = x
+            if _tape_state.grad_enabled:
+                y._view_replay = ((fn, arg),)
+        else:
+            y._view_base = x._view_base
+            if x._view_replay is not None and _tape_state.grad_enabled:
+                y._view_replay = x._view_replay + ((fn, arg),)
     return y
+
+
+def _sync_view(x):
+    """``x`` with its current history: a view whose memory was changed in place by another tensor
+    since its history was set takes the view's history again from its base (``_refresh_view``)."""
+    if x._view_base is not None and x._view_version != x._vc[0]:
+        _refresh_view(x)
+    return x
+
+
+def _refresh_view(v):
+    """The view ``v`` takes the place of the same view taken of its base now (its replay). The
+    memory is shared, so only the history changes: e.g. after ``w = v[1:]; w.mul_(2)`` (with
+    ``v = y[0]``) y went through ``ViewWrite`` and so must v's gradient. A view made with grad off
+    has no history to take: torch refuses to use it once a base that requires grad has changed."""
+    base = v._view_base
+    if v._view_replay is None:
+        if base.requires_grad and base.creator is not None:
+            raise RuntimeError("A view was created in no_grad mode and its base or another view of its base has "
+                               "been modified in place since; it has no history to differentiate. Take the view "
+                               "with grad mode enabled, or use it inside no_grad too")
+    elif base.requires_grad or v.requires_grad:
+        with enable_grad():
+            fresh = base
+            for fn, arg in v._view_replay:
+                fresh = fn(fresh, arg)
+        _take_place(v, fresh)
+    v._view_version = v._vc[0]
 
 
 class Reshape(Function):
@@ -819,7 +862,7 @@ def reshape(x, shape):
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     if x.shape == shape:
         return x
-    return _view_of(Reshape(shape)(x), x)
+    return _view_of(Reshape(shape)(x), x, reshape, shape)
 
 
 def view(x, shape):
@@ -843,7 +886,7 @@ def permute(x, axes):
     dims = tuple(_dim(a, x.ndim) for a in axes)
     if len(set(dims)) != len(dims):
         raise RuntimeError(f"permute(): duplicate dims are not allowed, got {axes}")
-    return _view_of(Permute(dims)(x), x) if x.ndim else x
+    return _view_of(Permute(dims)(x), x, permute, dims) if x.ndim else x
 
 
 def transpose(x, *axes):
@@ -904,7 +947,7 @@ def broadcast_to(x, shape):
     shape = tuple(shape)
     if x.shape == shape:
         return x
-    return _view_of(BroadcastTo(shape)(x), x)
+    return _view_of(BroadcastTo(shape)(x), x, broadcast_to, shape)
 
 
 def sum_to(x, shape):
@@ -1062,7 +1105,7 @@ def getitem(x, index):
     if split is not None:
         return getitem(getitem(x, split[0]), split[1])
     y = GetItem(index)(x)
-    return _view_of(y, x) if _is_basic(index) else y
+    return _view_of(y, x, getitem, index) if _is_basic(index) else y
 
 
 class Embedding(Function):
@@ -1128,7 +1171,7 @@ def setitem_(x, index, value):
     if split is not None:  # into the view the ints select (torch's order, see _split_ints)
         return setitem_(getitem(x, split[0]), split[1], value)
     _in_place("index assignment")
-    if is_grad_enabled() and (x.requires_grad or (isinstance(value, Tensor) and value.requires_grad)):
+    if _records_in_place(x, value):
         index_put_(x, index, value)  # recorded: x's history is rebased, as in torch
         return
     v = value.data if isinstance(value, Tensor) else value
@@ -1139,7 +1182,7 @@ def setitem_(x, index, value):
 def inplace_(x, other, ufunc):
     """``x += other`` and friends: modify ``x``'s data and bump its version (differentiably, by
     rebasing x's history as torch does, when recording and x or ``other`` requires grad)."""
-    if is_grad_enabled() and (x.requires_grad or (isinstance(other, Tensor) and other.requires_grad)):
+    if _records_in_place(x, other):
         return rebase_in_place(x, lambda old: _OUT_OF_PLACE[ufunc](old, other), f"in-place {ufunc}",
                                keep_old=ufunc in ("multiply", "divide"))
     _in_place(f"in-place {ufunc}")
@@ -2295,9 +2338,14 @@ _OUT_OF_PLACE = {"add": add, "subtract": sub, "multiply": mul, "divide": div}
 
 
 def _records_in_place(x, *others):
-    """True when an in-place update of x must be recorded (grad mode on, x or an operand requires grad)."""
-    return is_grad_enabled() and (x.requires_grad or builtins.any(isinstance(o, Tensor) and o.requires_grad
-                                                                  for o in others))
+    """True when an in-place update of x must be recorded (grad mode on, x or an operand requires grad).
+    Stale views among them take their current history first: whether they require grad may change."""
+    if not is_grad_enabled():
+        return False
+    for t in (x,) + others:
+        if isinstance(t, Tensor):
+            _sync_view(t)
+    return x.requires_grad or builtins.any(isinstance(o, Tensor) and o.requires_grad for o in others)
 
 
 def _leaf_in_place_error(what):
@@ -2311,6 +2359,7 @@ def rebase_in_place(x, compute, what, keep_old=True):
     (views see it), x's version is bumped (ops that saved x's old value then refuse to backward) and x
     takes the new value's place in the graph. ``keep_old``: backward reads the old value, so it is copied.
     x a view of another tensor: that tensor's history is rebased too (``_rebase_view_base``)."""
+    _sync_view(x)
     if x.creator is None and x.requires_grad:
         raise _leaf_in_place_error(what)
     base = x._view_base
@@ -2335,6 +2384,7 @@ def rebase_in_place(x, compute, what, keep_old=True):
     x._bump_version()
     _take_place(x, y)
     if base is not None:
+        x._view_version = x._vc[0]  # x's new history is current; the base's, and other views', are not
         _rebase_view_base(base, x, positions)
     return x
 
