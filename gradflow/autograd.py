@@ -124,6 +124,9 @@ class _CustomNode(_tape.Function):
         return tuple(out)
 
     def __call__(self, *inputs):
+        if is_grad_enabled():
+            for x in inputs:  # a stale view's requires_grad may change (the tape's __call__ syncs too late for it)
+                ops._sync_view(x)
         self._needs = tuple(x.requires_grad and is_grad_enabled() for x in _expand(self.template, inputs))
         return super().__call__(*inputs)
 

@@ -11,7 +11,8 @@ import numpy
 
 from gradflow import backend
 from gradflow.gemm import gemm
-from gradflow.tensor import DTypeError, Function, OpError, Tensor, _in_place, as_tensor, is_grad_enabled
+from gradflow.tensor import (DTypeError, Function, OpError, Tensor, _in_place, _state as _tape_state, as_tensor,
+                             enable_grad, is_grad_enabled)
 
 
 # ---- type promotion: PyTorch's rules, in one place -------------------------------------------
@@ -727,15 +728,57 @@ def argmin(x, dim=None, keepdim=False, *, axis=None, keepdims=None):
 
 
 # ---- shapes ---------------------------------------------------------------------------------------
-def _view_of(y, x):
+def _view_of(y, x, fn, arg):
     """Views share the version counter of their base, so in-place edits are seen by both, and
     know the tensor whose memory they view (``_view_base``, the first one up a chain of views):
-    an in-place op through the view rebases that tensor's history too (``_rebase_view_base``)."""
+    an in-place op through the view rebases that tensor's history too (``_rebase_view_base``).
+
+    y = fn(x, arg). A view also keeps how to take it again from its base (``_view_replay``, the
+    chain of view functions) and the version its history is of: once the memory is changed in
+    place by any other tensor (the base, a sibling or enclosing view), the view's recorded history
+    is stale, and its next use re-takes it from the base as it is then (``_refresh_view``), as
+    torch regenerates a view's grad_fn. A view made with grad off keeps no replay, as in torch."""
     base = y.data.base
     if base is not None and (base is x.data or base is x.data.base):
-        y._vc = x._version_box()
-        y._view_base = x if x._view_base is None else x._view_base
+        vc = y._vc = x._version_box()
+        y._view_version = vc[0]
+        if x._view_base is None:
+            y._view_base = x
+            if _tape_state.grad_enabled:
+                y._view_replay = ((fn, arg),)
+        else:
+            y._view_base = x._view_base
+            if x._view_replay is not None and _tape_state.grad_enabled:
+                y._view_replay = x._view_replay + ((fn, arg),)
     return y
+
+
+def _sync_view(x):
+    """``x`` with its current history: a view whose memory was changed in place by another tensor
+    since its history was set takes the view's history again from its base (``_refresh_view``)."""
+    if x._view_base is not None and x._view_version != x._vc[0]:
+        _refresh_view(x)
+    return x
+
+
+def _refresh_view(v):
+    """The view ``v`` takes the place of the same view taken of its base now (its replay). The
+    memory is shared, so only the history changes: e.g. after ``w = v[1:]; w.mul_(2)`` (with
+    ``v = y[0]``) y went through ``ViewWrite`` and so must v's gradient. A view made with grad off
+    has no history to take: torch refuses to use it once a base that requires grad has changed."""
+    base = v._view_base
+    if v._view_replay is None:
+        if base.requires_grad and base.creator is not None:
+            raise RuntimeError("A view was created in no_grad mode and its base or another view of its base has "
+                               "been modified in place since; it has no history to differentiate. Take the view "
+                               "with grad mode enabled, or use it inside no_grad too")
+    elif base.requires_grad or v.requires_grad:
+        with enable_grad():
+            fresh = base
+            for fn, arg in v._view_replay:
+                fresh = fn(fresh, arg)
+        _take_place(v, fresh)
+    v._view_version = v._vc[0]
 
 
 class Reshape(Function):
@@ -853,7 +896,7 @@ def reshape(x, shape):
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     if x.shape == shape:
         return x
-    return _view_of(Reshape(shape)(x), x)
+    return _view_of(Reshape(shape)(x), x, reshape, shape)
 
 
 def view(x, shape):
@@ -877,7 +920,7 @@ def permute(x, axes):
     dims = tuple(_dim(a, x.ndim) for a in axes)
     if len(set(dims)) != len(dims):
         raise RuntimeError(f"permute(): duplicate dims are not allowed, got {axes}")
-    return _view_of(Permute(dims)(x), x) if x.ndim else x
+    return _view_of(Permute(dims)(x), x, permute, dims) if x.ndim else x
 
 
 def transpose(x, *axes):
@@ -938,7 +981,7 @@ def broadcast_to(x, shape):
     shape = tuple(shape)
     if x.shape == shape:
         return x
-    return _view_of(BroadcastTo(shape)(x), x)
+    return _view_of(BroadcastTo(shape)(x), x, broadcast_to, shape)
 
 
 def sum_to(x, shape):
@@ -1096,7 +1139,7 @@ def getitem(x, index):
     if split is not None:
         return getitem(getitem(x, split[0]), split[1])
     y = GetItem(index)(x)
-    return _view_of(y, x) if _is_basic(index) else y
+    return _view_of(y, x, getitem, index) if _is_basic(index) else y
 
 
 class Embedding(Function):
@@ -1162,7 +1205,7 @@ def setitem_(x, index, value):
     if split is not None:  # into the view the ints select (torch's order, see _split_ints)
         return setitem_(getitem(x, split[0]), split[1], value)
     _in_place("index assignment")
-    if is_grad_enabled() and (x.requires_grad or (isinstance(value, Tensor) and value.requires_grad)):
+    if _records_in_place(x, value):
         index_put_(x, index, value)  # recorded: x's history is rebased, as in torch
         return
     v = value.data if isinstance(value, Tensor) else value
@@ -1173,7 +1216,7 @@ def setitem_(x, index, value):
 def inplace_(x, other, ufunc):
     """``x += other`` and friends: modify ``x``'s data and bump its version (differentiably, by
     rebasing x's history as torch does, when recording and x or ``other`` requires grad)."""
-    if is_grad_enabled() and (x.requires_grad or (isinstance(other, Tensor) and other.requires_grad)):
+    if _records_in_place(x, other):
         return rebase_in_place(x, lambda old: _OUT_OF_PLACE[ufunc](old, other), f"in-place {ufunc}",
                                keep_old=ufunc in ("multiply", "divide"))
     _in_place(f"in-place {ufunc}")
@@ -1732,48 +1775,78 @@ def logsumexp(x, dim, keepdim=False):
     return y if keepdim else squeeze(y, axes) if axes else y
 
 
-class Norm2(_Unary):
-    """sqrt(sum(x^2)) over axes; its gradient x / norm is taken as 0 where the norm is 0 (as torch)."""
+class Norm(_Unary):
+    """The vector p-norm over ``axes`` (``torch.linalg.vector_norm``): sum(|x|^p)^(1/p), the largest
+    (smallest) |x| for p = inf (-inf), the count of nonzeros for p = 0.
+
+    One op with torch's gradient formula for each p, not the chain rule through abs, pow and sum:
+    that rule meets 0 * inf where the norm or an element is 0 (a zero row of ``F.normalize(x, p=1)``
+    got a NaN gradient), where torch's formula gives 0. The output is saved as itself, so double
+    backward sees the norm's dependence on x."""
     def forward(self, x):
-        axes, keepdim = self.params
+        p, axes, keepdim = self.params
         xp = backend.xp_of(x)
-        y = xp.sqrt((x * x).sum(axis=axes, keepdims=True))
+        if numpy.isinf(p) and builtins.any(x.shape[a] == 0 for a in axes):
+            raise RuntimeError(f"norm: cannot compute the {p} norm over an empty dimension (shape {x.shape}): "
+                               f"a max or min of no elements has no value")
+        with numpy.errstate(divide="ignore", over="ignore"):  # |0| ** (p < 0) is inf, as in torch
+            if p == 2:
+                y = xp.sqrt((x * x).sum(axis=axes, keepdims=True))
+            elif p == 1:
+                y = xp.abs(x).sum(axis=axes, keepdims=True)
+            elif p == 0:
+                y = (x != 0).sum(axis=axes, keepdims=True).astype(x.dtype)
+            elif numpy.isinf(p):
+                y = (xp.abs(x).max if p > 0 else xp.abs(x).min)(axis=axes, keepdims=True)
+            else:
+                y = (xp.abs(x) ** p).sum(axis=axes, keepdims=True) ** (1.0 / p)
         if not keepdim:
             y = y.reshape(tuple(s for i, s in enumerate(x.shape) if i not in axes))
-        self.save_for_backward(x, y)  # the output itself, so double backward sees y's dependence on x
+        self.save_for_backward(x, y)
         return y
 
     def backward(self, gy):
         x, y = self.saved_tensors
-        axes, keepdim = self.params
+        p, axes, keepdim = self.params
+        if p == 0:
+            return None  # a count: no gradient (torch's is undefined, so a leaf's .grad stays None)
         if not keepdim:
             gy = reshape(gy, _kept_shape(x.shape, axes))
             y = reshape(y, _kept_shape(x.shape, axes))
-        zero = y.data == 0
-        return where(zero, 0.0, x / where(zero, 1.0, y)) * gy
+        xp = backend.xp_of(x.data)
+        sign = Tensor._wrap((x.data > 0).astype(x.dtype) - (x.data < 0).astype(x.dtype))  # 0 at 0 and NaN
+        if p == 1:
+            return sign * gy
+        zero = Tensor._wrap(y.data == 0)
+        if p == 2:
+            return gy * where(zero, 0.0, x / where(zero, 1.0, y))
+        if numpy.isinf(p):  # amax/amin of |x|: ties (and NaNs) share the gradient
+            absx = xp.abs(x.data)
+            hit = ((absx == y.data) | xp.isnan(absx)).astype(x.dtype)
+            return sign * (gy / Tensor._wrap(hit.sum(axis=axes, keepdims=True)) * Tensor._wrap(hit))
+        if p < 1:  # |x| ** (p - 1) is inf at x = 0: that element's gradient is 0
+            at_zero = Tensor._wrap(x.data == 0)
+            scaled = sign * where(at_zero, 0.0, where(at_zero, 1.0, abs(x)) ** (p - 1))
+            return scaled * gy * y ** (1 - p)
+        scaled = sign * abs(x) ** (p - 1) if p < 2 else x * abs(x) ** (p - 2)
+        return scaled * where(zero, 0.0, gy / where(zero, 1.0, y ** (p - 1)))  # 0 where the norm is 0
 
 
 def norm(x, p="fro", dim=None, keepdim=False, dtype=None):
-    """Vector norm (p = 2/'fro', 1, inf, -inf, 0 or any real) over ``dim`` (all elements by default)."""
+    """Vector norm (p = 2/'fro'/None, 1, inf, -inf, 0 or any real) over ``dim`` (all elements by default)."""
     x = _t(x)
     if dtype is not None:
         x = astype(x, dtype)
     if x.dtype.kind not in "fc":
         raise RuntimeError(f"norm(): input dtype should be floating point, but got {x.dtype}")
     axes = _axes(dim, x.ndim)
-    if p in ("fro", 2, 2.0):
-        return Norm2(axes, keepdim)(x)
-    if p in (float("inf"), "inf"):
-        return max(abs(x), axes, keepdim)
-    if p in (float("-inf"), "-inf"):
-        return min(abs(x), axes, keepdim)
-    if p == 1:
-        return sum(abs(x), axes, keepdim)
-    if p == 0:
-        return sum(astype(compare(x, 0, "not_equal"), x.dtype), axes, keepdim)
-    if isinstance(p, str):
-        raise ValueError(f"norm: unsupported p={p!r}")
-    return sum(abs(x) ** float(p), axes, keepdim) ** (1.0 / float(p))
+    if p is None or p == "fro":
+        p = 2
+    elif p in ("inf", "-inf"):
+        p = float(p)
+    elif isinstance(p, str):
+        raise ValueError(f"norm: unsupported p={p!r} (gradflow has the vector norms and 'fro', not 'nuc')")
+    return Norm(float(p), axes, keepdim)(x)
 
 
 # ---- sorting and selection -----------------------------------------------------------------------
@@ -2299,9 +2372,14 @@ _OUT_OF_PLACE = {"add": add, "subtract": sub, "multiply": mul, "divide": div}
 
 
 def _records_in_place(x, *others):
-    """True when an in-place update of x must be recorded (grad mode on, x or an operand requires grad)."""
-    return is_grad_enabled() and (x.requires_grad or builtins.any(isinstance(o, Tensor) and o.requires_grad
-                                                                  for o in others))
+    """True when an in-place update of x must be recorded (grad mode on, x or an operand requires grad).
+    Stale views among them take their current history first: whether they require grad may change."""
+    if not is_grad_enabled():
+        return False
+    for t in (x,) + others:
+        if isinstance(t, Tensor):
+            _sync_view(t)
+    return x.requires_grad or builtins.any(isinstance(o, Tensor) and o.requires_grad for o in others)
 
 
 def _leaf_in_place_error(what):
@@ -2315,6 +2393,7 @@ def rebase_in_place(x, compute, what, keep_old=True):
     (views see it), x's version is bumped (ops that saved x's old value then refuse to backward) and x
     takes the new value's place in the graph. ``keep_old``: backward reads the old value, so it is copied.
     x a view of another tensor: that tensor's history is rebased too (``_rebase_view_base``)."""
+    _sync_view(x)
     if x.creator is None and x.requires_grad:
         raise _leaf_in_place_error(what)
     base = x._view_base
@@ -2339,6 +2418,7 @@ def rebase_in_place(x, compute, what, keep_old=True):
     x._bump_version()
     _take_place(x, y)
     if base is not None:
+        x._view_version = x._vc[0]  # x's new history is current; the base's, and other views', are not
         _rebase_view_base(base, x, positions)
     return x
 
@@ -2417,11 +2497,19 @@ def check_in_place(x, what):
     _in_place(what)
 
 
+def _overwrite(old, new):
+    """``new`` (broadcast to old's shape) in old's place, old's history getting a zero gradient:
+    what zero_/fill_/copy_ make of a recorded tensor, as torch's. Not ``new + old * 0``, which
+    wrote NaN where old held inf or NaN."""
+    everywhere = Tensor._wrap(backend.xp_of(old.data).asarray(True))
+    return where(everywhere, new, old)
+
+
 def _constant_in_place(x, value_of, what):
     """zero_/fill_/normal_/uniform_ on a recorded non-leaf: the new value is a constant, so the old
     history gets a zero gradient (torch keeps requires_grad, as here)."""
     def compute(old):
-        return old * 0 + Tensor._wrap(backend.xp_of(x.data).asarray(value_of(), dtype=x.dtype))
+        return _overwrite(old, Tensor._wrap(backend.xp_of(x.data).asarray(value_of(), dtype=x.dtype)))
     return rebase_in_place(x, compute, what, keep_old=False)
 
 
@@ -2451,8 +2539,7 @@ def zero_(x):
 def fill_(x, value):
     if _records_in_place(x, value):
         if isinstance(value, Tensor) and value.requires_grad:  # the gradient flows to the fill value
-            return rebase_in_place(x, lambda old: broadcast_to(astype(value, x.dtype), x.shape), "fill_",
-                                   keep_old=False)
+            return rebase_in_place(x, lambda old: _overwrite(old, astype(value, x.dtype)), "fill_", keep_old=False)
         v = value.data if isinstance(value, Tensor) else value
         return _constant_in_place(x, lambda: v, "fill_")
     check_in_place(x, "fill_")
@@ -2467,8 +2554,7 @@ def copy_(x, src):
         src = src if isinstance(src, Tensor) else Tensor._wrap(backend.xp_of(x.data).asarray(src))
         if src.device != x.device:
             src = to_device(src, x.device)
-        return rebase_in_place(x, lambda old: broadcast_to(astype(src, x.dtype), x.shape) + old * 0, "copy_",
-                               keep_old=False)
+        return rebase_in_place(x, lambda old: _overwrite(old, astype(src, x.dtype)), "copy_", keep_old=False)
     check_in_place(x, "copy_")
     return _store(x, src.data if isinstance(src, Tensor) else src, "copy_")
 

@@ -196,6 +196,8 @@ class Tensor:
     _index = 0            # which output of ``creator`` this is
     _vc = None            # version counter [n], created on first need, shared by views
     _view_base = None     # a view's tensor whose memory it views (ops._view_of)
+    _view_replay = None   # how a view is taken again from _view_base (None: a view made with grad off)
+    _view_version = 0     # the version of the memory when a view's history was last set
     _retain_grad = False
     _post_accumulate_grad_hooks = None   # {id: hook}, set by register_post_accumulate_grad_hook
 
@@ -238,7 +240,7 @@ class Tensor:
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)
     device = property(lambda self: backend.device_of(self.data))
-    is_leaf = property(lambda self: self.creator is None)
+    is_leaf = property(lambda self: ops._sync_view(self).creator is None)
     _version = property(lambda self: 0 if self._vc is None else self._vc[0])
 
     def size(self, dim=None):
@@ -359,6 +361,7 @@ class Tensor:
     # ---- autograd -------------------------------------------------------------------
     def backward(self, gradient=None, retain_graph=False, create_graph=False):
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad``."""
+        ops._sync_view(self)
         if not self.requires_grad:
             raise RuntimeError("backward(): this tensor does not require grad and has no grad_fn; "
                                "make an input require grad (requires_grad=True) before computing it")
@@ -449,7 +452,7 @@ class Tensor:
     def numel(self): return int(self.data.size)
     def nelement(self): return int(self.data.size)
     def element_size(self): return self.data.dtype.itemsize
-    grad_fn = property(lambda self: self.creator)
+    grad_fn = property(lambda self: ops._sync_view(self).creator)
     is_cuda = property(lambda self: self.device == "cuda")
     def is_floating_point(self): return self.dtype.kind == "f" or self.dtype.name == "bfloat16"
     def clone(self): return ops.clone(self)
@@ -595,7 +598,7 @@ class Tensor:
 
     def register_hook(self, hook):
         """Call ``hook(grad)`` with this tensor's gradient during backward; a non-None return replaces it."""
-        if not self.requires_grad:
+        if not ops._sync_view(self).requires_grad:
             raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
         if "_hooks" not in self.__dict__:
             self._hooks = {}
@@ -764,6 +767,13 @@ class Function:
                 raise
             raise _not_tensor_error(self, inputs) from None
         state = _state
+        record = False
+        if state.grad_enabled:
+            for x in inputs:
+                if x._view_base is not None and x._view_version != x._vc[0]:
+                    ops._refresh_view(x)  # its base changed in place since: take the view's current history
+                if x.requires_grad:
+                    record = True
         recorder = state._recorder
         if recorder is not None:
             constructed = dict(vars(self))  # set by __init__: must be equal in every step
@@ -775,12 +785,6 @@ class Function:
                 ys = self.forward(*arrays)
             except (ValueError, TypeError) as e:  # NumPy's types for bad shapes/dtypes: also PyTorch's RuntimeError
                 _raise_op_error(e)
-        record = False
-        if state.grad_enabled:
-            for x in inputs:
-                if x.requires_grad:
-                    record = True
-                    break
         if type(ys) is not tuple:
             y = Tensor._wrap(ys, record)
             if record:
@@ -1112,6 +1116,8 @@ def _accumulate_leaf(x, gx, create_graph, assigned):
         assigned.add(id(result) if copy else owner)
     else:
         result = x.grad.data + a
+    if isinstance(result, numpy.generic):  # NumPy's result of an op on 0-d arrays: a read-only scalar
+        result = numpy.array(result)
     x._grad = Tensor._wrap(result)  # a delivery the recorder logs below, not a user's assignment
     recorder = _state._recorder
     if recorder is not None:
@@ -1128,6 +1134,8 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
         grad_outputs = [None] * len(outputs)
     elif isinstance(grad_outputs, Tensor):
         grad_outputs = [grad_outputs]
+    for t in outputs + inputs:
+        ops._sync_view(t)
     gs = []
     for y, g in zip(outputs, grad_outputs):
         if not y.requires_grad:

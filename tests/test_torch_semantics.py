@@ -474,3 +474,282 @@ def test_sum_and_mean_of_narrow_dtypes_as_torch(case):
     ours, theirs = fn(gf.tensor(a)), fn(torch.tensor(a))
     assert str(ours.dtype) == str(theirs.dtype).replace("torch.", "")
     numpy.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+NORM_INPUTS = {
+    "zero vector": numpy.zeros(4),
+    "some zero rows": numpy.array([[0.0, 0.0, 0.0], [1.0, -2.0, 0.5], [0.0, 3.0, 0.0], [-1.0, -1.0, 1.0]]),
+    "no zeros": numpy.array([[0.3, -1.2, 2.0], [1.1, 0.7, -0.4]]),
+}
+NORM_PS = [1, 3, 0.5, 1.5, -1, -0.5, 4, float("inf"), float("-inf"), 0, 2, "fro", None]
+
+
+@pytest.mark.parametrize("keepdim", [False, True])
+@pytest.mark.parametrize("p", NORM_PS, ids=str)
+@pytest.mark.parametrize("name, dim", [(name, dim) for name in NORM_INPUTS for dim in (None, -1, (0, 1))
+                                       if not (dim == (0, 1) and NORM_INPUTS[name].ndim == 1)])
+def test_norm_gradient_at_zero_rows_and_elements_is_torchs(name, dim, p, keepdim):
+    """norm(p) for p != 2 went through abs, pow and sum: where the norm or an element is 0 the chain
+    rule meets 0 * inf and gave NaN (torch: 0); p=0 had no gradient node at all (torch: one that
+    gives none, so x.grad stays None)."""
+    results = []
+    for m in (gf, torch):
+        x = m.tensor(NORM_INPUTS[name], requires_grad=True)
+        y = m.norm(x, p, dim, keepdim) if p is None else x.norm(p, dim=dim, keepdim=keepdim)
+        w = m.tensor(numpy.linspace(0.5, 1.5, y.numel()).reshape(tuple(y.shape)))
+        (y * w).sum().backward()
+        results.append((tuple(y.shape), y.detach().numpy(), x.grad if x.grad is None else x.grad.numpy()))
+    (shape, value, grad), (want_shape, want_value, want_grad) = results
+    assert shape == want_shape
+    numpy.testing.assert_allclose(value, want_value, rtol=1e-12)
+    if want_grad is None:
+        assert grad is None
+    else:
+        assert not numpy.isnan(grad).any()
+        numpy.testing.assert_allclose(grad, want_grad, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("p", [1, 2, 3, 0.5, float("inf")], ids=str)
+def test_normalize_of_a_zero_row_has_torchs_gradient(p):
+    """F.normalize divides by clamp(norm, eps): a zero row's gradient went through norm's NaN."""
+    results = []
+    for m, functional in ((gf, F), (torch, torch.nn.functional)):
+        x = m.tensor(numpy.array([[0.0, 0.0, 0.0], [1.0, -2.0, 0.5]], numpy.float32), requires_grad=True)
+        out = functional.normalize(x, p=p, dim=1)
+        (out * m.tensor(numpy.arange(6.0, dtype=numpy.float32).reshape(2, 3))).sum().backward()
+        results.append((out.detach().numpy(), x.grad.numpy()))
+    for ours, theirs in zip(*results):
+        numpy.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("p", [2, 3, 0.5, 1.5, -1, 4], ids=str)
+def test_norm_double_backward_is_torchs(p):
+    a = numpy.array([[0.3, -1.2, 2.0, 0.5], [1.1, 0.7, -0.4, -2.5]])
+    results = []
+    for m in (gf, torch):
+        x = m.tensor(a, requires_grad=True)
+        y = x.norm(p, dim=1)
+        g, = (gf.grad if m is gf else torch.autograd.grad)((y * m.tensor([0.5, 2.0])).sum(), x, create_graph=True)
+        (g * m.tensor(numpy.arange(8.0).reshape(2, 4))).sum().backward()
+        results.append(x.grad.numpy())
+    numpy.testing.assert_allclose(results[0], results[1], rtol=1e-10)
+
+
+@pytest.mark.parametrize("owner", ["optimizer", "module"])
+def test_zero_grad_keeping_the_tensors_of_a_0d_parameter_as_torch(owner):
+    """A 0-d parameter's gradient was NumPy's read-only scalar (what an op on 0-d arrays gives), so
+    ``zero_grad(set_to_none=False)`` raised TypeError; torch zeroes it in place (aliases see it)."""
+    results = []
+    for m in (gf, torch):
+        model = m.nn.Linear(2, 1)
+        with m.no_grad():
+            model.weight.copy_(m.tensor([[0.5, -0.25]]))
+            model.bias.fill_(0.125)
+        model.scale = m.nn.Parameter(m.tensor(1.5))
+        opt = m.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        seen = []
+        for step in range(3):
+            (model(m.tensor([[1.0, -2.0]])) * model.scale * model.scale).sum().backward()
+            alias = model.scale.grad
+            seen.append(alias.numpy().copy())
+            opt.step()
+            (opt if owner == "optimizer" else model).zero_grad(set_to_none=False)
+            seen += [model.scale.grad.numpy().copy(), alias.numpy().copy(), model.weight.grad.numpy().copy()]
+        seen.append(model.scale.detach().numpy().copy())
+        results.append(seen)
+    for ours, theirs in zip(*results):
+        assert ours.shape == theirs.shape
+        numpy.testing.assert_allclose(ours, theirs, rtol=1e-6)
+
+
+OVERWRITES = {
+    "zero_": lambda y, w, m: y.zero_(),
+    "fill_": lambda y, w, m: y.fill_(2.0),
+    "fill_ tensor": lambda y, w, m: y.fill_(w),
+    "copy_": lambda y, w, m: y.copy_(m.tensor(numpy.array([5.0, 6.0, 7.0]))),
+    "copy_ broadcast tensor": lambda y, w, m: y.copy_(w * 2.0),
+    "view zero_": lambda y, w, m: y[1:].zero_(),
+    "view copy_ tensor": lambda y, w, m: y[:, :2].copy_(w * 3.0),
+    "setitem tensor": lambda y, w, m: y.__setitem__((0, 1), w),
+}
+
+
+@pytest.mark.parametrize("name", OVERWRITES)
+def test_overwriting_a_recorded_tensor_that_holds_inf_or_nan_as_torch(name):
+    """zero_/fill_/copy_ of a tensor with history computed new + old * 0 (to give the old value a
+    zero gradient): NaN where the old value was inf or NaN. fill_(tensor) cut the old history
+    (x.grad None where torch's is zeros)."""
+    results = []
+    for m in (gf, torch):
+        x = m.tensor(numpy.array([[numpy.inf, 1.0, numpy.nan], [-numpy.inf, 2.0, 3.0]]), requires_grad=True)
+        w = m.tensor(numpy.array(0.5), requires_grad=True)
+        y = x * 1.0
+        OVERWRITES[name](y, w, m)
+        (y * m.tensor(numpy.arange(1.0, 7.0).reshape(2, 3))).sum().backward()
+        results.append((y.detach().numpy(), x.grad.numpy(), w.grad if w.grad is None else w.grad.numpy()))
+    for ours, theirs in zip(*results):
+        if theirs is None:
+            assert ours is None
+        else:
+            numpy.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("fill", ["normal_", "uniform_"])
+def test_random_fill_of_a_recorded_tensor_that_holds_inf_is_finite(fill):
+    x = gf.tensor(numpy.array([numpy.inf, numpy.nan, 1.0]), requires_grad=True)
+    y = x * 1.0
+    getattr(y, fill)()
+    y.sum().backward()
+    assert numpy.isfinite(y.detach().numpy()).all()
+    numpy.testing.assert_array_equal(x.grad.numpy(), [0.0, 0.0, 0.0])
+
+
+# ---- views taken before an in-place op elsewhere on their base -------------------------------------------
+TAKEN_BEFORE = {
+    "row": lambda t: t[0], "column": lambda t: t[:, 1], "rows": lambda t: t[1:], "block": lambda t: t[1:, 1:3],
+    "step": lambda t: t[:, ::2], "T": lambda t: t.T, "transpose": lambda t: t.transpose(0, 1),
+    "reshape": lambda t: t.reshape(4, 3), "view": lambda t: t.view(-1), "unsqueeze": lambda t: t.unsqueeze(0),
+    "row of slice": lambda t: t[0][1:], "row of T": lambda t: t.T[1], "slice of view": lambda t: t.view(-1)[2:7],
+    "expand": lambda t: t[0:1].expand(2, 4), "the base": lambda t: t,
+}
+WRITTEN_THROUGH = {
+    "row": lambda t: t[0], "column": lambda t: t[:, 1], "block": lambda t: t[1:, 1:3], "row of T": lambda t: t.T[2],
+    "slice of view": lambda t: t.view(-1)[5:9], "slice of row": lambda t: t[0][1:],
+    "row of reshape": lambda t: t.reshape(4, 3)[1], "the base": lambda t: t,
+}
+WRITES = {
+    "mul_": lambda v, w: v.mul_(2.0), "mul_ tensor": lambda v, w: v.mul_(w), "add_ tensor": lambda v, w: v.add_(w * 1.5),
+    "fill_": lambda v, w: v.fill_(0.5), "fill_ tensor": lambda v, w: v.fill_(w), "zero_": lambda v, w: v.zero_(),
+    "copy_ tensor": lambda v, w: v.copy_(w * v.detach().clone() + 1.0), "setitem tensor": lambda v, w: v.__setitem__(0, w * 3.0),
+    "clamp_": lambda v, w: v.clamp_(min=5.0), "+= tensor": lambda v, w: v.__iadd__(w),
+}
+
+
+@pytest.mark.parametrize("written", WRITTEN_THROUGH)
+@pytest.mark.parametrize("taken", TAKEN_BEFORE)
+def test_a_view_taken_before_an_in_place_op_on_its_base_or_a_sibling_as_torch(taken, written):
+    """A view of y taken before y (or another view of y: a sibling, an enclosing or a nested one) was
+    updated in place kept its old history: its value was new (shared memory), its gradient old. In
+    torch each view re-derives its grad_fn from its base once the base's version changed."""
+    for write in WRITES:
+        results = []
+        for m in (gf, torch):
+            x = m.tensor(numpy.arange(1.0, 13.0).reshape(3, 4), requires_grad=True)
+            w = m.tensor(numpy.array(0.75), requires_grad=True)
+            y = x * 1.0
+            v = TAKEN_BEFORE[taken](y)
+            WRITES[write](WRITTEN_THROUGH[written](y), w)
+            weight = m.tensor(numpy.linspace(0.5, 2.0, v.numel()).reshape(tuple(v.shape)))
+            ((v * weight).sum() + (y * y).sum() * 0.1).backward()
+            results.append((v.detach().numpy().copy(), y.detach().numpy().copy(), x.grad.numpy().copy(),
+                            numpy.zeros(()) if w.grad is None else w.grad.numpy().copy()))
+        for what, ours, theirs in zip(("v", "y", "x.grad", "w.grad"), *results):
+            numpy.testing.assert_allclose(ours, theirs, rtol=1e-12, err_msg=f"{write}: {what}")
+
+
+def _grad_fn(m):
+    return gf.grad if m is gf else torch.autograd.grad
+
+
+STALE_VIEW_CASES = {
+    # the audit's two cases: a view between the base and the view written through; a sibling view
+    "view of the written view's parent": lambda m, x, w: (lambda y: (lambda v: (v[1:].mul_(2), v.sum()))(y[0]))(x * 1.0),
+    "overlapping sibling": lambda m, x, w: (lambda y: (lambda v1, v2: (v2.mul_(3.0), (v1 * m.tensor([1.0, 2.0, 3.0, 4.0])).sum()))(
+        y[0], y[:, 1]))(x * 1.0),
+    "several writes through several views": lambda m, x, w: _several_writes(m, x, w),
+    "an op read the view before the write": lambda m, x, w: (lambda y: (lambda v: (lambda a: (y[:, 0].mul_(w), (a * 2 + v * 3).sum()))(
+        v + 1.0))(y[0]))(x * 1.0),
+    "a plain base that comes to require grad": lambda m, x, w: (lambda y: (lambda v: (y[1:].add_(w), (v * v).sum() + x.sum()))(y[1]))(
+        m.zeros((3, 4))),
+    "a write in no_grad, then the sibling": lambda m, x, w: (lambda y: (lambda v, u: (_no_grad_mul(m, u), (v * v).sum()))(
+        y[0], y[:, 1]))(x * 1.0),
+    "in place on the stale view itself": lambda m, x, w: (lambda y: (lambda v: (y.mul_(w), v.add_(1.0), (v * v).sum() + y.sum()))(
+        y[0]))(x * 1.0),
+    "setitem on the base": lambda m, x, w: (lambda y: (lambda v: (y.__setitem__(1, w * 4), (v * v).sum()))(y[:, 2]))(x * 1.0),
+}
+
+
+def _several_writes(m, x, w):
+    y = x * 1.0
+    v1, v2, v3, t = y[0], y[:, 1], y[1:, 2:], y.T
+    v2.mul_(w)
+    v3.add_(w)
+    v1.mul_(2.0)
+    t[3].fill_(w)
+    return (v1 * 1.5).sum() + (v2 ** 2).sum() + (v3 * 3).sum() + (t * t).sum() + (y * 0.1).sum()
+
+
+def _no_grad_mul(m, u):
+    with m.no_grad():
+        u.mul_(10.0)
+
+
+@pytest.mark.parametrize("name", STALE_VIEW_CASES)
+def test_views_that_went_stale_have_torchs_values_and_gradients(name):
+    results = []
+    for m in (gf, torch):
+        x = m.tensor(numpy.arange(1.0, 13.0).reshape(3, 4), requires_grad=True)
+        w = m.tensor(numpy.array(0.75), requires_grad=True)
+        out = STALE_VIEW_CASES[name](m, x, w)
+        loss = out[-1] if isinstance(out, tuple) else out
+        loss.backward()
+        results.append((loss.detach().numpy(), x.grad.numpy() if x.grad is not None else numpy.zeros((3, 4)),
+                        w.grad.numpy() if w.grad is not None else numpy.zeros(())))
+    for ours, theirs in zip(*results):
+        numpy.testing.assert_allclose(ours, theirs, rtol=1e-12)
+
+
+def test_a_stale_view_as_root_target_retained_and_double_backward_as_torch():
+    """backward() on a stale view, autograd.grad with respect to one, retain_grad on one, and the
+    second derivative through a re-derived view."""
+    results = []
+    for m in (gf, torch):
+        x = m.tensor(numpy.arange(1.0, 13.0).reshape(3, 4), requires_grad=True)
+        w = m.tensor(numpy.array(0.75), requires_grad=True)
+        y = x * 1.0
+        v, r = y[0], y[2]
+        r.retain_grad()
+        y[:, 1].mul_(w)
+        v.backward(m.tensor([1.0, 2.0, 3.0, 4.0]), retain_graph=True)
+        first = x.grad.numpy().copy()
+        (r * r).sum().backward()
+        y2 = x * 1.0
+        u = y2[1]
+        y2.mul_(2.0)
+        unused, = _grad_fn(m)((u * 3).sum() + y2.sum(), [u])
+        z = x * 1.0
+        s = z[0]
+        z[:, 2].mul_(w)
+        g, = _grad_fn(m)((s ** 3).sum(), [x], create_graph=True)
+        x.grad = None
+        (g * g).sum().backward()
+        results.append((first, r.grad.numpy(), unused.numpy(), x.grad.numpy(), w.grad.numpy(), v.grad_fn is not None))
+    for ours, theirs in zip(*results):
+        numpy.testing.assert_allclose(ours, theirs, rtol=1e-12)
+
+
+def test_a_view_made_with_grad_off_refuses_to_differentiate_once_its_base_changed():
+    """As torch: its history cannot be re-derived (there is none), so using it with grad on raises."""
+    for m in (gf, torch):
+        x = m.tensor(numpy.arange(1.0, 5.0), requires_grad=True)
+        y = x * 1.0
+        with m.no_grad():
+            v = y[1:]
+        y.mul_(2.0)
+        with pytest.raises(RuntimeError, match="no_grad mode"):
+            (v * 2).sum()
+        with m.no_grad():
+            numpy.testing.assert_array_equal((v * 2).numpy(), [8.0, 12.0, 16.0])  # inside no_grad: fine
+
+
+def test_a_view_of_a_parameter_keeps_its_gradient_across_an_optimizer_step():
+    """A view of a leaf taken before a no_grad update of the leaf (an optimizer step) is re-derived
+    from it: still the leaf's gradient. (torch 2.13 drops it here, p.grad stays None: gradflow keeps
+    the pre-step behaviour rather than that.)"""
+    p = gf.tensor(numpy.arange(1.0, 7.0).reshape(2, 3), requires_grad=True)
+    v = p[1]
+    with gf.no_grad():
+        p.sub_(0.5)
+    (v * v).sum().backward()
+    numpy.testing.assert_array_equal(v.numpy(), [3.5, 4.5, 5.5])
+    numpy.testing.assert_array_equal(p.grad.numpy(), [[0.0, 0.0, 0.0], [7.0, 9.0, 11.0]])
