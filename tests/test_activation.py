@@ -348,12 +348,12 @@ def test_relu_against_a_zeros_array_is_bitwise_numpys_maximum_with_a_scalar(dtyp
     vectorized): the same bits as maximum(x, 0) for NaN (either sign), -0, inf and subnormals, in
     every layout, and the cached zeros stay zero and read-only."""
     rng = numpy.random.default_rng(0)
-    n = {"0-d": 1, "empty": 0, "small": 10, "rows": 6 * 40, "transposed": 6 * 40, "strided": 6 * 80,
+    n = {"0-d": 1, "empty": 0, "small": 10, "rows": 6 * 400, "transposed": 6 * 400, "strided": 6 * 800,
          "large": 3 * 100_000}[layout]
     x = rng.choice(numpy.array(_SPECIALS + list(rng.standard_normal(20)), dtype), n)
     x = {"0-d": lambda: x.reshape(()), "empty": lambda: x.reshape(0, 3), "small": lambda: x,
-         "rows": lambda: x.reshape(6, 40), "transposed": lambda: x.reshape(6, 40).T,
-         "strided": lambda: x.reshape(6, 80)[:, ::2], "large": lambda: x.reshape(3, -1)}[layout]()
+         "rows": lambda: x.reshape(6, 400), "transposed": lambda: x.reshape(6, 400).T,
+         "strided": lambda: x.reshape(6, 800)[:, ::2], "large": lambda: x.reshape(3, -1)}[layout]()
     def bits(a):
         return numpy.ascontiguousarray(a).reshape(-1).view(numpy.uint8)
 
