@@ -61,12 +61,15 @@ _SAME_WIDTH_INT = {2: numpy.int16, 4: numpy.int32, 8: numpy.int64}
 
 def _mask_scale_np(mask, g, a, b):
     if b == 0 and a == 1:  # relu: where(mask, g, 0) exactly (a NaN gradient at a dead unit gives 0,
-        # as PyTorch's threshold_backward), as a bitwise AND with the mask negated as int8 (-1/0,
-        # vectorized) and widened by the AND's own cast: ~1.3x a plain multiply, ~15x faster than
-        # where on a random mask; integer work, so no floating-point state to quiet
+        # as PyTorch's threshold_backward), as a bitwise AND with an all-ones/all-zeros mask:
+        # ~1.3x a plain multiply, ~15x faster than where on a random mask; integer work, so
+        # no floating-point state to quiet
         it = _SAME_WIDTH_INT[g.dtype.itemsize]
-        bits = numpy.bitwise_and(g.view(it), numpy.negative(mask.view(numpy.int8)), dtype=it)
-        return numpy.asarray(bits).view(g.dtype)  # a 0-d mask gives a NumPy scalar
+        bits = numpy.negative(mask.view(numpy.int8), dtype=it)
+        if bits.ndim == 0:  # a 0-d mask gives a NumPy scalar
+            bits = numpy.asarray(bits)
+        numpy.bitwise_and(bits, g.view(it), out=bits)
+        return bits.view(g.dtype)
     with numpy.errstate(all="ignore"):  # as _quiet (one errstate object cannot be entered twice)
         if b == 0:  # dropout: g * mask * scale, as PyTorch (a NaN gradient stays NaN where dropped)
             out = numpy.multiply(g, a)

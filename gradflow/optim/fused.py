@@ -58,9 +58,12 @@ def _sgd_np(grad, neg_lr, weight_decay, l1, maximize, param, buf=None, momentum=
     if buf is not None:  # in place with out=: the same roundings, fewer temporaries
         if first_step:
             buf[...] = g
-        else:  # torch: buf.mul_(momentum).add_(g, alpha=1 - dampening)
+        else:  # torch: buf.mul_(momentum).add_(g, alpha=1 - dampening); with alpha 1 a plain add
             numpy.multiply(buf, momentum, out=buf)
-            axpy(one_minus_dampening, g, buf)
+            if one_minus_dampening == 1:
+                numpy.add(buf, g, out=buf)
+            else:
+                axpy(one_minus_dampening, g, buf)
         g = axpy(momentum, buf, g.copy()) if nesterov else buf  # torch: g.add(buf, alpha=momentum)
     axpy(neg_lr, g, param)  # torch: param.add_(g, alpha=-lr)
 
