@@ -773,11 +773,7 @@ def _refresh_view(v):
                                "been modified in place since; it has no history to differentiate. Take the view "
                                "with grad mode enabled, or use it inside no_grad too")
     elif base.requires_grad or v.requires_grad:
-        with enable_grad():
-            fresh = base
-            for fn, arg in v._view_replay:
-                fresh = fn(fresh, arg)
-        _take_place(v, fresh)
+        _take_place(v, _replay_view(v, base))
     v._view_version = v._vc[0]
 
 
@@ -2393,7 +2389,10 @@ def rebase_in_place(x, compute, what, keep_old=True):
     from ``old`` (x's value and history before the update); the result is written into x's buffer
     (views see it), x's version is bumped (ops that saved x's old value then refuse to backward) and x
     takes the new value's place in the graph. ``keep_old``: backward reads the old value, so it is copied.
-    x a view of another tensor: that tensor's history is rebased too (``_rebase_view_base``)."""
+    x a view of another tensor: that tensor's history is rebased too (``_rebase_view_base``), as
+    torch's CopySlices: the view's old value is taken again from the base's old history and, after,
+    x is the same view of the base's new history (not the update's node), so hooks and retain_grad
+    registered on the view's node before the update see no gradient through it."""
     _sync_view(x)
     if x.creator is None and x.requires_grad:
         raise _leaf_in_place_error(what)
@@ -2408,7 +2407,12 @@ def rebase_in_place(x, compute, what, keep_old=True):
                                f"(that tensor is not contiguous, or the view repeats elements, as expand does); "
                                f"compute the new value out of place instead")
     _in_place(what)
-    y = compute(_with_history_of(x, x.data.copy() if keep_old else x.data))
+    data = x.data.copy() if keep_old else x.data
+    if base is not None and x._view_replay is not None:
+        old = _with_history_of(_replay_view(x, _with_history_of(base, base.data)), data)
+    else:
+        old = _with_history_of(x, data)
+    y = compute(old)
     if y.shape != x.shape:
         raise RuntimeError(f"{what}: output with shape {x.shape} doesn't match the broadcast shape {y.shape}")
     if y.dtype != x.dtype:
@@ -2417,11 +2421,24 @@ def rebase_in_place(x, compute, what, keep_old=True):
         y = astype(y, x.dtype)
     x.data[...] = y.data
     x._bump_version()
-    _take_place(x, y)
-    if base is not None:
-        x._view_version = x._vc[0]  # x's new history is current; the base's, and other views', are not
-        _rebase_view_base(base, x, positions)
+    if base is None:
+        _take_place(x, y)
+        return x
+    _rebase_view_base(base, y, positions)
+    if x._view_replay is None:  # a view made with grad off: no view of the base to take again
+        _take_place(x, y)
+        x._view_version = x._vc[0]  # x's new history is current; other views' are not
+    else:
+        _refresh_view(x)
     return x
+
+
+def _replay_view(v, base):
+    """The view ``v`` taken again (its ``_view_replay``) of ``base``, recorded."""
+    with enable_grad():
+        for fn, arg in v._view_replay:
+            base = fn(base, arg)
+    return base
 
 
 def _with_history_of(x, data):
@@ -2484,11 +2501,11 @@ def _flat_positions(view, base):
     return pos
 
 
-def _rebase_view_base(base, view, positions):
-    """After ``view`` (a view of ``base``) was updated in place and took its new value's place in
-    the graph: base takes the place of ViewWrite(base's old value, view's new value). Its buffer
-    already holds the new values (view wrote through it); only its history changes."""
-    _take_place(base, ViewWrite(positions)(_with_history_of(base, base.data), view))
+def _rebase_view_base(base, new, positions):
+    """After a view of ``base`` was updated in place to ``new`` (its new value, with history): base
+    takes the place of ViewWrite(base's old value, new). Its buffer already holds the new values
+    (the view wrote through it); only its history changes."""
+    _take_place(base, ViewWrite(positions)(_with_history_of(base, base.data), new))
 
 
 def check_in_place(x, what):

@@ -753,3 +753,104 @@ def test_a_view_of_a_parameter_keeps_its_gradient_across_an_optimizer_step():
     (v * v).sum().backward()
     numpy.testing.assert_array_equal(v.numpy(), [3.5, 4.5, 5.5])
     numpy.testing.assert_array_equal(p.grad.numpy(), [[0.0, 0.0, 0.0], [7.0, 9.0, 11.0]])
+
+
+# ---- tensor hooks and retain_grad across in-place ops ------------------------------------------------
+def _hook(calls, name, k):
+    def hook(g):
+        calls.append(name)
+        return g * k
+    return hook
+
+
+def _stale_view_grad_fn(m, v):
+    if m is torch:
+        v.grad_fn  # torch 2.13 segfaults registering a hook on a stale view before its grad_fn is regenerated
+
+
+HOOK_CASES = {  # (m, x, H) -> loss, or (loss, {name: tensor whose .grad is compared}); H(name, k) makes a hook
+    "hook before an in-place op": lambda m, x, H: (lambda y: (y.register_hook(H("a", 10)), y.mul_(2), y.sum())[-1])(x * 1),
+    "hook after an in-place op": lambda m, x, H: (lambda y: (y.mul_(2), y.register_hook(H("a", 10)), y.sum())[-1])(x * 1),
+    "hooks before and after": lambda m, x, H: (lambda y: (y.register_hook(H("a", 10)), y.mul_(2), y.register_hook(H("b", 3)),
+                                                          y.sum())[-1])(x * 1),
+    "several in-place ops": lambda m, x, H: (lambda y: (y.register_hook(H("a", 10)), y.mul_(2), y.register_hook(H("b", 3)),
+                                                        y.add_(1), y.register_hook(H("c", 5)), y.mul_(3),
+                                                        (y * 2).sum())[-1])(x * 1),
+    "two hooks, two in-place ops": lambda m, x, H: (lambda y: (y.register_hook(H("a", 10)), y.register_hook(H("b", 3)),
+                                                               y.mul_(2), y.mul_(3), y.sum())[-1])(x * 1),
+    "old value used before the in-place op": lambda m, x, H: (lambda y: (y.register_hook(H("a", 10)), (lambda z: (
+        y.mul_(2), y.sum() + z))(y.sum() * 5))[-1][-1])(x * 1),
+    "handle removed after the in-place op": lambda m, x, H: (lambda y: (y.register_hook(H("a", 10)).remove(), y.mul_(2),
+                                                                        y.sum())[-1])(x * 1),
+    "leaf hook, in place under no_grad": lambda m, x, H: (x.register_hook(H("a", 10)), _no_grad_mul(m, x), (x * 3).sum())[-1],
+    "leaf hook after in place under no_grad": lambda m, x, H: (_no_grad_mul(m, x), x.register_hook(H("a", 10)),
+                                                               (x * 3).sum())[-1],
+    "leaf hook, in place through its view under no_grad": lambda m, x, H: (x.register_hook(H("a", 10)), _no_grad_mul(m, x[1:]),
+                                                                          (x * 3).sum())[-1],
+    "retain_grad before": lambda m, x, H: (lambda y: (y.retain_grad(), y.mul_(2), ((y * 3).sum(), {"y": y}))[-1])(x * 1),
+    "retain_grad after": lambda m, x, H: (lambda y: (y.mul_(2), y.retain_grad(), ((y * 3).sum(), {"y": y}))[-1])(x * 1),
+    "retain_grad across two in-place ops": lambda m, x, H: (lambda y: (y.retain_grad(), y.mul_(2), y.add_(1),
+                                                                       ((y * 3).sum(), {"y": y}))[-1])(x * 1),
+    "retain_grad and hooks": lambda m, x, H: (lambda y: (y.retain_grad(), y.register_hook(H("a", 10)), y.mul_(2),
+                                                         y.register_hook(H("b", 7)), ((y * 3).sum(), {"y": y}))[-1])(x * 1),
+    "view hook, base changed": lambda m, x, H: (lambda b: (lambda v: (v.register_hook(H("a", 10)), b.mul_(2),
+                                                                      v.sum())[-1])(b[1:]))(x * 1),
+    "view hook, base changed, old view used": lambda m, x, H: (lambda b: (lambda v: (v.register_hook(H("a", 10)), (lambda z: (
+        b.mul_(2), z + v.sum()))(v.sum() * 5))[-1][-1])(b[1:]))(x * 1),
+    "view hook, view changed, base used": lambda m, x, H: (lambda b: (lambda v: (v.register_hook(H("a", 10)), v.mul_(2),
+                                                                                 b.sum())[-1])(b[1:]))(x * 1),
+    "view hook, view changed, view used": lambda m, x, H: (lambda b: (lambda v: (v.register_hook(H("a", 10)), v.mul_(2),
+                                                                                 v.sum())[-1])(b[1:]))(x * 1),
+    "view hook after its base changed": lambda m, x, H: (lambda b: (lambda v: (b.mul_(2), _stale_view_grad_fn(m, v),
+                                                                               v.register_hook(H("a", 10)), v.sum())[-1])(b[1:]))(x * 1),
+    "view hook, sibling changed": lambda m, x, H: (lambda b: (lambda v: (v.register_hook(H("a", 10)), b[:2].mul_(2),
+                                                                         v.sum())[-1])(b[1:]))(x * 1),
+    "view of a leaf hook, leaf changed under no_grad": lambda m, x, H: (lambda v: (v.register_hook(H("a", 10)), _no_grad_mul(m, x),
+                                                                                   v.sum())[-1])(x[1:]),
+    "base hook, view changed": lambda m, x, H: (lambda b: (b.register_hook(H("a", 10)), b[1:].mul_(2), b.sum())[-1])(x * 1),
+    "base hook after a view changed": lambda m, x, H: (lambda b: (b[1:].mul_(2), b.register_hook(H("a", 10)), b.sum())[-1])(x * 1),
+    "hooks on a view and its view, both changed": lambda m, x, H: (lambda b: (lambda v: (lambda w: (
+        v.register_hook(H("a", 10)), w.register_hook(H("b", 3)), w.mul_(2), v.register_hook(H("c", 7)), v.mul_(3),
+        v.sum() * 2 + b.sum()))(v[1:])[-1])(b[1:]))(x * 1),
+    "view retain_grad, base changed": lambda m, x, H: (lambda b: (lambda v: (v.retain_grad(), b.mul_(2),
+                                                                             ((v * 3).sum(), {"v": v}))[-1])(b[1:]))(x * 1),
+    "view retain_grad, base changed, not used after": lambda m, x, H: (lambda b: (lambda v: (v.retain_grad(), (lambda z: (
+        b.mul_(2), (z + b.sum(), {"v": v})))(v.sum() * 5))[-1][-1])(b[1:]))(x * 1),
+    "view retain_grad, view changed": lambda m, x, H: (lambda b: (lambda v: (v.retain_grad(), v.mul_(2),
+                                                                             ((b * 3).sum(), {"v": v}))[-1])(b[1:]))(x * 1),
+    "view retain_grad after it changed": lambda m, x, H: (lambda b: (lambda v: (v.mul_(2), v.retain_grad(),
+                                                                                ((v * 3).sum(), {"v": v}))[-1])(b[1:]))(x * 1),
+}
+
+
+@pytest.mark.parametrize("name", HOOK_CASES)
+def test_tensor_hooks_and_retain_grad_across_in_place_ops_as_torch(name):
+    """A hook belongs to the node that made the tensor's value when it was registered (torch attaches
+    it to the grad_fn then): after an in-place op it sees the old value's gradient, once. gradflow
+    kept hooks on the tensor, so every node the tensor had been fired them (x.grad 200, torch 20);
+    retain_grad follows the tensor (its newest value's gradient); a view's hooks stay with its old
+    node once its base changed."""
+    results = []
+    for m in (gf, torch):
+        calls = []
+        x = m.tensor([1.0, 2.0, 3.0], requires_grad=True)
+        out = HOOK_CASES[name](m, x, lambda n, k: _hook(calls, n, k))
+        loss, retained = out if isinstance(out, tuple) else (out, {})
+        loss.backward()
+        grads = {k: None if t.grad is None else t.grad.numpy().tolist() for k, t in retained.items()}
+        results.append((x.grad.numpy().tolist(), grads, calls))
+    assert results[0] == results[1]
+
+
+def test_hooks_across_an_in_place_op_under_create_graph_as_torch():
+    results = []
+    for m in (gf, torch):
+        calls = []
+        x = m.tensor([1.0, 2.0, 3.0], requires_grad=True)
+        y = x * 1
+        y.register_hook(_hook(calls, "a", 10))
+        y.mul_(x)
+        g, = _grad_fn(m)(y.sum(), [x], create_graph=True)
+        (g * g).sum().backward()
+        results.append((g.detach().numpy().tolist(), x.grad.numpy().tolist(), calls))
+    assert results[0] == results[1]
