@@ -2404,7 +2404,7 @@ def rebase_in_place(x, compute, what, keep_old=True):
         positions = _flat_positions(x.data, base.data)
         if positions is None:
             raise RuntimeError(f"{what} on a view whose elements gradflow cannot map back to the tensor it views "
-                               f"(that tensor is not contiguous, or the view repeats elements, as expand does); "
+                               f"(the view or that tensor repeats elements, as expand does); "
                                f"compute the new value out of place instead")
     _in_place(what)
     data = x.data.copy() if keep_old else x.data
@@ -2484,21 +2484,35 @@ class ViewWrite(Function):
 
 
 def _flat_positions(view, base):
-    """Each element of array ``view`` as a flat index into the C-contiguous array ``base`` whose
-    memory it views (an int64 array of view's shape); None when base is not C-contiguous, the
-    view repeats an element (a zero stride) or its layout does not fall on base's elements."""
-    if not base.flags.c_contiguous or any(s == 0 and n > 1 for n, s in zip(view.shape, view.strides)):
+    """Each element of array ``view`` as a flat index into array ``base`` (C order, what ``ViewWrite``
+    indexes: base's values copied C-contiguous) whose memory it views: an int64 array of view's
+    shape; None when an element of either repeats (a zero stride, as expand makes) or view's
+    layout does not fall on base's elements.
+
+    A base of any layout (``x.T * 1`` is F-ordered in NumPy, torch's is not): view's element
+    addresses are looked up among base's, sorted, where a C-contiguous base is the identity."""
+    if builtins.any(s == 0 and n > 1 for a in (view, base) for n, s in zip(a.shape, a.strides)):
         return None
     xp, item = backend.xp_of(base), base.itemsize
     def address(a):
         return a.data.ptr if xp is not numpy else a.__array_interface__["data"][0]
+    def offsets(a, start):  # each element's offset from base's first, in items, of a's shape
+        off = xp.asarray(start, dtype=xp.int64)
+        for n, stride in zip(a.shape, a.strides):
+            off = off[..., None] + xp.arange(n, dtype=xp.int64) * (stride // item)
+        return off
     start = address(view) - address(base)
-    if start % item or any(s % item for s in view.strides):
+    if start % item or builtins.any(s % item for a in (view, base) for s in a.strides):
         return None
-    pos = xp.asarray(start // item, dtype=xp.int64)
-    for n, stride in zip(view.shape, view.strides):
-        pos = pos[..., None] + xp.arange(n, dtype=xp.int64) * (stride // item)
-    return pos
+    pos = offsets(view, start // item)
+    if base.flags.c_contiguous:
+        return pos
+    at = offsets(base, 0).reshape(-1)  # base's element offsets, in C order (distinct: no zero strides)
+    order = xp.argsort(at)
+    found = xp.searchsorted(at[order], pos).clip(0, builtins.max(base.size - 1, 0))
+    if base.size == 0 or not bool((at[order][found] == pos).all()):
+        return None if pos.size else pos
+    return order[found]
 
 
 def _rebase_view_base(base, new, positions):

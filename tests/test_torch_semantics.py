@@ -854,3 +854,50 @@ def test_hooks_across_an_in_place_op_under_create_graph_as_torch():
         (g * g).sum().backward()
         results.append((g.detach().numpy().tolist(), x.grad.numpy().tolist(), calls))
     assert results[0] == results[1]
+
+
+# ---- in-place ops through a view of a tensor that is not C-contiguous ------------------------------------
+NONCONTIGUOUS_BASES = {  # x of shape (4, 3) -> a non-leaf whose NumPy array is not C-contiguous (torch's is)
+    "T": lambda x: x.T * 1.0,                                     # F-ordered
+    "permuted 3-d": lambda x: x.reshape(2, 3, 2).permute(2, 0, 1) * 1.0,
+}
+VIEWS_OF_IT = {"row": lambda y: y[0], "columns": lambda y: y[:, 1:], "T": lambda y: y.transpose(0, 1),
+               "row of T": lambda y: y.transpose(0, 1)[1], "step": lambda y: y[..., ::2],
+               "unsqueezed row": lambda y: y[0].unsqueeze(0), "flatten of a row": lambda y: y[1].flatten()}
+WRITES_INTO_IT = {"mul_": lambda v, w: v.mul_(2.0), "zero_": lambda v, w: v.zero_(), "add_ tensor": lambda v, w: v.add_(w * 1.5),
+                  "setitem tensor": lambda v, w: v.__setitem__(0, w * 3.0),
+                  "copy_ tensor": lambda v, w: v.copy_(v.detach().clone() * w)}
+
+
+@pytest.mark.parametrize("view", VIEWS_OF_IT)
+@pytest.mark.parametrize("base", NONCONTIGUOUS_BASES)
+def test_in_place_through_a_view_of_a_non_contiguous_tensor_as_torch(base, view):
+    """``y = x.T * 1`` is F-ordered in NumPy: ``y[0].mul_(2)`` raised "cannot map back" (the view's
+    elements were mapped to flat positions of a C-contiguous base only); torch's tensors are."""
+    for write in WRITES_INTO_IT:
+        results = []
+        for m in (gf, torch):
+            x = m.tensor(numpy.arange(1.0, 13.0).reshape(4, 3), requires_grad=True)
+            w = m.tensor(numpy.array(0.75), requires_grad=True)
+            y = NONCONTIGUOUS_BASES[base](x)
+            v = VIEWS_OF_IT[view](y)
+            WRITES_INTO_IT[write](v, w)
+            weight = m.tensor(numpy.linspace(0.5, 2.0, y.numel()).reshape(tuple(y.shape)))
+            ((y * weight).sum() + (v * v).sum()).backward()
+            results.append((y.detach().numpy().copy(), v.detach().numpy().copy(), x.grad.numpy().copy(),
+                            numpy.zeros(()) if w.grad is None else w.grad.numpy().copy()))
+        for what, ours, theirs in zip(("y", "v", "x.grad", "w.grad"), *results):
+            numpy.testing.assert_allclose(ours, theirs, rtol=1e-12, err_msg=f"{write}: {what}")
+
+
+def test_in_place_through_a_view_of_an_f_ordered_tensor_second_derivative_as_torch():
+    results = []
+    for m in (gf, torch):
+        x = m.tensor(numpy.arange(1.0, 13.0).reshape(4, 3), requires_grad=True)
+        y = x.T * 1.0
+        y[:, 1:].mul_(x.T[:, :3])
+        g, = _grad_fn(m)((y * y).sum(), [x], create_graph=True)
+        (g * g).sum().backward()
+        results.append((g.detach().numpy(), x.grad.numpy()))
+    for ours, theirs in zip(*results):
+        numpy.testing.assert_allclose(ours, theirs, rtol=1e-12)
