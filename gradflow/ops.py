@@ -1811,21 +1811,24 @@ class Norm(_Unary):
             gy = reshape(gy, _kept_shape(x.shape, axes))
             y = reshape(y, _kept_shape(x.shape, axes))
         xp = backend.xp_of(x.data)
-        sign = Tensor._wrap((x.data > 0).astype(x.dtype) - (x.data < 0).astype(x.dtype))  # 0 at 0 and NaN
+        # sign(x) as an op of x (its derivative is 0, as torch's sgn), not a constant: the gradient of p=1
+        # and inf (sign(x) times gy) then has a graph even where gy has none, so it can be differentiated
+        # again (create_graph), giving 0 there as torch's (backward raised: the gradient required no grad)
+        sgn = sign(x)  # 0 at 0 and NaN
         if p == 1:
-            return sign * gy
+            return sgn * gy
         zero = Tensor._wrap(y.data == 0)
         if p == 2:
             return gy * where(zero, 0.0, x / where(zero, 1.0, y))
         if numpy.isinf(p):  # amax/amin of |x|: ties (and NaNs) share the gradient
             absx = xp.abs(x.data)
             hit = ((absx == y.data) | xp.isnan(absx)).astype(x.dtype)
-            return sign * (gy / Tensor._wrap(hit.sum(axis=axes, keepdims=True)) * Tensor._wrap(hit))
+            return sgn * (gy / Tensor._wrap(hit.sum(axis=axes, keepdims=True)) * Tensor._wrap(hit))
         if p < 1:  # |x| ** (p - 1) is inf at x = 0: that element's gradient is 0
             at_zero = Tensor._wrap(x.data == 0)
-            scaled = sign * where(at_zero, 0.0, where(at_zero, 1.0, abs(x)) ** (p - 1))
+            scaled = sgn * where(at_zero, 0.0, where(at_zero, 1.0, abs(x)) ** (p - 1))
             return scaled * gy * y ** (1 - p)
-        scaled = sign * abs(x) ** (p - 1) if p < 2 else x * abs(x) ** (p - 2)
+        scaled = sgn * abs(x) ** (p - 1) if p < 2 else x * abs(x) ** (p - 2)
         return scaled * where(zero, 0.0, gy / where(zero, 1.0, y ** (p - 1)))  # 0 where the norm is 0
 
 

@@ -901,3 +901,25 @@ def test_in_place_through_a_view_of_an_f_ordered_tensor_second_derivative_as_tor
         results.append((g.detach().numpy(), x.grad.numpy()))
     for ours, theirs in zip(*results):
         numpy.testing.assert_allclose(ours, theirs, rtol=1e-12)
+
+
+@pytest.mark.parametrize("outer", ["linear", "square"])
+@pytest.mark.parametrize("dim", [1, None], ids=str)
+@pytest.mark.parametrize("p", [1, float("inf"), float("-inf")], ids=str)
+def test_norm_double_backward_for_p_1_and_inf_is_torchs(p, dim, outer):
+    """The gradient of norm(p=1) and norm(p=+-inf) is sign(x) times a mask and gy: with sign a constant,
+    a gy without history (a linear use of the norm) gave a gradient without a graph, and differentiating
+    it again raised; torch's is zero there (its sgn is an op of x), and through gy where gy has history."""
+    a = numpy.array([[0.3, -1.2, 2.0, 0.0], [1.1, 0.7, -0.4, -2.5], [0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 0.5, 1.0]])
+    results = []
+    for m in (gf, torch):
+        x = m.tensor(a, requires_grad=True)
+        y = x.norm(p, dim=dim)
+        c = m.tensor(numpy.linspace(0.5, 2.0, y.numel()).reshape(tuple(y.shape)))
+        loss = (y * c).sum() if outer == "linear" else (y * y * c).sum()
+        g, = _grad_fn(m)(loss, [x], create_graph=True)
+        assert g.requires_grad
+        (g * m.tensor(numpy.arange(16.0).reshape(4, 4))).sum().backward()
+        results.append((g.detach().numpy(), (x.grad + 0.0).detach().numpy()))  # + 0: torch's may be a ZeroTensor
+    for ours, theirs in zip(*results):
+        numpy.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-15)
