@@ -773,11 +773,7 @@ def _refresh_view(v):
                                "been modified in place since; it has no history to differentiate. Take the view "
                                "with grad mode enabled, or use it inside no_grad too")
     elif base.requires_grad or v.requires_grad:
-        with enable_grad():
-            fresh = base
-            for fn, arg in v._view_replay:
-                fresh = fn(fresh, arg)
-        _take_place(v, fresh)
+        _take_place(v, _replay_view(v, base))
     v._view_version = v._vc[0]
 
 
@@ -1815,21 +1811,24 @@ class Norm(_Unary):
             gy = reshape(gy, _kept_shape(x.shape, axes))
             y = reshape(y, _kept_shape(x.shape, axes))
         xp = backend.xp_of(x.data)
-        sign = Tensor._wrap((x.data > 0).astype(x.dtype) - (x.data < 0).astype(x.dtype))  # 0 at 0 and NaN
+        # sign(x) as an op of x (its derivative is 0, as torch's sgn), not a constant: the gradient of p=1
+        # and inf (sign(x) times gy) then has a graph even where gy has none, so it can be differentiated
+        # again (create_graph), giving 0 there as torch's (backward raised: the gradient required no grad)
+        sgn = sign(x)  # 0 at 0 and NaN
         if p == 1:
-            return sign * gy
+            return sgn * gy
         zero = Tensor._wrap(y.data == 0)
         if p == 2:
             return gy * where(zero, 0.0, x / where(zero, 1.0, y))
         if numpy.isinf(p):  # amax/amin of |x|: ties (and NaNs) share the gradient
             absx = xp.abs(x.data)
             hit = ((absx == y.data) | xp.isnan(absx)).astype(x.dtype)
-            return sign * (gy / Tensor._wrap(hit.sum(axis=axes, keepdims=True)) * Tensor._wrap(hit))
+            return sgn * (gy / Tensor._wrap(hit.sum(axis=axes, keepdims=True)) * Tensor._wrap(hit))
         if p < 1:  # |x| ** (p - 1) is inf at x = 0: that element's gradient is 0
             at_zero = Tensor._wrap(x.data == 0)
-            scaled = sign * where(at_zero, 0.0, where(at_zero, 1.0, abs(x)) ** (p - 1))
+            scaled = sgn * where(at_zero, 0.0, where(at_zero, 1.0, abs(x)) ** (p - 1))
             return scaled * gy * y ** (1 - p)
-        scaled = sign * abs(x) ** (p - 1) if p < 2 else x * abs(x) ** (p - 2)
+        scaled = sgn * abs(x) ** (p - 1) if p < 2 else x * abs(x) ** (p - 2)
         return scaled * where(zero, 0.0, gy / where(zero, 1.0, y ** (p - 1)))  # 0 where the norm is 0
 
 
@@ -2393,7 +2392,10 @@ def rebase_in_place(x, compute, what, keep_old=True):
     from ``old`` (x's value and history before the update); the result is written into x's buffer
     (views see it), x's version is bumped (ops that saved x's old value then refuse to backward) and x
     takes the new value's place in the graph. ``keep_old``: backward reads the old value, so it is copied.
-    x a view of another tensor: that tensor's history is rebased too (``_rebase_view_base``)."""
+    x a view of another tensor: that tensor's history is rebased too (``_rebase_view_base``), as
+    torch's CopySlices: the view's old value is taken again from the base's old history and, after,
+    x is the same view of the base's new history (not the update's node), so hooks and retain_grad
+    registered on the view's node before the update see no gradient through it."""
     _sync_view(x)
     if x.creator is None and x.requires_grad:
         raise _leaf_in_place_error(what)
@@ -2405,10 +2407,15 @@ def rebase_in_place(x, compute, what, keep_old=True):
         positions = _flat_positions(x.data, base.data)
         if positions is None:
             raise RuntimeError(f"{what} on a view whose elements gradflow cannot map back to the tensor it views "
-                               f"(that tensor is not contiguous, or the view repeats elements, as expand does); "
+                               f"(the view or that tensor repeats elements, as expand does); "
                                f"compute the new value out of place instead")
     _in_place(what)
-    y = compute(_with_history_of(x, x.data.copy() if keep_old else x.data))
+    data = x.data.copy() if keep_old else x.data
+    if base is not None and x._view_replay is not None:
+        old = _with_history_of(_replay_view(x, _with_history_of(base, base.data)), data)
+    else:
+        old = _with_history_of(x, data)
+    y = compute(old)
     if y.shape != x.shape:
         raise RuntimeError(f"{what}: output with shape {x.shape} doesn't match the broadcast shape {y.shape}")
     if y.dtype != x.dtype:
@@ -2417,11 +2424,24 @@ def rebase_in_place(x, compute, what, keep_old=True):
         y = astype(y, x.dtype)
     x.data[...] = y.data
     x._bump_version()
-    _take_place(x, y)
-    if base is not None:
-        x._view_version = x._vc[0]  # x's new history is current; the base's, and other views', are not
-        _rebase_view_base(base, x, positions)
+    if base is None:
+        _take_place(x, y)
+        return x
+    _rebase_view_base(base, y, positions)
+    if x._view_replay is None:  # a view made with grad off: no view of the base to take again
+        _take_place(x, y)
+        x._view_version = x._vc[0]  # x's new history is current; other views' are not
+    else:
+        _refresh_view(x)
     return x
+
+
+def _replay_view(v, base):
+    """The view ``v`` taken again (its ``_view_replay``) of ``base``, recorded."""
+    with enable_grad():
+        for fn, arg in v._view_replay:
+            base = fn(base, arg)
+    return base
 
 
 def _with_history_of(x, data):
@@ -2467,28 +2487,42 @@ class ViewWrite(Function):
 
 
 def _flat_positions(view, base):
-    """Each element of array ``view`` as a flat index into the C-contiguous array ``base`` whose
-    memory it views (an int64 array of view's shape); None when base is not C-contiguous, the
-    view repeats an element (a zero stride) or its layout does not fall on base's elements."""
-    if not base.flags.c_contiguous or any(s == 0 and n > 1 for n, s in zip(view.shape, view.strides)):
+    """Each element of array ``view`` as a flat index into array ``base`` (C order, what ``ViewWrite``
+    indexes: base's values copied C-contiguous) whose memory it views: an int64 array of view's
+    shape; None when an element of either repeats (a zero stride, as expand makes) or view's
+    layout does not fall on base's elements.
+
+    A base of any layout (``x.T * 1`` is F-ordered in NumPy, torch's is not): view's element
+    addresses are looked up among base's, sorted, where a C-contiguous base is the identity."""
+    if builtins.any(s == 0 and n > 1 for a in (view, base) for n, s in zip(a.shape, a.strides)):
         return None
     xp, item = backend.xp_of(base), base.itemsize
     def address(a):
         return a.data.ptr if xp is not numpy else a.__array_interface__["data"][0]
+    def offsets(a, start):  # each element's offset from base's first, in items, of a's shape
+        off = xp.asarray(start, dtype=xp.int64)
+        for n, stride in zip(a.shape, a.strides):
+            off = off[..., None] + xp.arange(n, dtype=xp.int64) * (stride // item)
+        return off
     start = address(view) - address(base)
-    if start % item or any(s % item for s in view.strides):
+    if start % item or builtins.any(s % item for a in (view, base) for s in a.strides):
         return None
-    pos = xp.asarray(start // item, dtype=xp.int64)
-    for n, stride in zip(view.shape, view.strides):
-        pos = pos[..., None] + xp.arange(n, dtype=xp.int64) * (stride // item)
-    return pos
+    pos = offsets(view, start // item)
+    if base.flags.c_contiguous:
+        return pos
+    at = offsets(base, 0).reshape(-1)  # base's element offsets, in C order (distinct: no zero strides)
+    order = xp.argsort(at)
+    found = xp.searchsorted(at[order], pos).clip(0, builtins.max(base.size - 1, 0))
+    if base.size == 0 or not bool((at[order][found] == pos).all()):
+        return None if pos.size else pos
+    return order[found]
 
 
-def _rebase_view_base(base, view, positions):
-    """After ``view`` (a view of ``base``) was updated in place and took its new value's place in
-    the graph: base takes the place of ViewWrite(base's old value, view's new value). Its buffer
-    already holds the new values (view wrote through it); only its history changes."""
-    _take_place(base, ViewWrite(positions)(_with_history_of(base, base.data), view))
+def _rebase_view_base(base, new, positions):
+    """After a view of ``base`` was updated in place to ``new`` (its new value, with history): base
+    takes the place of ViewWrite(base's old value, new). Its buffer already holds the new values
+    (the view wrote through it); only its history changes."""
+    _take_place(base, ViewWrite(positions)(_with_history_of(base, base.data), new))
 
 
 def check_in_place(x, what):

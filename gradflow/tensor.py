@@ -597,13 +597,26 @@ class Tensor:
         return self.data.__dlpack_device__()
 
     def register_hook(self, hook):
-        """Call ``hook(grad)`` with this tensor's gradient during backward; a non-None return replaces it."""
+        """Call ``hook(grad)`` with this tensor's gradient during backward; a non-None return replaces it.
+
+        As torch's, a non-leaf's hook belongs to the node that made the tensor's value now (its
+        grad_fn), not to the tensor: after an in-place op (``y.mul_(2)``), or once a view's base
+        changed, the tensor has a new node, and hooks registered before see the gradient of the
+        old value (once, where that value was used), hooks registered after that of the new one.
+        A leaf keeps its hooks (an in-place op under no_grad leaves it a leaf)."""
         if not ops._sync_view(self).requires_grad:
             raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
-        if "_hooks" not in self.__dict__:
-            self._hooks = {}
-        handle = RemovableHandle(self._hooks)
-        self._hooks[handle.id] = hook
+        fn = self.creator
+        if fn is None:
+            if "_hooks" not in self.__dict__:
+                self._hooks = {}
+            registry = self._hooks
+        else:
+            if fn._tensor_hooks is None:
+                fn._tensor_hooks = {}
+            registry = fn._tensor_hooks.setdefault(self._index, {})
+        handle = RemovableHandle(registry)
+        registry[handle.id] = hook
         return handle
 
 
@@ -669,8 +682,9 @@ class RemovableHandle:
         self.remove()
 
 
-def _run_hooks(t, g):
-    for hook in list(t._hooks.values()):
+def _run_hooks(hooks, g):
+    """Pass g through the hooks of ``hooks`` ({id: hook}) in registration order."""
+    for hook in list(hooks.values()):
         out = hook(g)
         if out is not None:
             if not isinstance(out, Tensor):
@@ -751,6 +765,7 @@ class Function:
     edges = None   # [(the node that made each input, its output index)], set when recorded
     needs_input_grad = ()
     _saved = ()
+    _tensor_hooks = None  # {output index: {id: hook}}: hooks registered on a non-leaf whose value this made
 
     @property
     def name(self):
@@ -984,7 +999,7 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
         if hooked_leaves:
             with enable_grad() if create_graph else no_grad():
                 for x, gx in hooked_leaves.values():
-                    _accumulate_leaf(x, _run_hooks(x, gx), create_graph, assigned)
+                    _accumulate_leaf(x, _run_hooks(x._hooks, gx), create_graph, assigned)
                     if hooked is not None and hooked.pop(id(x), None) is not None:
                         _fire_post_accumulate_hooks(x)
     except BaseException:
@@ -1021,10 +1036,13 @@ def _walk(roots, grads, targets, target_outputs, results, deliver, heap, pending
                     xp = xp or backend.xp_of(fn.inputs[0].data)
                     gys[i] = Tensor._wrap(xp.zeros(shape, dtype=dtype))
                 else:
+                    hooks = fn._tensor_hooks
+                    if hooks is not None and hooks.get(i):
+                        g = gys[i] = _run_hooks(hooks[i], g)
                     ref = fn.outputs[i]()
-                    if ref is not None and "_hooks" in ref.__dict__ and ref._hooks:
-                        g = gys[i] = _run_hooks(ref, g)
-                    if ref is not None and ref._retain_grad:
+                    # retain_grad follows the tensor: only the node that makes its value now fills
+                    # its .grad (the node of a value an in-place op replaced does not), as torch's
+                    if ref is not None and ref._retain_grad and ref.creator is fn and ref._index == i:
                         ref._grad = g if create_graph else g.detach()
                 if targets is not None and (id(fn), i) in target_outputs:
                     tid = target_outputs[(id(fn), i)]

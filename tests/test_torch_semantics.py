@@ -753,3 +753,173 @@ def test_a_view_of_a_parameter_keeps_its_gradient_across_an_optimizer_step():
     (v * v).sum().backward()
     numpy.testing.assert_array_equal(v.numpy(), [3.5, 4.5, 5.5])
     numpy.testing.assert_array_equal(p.grad.numpy(), [[0.0, 0.0, 0.0], [7.0, 9.0, 11.0]])
+
+
+# ---- tensor hooks and retain_grad across in-place ops ------------------------------------------------
+def _hook(calls, name, k):
+    def hook(g):
+        calls.append(name)
+        return g * k
+    return hook
+
+
+def _stale_view_grad_fn(m, v):
+    if m is torch:
+        v.grad_fn  # torch 2.13 segfaults registering a hook on a stale view before its grad_fn is regenerated
+
+
+HOOK_CASES = {  # (m, x, H) -> loss, or (loss, {name: tensor whose .grad is compared}); H(name, k) makes a hook
+    "hook before an in-place op": lambda m, x, H: (lambda y: (y.register_hook(H("a", 10)), y.mul_(2), y.sum())[-1])(x * 1),
+    "hook after an in-place op": lambda m, x, H: (lambda y: (y.mul_(2), y.register_hook(H("a", 10)), y.sum())[-1])(x * 1),
+    "hooks before and after": lambda m, x, H: (lambda y: (y.register_hook(H("a", 10)), y.mul_(2), y.register_hook(H("b", 3)),
+                                                          y.sum())[-1])(x * 1),
+    "several in-place ops": lambda m, x, H: (lambda y: (y.register_hook(H("a", 10)), y.mul_(2), y.register_hook(H("b", 3)),
+                                                        y.add_(1), y.register_hook(H("c", 5)), y.mul_(3),
+                                                        (y * 2).sum())[-1])(x * 1),
+    "two hooks, two in-place ops": lambda m, x, H: (lambda y: (y.register_hook(H("a", 10)), y.register_hook(H("b", 3)),
+                                                               y.mul_(2), y.mul_(3), y.sum())[-1])(x * 1),
+    "old value used before the in-place op": lambda m, x, H: (lambda y: (y.register_hook(H("a", 10)), (lambda z: (
+        y.mul_(2), y.sum() + z))(y.sum() * 5))[-1][-1])(x * 1),
+    "handle removed after the in-place op": lambda m, x, H: (lambda y: (y.register_hook(H("a", 10)).remove(), y.mul_(2),
+                                                                        y.sum())[-1])(x * 1),
+    "leaf hook, in place under no_grad": lambda m, x, H: (x.register_hook(H("a", 10)), _no_grad_mul(m, x), (x * 3).sum())[-1],
+    "leaf hook after in place under no_grad": lambda m, x, H: (_no_grad_mul(m, x), x.register_hook(H("a", 10)),
+                                                               (x * 3).sum())[-1],
+    "leaf hook, in place through its view under no_grad": lambda m, x, H: (x.register_hook(H("a", 10)), _no_grad_mul(m, x[1:]),
+                                                                          (x * 3).sum())[-1],
+    "retain_grad before": lambda m, x, H: (lambda y: (y.retain_grad(), y.mul_(2), ((y * 3).sum(), {"y": y}))[-1])(x * 1),
+    "retain_grad after": lambda m, x, H: (lambda y: (y.mul_(2), y.retain_grad(), ((y * 3).sum(), {"y": y}))[-1])(x * 1),
+    "retain_grad across two in-place ops": lambda m, x, H: (lambda y: (y.retain_grad(), y.mul_(2), y.add_(1),
+                                                                       ((y * 3).sum(), {"y": y}))[-1])(x * 1),
+    "retain_grad and hooks": lambda m, x, H: (lambda y: (y.retain_grad(), y.register_hook(H("a", 10)), y.mul_(2),
+                                                         y.register_hook(H("b", 7)), ((y * 3).sum(), {"y": y}))[-1])(x * 1),
+    "view hook, base changed": lambda m, x, H: (lambda b: (lambda v: (v.register_hook(H("a", 10)), b.mul_(2),
+                                                                      v.sum())[-1])(b[1:]))(x * 1),
+    "view hook, base changed, old view used": lambda m, x, H: (lambda b: (lambda v: (v.register_hook(H("a", 10)), (lambda z: (
+        b.mul_(2), z + v.sum()))(v.sum() * 5))[-1][-1])(b[1:]))(x * 1),
+    "view hook, view changed, base used": lambda m, x, H: (lambda b: (lambda v: (v.register_hook(H("a", 10)), v.mul_(2),
+                                                                                 b.sum())[-1])(b[1:]))(x * 1),
+    "view hook, view changed, view used": lambda m, x, H: (lambda b: (lambda v: (v.register_hook(H("a", 10)), v.mul_(2),
+                                                                                 v.sum())[-1])(b[1:]))(x * 1),
+    "view hook after its base changed": lambda m, x, H: (lambda b: (lambda v: (b.mul_(2), _stale_view_grad_fn(m, v),
+                                                                               v.register_hook(H("a", 10)), v.sum())[-1])(b[1:]))(x * 1),
+    "view hook, sibling changed": lambda m, x, H: (lambda b: (lambda v: (v.register_hook(H("a", 10)), b[:2].mul_(2),
+                                                                         v.sum())[-1])(b[1:]))(x * 1),
+    "view of a leaf hook, leaf changed under no_grad": lambda m, x, H: (lambda v: (v.register_hook(H("a", 10)), _no_grad_mul(m, x),
+                                                                                   v.sum())[-1])(x[1:]),
+    "base hook, view changed": lambda m, x, H: (lambda b: (b.register_hook(H("a", 10)), b[1:].mul_(2), b.sum())[-1])(x * 1),
+    "base hook after a view changed": lambda m, x, H: (lambda b: (b[1:].mul_(2), b.register_hook(H("a", 10)), b.sum())[-1])(x * 1),
+    "hooks on a view and its view, both changed": lambda m, x, H: (lambda b: (lambda v: (lambda w: (
+        v.register_hook(H("a", 10)), w.register_hook(H("b", 3)), w.mul_(2), v.register_hook(H("c", 7)), v.mul_(3),
+        v.sum() * 2 + b.sum()))(v[1:])[-1])(b[1:]))(x * 1),
+    "view retain_grad, base changed": lambda m, x, H: (lambda b: (lambda v: (v.retain_grad(), b.mul_(2),
+                                                                             ((v * 3).sum(), {"v": v}))[-1])(b[1:]))(x * 1),
+    "view retain_grad, base changed, not used after": lambda m, x, H: (lambda b: (lambda v: (v.retain_grad(), (lambda z: (
+        b.mul_(2), (z + b.sum(), {"v": v})))(v.sum() * 5))[-1][-1])(b[1:]))(x * 1),
+    "view retain_grad, view changed": lambda m, x, H: (lambda b: (lambda v: (v.retain_grad(), v.mul_(2),
+                                                                             ((b * 3).sum(), {"v": v}))[-1])(b[1:]))(x * 1),
+    "view retain_grad after it changed": lambda m, x, H: (lambda b: (lambda v: (v.mul_(2), v.retain_grad(),
+                                                                                ((v * 3).sum(), {"v": v}))[-1])(b[1:]))(x * 1),
+}
+
+
+@pytest.mark.parametrize("name", HOOK_CASES)
+def test_tensor_hooks_and_retain_grad_across_in_place_ops_as_torch(name):
+    """A hook belongs to the node that made the tensor's value when it was registered (torch attaches
+    it to the grad_fn then): after an in-place op it sees the old value's gradient, once. gradflow
+    kept hooks on the tensor, so every node the tensor had been fired them (x.grad 200, torch 20);
+    retain_grad follows the tensor (its newest value's gradient); a view's hooks stay with its old
+    node once its base changed."""
+    results = []
+    for m in (gf, torch):
+        calls = []
+        x = m.tensor([1.0, 2.0, 3.0], requires_grad=True)
+        out = HOOK_CASES[name](m, x, lambda n, k: _hook(calls, n, k))
+        loss, retained = out if isinstance(out, tuple) else (out, {})
+        loss.backward()
+        grads = {k: None if t.grad is None else t.grad.numpy().tolist() for k, t in retained.items()}
+        results.append((x.grad.numpy().tolist(), grads, calls))
+    assert results[0] == results[1]
+
+
+def test_hooks_across_an_in_place_op_under_create_graph_as_torch():
+    results = []
+    for m in (gf, torch):
+        calls = []
+        x = m.tensor([1.0, 2.0, 3.0], requires_grad=True)
+        y = x * 1
+        y.register_hook(_hook(calls, "a", 10))
+        y.mul_(x)
+        g, = _grad_fn(m)(y.sum(), [x], create_graph=True)
+        (g * g).sum().backward()
+        results.append((g.detach().numpy().tolist(), x.grad.numpy().tolist(), calls))
+    assert results[0] == results[1]
+
+
+# ---- in-place ops through a view of a tensor that is not C-contiguous ------------------------------------
+NONCONTIGUOUS_BASES = {  # x of shape (4, 3) -> a non-leaf whose NumPy array is not C-contiguous (torch's is)
+    "T": lambda x: x.T * 1.0,                                     # F-ordered
+    "permuted 3-d": lambda x: x.reshape(2, 3, 2).permute(2, 0, 1) * 1.0,
+}
+VIEWS_OF_IT = {"row": lambda y: y[0], "columns": lambda y: y[:, 1:], "T": lambda y: y.transpose(0, 1),
+               "row of T": lambda y: y.transpose(0, 1)[1], "step": lambda y: y[..., ::2],
+               "unsqueezed row": lambda y: y[0].unsqueeze(0), "flatten of a row": lambda y: y[1].flatten()}
+WRITES_INTO_IT = {"mul_": lambda v, w: v.mul_(2.0), "zero_": lambda v, w: v.zero_(), "add_ tensor": lambda v, w: v.add_(w * 1.5),
+                  "setitem tensor": lambda v, w: v.__setitem__(0, w * 3.0),
+                  "copy_ tensor": lambda v, w: v.copy_(v.detach().clone() * w)}
+
+
+@pytest.mark.parametrize("view", VIEWS_OF_IT)
+@pytest.mark.parametrize("base", NONCONTIGUOUS_BASES)
+def test_in_place_through_a_view_of_a_non_contiguous_tensor_as_torch(base, view):
+    """``y = x.T * 1`` is F-ordered in NumPy: ``y[0].mul_(2)`` raised "cannot map back" (the view's
+    elements were mapped to flat positions of a C-contiguous base only); torch's tensors are."""
+    for write in WRITES_INTO_IT:
+        results = []
+        for m in (gf, torch):
+            x = m.tensor(numpy.arange(1.0, 13.0).reshape(4, 3), requires_grad=True)
+            w = m.tensor(numpy.array(0.75), requires_grad=True)
+            y = NONCONTIGUOUS_BASES[base](x)
+            v = VIEWS_OF_IT[view](y)
+            WRITES_INTO_IT[write](v, w)
+            weight = m.tensor(numpy.linspace(0.5, 2.0, y.numel()).reshape(tuple(y.shape)))
+            ((y * weight).sum() + (v * v).sum()).backward()
+            results.append((y.detach().numpy().copy(), v.detach().numpy().copy(), x.grad.numpy().copy(),
+                            numpy.zeros(()) if w.grad is None else w.grad.numpy().copy()))
+        for what, ours, theirs in zip(("y", "v", "x.grad", "w.grad"), *results):
+            numpy.testing.assert_allclose(ours, theirs, rtol=1e-12, err_msg=f"{write}: {what}")
+
+
+def test_in_place_through_a_view_of_an_f_ordered_tensor_second_derivative_as_torch():
+    results = []
+    for m in (gf, torch):
+        x = m.tensor(numpy.arange(1.0, 13.0).reshape(4, 3), requires_grad=True)
+        y = x.T * 1.0
+        y[:, 1:].mul_(x.T[:, :3])
+        g, = _grad_fn(m)((y * y).sum(), [x], create_graph=True)
+        (g * g).sum().backward()
+        results.append((g.detach().numpy(), x.grad.numpy()))
+    for ours, theirs in zip(*results):
+        numpy.testing.assert_allclose(ours, theirs, rtol=1e-12)
+
+
+@pytest.mark.parametrize("outer", ["linear", "square"])
+@pytest.mark.parametrize("dim", [1, None], ids=str)
+@pytest.mark.parametrize("p", [1, float("inf"), float("-inf")], ids=str)
+def test_norm_double_backward_for_p_1_and_inf_is_torchs(p, dim, outer):
+    """The gradient of norm(p=1) and norm(p=+-inf) is sign(x) times a mask and gy: with sign a constant,
+    a gy without history (a linear use of the norm) gave a gradient without a graph, and differentiating
+    it again raised; torch's is zero there (its sgn is an op of x), and through gy where gy has history."""
+    a = numpy.array([[0.3, -1.2, 2.0, 0.0], [1.1, 0.7, -0.4, -2.5], [0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 0.5, 1.0]])
+    results = []
+    for m in (gf, torch):
+        x = m.tensor(a, requires_grad=True)
+        y = x.norm(p, dim=dim)
+        c = m.tensor(numpy.linspace(0.5, 2.0, y.numel()).reshape(tuple(y.shape)))
+        loss = (y * c).sum() if outer == "linear" else (y * y * c).sum()
+        g, = _grad_fn(m)(loss, [x], create_graph=True)
+        assert g.requires_grad
+        (g * m.tensor(numpy.arange(16.0).reshape(4, 4))).sum().backward()
+        results.append((g.detach().numpy(), (x.grad + 0.0).detach().numpy()))  # + 0: torch's may be a ZeroTensor
+    for ours, theirs in zip(*results):
+        numpy.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-15)
