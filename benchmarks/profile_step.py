@@ -13,7 +13,11 @@ Three views of the same step (the suite's MLP + cross_entropy + SGD(momentum) st
    Function objects, the tape and the backward walk, Module calls, the optimizer loop;
    with a per-op table (calls and microseconds per step);
 3. cProfile's top functions by own time (the profiler inflates Python-heavy code, so read
-   it for *where*, and view 2 for *how much*).
+   it for *where*, and view 2 for *how much*);
+4. with ``--captured`` on the CPU: each line of the generated replay (``gradflow.compile``'s
+   straight-line plan), timed in place, 10th percentile and median over the steps -- the
+   view that shows what one NumPy call costs inside the step, where caches are not as warm
+   as in a micro-benchmark of the call alone.
 
 On the GPU, kernel time is host time spent launching (the GPU runs asynchronously); the
 step is synchronized at its end.
@@ -196,10 +200,43 @@ def main(argv=None):
     print("  own time by file:")
     for name, tt in sorted(by_file.items(), key=lambda kv: -kv[1])[:12]:
         print(f"  {tt / n * us:>11.1f} us/step  {name}")
+    if args.captured and args.device == "cpu":
+        print()
+        _replay_lines(trainer, data, n)
     load = harness.foreign_load(snap, harness._cpu_snapshot())
     if load is not None and load > harness.FOREIGN_LIMIT:
         print(f"\n  WARNING: other processes used {load:.0%} of the machine meanwhile; these numbers are inflated")
     return 0
+
+
+def _replay_lines(trainer, data, steps):
+    """View 4: the generated CPU replay with a clock read after each line."""
+    plans = [e.plan for e in trainer._captured.cache.values() if e.plan is not None]
+    replay = getattr(plans[0], "replay", None) if plans else None
+    if replay is None:
+        print("  (no generated replay to time: the step did not capture)")
+        return
+    source = replay.source.splitlines()
+    names = dict(replay.__globals__, _clock=time.perf_counter)
+    lines, labels = [source[0], "    _t = [_clock()]"], []
+    for line in source[1:]:
+        text = line.strip()
+        if text.startswith("return"):
+            lines += [line.replace("return", "_out =", 1), "    _t.append(_clock())", "    return _t"]
+        elif text.startswith("del "):
+            lines.append(line)
+        else:
+            lines += [line, "    _t.append(_clock())"]
+        if not text.startswith("del "):
+            labels.append(text)
+    exec("\n".join(lines), names)
+    timed = names[source[0].split()[1].split("(")[0]]
+    times = numpy.array([numpy.diff(timed(*data[i % len(data)])) for i in range(max(steps, 200))]) * 1e6
+    print(f"  the generated replay, line by line ({len(times)} steps; us, 10th percentile and median):")
+    for label, low, mid in zip(labels, numpy.percentile(times, 10, axis=0), numpy.median(times, axis=0)):
+        print(f"  {low:8.2f} {mid:8.2f}  {label if len(label) <= 90 else label[:87] + '...'}")
+    total = times.sum(axis=1)
+    print(f"  {numpy.percentile(total, 10):8.2f} {numpy.median(total):8.2f}  (the whole replay)")
 
 
 def _wrapper_overhead(n=20000):

@@ -255,3 +255,18 @@ def test_cnn_case_contestants_start_from_the_same_model():
         results.append([numpy.asarray(c.to_host(g)) for g in fn(*inputs[0])])
     for a, b in zip(*results):
         numpy.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_profile_step_times_each_line_of_the_generated_replay(capsys):
+    """``python -m benchmarks.profile_step --captured`` on the CPU ends with the replay line by line:
+    every line of the generated source (deletions aside) gets a row, and the rows add up to the
+    whole replay."""
+    from benchmarks import profile_step
+    assert profile_step.main(["--captured", "--batch", "8", "--steps", "10", "--sizes", "12,6,3", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    view = out[out.index("the generated replay, line by line"):].splitlines()[1:]
+    rows = [line.split(None, 2) for line in view if line.strip() and not line.strip().startswith("WARNING")]
+    labels = [r[2] for r in rows]
+    assert labels[-1] == "(the whole replay)" and any(label.startswith("c") and "(*a" in label for label in labels)
+    assert any("@" in label for label in labels) and labels[-2].startswith("return")
+    assert all(float(r[0]) <= float(r[1]) for r in rows)
