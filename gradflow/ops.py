@@ -165,26 +165,32 @@ class Sub(Function):
 
 
 class Mul(Function):
+    _saved_for = ((1,), (0,))  # a is read for b's gradient, b for a's: `y * 2` keeps no y
+
     def forward(self, a, b):
+        self.shapes = a.shape, b.shape
         self.save_for_backward(a, b)
         return a * b
 
     def backward(self, gy):
         a, b = self.saved_tensors
-        ga = _unbroadcast(gy * b, a.shape) if self.needs_input_grad[0] else None
-        gb = _unbroadcast(gy * a, b.shape) if self.needs_input_grad[1] else None
+        ga = _unbroadcast(gy * b, self.shapes[0]) if self.needs_input_grad[0] else None
+        gb = _unbroadcast(gy * a, self.shapes[1]) if self.needs_input_grad[1] else None
         return ga, gb
 
 
 class Div(Function):
+    _saved_for = ((1,), None)  # a is read for b's gradient only
+
     def forward(self, a, b):
+        self.shapes = a.shape, b.shape
         self.save_for_backward(a, b)
         return a / b
 
     def backward(self, gy):
         a, b = self.saved_tensors
-        ga = _unbroadcast(gy / b, a.shape) if self.needs_input_grad[0] else None
-        gb = _unbroadcast(-gy * a / (b * b), b.shape) if self.needs_input_grad[1] else None
+        ga = _unbroadcast(gy / b, self.shapes[0]) if self.needs_input_grad[0] else None
+        gb = _unbroadcast(-gy * a / (b * b), self.shapes[1]) if self.needs_input_grad[1] else None
         return ga, gb
 
 

@@ -765,6 +765,10 @@ class Function:
     edges = None   # [(the node that made each input, its output index)], set when recorded
     needs_input_grad = ()
     _saved = ()
+    # per array that forward saves, the inputs whose gradient reads it (None: always kept); an
+    # array no input that needs a gradient reads is not kept, as torch saves a variable only when
+    # backward will use it: `z = y * 2; y.mul_(3)` leaves z's backward working, and memory free
+    _saved_for = None
     _tensor_hooks = None  # {output index: {id: hook}}: hooks registered on a non-leaf whose value this made
 
     @property
@@ -842,7 +846,11 @@ class Function:
             if i:
                 y._index = i
         if self._saved:
-            self._saved = [self._resolve_saved(a, inputs, outputs) for a in self._saved]
+            saved, needs = self._saved, self.needs_input_grad
+            if self._saved_for is not None:
+                saved = [a if users is None or any(needs[i] for i in users) else None
+                         for a, users in zip(saved, self._saved_for)]
+            self._saved = [self._resolve_saved(a, inputs, outputs) for a in saved]
 
     def forward(self, *xs):
         raise NotImplementedError

@@ -923,3 +923,35 @@ def test_norm_double_backward_for_p_1_and_inf_is_torchs(p, dim, outer):
         results.append((g.detach().numpy(), (x.grad + 0.0).detach().numpy()))  # + 0: torch's may be a ZeroTensor
     for ours, theirs in zip(*results):
         numpy.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("expr, raises", [
+    ("y * 5", False), ("5 * y", False), ("y * c", False), ("y / 4", False), ("y / c", False),
+    ("y * w", True), ("w * y", True), ("c / y", True), ("y / w", True), ("w / y", True),
+])  # not `4 / y`: torch computes it as y.reciprocal() * 4 (two roundings) and keeps the reciprocal
+def test_an_operand_backward_never_reads_is_not_saved_as_torch(expr, raises):
+    """torch saves an operand of mul/div only when a gradient will read it: after `z = y * 5`
+    an in-place change of y leaves z's backward working (gradflow raised 'modified in place'),
+    while `z = y * w` (w requiring grad) still raises, in both."""
+    torch = pytest.importorskip("torch")
+    import gradflow as gf
+
+    def run(lib, tensor):
+        x = tensor([1.0, -2.0, 3.0], requires_grad=True)
+        w = tensor([0.5, 2.0, -1.5], requires_grad=True)
+        c = tensor([2.0, 4.0, 8.0])
+        y = x * 1
+        z = eval(expr, {"y": y, "w": w, "c": c})
+        y.mul_(3)
+        try:
+            z.sum().backward()
+        except RuntimeError as e:
+            return "raised", str(e)
+        return x.grad.numpy().tolist(), None if w.grad is None else w.grad.numpy().tolist()
+
+    theirs = run(torch, lambda v, **k: torch.tensor(v, dtype=torch.float64, **k))
+    ours = run(gf, lambda v, **k: gf.tensor(numpy.array(v), **k))
+    assert (theirs[0] == "raised") == raises
+    assert (ours[0] == "raised") == raises, ours
+    if not raises:
+        assert ours == theirs
