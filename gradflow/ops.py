@@ -2124,6 +2124,98 @@ def repeat(x, *sizes):
     return Repeat(sizes)(x)
 
 
+class IndexSelect(_Unary):
+    """x's slices along ``dim`` picked by a 1-d int ``index`` (repeats allowed): y = take(x, index, dim).
+
+    Backward adds each output slice's gradient back into the slice it was copied from, so an
+    index that appears k times gets k contributions (torch's index_select backward, an index_add)."""
+    def forward(self, x, index):
+        dim, = self.params
+        self.x_shape = x.shape
+        return backend.xp_of(x).take(x, index, axis=dim)
+
+    def backward(self, gy):
+        _, index = self.inputs
+        dim, = self.params
+        return IndexAddInto(dim, self.x_shape)(index, gy), None
+
+
+class IndexAddInto(_Unary):
+    """zeros(shape) with slice i of ``src`` along ``dim`` added at slice index[i]: IndexSelect's adjoint."""
+    def forward(self, index, src):
+        dim, shape = self.params
+        out = backend.xp_of(src).zeros(shape, dtype=src.dtype)
+        _add_at(out, (slice(None),) * dim + (index,), src)
+        return out
+
+    def backward(self, gout):
+        index, _ = self.inputs
+        dim, _ = self.params
+        return None, IndexSelect(dim)(gout, index)
+
+
+def repeat_interleave(x, repeats=None, dim=None, *, output_size=None):
+    """torch.repeat_interleave: each slice of x along ``dim`` (of the flattened x when dim is None)
+    repeated ``repeats`` times in place, [a, b] -> [a, a, b, b], unlike repeat/tile's [a, b, a, b].
+
+    ``repeats`` is an int or an int tensor with one count per slice (or a single count). One
+    IndexSelect with the index [0]*r0 + [1]*r1 + ..., so the gradient sums each slice's copies.
+    ``repeat_interleave(counts)`` alone gives that index, as torch's."""
+    if repeats is None:  # torch.repeat_interleave(repeats): arange(len) repeated
+        r = x.data if isinstance(x, Tensor) else numpy.asarray(x)
+        r = _repeat_counts(r, r.shape[0] if r.ndim == 1 else 1, 0, backend.xp_of(r))
+        return Tensor._wrap(backend.xp_of(r).repeat(backend.xp_of(r).arange(r.shape[0]), r))
+    x = _t(x)
+    xp = backend.xp_of(x.data)
+    if dim is None:
+        x, dim = reshape(x, (-1,)), 0
+    else:
+        dim = _dim(dim, x.ndim)
+        if x.ndim == 0:
+            x = reshape(x, (1,))
+    n = x.shape[dim]
+    if isinstance(repeats, (bool, numpy.bool_)):
+        raise TypeError("repeat_interleave(): repeats must be an int or an int tensor, got bool")
+    if isinstance(repeats, (int, numpy.integer)):
+        if repeats < 0:
+            raise RuntimeError("repeat_interleave(): Repeats must be non-negative")
+        r = xp.full(n, int(repeats), dtype=numpy.int64)
+    else:
+        r = _repeat_counts(repeats.data if isinstance(repeats, Tensor) else xp.asarray(repeats), n, dim, xp)
+    index = xp.repeat(xp.arange(n), r)
+    if output_size is not None and output_size != index.shape[0]:
+        raise RuntimeError(f"repeat_interleave(): output_size {output_size} does not match the repeats' total "
+                           f"{index.shape[0]}")
+    return IndexSelect(dim)(x, Tensor._wrap(index))
+
+
+def _repeat_counts(r, n, dim, xp):
+    """Per-slice repeat counts (n,) from a 0-d or 1-d int array, checked as torch checks them."""
+    if r.dtype.kind not in "iu":
+        raise DTypeError(f"repeat_interleave(): repeats must hold integers, got dtype {r.dtype}")
+    if r.ndim > 1:
+        raise RuntimeError("repeat_interleave(): repeats must be 0-dim or 1-dim tensor")
+    if r.size and int(r.min()) < 0:
+        raise RuntimeError("repeat_interleave(): repeats can not be negative")
+    if r.ndim == 0 or (r.shape[0] == 1 and n != 1):
+        return xp.full(n, int(r.reshape(-1)[0]), dtype=numpy.int64)
+    if r.shape[0] != n:
+        raise RuntimeError(f"repeat_interleave(): repeats must have the same size as input along dim, but got "
+                           f"repeats.size(0) = {r.shape[0]} and input.size({dim}) = {n}")
+    return r.astype(numpy.int64)
+
+
+def tile(x, dims):
+    """torch.tile: repeat with ``dims`` left-padded by ones when it has fewer entries than x has dims
+    (repeat refuses that), so tile(x, (2,)) tiles the last dim. Same op (Repeat) and gradient."""
+    x = _t(x)
+    dims = (dims,) if isinstance(dims, (int, numpy.integer)) else tuple(dims)
+    if any(int(d) < 0 for d in dims):
+        raise RuntimeError(f"tile(): Trying to create tensor with negative dimension: {list(dims)}")
+    dims = (1,) * (x.ndim - len(dims)) + tuple(int(d) for d in dims)
+    return Repeat(dims)(x)
+
+
 class Tri(_Unary):
     def forward(self, x):
         k, upper = self.params
