@@ -549,6 +549,9 @@ class Tensor:
     def scatter(self, dim, index, src=None, value=None, reduce=None):
         return ops.scatter(self, dim, index, src, value, reduce)
     def scatter_add(self, dim, index, src): return ops.scatter_add(self, dim, index, src)
+    def index_add(self, dim, index, source, *, alpha=1): return ops.index_add(self, dim, index, source, alpha=alpha)
+    def index_add_(self, dim, index, source, *, alpha=1):
+        return ops.index_add_(self, dim, index, source, alpha=alpha)
     def topk(self, k, dim=-1, largest=True, sorted=True): return ops.topk(self, k, dim, largest, sorted)
     def sort(self, dim=-1, descending=False, stable=False): return ops.sort(self, dim, descending, stable)
     def argsort(self, dim=-1, descending=False, stable=False): return ops.argsort(self, dim, descending, stable)
