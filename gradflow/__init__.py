@@ -17,10 +17,10 @@ from gradflow.creation import (empty_like, full_like, linspace, logspace, rand_l
                                randperm)
 from gradflow.ops import (add_, bitwise_and, bitwise_not, bitwise_or, bitwise_xor, bmm, ceil, chunk, clamp_max,
                           clamp_min, clone, contiguous, cos, cumprod, cumsum, div_, einsum, equal, exp2, fill_, flip,
-                          floor, floor_divide, gather, isclose, isfinite, isinf, isnan, lerp, log2, log10,
+                          floor, floor_divide, gather, index_add, isclose, isfinite, isinf, isnan, lerp, log2, log10,
                           logical_and, logical_not, logical_or, logsumexp, masked_fill, meshgrid, mul_, neg, norm,
-                          prod, remainder, repeat, roll, round, rsqrt, scatter, scatter_add, sign, sin, sort, split,
-                          std, sub_, t, topk, tril, triu, trunc, unbind, zero_)
+                          prod, remainder, repeat, repeat_interleave, roll, round, rsqrt, scatter, scatter_add, sign,
+                          sin, sort, split, std, sub_, t, tile, topk, tril, triu, trunc, unbind, zero_)
 from gradflow.ops import add, argsort, mul, pow, sub  # noqa: E402
 from gradflow.ops import allclose, reduce_all as all, reduce_any as any  # noqa: E402,A001
 from gradflow.ops import true_divide as div  # noqa: E402  (torch.div, with rounding_mode=)

@@ -2130,6 +2130,187 @@ def repeat(x, *sizes):
     return Repeat(sizes)(x)
 
 
+class IndexSelect(_Unary):
+    """x's slices along ``dim`` picked by a 1-d int ``index`` (repeats allowed): y = take(x, index, dim).
+
+    Backward adds each output slice's gradient back into the slice it was copied from, so an
+    index that appears k times gets k contributions (torch's index_select backward, an index_add)."""
+    def forward(self, x, index):
+        dim, = self.params
+        self.x_shape = x.shape
+        return backend.xp_of(x).take(x, index, axis=dim)
+
+    def backward(self, gy):
+        _, index = self.inputs
+        dim, = self.params
+        return IndexAddInto(dim, self.x_shape)(index, gy), None
+
+
+class IndexAddInto(_Unary):
+    """zeros(shape) with slice i of ``src`` along ``dim`` added at slice index[i]: IndexSelect's adjoint."""
+    def forward(self, index, src):
+        dim, shape = self.params
+        out = backend.xp_of(src).zeros(shape, dtype=src.dtype)
+        _add_at(out, (slice(None),) * dim + (index,), src)
+        return out
+
+    def backward(self, gout):
+        index, _ = self.inputs
+        dim, _ = self.params
+        return None, IndexSelect(dim)(gout, index)
+
+
+class IndexAdd(_Unary):
+    """out = x, then out[..., index[i], ...] += alpha * source[..., i, ...] along ``dim`` (torch's index_add).
+
+    Repeated indices accumulate (an add-at, not a store). Backward: x's gradient passes through
+    unchanged, source's is alpha * the gradient's slices at ``index`` (an IndexSelect)."""
+    def forward(self, x, index, src):
+        dim, alpha = self.params
+        out = x.copy()
+        _add_at(out, (slice(None),) * dim + (index,), src if alpha == 1 else src * alpha)
+        return out
+
+    def backward(self, gy):
+        _, index, _ = self.inputs
+        dim, alpha = self.params
+        gsrc = None
+        if self.needs_input_grad[2]:
+            gsrc = IndexSelect(dim)(gy, index)
+            if alpha != 1:
+                gsrc = gsrc * alpha
+        return (gy if self.needs_input_grad[0] else None), None, gsrc
+
+
+_TORCH_DTYPE_NAMES = {"float32": "Float", "float64": "Double", "float16": "Half", "int64": "Long", "int32": "Int",
+                      "int16": "Short", "int8": "Char", "uint8": "Byte", "bool": "Bool"}
+
+
+def _index_add_args(x, dim, index, source, name):
+    """Check index_add's arguments as torch does; returns (x, dim, index (k,), source) with a 0-d x,
+    index and source made 1-d (the caller reshapes the result back)."""
+    xp = backend.xp_of(x.data)
+    dim = _dim(dim, x.ndim)
+    index = index.data if isinstance(index, Tensor) else xp.asarray(index)
+    source = _t(source, like=x)
+    if index.dtype.kind not in "iu":
+        raise RuntimeError(f"{name}(): Expected dtype int32/int64 for index but got: "
+                           f"{_TORCH_DTYPE_NAMES.get(index.dtype.name, index.dtype.name)}")
+    if index.ndim > 1:
+        raise IndexError(f"{name}(): Index is supposed to be a vector, but got dim: {index.ndim} with size: "
+                         f"{list(index.shape)}")
+    if source.dtype != x.dtype:
+        raise RuntimeError(f"{name}(): self ({_TORCH_DTYPE_NAMES.get(x.dtype.name, x.dtype.name)}) and source "
+                           f"({_TORCH_DTYPE_NAMES.get(source.dtype.name, source.dtype.name)}) must have the same "
+                           f"scalar type")
+    if source.device != x.device:
+        raise RuntimeError(f"{name}(): source is on '{source.device}' but self is on '{x.device}'")
+    index = index.reshape(-1)
+    if x.ndim == 0 or (x.ndim == 1 and source.ndim == 0):  # a 0-d source counts as one slice, as torch's
+        x1, s1 = reshape(x, (-1,)), reshape(source, (-1,))
+    else:
+        x1, s1 = x, source
+    if s1.ndim != x1.ndim or s1.shape[:dim] + s1.shape[dim + 1:] != x1.shape[:dim] + x1.shape[dim + 1:]:
+        raise RuntimeError(f"source tensor shape must match self tensor shape, excluding the specified dimension. "
+                           f"Got self.shape = {list(x.shape)} source.shape = {list(source.shape)}")
+    if index.shape[0] != s1.shape[dim]:
+        raise RuntimeError(f"{name}(): Number of indices ({index.shape[0]}) should be equal to source.size(dim): "
+                           f"({s1.shape[dim]}), for dim: {dim}")
+    n = x1.shape[dim]
+    if index.size:
+        lo, hi = int(index.min()), int(index.max())
+        if lo < 0 or hi >= n:  # torch refuses negative indices (NumPy would wrap them)
+            raise IndexOutOfRangeError(f"index {hi if hi >= n else lo} is out of bounds for dimension {dim} "
+                                       f"with size {n}")
+    return x1, dim, Tensor._wrap(index.astype(numpy.int64, copy=False)), s1
+
+
+def index_add(x, dim, index, source, *, alpha=1):
+    """x with ``alpha * source`` slices added along ``dim`` at ``index`` (k,) (duplicates accumulate),
+    as torch.index_add; differentiable w.r.t. x and source."""
+    x = _t(x)
+    x1, dim, index, src = _index_add_args(x, dim, index, source, "index_add_")
+    out = IndexAdd(dim, alpha)(x1, index, src)
+    return reshape(out, x.shape) if out.shape != x.shape else out
+
+
+def index_add_(x, dim, index, source, *, alpha=1):
+    """In-place index_add, versioned and recorded as gradflow's other in-place ops."""
+    x1, d, idx, src = _index_add_args(x, dim, index, source, "index_add_")
+    if _records_in_place(x, src):
+        def compute(old):
+            out = IndexAdd(d, alpha)(reshape(old, x1.shape) if old.shape != x1.shape else old, idx, src)
+            return reshape(out, x.shape) if out.shape != x.shape else out
+        return rebase_in_place(x, compute, "index_add_", keep_old=False)
+    check_in_place(x, "index_add_")
+    target = x.data if x1.shape == x.shape else x.data.reshape(x1.shape)  # 0-d: a view of the same buffer
+    _add_at(target, (slice(None),) * d + (idx.data,), src.data if alpha == 1 else src.data * alpha)
+    x._bump_version()
+    return x
+
+
+def repeat_interleave(x, repeats=None, dim=None, *, output_size=None):
+    """torch.repeat_interleave: each slice of x along ``dim`` (of the flattened x when dim is None)
+    repeated ``repeats`` times in place, [a, b] -> [a, a, b, b], unlike repeat/tile's [a, b, a, b].
+
+    ``repeats`` is an int or an int tensor with one count per slice (or a single count). One
+    IndexSelect with the index [0]*r0 + [1]*r1 + ..., so the gradient sums each slice's copies.
+    ``repeat_interleave(counts)`` alone gives that index, as torch's."""
+    if repeats is None:  # torch.repeat_interleave(repeats): arange(len) repeated
+        r = x.data if isinstance(x, Tensor) else numpy.asarray(x)
+        r = _repeat_counts(r, r.shape[0] if r.ndim == 1 else 1, 0, backend.xp_of(r))
+        return Tensor._wrap(backend.xp_of(r).repeat(backend.xp_of(r).arange(r.shape[0]), r))
+    x = _t(x)
+    xp = backend.xp_of(x.data)
+    if dim is None:
+        x, dim = reshape(x, (-1,)), 0
+    else:
+        dim = _dim(dim, x.ndim)
+        if x.ndim == 0:
+            x = reshape(x, (1,))
+    n = x.shape[dim]
+    if isinstance(repeats, (bool, numpy.bool_)):
+        raise TypeError("repeat_interleave(): repeats must be an int or an int tensor, got bool")
+    if isinstance(repeats, (int, numpy.integer)):
+        if repeats < 0:
+            raise RuntimeError("repeat_interleave(): Repeats must be non-negative")
+        r = xp.full(n, int(repeats), dtype=numpy.int64)
+    else:
+        r = _repeat_counts(repeats.data if isinstance(repeats, Tensor) else xp.asarray(repeats), n, dim, xp)
+    index = xp.repeat(xp.arange(n), r)
+    if output_size is not None and output_size != index.shape[0]:
+        raise RuntimeError(f"repeat_interleave(): output_size {output_size} does not match the repeats' total "
+                           f"{index.shape[0]}")
+    return IndexSelect(dim)(x, Tensor._wrap(index))
+
+
+def _repeat_counts(r, n, dim, xp):
+    """Per-slice repeat counts (n,) from a 0-d or 1-d int array, checked as torch checks them."""
+    if r.dtype.kind not in "iu":
+        raise DTypeError(f"repeat_interleave(): repeats must hold integers, got dtype {r.dtype}")
+    if r.ndim > 1:
+        raise RuntimeError("repeat_interleave(): repeats must be 0-dim or 1-dim tensor")
+    if r.size and int(r.min()) < 0:
+        raise RuntimeError("repeat_interleave(): repeats can not be negative")
+    if r.ndim == 0 or (r.shape[0] == 1 and n != 1):
+        return xp.full(n, int(r.reshape(-1)[0]), dtype=numpy.int64)
+    if r.shape[0] != n:
+        raise RuntimeError(f"repeat_interleave(): repeats must have the same size as input along dim, but got "
+                           f"repeats.size(0) = {r.shape[0]} and input.size({dim}) = {n}")
+    return r.astype(numpy.int64)
+
+
+def tile(x, dims):
+    """torch.tile: repeat with ``dims`` left-padded by ones when it has fewer entries than x has dims
+    (repeat refuses that), so tile(x, (2,)) tiles the last dim. Same op (Repeat) and gradient."""
+    x = _t(x)
+    dims = (dims,) if isinstance(dims, (int, numpy.integer)) else tuple(dims)
+    if any(int(d) < 0 for d in dims):
+        raise RuntimeError(f"tile(): Trying to create tensor with negative dimension: {list(dims)}")
+    dims = (1,) * (x.ndim - len(dims)) + tuple(int(d) for d in dims)
+    return Repeat(dims)(x)
+
+
 class Tri(_Unary):
     def forward(self, x):
         k, upper = self.params

@@ -539,6 +539,9 @@ class Tensor:
     def logical_not(self): return ops.logical_not(self)
     def t(self): return ops.t(self)
     def repeat(self, *sizes): return ops.repeat(self, *sizes)
+    def repeat_interleave(self, repeats, dim=None, *, output_size=None):
+        return ops.repeat_interleave(self, repeats, dim, output_size=output_size)
+    def tile(self, *dims): return ops.tile(self, dims[0] if len(dims) == 1 and not isinstance(dims[0], int) else dims)
     def flip(self, *dims): return ops.flip(self, dims[0] if len(dims) == 1 and not isinstance(dims[0], int) else dims)
     def roll(self, shifts, dims=None): return ops.roll(self, shifts, dims)
     def masked_fill(self, mask, value): return ops.masked_fill(self, mask, value)
@@ -546,6 +549,9 @@ class Tensor:
     def scatter(self, dim, index, src=None, value=None, reduce=None):
         return ops.scatter(self, dim, index, src, value, reduce)
     def scatter_add(self, dim, index, src): return ops.scatter_add(self, dim, index, src)
+    def index_add(self, dim, index, source, *, alpha=1): return ops.index_add(self, dim, index, source, alpha=alpha)
+    def index_add_(self, dim, index, source, *, alpha=1):
+        return ops.index_add_(self, dim, index, source, alpha=alpha)
     def topk(self, k, dim=-1, largest=True, sorted=True): return ops.topk(self, k, dim, largest, sorted)
     def sort(self, dim=-1, descending=False, stable=False): return ops.sort(self, dim, descending, stable)
     def argsort(self, dim=-1, descending=False, stable=False): return ops.argsort(self, dim, descending, stable)

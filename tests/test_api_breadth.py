@@ -260,7 +260,10 @@ def test_new_ops_on_gpu_match_cpu():
                lambda t: t.topk(2).values, lambda t: t.gather(1, gf.tensor([[0, 2], [1, 1], [4, 0]], device=t.device)),
                lambda t: t.scatter_add(1, gf.tensor([[0, 2], [1, 1], [4, 0]], device=t.device), t[:, :2]),
                lambda t: t.roll(1, 1), lambda t: t.repeat(2, 1), lambda t: t.norm(dim=1), lambda t: t.logsumexp(0),
-               lambda t: gf.einsum("ij,kj->ik", t, t), lambda t: t.tril(), lambda t: t.flip(0)):
+               lambda t: gf.einsum("ij,kj->ik", t, t), lambda t: t.tril(), lambda t: t.flip(0),
+               lambda t: t.repeat_interleave(gf.tensor([2, 0, 1], device=t.device), dim=0),
+               lambda t: t.repeat_interleave(2), lambda t: t.tile((2, 1, 2)),
+               lambda t: t.index_add(1, gf.tensor([4, 0, 4], device=t.device), t[:, :3], alpha=2.0)):
         xc = gf.tensor(a, requires_grad=True)
         xg = gf.tensor(a, device="cuda", requires_grad=True)
         yc, yg = fn(xc), fn(xg)
@@ -337,3 +340,154 @@ def test_index_assignment_on_recorded_tensors_matches_torch():
     leaf = gf.tensor([1.0, 2.0], requires_grad=True)
     with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
         leaf[0] = 3.0
+
+
+# ---- repeat_interleave and tile against torch -------------------------------------------------------------------
+def _torch_pair(a, grad=True):
+    return gf.tensor(a, requires_grad=grad), torch.tensor(a, requires_grad=grad)
+
+
+def _check_same(fn_ours, fn_theirs, a, tol=1e-12):
+    x, tx = _torch_pair(a)
+    y, ty = fn_ours(x), fn_theirs(tx)
+    assert y.shape == tuple(ty.shape) and y.dtype == a.dtype
+    assert numpy.allclose(y.numpy(), ty.detach().numpy(), atol=tol)
+    g = numpy.random.default_rng(1).standard_normal(y.shape).astype(a.dtype)
+    (y * gf.tensor(g)).sum().backward()
+    (ty * torch.tensor(g)).sum().backward()
+    assert numpy.allclose(x.grad.numpy(), tx.grad.numpy(), atol=tol)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case", [
+    ((2, 3), 2, None), ((2, 3), 3, 1), ((2, 3), 2, -2), ((2, 3), [1, 0, 2], 1), ((2, 3), [3], -1),
+    ((2, 3, 4), [0, 2], 0), ((), 3, None), ((0, 3), 2, 0), ((2, 3), 0, 1), ((4,), "scalar-tensor", 0),
+])
+def test_repeat_interleave_matches_torch(case, dtype):
+    shape, reps, dim = case
+    a = numpy.random.default_rng(0).standard_normal(shape).astype(dtype)
+    if reps == "scalar-tensor":
+        ours_r, theirs_r = gf.tensor(numpy.int64(2)), torch.tensor(2)
+    elif isinstance(reps, list):
+        ours_r, theirs_r = gf.tensor(numpy.array(reps, dtype=numpy.int64)), torch.tensor(reps)
+    else:
+        ours_r = theirs_r = reps
+    _check_same(lambda t: t.repeat_interleave(ours_r, dim=dim), lambda t: t.repeat_interleave(theirs_r, dim=dim), a,
+                1e-12 if dtype == "float64" else 1e-5)
+    _check_same(lambda t: gf.repeat_interleave(t, ours_r, dim), lambda t: torch.repeat_interleave(t, theirs_r, dim),
+                a, 1e-12 if dtype == "float64" else 1e-5)
+
+
+def test_repeat_interleave_index_form_gradcheck_and_errors():
+    counts = numpy.array([1, 0, 3, 2])
+    assert gf.repeat_interleave(gf.tensor(counts)).numpy().tolist() == \
+        torch.repeat_interleave(torch.tensor(counts)).tolist()
+    y = gf.tensor(numpy.random.default_rng(0).standard_normal((3, 4)), requires_grad=True)
+    for fn in (lambda t: t.repeat_interleave(gf.tensor([2, 0, 1, 3]), dim=1), lambda t: t.repeat_interleave(2),
+               lambda t: t.tile((2, 1, 2)), lambda t: t.tile(3)):
+        gf.gradcheck(fn, [y])
+        gf.gradgradcheck(fn, [y])
+    x = gf.tensor(numpy.zeros((2, 3)))
+    with pytest.raises(RuntimeError, match=r"same size as input along dim.*size\(0\) = 2 and input.size\(1\) = 3"):
+        x.repeat_interleave(gf.tensor([1, 2]), dim=1)
+    with pytest.raises(RuntimeError, match="can not be negative"):
+        x.repeat_interleave(gf.tensor([1, -1, 2]), dim=1)
+    with pytest.raises(RuntimeError, match="non-negative"):
+        x.repeat_interleave(-1)
+    with pytest.raises(RuntimeError, match="0-dim or 1-dim"):
+        x.repeat_interleave(gf.tensor([[2]]), dim=1)
+    with pytest.raises(RuntimeError, match="integers"):
+        x.repeat_interleave(gf.tensor([2.0]), dim=1)
+    with pytest.raises(IndexError):
+        x.repeat_interleave(2, dim=2)
+    with pytest.raises(RuntimeError, match="output_size"):
+        x.repeat_interleave(2, dim=0, output_size=5)
+    assert x.repeat_interleave(2, dim=0, output_size=4).shape == (4, 3)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("shape,dims", [((2, 3), (2,)), ((2, 3), (2, 1, 3)), ((2, 3), ()), ((), (3,)), ((), ()),
+                                        ((0, 3), (2, 2)), ((2, 3, 1), (1, 0, 2)), ((3,), (2, 2))])
+def test_tile_matches_torch(shape, dims, dtype):
+    a = numpy.random.default_rng(0).standard_normal(shape).astype(dtype)
+    _check_same(lambda t: gf.tile(t, dims), lambda t: torch.tile(t, dims), a)
+    _check_same(lambda t: t.tile(*dims) if dims else t.tile(dims), lambda t: t.tile(dims), a)
+    with pytest.raises(RuntimeError, match="negative"):
+        gf.tile(gf.tensor(a), (-1,) + dims)
+
+
+# ---- index_add / index_add_ against torch ------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("shape,dim,index,alpha", [
+    ((3, 4), 0, [0, 2, 0, 0], 1), ((3, 4), 1, [3, 3], 2.5), ((3, 4), -1, [1, 0, 3], -1.0),
+    ((2, 3, 4), -2, [2, 2, 2, 1, 0], 0.5), ((3, 4), 0, [], 1), ((5,), 0, [4, 4, 1], 3), ((), 0, [0], 2.0),
+    ((0, 3), 1, [1, 1], 1),
+])
+def test_index_add_matches_torch(shape, dim, index, alpha, in_place, dtype):
+    rng = numpy.random.default_rng(0)
+    a = rng.standard_normal(shape).astype(dtype)
+    if shape == ():
+        src_shape = ()
+    else:
+        d = dim % len(shape)
+        src_shape = shape[:d] + (len(index),) + shape[d + 1:]
+    b = rng.standard_normal(src_shape).astype(dtype)
+    idx = numpy.array(index, dtype=numpy.int64)
+    x, tx = _torch_pair(a)
+    s, ts = _torch_pair(b)
+    if in_place:
+        y = x.clone().index_add_(dim, gf.tensor(idx), s, alpha=alpha)  # (x * 1 of a 0-d x holds a NumPy scalar)
+        ty = tx.clone().index_add_(dim, torch.tensor(idx), ts, alpha=alpha)
+    else:
+        y = gf.index_add(x, dim, gf.tensor(idx), s, alpha=alpha)
+        ty = torch.index_add(tx, dim, torch.tensor(idx), ts, alpha=alpha)
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    assert y.shape == tuple(ty.shape) and y.dtype == a.dtype
+    assert numpy.allclose(y.numpy(), ty.detach().numpy(), atol=tol)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    (y * gf.tensor(g)).sum().backward()
+    (ty * torch.tensor(g)).sum().backward()
+    assert numpy.allclose(x.grad.numpy(), tx.grad.numpy(), atol=tol)
+    assert numpy.allclose(s.grad.numpy(), ts.grad.numpy(), atol=tol)
+
+
+def test_index_add_in_place_without_grad_and_gradcheck():
+    x = gf.tensor(numpy.zeros((3, 2)))
+    v = x._version
+    out = x.index_add_(0, gf.tensor([1, 1, 2]), gf.tensor(numpy.ones((3, 2))))
+    assert out is x and x._version > v
+    assert x.numpy().tolist() == [[0, 0], [2, 2], [1, 1]]
+    view = x[:, 1]
+    view.index_add_(0, gf.tensor([0]), gf.tensor(numpy.array([5.0])))
+    assert x.numpy()[0].tolist() == [0, 5]
+    leaf = gf.tensor(numpy.zeros(3), requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf"):
+        leaf.index_add_(0, gf.tensor([0]), gf.tensor(numpy.ones(1)))
+    rng = numpy.random.default_rng(0)
+    a = gf.tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    b = gf.tensor(rng.standard_normal((3, 5)), requires_grad=True)
+    fn = lambda p, q: p.index_add(1, gf.tensor([3, 0, 3, 3, 1]), q, alpha=1.5)  # noqa: E731
+    gf.gradcheck(fn, [a, b])
+    gf.gradgradcheck(fn, [a, b])
+
+
+def test_index_add_errors_like_torch():
+    x = gf.tensor(numpy.zeros((3, 4), numpy.float32))
+    ones = lambda *s: gf.tensor(numpy.ones(s, numpy.float32))  # noqa: E731
+    with pytest.raises(RuntimeError, match="index 5 is out of bounds for dimension 0 with size 3"):
+        x.index_add(0, gf.tensor([0, 5]), ones(2, 4))
+    with pytest.raises(IndexError, match="index -1 is out of bounds"):
+        x.index_add_(0, gf.tensor([0, -1]), ones(2, 4))
+    with pytest.raises(IndexError, match="supposed to be a vector"):
+        x.index_add(0, gf.tensor([[0, 1]]), ones(2, 4))
+    with pytest.raises(RuntimeError, match="Expected dtype int32/int64 for index but got: Float"):
+        x.index_add(0, gf.tensor(numpy.array([0.0, 1.0], numpy.float32)), ones(2, 4))
+    with pytest.raises(RuntimeError, match=r"Number of indices \(2\) should be equal to source.size\(dim\): \(3\)"):
+        x.index_add(0, gf.tensor([0, 1]), ones(3, 4))
+    with pytest.raises(RuntimeError, match=r"Got self.shape = \[3, 4\] source.shape = \[2, 3\]"):
+        x.index_add(0, gf.tensor([0, 1]), ones(2, 3))
+    with pytest.raises(RuntimeError, match=r"self \(Float\) and source \(Double\) must have the same scalar type"):
+        x.index_add(0, gf.tensor([0, 1]), gf.tensor(numpy.ones((2, 4))))
+    with pytest.raises(IndexError):
+        x.index_add(2, gf.tensor([0, 1]), ones(2, 4))

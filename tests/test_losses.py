@@ -293,3 +293,131 @@ def test_an_all_ignored_batch_has_a_nan_loss_and_zero_gradients_as_in_torch(loss
     x.grad = None
     loss(x, gradflow.tensor(numpy.array([-100, 2, -100]))).backward()
     assert numpy.array_equal(x.grad.numpy()[[0, 2]], numpy.zeros((2, 4))) and numpy.abs(x.grad.numpy()[1]).sum() > 0
+
+
+# ---- per-class weights (weight=) against torch --------------------------------------------------------------------
+def _weighted_cases():
+    r = numpy.random.default_rng(7)
+    cases = []
+    for shape in [(6, 4), (3, 4, 2, 3), (4,), (0, 4)]:
+        tshape = shape[:1] + shape[2:] if len(shape) > 1 else ()
+        t = r.integers(0, 4, size=tshape)
+        if t.size > 2:
+            t.reshape(-1)[1] = -100
+            t.reshape(-1)[-1] = 3
+        cases.append((shape, t))
+    return cases
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("fn", ["cross_entropy", "nll_loss"])
+def test_weighted_class_targets_match_torch(fn, smoothing, reduction, dtype):
+    torch = pytest.importorskip("torch")
+    if fn == "nll_loss" and smoothing:
+        pytest.skip("nll_loss has no label_smoothing")
+    r = numpy.random.default_rng(3)
+    w = r.uniform(0.2, 3.0, size=4).astype(dtype)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=2e-5, atol=2e-6)
+    for shape, t in _weighted_cases():
+        a = r.normal(size=shape).astype(dtype)
+        if fn == "nll_loss" and a.size:
+            a = a - numpy.log(numpy.exp(a).sum(axis=0 if a.ndim == 1 else 1, keepdims=True))
+        kw = dict(reduction=reduction, weight=gradflow.Tensor(w))
+        tkw = dict(reduction=reduction, weight=torch.tensor(w))
+        if smoothing:
+            kw["label_smoothing"] = tkw["label_smoothing"] = smoothing
+        x, tx = gradflow.Tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
+        got = getattr(F, fn)(x, I(t), **kw)
+        want = getattr(torch.nn.functional, fn)(tx, torch.tensor(t), **tkw)
+        assert got.dtype == numpy.dtype(dtype) and got.shape == tuple(want.shape), (shape, got.shape, want.shape)
+        assert numpy.allclose(got.numpy(), want.detach().numpy(), equal_nan=True, **tol), shape
+        g = r.normal(size=got.shape).astype(dtype)
+        (got * gradflow.Tensor(g)).sum().backward()
+        (want * torch.tensor(g)).sum().backward()
+        assert numpy.allclose(x.grad.numpy(), tx.grad.numpy(), equal_nan=True, **tol), shape
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_weighted_probability_targets_match_torch(reduction, smoothing):
+    torch = pytest.importorskip("torch")
+    r = numpy.random.default_rng(5)
+    w = r.uniform(0.2, 3.0, size=3)
+    for shape in [(5, 3), (2, 3, 4), (3,)]:
+        a = r.normal(size=shape)
+        q = numpy.exp(r.normal(size=shape))
+        q /= q.sum(axis=0 if len(shape) == 1 else 1, keepdims=True)
+        x, tx = T(a, True), torch.tensor(a, requires_grad=True)
+        got = F.cross_entropy(x, T(q), reduction=reduction, label_smoothing=smoothing, weight=T(w))
+        want = torch.nn.functional.cross_entropy(tx, torch.tensor(q), reduction=reduction,
+                                                 label_smoothing=smoothing, weight=torch.tensor(w))
+        assert numpy.allclose(got.numpy(), want.detach().numpy(), rtol=1e-10, atol=1e-12)
+        got.sum().backward()
+        want.sum().backward()
+        assert numpy.allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("targets", [[-100, -100, -100], [0, 1, 2]])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_weighted_mean_with_no_weight_is_nan_as_in_torch(targets, smoothing):
+    """All rows ignored: NaN loss, zero gradient; counted rows whose weights sum to 0: NaN gradient too."""
+    torch = pytest.importorskip("torch")
+    a = numpy.random.default_rng(1).normal(size=(3, 4))
+    w = numpy.array([0.0, 0.0, 0.0, 1.0])
+    x, tx = T(a, True), torch.tensor(a, requires_grad=True)
+    got = F.cross_entropy(x, I(targets), weight=T(w), label_smoothing=smoothing)
+    want = torch.nn.functional.cross_entropy(tx, torch.tensor(targets), weight=torch.tensor(w),
+                                             label_smoothing=smoothing)
+    assert numpy.isnan(got.item()) and numpy.isnan(want.item())
+    got.backward()
+    want.backward()
+    assert numpy.array_equal(x.grad.numpy(), tx.grad.numpy(), equal_nan=True)
+
+
+def test_weighted_loss_modules_match_torch():
+    torch = pytest.importorskip("torch")
+    a = numpy.random.default_rng(2).normal(size=(6, 4)).astype(numpy.float32)
+    t = numpy.array([0, 3, 2, -100, 1, 3])
+    w = numpy.array([1.0, 2.0, 0.5, 3.0], dtype=numpy.float32)
+    for ours, theirs, inp in [
+        (nn.CrossEntropyLoss(weight=gradflow.Tensor(w), label_smoothing=0.1),
+         torch.nn.CrossEntropyLoss(weight=torch.tensor(w), label_smoothing=0.1), a),
+        (nn.NLLLoss(weight=gradflow.Tensor(w), reduction="sum"),
+         torch.nn.NLLLoss(weight=torch.tensor(w), reduction="sum"), a),
+    ]:
+        x, tx = gradflow.Tensor(inp, requires_grad=True), torch.tensor(inp, requires_grad=True)
+        got, want = ours(x, I(t)), theirs(tx, torch.tensor(t))
+        assert got.item() == pytest.approx(want.item(), rel=1e-6)
+        got.backward()
+        want.backward()
+        assert numpy.allclose(x.grad.numpy(), tx.grad.numpy(), atol=1e-6)
+        assert set(ours.state_dict()) == set(theirs.state_dict()) == {"weight"}
+
+
+def test_weighted_loss_errors_name_the_problem():
+    x = T(numpy.zeros((3, 4)))
+    with pytest.raises(RuntimeError, match=r"defined either for all 4 classes .* shape: \[3\]"):
+        F.cross_entropy(x, I([0, 1, 2]), weight=T(numpy.ones(3)))
+    with pytest.raises(RuntimeError, match=r"defined either for all 4 classes .* shape: \[2, 2\]"):
+        F.nll_loss(x, I([0, 1, 2]), weight=T(numpy.ones((2, 2))))
+    with pytest.raises(RuntimeError, match="dtype"):
+        F.cross_entropy(x, I([0, 1, 2]), weight=gradflow.Tensor(numpy.ones(4, numpy.float32)))
+    with pytest.raises(IndexError, match="out of range"):
+        F.cross_entropy(x, I([0, 4, 2]), weight=T(numpy.ones(4)))
+    with pytest.raises(TypeError, match="weight="):
+        nn.CrossEntropyLoss(T(numpy.ones(4)))
+    with pytest.raises(TypeError, match="weight="):
+        F.cross_entropy(x, I([0, 1, 2]), T(numpy.ones(4)))
+
+
+def test_unweighted_cross_entropy_keeps_the_fused_path(monkeypatch):
+    """weight=None must not leave the fused SoftmaxCrossEntropy op (the CPU fast path)."""
+    from gradflow import activation
+    calls = []
+    orig = activation.SoftmaxCrossEntropy.forward
+    monkeypatch.setattr(activation.SoftmaxCrossEntropy, "forward", lambda self, *a: calls.append(1) or orig(self, *a))
+    F.cross_entropy(T(LOGITS), I(CLASSES))
+    nn.CrossEntropyLoss()(T(LOGITS), I(CLASSES))
+    assert len(calls) == 2

@@ -164,3 +164,90 @@ def test_lambda_lr_state_dict_keeps_a_callable_objects_state_as_torch():
         lrs.append(opt.param_groups[0]["lr"])
         assert sched.LambdaLR(opt, lambda e: 1.0).state_dict()["lr_lambdas"] == [None]   # a function: not saved
     assert lrs[0] == pytest.approx(lrs[1], rel=1e-12)
+
+
+# ---- MultiplicativeLR and ChainedScheduler -----------------------------------------------------------------------
+class _Decay:
+    """A callable object with state: torch's state_dict saves its attributes."""
+
+    def __init__(self, rate):
+        self.rate = rate
+
+    def __call__(self, epoch):
+        return self.rate if epoch % 3 else 1.0
+
+
+CHAINS = {
+    "MultiplicativeLR": lambda M, o: M.MultiplicativeLR(o, lambda e: 0.95),
+    "MultiplicativeLR-per-group": lambda M, o: M.MultiplicativeLR(o, [lambda e: 0.9, lambda e: 1.0 - 0.01 * e]),
+    "MultiplicativeLR-object": lambda M, o: M.MultiplicativeLR(o, _Decay(0.8)),
+    "Chained-constant-exponential": lambda M, o: M.ChainedScheduler(
+        [M.ConstantLR(o, factor=0.1, total_iters=2), M.ExponentialLR(o, gamma=0.9)]),
+    "Chained-multiplicative-step-linear": lambda M, o: M.ChainedScheduler(
+        [M.MultiplicativeLR(o, lambda e: 0.97), M.StepLR(o, 4, gamma=0.5),
+         M.LinearLR(o, start_factor=0.25, total_iters=6)], optimizer=o),
+    "Chained-with-sequential": lambda M, o: M.ChainedScheduler(
+        [M.SequentialLR(o, [M.LinearLR(o, start_factor=0.5, total_iters=3), M.ExponentialLR(o, gamma=0.9)],
+                        milestones=[3]), M.MultiplicativeLR(o, lambda e: 0.98)]),
+}
+
+
+@pytest.mark.parametrize("name", CHAINS)
+def test_multiplicative_and_chained_match_torch_for_20_steps(name):
+    ours_opt, theirs_opt = _pair("SGD", momentum=0.9)
+    ours, theirs = CHAINS[name](S, ours_opt), CHAINS[name](torch.optim.lr_scheduler, theirs_opt)
+    assert ours.get_last_lr() == theirs.get_last_lr()
+    for step in range(20):
+        ours_opt.step()
+        theirs_opt.step()
+        ours.step()
+        theirs.step()
+        assert ours.get_last_lr() == theirs.get_last_lr(), f"step {step + 1}"
+        assert [g["lr"] for g in ours_opt.param_groups] == [g["lr"] for g in theirs_opt.param_groups]
+
+
+@pytest.mark.parametrize("name", ["MultiplicativeLR-object", "Chained-multiplicative-step-linear",
+                                  "Chained-constant-exponential"])
+def test_multiplicative_and_chained_state_dict_resume_as_torch(name):
+    """Save after 7 steps; rebuild on a fresh optimizer that loads the optimizer's state, load the
+    scheduler's, run 13 more: the same rates as torch doing the same (the rebuild's construction
+    steps included), and as the run that was not interrupted, where torch's is."""
+    ours_opt, theirs_opt = _pair("SGD")
+    ours, theirs = CHAINS[name](S, ours_opt), CHAINS[name](torch.optim.lr_scheduler, theirs_opt)
+    if name == "MultiplicativeLR-object":
+        ours.lr_lambdas[0].rate = theirs.lr_lambdas[0].rate = 0.7  # state a resumed run must keep
+    for _ in range(7):
+        for o, sch in ((ours_opt, ours), (theirs_opt, theirs)):
+            o.step()
+            sch.step()
+    new_opt, new_theirs_opt = _pair("SGD")
+    new_opt.load_state_dict(ours_opt.state_dict())
+    new_theirs_opt.load_state_dict(theirs_opt.state_dict())
+    resumed = CHAINS[name](S, new_opt)
+    resumed_theirs = CHAINS[name](torch.optim.lr_scheduler, new_theirs_opt)
+    resumed.load_state_dict(ours.state_dict())
+    resumed_theirs.load_state_dict(theirs.state_dict())
+    if name == "MultiplicativeLR-object":
+        assert resumed.lr_lambdas[0].rate == 0.7
+    assert resumed.get_last_lr() == resumed_theirs.get_last_lr() == theirs.get_last_lr()
+    for step in range(13):
+        for o, sch in ((new_opt, resumed), (new_theirs_opt, resumed_theirs), (theirs_opt, theirs)):
+            o.step()
+            sch.step()
+        assert resumed.get_last_lr() == resumed_theirs.get_last_lr(), f"step {step + 8}"
+        assert [g["lr"] for g in new_opt.param_groups] == [g["lr"] for g in new_theirs_opt.param_groups]
+        if name == "MultiplicativeLR-object":  # one scheduler: the resumed run is the uninterrupted one
+            assert resumed.get_last_lr() == theirs.get_last_lr()
+
+
+def test_chained_scheduler_errors():
+    opt, _ = _pair("SGD")
+    other, _ = _pair("SGD")
+    with pytest.raises(ValueError, match="at least one scheduler"):
+        S.ChainedScheduler([])
+    with pytest.raises(ValueError, match="same optimizer"):
+        S.ChainedScheduler([S.ExponentialLR(opt, 0.9), S.ExponentialLR(other, 0.9)])
+    with pytest.raises(ValueError, match="ReduceLROnPlateau"):
+        S.ChainedScheduler([S.ExponentialLR(opt, 0.9), S.ReduceLROnPlateau(opt)])
+    with pytest.raises(ValueError, match="lr_lambdas"):
+        S.MultiplicativeLR(opt, [lambda e: 0.9])

@@ -83,7 +83,7 @@ def _reduce_rows(loss, valid, reduction):
 
 
 # ---- classification ------------------------------------------------------------------------------
-def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_index=-100):
+def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_index=-100, weight=None):
     """Cross-entropy from unnormalised scores ``input`` (N, C).
 
     ``target`` is either class indices (N,) of an integer dtype (rows equal to
@@ -91,7 +91,10 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_i
     the target with the uniform distribution, (1 - ε) * target + ε / C, as in PyTorch.
     Integer targets without smoothing take the fused ``softmax_cross_entropy`` kernel
     (which also accepts (N, C, d...) inputs).
+    ``weight`` (C,) rescales each class as torch's: see ``_weighted_cross_entropy``. Weighted
+    calls never take the fused kernel (it has no weight input), on the CPU or the GPU.
     """
+    _weight_not_positional("cross_entropy", reduction)
     _check_reduction(reduction)
     if not 0.0 <= label_smoothing <= 1.0:
         raise OpError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
@@ -103,6 +106,8 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_i
         raise TypeError("cross_entropy: bool targets are ambiguous; pass class indices as integers "
                         "(target.astype('int64')) or class probabilities as floats of the input's shape "
                         "(for one yes/no output use binary_cross_entropy_with_logits)")
+    if weight is not None:
+        return _weighted_cross_entropy(input, target, reduction, label_smoothing, ignore_index, weight)
     valid = None
     if target.dtype.kind in "iu":
         if label_smoothing == 0.0:
@@ -168,6 +173,93 @@ def _smoothed_class_targets_nd(input, target, reduction, label_smoothing, ignore
     return ops.reshape(loss, ()) if squeeze and reduction == "none" else loss
 
 
+# ==== per-class weights (torch's weight=) ====
+def _class_weight(name, weight, input):
+    """``weight`` as an array (C,) of ``input``'s dtype on its device, checked as torch checks it."""
+    c = input.shape[1] if input.ndim > 1 else input.shape[0]
+    if isinstance(weight, Tensor):
+        if weight.device != input.device:
+            raise RuntimeError(f"{name}: weight is on '{weight.device}' but input is on '{input.device}'")
+        if weight.dtype != input.dtype:  # torch refuses the mix rather than casting silently
+            raise DTypeError(f"{name}: expected weight of dtype {input.dtype} (the input's), got {weight.dtype}")
+        w = weight.data
+    else:
+        w = backend.xp_of(input.data).asarray(weight, dtype=input.dtype)
+    if w.ndim != 1 or w.shape[0] != c:
+        prefix = "cross_entropy: " if name == "cross_entropy" else ""
+        raise OpError(f"{prefix}weight tensor should be defined either for all {c} classes or no classes but got "
+                      f"weight tensor of shape: {list(w.shape)}")
+    return w
+
+
+def _weighted_class_nll(name, logp, target, w, reduction, ignore_index, label_smoothing):
+    """torch's weighted nll_loss (+ label smoothing) of log-probabilities (C,)/(N, C, d...) and class ids.
+
+    Each position's loss is -w[t] logp[t] (0 where t == ignore_index); smoothing adds ε/C of
+    -sum_c w[c] logp[c]. The mean divides both by the sum of w[t] over the positions that count,
+    so a batch's loss does not depend on how many rows of a rare class it holds. Built from
+    differentiable ops (gather, sum) so the gradient w.r.t. the logits follows; no gradient for w.
+    Every position ignored: NaN loss and zero gradient; weights of counted rows summing to 0: NaN
+    loss and NaN gradient, both as torch's."""
+    squeeze = logp.ndim == 1
+    if squeeze:
+        logp, target = ops.unsqueeze(logp, 0), ops.reshape(target, (1,))
+    expected = logp.shape[:1] + logp.shape[2:]
+    if target.shape != expected:
+        raise ValueError(f"{name}: target shape {target.shape} does not match input shape {logp.shape} "
+                         f"(expected {expected})")
+    c = logp.shape[1]
+    xp = backend.xp_of(logp.data)
+    t = target.data.astype(numpy.int64)
+    valid = t != ignore_index
+    bad = valid & ((t < 0) | (t >= c))
+    if bool(bad.any()):
+        raise IndexError(f"{name}: target class {int(t[bad][0])} is out of range for {c} classes")
+    safe = xp.where(valid, t, 0)
+    if w is None:
+        w = xp.ones(c, dtype=logp.dtype)
+    wt = xp.where(valid, w[safe], logp.dtype.type(0))                     # weight of each position's target
+    picked = ops.squeeze(ops.gather(logp, 1, Tensor._wrap(xp.expand_dims(safe, 1))), 1)
+    nll = -picked * Tensor._wrap(wt)
+    smooth = None
+    if label_smoothing:
+        wb = Tensor._wrap(w.reshape((1, c) + (1,) * (logp.ndim - 2)))
+        smooth = ops.where(Tensor._wrap(valid), -ops.sum(logp * wb, 1), 0.0)
+    if reduction == "mean":
+        # each term divided by the total on its own, as torch's (0/0 and x/0 then give torch's NaN);
+        # no position counts: NaN loss, zero gradient (divide by 1, add the NaN as a constant)
+        any_valid = valid.any()
+        total = Tensor._wrap(xp.where(any_valid, wt.sum(), logp.dtype.type(1)).astype(logp.dtype))
+        loss = ops.sum(nll) / total
+        if smooth is not None:
+            loss = loss * (1.0 - label_smoothing) + (ops.sum(smooth) / total) * (label_smoothing / c)
+        return loss + Tensor._wrap(xp.where(any_valid, logp.dtype.type(0), logp.dtype.type(xp.nan)))
+    loss = nll if smooth is None else nll * (1.0 - label_smoothing) + smooth * (label_smoothing / c)
+    loss = _reduce(loss, reduction)
+    return ops.reshape(loss, ()) if squeeze and reduction == "none" else loss
+
+
+def _weighted_cross_entropy(input, target, reduction, label_smoothing, ignore_index, weight):
+    """cross_entropy with ``weight``: torch's semantics for both kinds of target.
+
+    Class indices: the weighted nll of log_softmax (``_weighted_class_nll``). Probabilities
+    (input's shape): -sum(w[c] q[c] logp[c]) per position, and the mean divides by the number
+    of positions (N * d1 ...), not by the weights: torch's rule for soft targets."""
+    w = _class_weight("cross_entropy", weight, input)
+    axis = 0 if input.ndim == 1 else 1
+    logp = activation.log_softmax(input, axis=axis)
+    if target.dtype.kind in "iu":
+        return _weighted_class_nll("cross_entropy", logp, target, w, reduction, ignore_index, label_smoothing)
+    if target.shape != input.shape:
+        return _cross_entropy_probs_nd(input, target, reduction, label_smoothing)  # raises its shape errors
+    q = target
+    if label_smoothing:
+        q = q * (1.0 - label_smoothing) + label_smoothing / input.shape[axis]
+    wb = Tensor._wrap(w.reshape((1,) * axis + (-1,) + (1,) * (input.ndim - axis - 1)))
+    loss = -ops.sum(q * logp * wb, axis=axis)
+    return _reduce(loss, reduction)
+
+
 def kl_div(input, target, reduction="mean", log_target=False):
     """KL(target || exp(input)) pointwise: target * (log target - input); ``input`` holds log-probabilities.
 
@@ -186,10 +278,22 @@ def kl_div(input, target, reduction="mean", log_target=False):
     return _reduce(loss, reduction)
 
 
-def nll_loss(input, target, reduction="mean", ignore_index=-100):
-    """Negative log-likelihood of class ``target`` (N,) under log-probabilities ``input`` (N, C)."""
+def nll_loss(input, target, reduction="mean", ignore_index=-100, weight=None):
+    """Negative log-likelihood of class ``target`` (N,) under log-probabilities ``input`` (N, C).
+
+    With ``weight`` (C,) each row counts weight[target] times and the mean divides by the sum of
+    those weights, as torch's; the weighted form (and any input other than (N, C)) also takes
+    (C,) and (N, C, d1, ...) inputs."""
+    _weight_not_positional("nll_loss", reduction)
     _check_reduction(reduction)
     target = _as_target(target, input)
+    if weight is not None or input.ndim != 2:
+        if input.ndim == 0:
+            raise ValueError("nll_loss: input is 0-d; expected log-probabilities of shape (N, C) or (N, C, d1, ...)")
+        if target.dtype.kind not in "iu":
+            raise DTypeError(f"nll_loss: target must hold integer class indices, got dtype {target.dtype}")
+        w = None if weight is None else _class_weight("nll_loss", weight, input)
+        return _weighted_class_nll("nll_loss", input, target, w, reduction, ignore_index, 0.0)
     t, valid = _class_targets("nll_loss", input, target, ignore_index)
     mask = Tensor._wrap(_one_hot(t, valid, input.shape[1], input.dtype))
     return _reduce_rows(-ops.sum(input * mask, axis=1), valid, reduction)
@@ -362,21 +466,37 @@ class _Loss(Module):
 
 
 class CrossEntropyLoss(_Loss):
-    def __init__(self, reduction="mean", label_smoothing=0.0, ignore_index=-100):
+    """``weight`` is a keyword here (gradflow's positional order is reduction, label_smoothing,
+    ignore_index); it is kept as a buffer, so it follows ``.to()`` and sits in the state_dict as torch's."""
+
+    def __init__(self, reduction="mean", label_smoothing=0.0, ignore_index=-100, weight=None):
+        _weight_not_positional("CrossEntropyLoss", reduction)
         super().__init__(reduction)
         self.label_smoothing, self.ignore_index = label_smoothing, ignore_index
+        self.register_buffer("weight", None if weight is None else as_tensor(weight))
 
     def forward(self, input, target):
-        return cross_entropy(input, target, self.reduction, self.label_smoothing, self.ignore_index)
+        return cross_entropy(input, target, self.reduction, self.label_smoothing, self.ignore_index, self.weight)
 
 
 class NLLLoss(_Loss):
-    def __init__(self, reduction="mean", ignore_index=-100):
+    """``weight`` is a keyword here (gradflow's positional order is reduction, ignore_index); a buffer."""
+
+    def __init__(self, reduction="mean", ignore_index=-100, weight=None):
+        _weight_not_positional("NLLLoss", reduction)
         super().__init__(reduction)
         self.ignore_index = ignore_index
+        self.register_buffer("weight", None if weight is None else as_tensor(weight))
 
     def forward(self, input, target):
-        return nll_loss(input, target, self.reduction, self.ignore_index)
+        return nll_loss(input, target, self.reduction, self.ignore_index, self.weight)
+
+
+def _weight_not_positional(name, reduction):
+    """A port of torch's ``CrossEntropyLoss(w)`` puts the weights where gradflow takes reduction."""
+    if not isinstance(reduction, str):
+        raise TypeError(f"{name}: reduction must be a string, got {type(reduction).__name__}; gradflow's "
+                        f"positional order differs from torch's, so pass class weights as weight=...")
 
 
 class MSELoss(_Loss):

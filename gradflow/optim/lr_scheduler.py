@@ -113,6 +113,18 @@ class LambdaLR(LRScheduler):
                 vars(fn).update(saved)
 
 
+class MultiplicativeLR(LambdaLR):
+    """lr *= lr_lambda(epoch) at each step (a factor on the current rate, where LambdaLR's multiplies
+    the base rate), as torch's; the construction step leaves the rate alone. ``lr_lambda`` may be a
+    list, one per group; state_dict keeps callable objects' state as LambdaLR's."""
+
+    def get_lr(self):
+        if self._is_initial:
+            return self._current()
+        return [group["lr"] * lmbda(self.last_epoch)
+                for lmbda, group in zip(self.lr_lambdas, self.optimizer.param_groups)]
+
+
 class StepLR(LRScheduler):
     """Multiply the rate by ``gamma`` every ``step_size`` epochs."""
 
@@ -296,6 +308,53 @@ class SequentialLR(LRScheduler):
         self.__dict__.update(state_dict)
         for s, sd in zip(self._schedulers, inner):
             s.load_state_dict(sd)
+
+
+class ChainedScheduler(LRScheduler):
+    """Step every scheduler in ``schedulers`` at each ``step()``, in order, so their factors compose
+    on the same rates (e.g. ConstantLR warm-up times ExponentialLR decay), as torch's. Each was
+    built (and took its construction step) on its own; building the chain steps nothing."""
+
+    def __init__(self, schedulers, optimizer=None):
+        schedulers = list(schedulers)
+        if not schedulers:
+            raise ValueError("ChainedScheduler expects at least one scheduler to be chained, but got no scheduler.")
+        optimizer = optimizer or schedulers[0].optimizer
+        for i, s in enumerate(schedulers):
+            if not hasattr(s, "optimizer"):
+                raise TypeError(f"ChainedScheduler expects all schedulers to have an optimizer; scheduler {i} "
+                                f"({type(s).__name__}) has none")
+            if isinstance(s, ReduceLROnPlateau):
+                raise ValueError(f"ChainedScheduler does not support `ReduceLROnPlateau` scheduler as it requires "
+                                 f"additional kwargs to be specified when calling `step`, but got one at index {i} "
+                                 f"in the given schedulers sequence.")
+            if s.optimizer is not optimizer:
+                raise ValueError(f"ChainedScheduler expects all schedulers to belong to the same optimizer, but got "
+                                 f"scheduler {type(s).__name__} at index {i} that belongs to another optimizer")
+        self._schedulers = schedulers
+        self.optimizer = optimizer
+        self._last_lr = self._current()
+
+    @replay_as_call
+    def step(self):
+        for s in self._schedulers:
+            s.step()
+        self._last_lr = self._current()
+
+    def state_dict(self):
+        state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "_schedulers")}
+        state["_schedulers"] = [s.state_dict() for s in self._schedulers]
+        return state
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        inner = state_dict.pop("_schedulers")
+        self.__dict__.update(state_dict)
+        for s, sd in zip(self._schedulers, inner):
+            s.load_state_dict(sd)
+
+    def __repr__(self):
+        return f"ChainedScheduler({[type(s).__name__ for s in self._schedulers]}, last_lr={self._last_lr})"
 
 
 class MomentumWarmup:
