@@ -49,13 +49,18 @@ def test_matches_torch_step_for_step(name):
     assert ours.get_last_lr() == theirs.get_last_lr()
     assert _momenta(ours_opt) == _momenta(theirs_opt)
     for step in range(STEPS - 1 if "OneCycle" in name else STEPS):
-        ours_opt.step()
-        theirs_opt.step()
-        ours.step()
-        theirs.step()
-        assert ours.get_last_lr() == theirs.get_last_lr(), f"step {step + 1}"
-        assert [g["lr"] for g in ours_opt.param_groups] == [g["lr"] for g in theirs_opt.param_groups]
+        _step_both(ours_opt, theirs_opt, ours, theirs, step)
         assert _momenta(ours_opt) == _momenta(theirs_opt), f"step {step + 1}"
+
+
+def _step_both(ours_opt, theirs_opt, ours, theirs, step):
+    """One optimizer and scheduler step on each side; the rates must agree exactly."""
+    ours_opt.step()
+    theirs_opt.step()
+    ours.step()
+    theirs.step()
+    assert ours.get_last_lr() == theirs.get_last_lr(), f"step {step + 1}"
+    assert [g["lr"] for g in ours_opt.param_groups] == [g["lr"] for g in theirs_opt.param_groups]
 
 
 def test_warm_restarts_fractional_epochs():
@@ -198,12 +203,7 @@ def test_multiplicative_and_chained_match_torch_for_20_steps(name):
     ours, theirs = CHAINS[name](S, ours_opt), CHAINS[name](torch.optim.lr_scheduler, theirs_opt)
     assert ours.get_last_lr() == theirs.get_last_lr()
     for step in range(20):
-        ours_opt.step()
-        theirs_opt.step()
-        ours.step()
-        theirs.step()
-        assert ours.get_last_lr() == theirs.get_last_lr(), f"step {step + 1}"
-        assert [g["lr"] for g in ours_opt.param_groups] == [g["lr"] for g in theirs_opt.param_groups]
+        _step_both(ours_opt, theirs_opt, ours, theirs, step)
 
 
 @pytest.mark.parametrize("name", ["MultiplicativeLR-object", "Chained-multiplicative-step-linear",

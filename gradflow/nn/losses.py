@@ -146,15 +146,22 @@ def _cross_entropy_probs_nd(input, target, reduction, label_smoothing):
     return _reduce(loss, reduction)  # torch's mean divides by numel / C: a mean over positions
 
 
+def _batch_of_class_targets(x, target, name):
+    """(x, target, squeezed): an unbatched (C,) input and its 0-d target as a batch of one, and the
+    target's shape checked against the input's (N, C, d...) without its class axis."""
+    squeeze = x.ndim == 1
+    if squeeze:
+        x, target = ops.unsqueeze(x, 0), ops.reshape(target, (1,))
+    expected = x.shape[:1] + x.shape[2:]
+    if target.shape != expected:
+        raise ValueError(f"{name}: target shape {target.shape} does not match input shape {x.shape} "
+                         f"(expected {expected})")
+    return x, target, squeeze
+
+
 def _smoothed_class_targets_nd(input, target, reduction, label_smoothing, ignore_index):
     """Label smoothing with class indices for input (C,) or (N, C, d...)."""
-    squeeze = input.ndim == 1
-    if squeeze:
-        input, target = ops.unsqueeze(input, 0), ops.reshape(target, (1,))
-    expected = input.shape[:1] + input.shape[2:]
-    if target.shape != expected:
-        raise ValueError(f"cross_entropy: target shape {target.shape} does not match input shape {input.shape} "
-                         f"(expected {expected})")
+    input, target, squeeze = _batch_of_class_targets(input, target, "cross_entropy")
     c = input.shape[1]
     t = target.data
     valid = t != ignore_index
@@ -201,13 +208,7 @@ def _weighted_class_nll(name, logp, target, w, reduction, ignore_index, label_sm
     differentiable ops (gather, sum) so the gradient w.r.t. the logits follows; no gradient for w.
     Every position ignored: NaN loss and zero gradient; weights of counted rows summing to 0: NaN
     loss and NaN gradient, both as torch's."""
-    squeeze = logp.ndim == 1
-    if squeeze:
-        logp, target = ops.unsqueeze(logp, 0), ops.reshape(target, (1,))
-    expected = logp.shape[:1] + logp.shape[2:]
-    if target.shape != expected:
-        raise ValueError(f"{name}: target shape {target.shape} does not match input shape {logp.shape} "
-                         f"(expected {expected})")
+    logp, target, squeeze = _batch_of_class_targets(logp, target, name)
     c = logp.shape[1]
     xp = backend.xp_of(logp.data)
     t = target.data.astype(numpy.int64)

@@ -263,7 +263,23 @@ def _undo_initial_steps(schedulers):
             s.last_epoch -= 1
 
 
-class SequentialLR(LRScheduler):
+class _SchedulerOfSchedulers(LRScheduler):
+    """A scheduler made of others (``_schedulers``): its state holds theirs, nested, as torch's."""
+
+    def state_dict(self):
+        state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "_schedulers")}
+        state["_schedulers"] = [s.state_dict() for s in self._schedulers]
+        return state
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        inner = state_dict.pop("_schedulers")
+        self.__dict__.update(state_dict)
+        for s, sd in zip(self._schedulers, inner):
+            s.load_state_dict(sd)
+
+
+class SequentialLR(_SchedulerOfSchedulers):
     """Run ``schedulers[i]`` until ``milestones[i]``, then the next (e.g. LinearLR warm-up, then cosine)."""
 
     def __init__(self, optimizer, schedulers, milestones, last_epoch=-1):
@@ -297,20 +313,9 @@ class SequentialLR(LRScheduler):
             scheduler.step()
         self._last_lr = scheduler.get_last_lr()
 
-    def state_dict(self):
-        state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "_schedulers")}
-        state["_schedulers"] = [s.state_dict() for s in self._schedulers]
-        return state
-
-    def load_state_dict(self, state_dict):
-        state_dict = dict(state_dict)
-        inner = state_dict.pop("_schedulers")
-        self.__dict__.update(state_dict)
-        for s, sd in zip(self._schedulers, inner):
-            s.load_state_dict(sd)
 
 
-class ChainedScheduler(LRScheduler):
+class ChainedScheduler(_SchedulerOfSchedulers):
     """Step every scheduler in ``schedulers`` at each ``step()``, in order, so their factors compose
     on the same rates (e.g. ConstantLR warm-up times ExponentialLR decay), as torch's. Each was
     built (and took its construction step) on its own; building the chain steps nothing."""
@@ -341,17 +346,6 @@ class ChainedScheduler(LRScheduler):
             s.step()
         self._last_lr = self._current()
 
-    def state_dict(self):
-        state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "_schedulers")}
-        state["_schedulers"] = [s.state_dict() for s in self._schedulers]
-        return state
-
-    def load_state_dict(self, state_dict):
-        state_dict = dict(state_dict)
-        inner = state_dict.pop("_schedulers")
-        self.__dict__.update(state_dict)
-        for s, sd in zip(self._schedulers, inner):
-            s.load_state_dict(sd)
 
     def __repr__(self):
         return f"ChainedScheduler({[type(s).__name__ for s in self._schedulers]}, last_lr={self._last_lr})"
