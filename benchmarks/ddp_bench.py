@@ -52,10 +52,12 @@ def _timed(fn, args, device, what):
         fn()
     _sync(device)
     dist.barrier()
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < args.min_time / 4 or steps < 2:
+    # a fixed number of calibration steps: each step is a collective, and a count that each rank
+    # took from its own clock (run until min_time / 4) differed between ranks now and then, which
+    # left one rank waiting for a collective the other never made (the job hung)
+    steps, start = 3, time.perf_counter()
+    for _ in range(steps):
         fn()
-        steps += 1
     _sync(device)
     per = _slowest((time.perf_counter() - start) / steps)
     count = [max(2, int(args.min_time / max(per, 1e-9)))]
