@@ -1,16 +1,22 @@
-"""``y += a * x`` with one rounding per element: level-1 BLAS axpy from the OpenBLAS in NumPy's wheels.
+"""Level-1 BLAS from the OpenBLAS in NumPy's wheels, for the optimizers' updates on the CPU.
 
-Why: PyTorch's CPU optimizers update with ``param.add_(update, alpha=-lr)`` and apply weight decay with
-``grad.add(param, alpha=weight_decay)``; both are one fused multiply-add per element. NumPy has no fma
-ufunc: ``y + a * x`` rounds twice (after one SGD step 1.8 % of float32 elements differ from torch's)
-and makes two passes over memory through a temporary. OpenBLAS's saxpy/daxpy does it in one pass
-with the FMA instructions of the CPU it runs on, as torch's vectorized add does: the same bits as
-torch, and inside a training step of the 784-128-32-10 MLP the flat SGD update (109k floats)
-took 40 instead of 44.5 us.
+``axpy``: ``y += a * x`` with one rounding per element. PyTorch's CPU optimizers update with
+``param.add_(update, alpha=-lr)`` and apply weight decay with ``grad.add(param, alpha=weight_decay)``;
+both are one fused multiply-add per element. NumPy has no fma ufunc: ``y + a * x`` rounds twice (after
+one SGD step 1.8 % of float32 elements differ from torch's) and makes two passes over memory through a
+temporary. OpenBLAS's saxpy/daxpy does it in one pass with the FMA instructions of the CPU it runs on,
+as torch's vectorized add does: the same bits as torch, and inside a training step of the
+784-128-32-10 MLP the flat SGD update (109k floats) took 40 instead of 44.5 us.
+
+``scale_add``: ``y = y * b + x`` with two roundings, SGD's momentum ``buf.mul_(momentum).add_(grad)``
+as torch and NumPy round it, in one pass (saxpby with alpha 1) instead of NumPy's two (109k floats:
+about 6 us less). Whether a compiler contracted a kernel's ``alpha * x + beta * y`` into one fma, and
+which product it fused, differs between the kernels OpenBLAS builds for each CPU, so ``scale_add``
+uses BLAS only after a probe on this machine got NumPy's bits; else it is NumPy's two passes.
 
 NumPy wheels bundle OpenBLAS with prefixed 64-bit-integer symbols (``scipy_cblas_saxpy64_``); where
 NumPy was built against another BLAS (conda's MKL, macOS Accelerate) no such library is found and
-``axpy`` rounds twice, with NumPy.
+both functions compute with NumPy (``axpy`` then rounds twice).
 """
 import ctypes
 import glob
@@ -18,11 +24,27 @@ import os
 
 import numpy
 
-_SYMBOLS = (("scipy_cblas_{}axpy64_", ctypes.c_int64), ("scipy_cblas_{}axpy", ctypes.c_int), ("cblas_{}axpy", ctypes.c_int))
+# (symbol pattern, integer type): the names OpenBLAS exports in NumPy's wheels, then plain builds
+_SCHEMES = (("scipy_cblas_{}{}64_", ctypes.c_int64), ("scipy_cblas_{}{}", ctypes.c_int), ("cblas_{}{}", ctypes.c_int))
+_DTYPES = ((numpy.float32, "s", ctypes.c_float), (numpy.float64, "d", ctypes.c_double))
+
+
+def _bind(lib, routine, scheme, argtypes):
+    """{dtype: lib's C ``routine`` (axpy, axpby) for it, with ``argtypes(index type, real type)``}, or {}."""
+    name, index = scheme
+    found = {}
+    for dtype, letter, real in _DTYPES:
+        fn = getattr(lib, name.format(letter, routine), None)
+        if fn is None:
+            return {}
+        fn.restype = None
+        fn.argtypes = argtypes(index, real)
+        found[numpy.dtype(dtype)] = fn
+    return found
 
 
 def _load():
-    """{dtype: the C axpy for it} from the OpenBLAS next to NumPy, or {} when there is none."""
+    """({dtype: C axpy}, {dtype: C axpby}) from the OpenBLAS next to NumPy, or ({}, {}) when there is none."""
     root = os.path.dirname(numpy.__file__)
     for path in sorted(glob.glob(os.path.join(os.path.dirname(root), "numpy.libs", "*openblas*")) +
                        glob.glob(os.path.join(root, ".dylibs", "*openblas*"))):
@@ -30,21 +52,16 @@ def _load():
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for name, index in _SYMBOLS:
-            found = {}
-            for dtype, letter, real in ((numpy.float32, "s", ctypes.c_float), (numpy.float64, "d", ctypes.c_double)):
-                fn = getattr(lib, name.format(letter), None)
-                if fn is None:
-                    break
-                fn.restype = None
-                fn.argtypes = (index, real, ctypes.c_void_p, index, ctypes.c_void_p, index)
-                found[numpy.dtype(dtype)] = fn
-            if len(found) == 2:
-                return found
-    return {}
+        for scheme in _SCHEMES:
+            axpy_fns = _bind(lib, "axpy", scheme, lambda i, r: (i, r, ctypes.c_void_p, i, ctypes.c_void_p, i))
+            if axpy_fns:
+                return axpy_fns, _bind(lib, "axpby", scheme,
+                                       lambda i, r: (i, r, ctypes.c_void_p, i, r, ctypes.c_void_p, i))
+    return {}, {}
 
 
-_AXPY = _load()
+_AXPY, _AXPBY = _load()
+_SCALE_ADD = None  # {dtype: C axpby} where the probe found NumPy's bits; built on first use
 
 
 def fused():
@@ -68,4 +85,51 @@ def axpy(a, x, y):
     x, dense = numpy.ascontiguousarray(x), numpy.ascontiguousarray(y)  # another layout: round once all the same
     fn(y.size, float(a), x.ctypes.data, 1, dense.ctypes.data, 1)
     y[...] = dense
+    return y
+
+
+def _probe_scale_add():
+    """{dtype: C axpby} for the dtypes whose BLAS ``y = 1 * x + b * y`` gave NumPy's ``y * b + x``
+    bit for bit on probe data: every length up to 70 (vector bodies and scalar tails) and one long
+    one, values of mixed sign and magnitude, and infinities and NaN."""
+    good = {}
+    rng = numpy.random.default_rng(12345)
+    for dtype, fn in _AXPBY.items():
+        ok = True
+        for n in list(range(1, 71)) + [4099]:
+            x = (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 4, n)).astype(dtype)
+            y = (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 4, n)).astype(dtype)
+            if n == 4099:
+                y[:3] = (numpy.inf, -numpy.inf, numpy.nan)
+            for b in (0.9, 0.99, 0.5, 1.7):
+                with numpy.errstate(all="ignore"):
+                    expected = y * dtype.type(b) + x
+                got = y.copy()
+                fn(n, 1.0, x.ctypes.data, 1, b, got.ctypes.data, 1)
+                if got.tobytes() != expected.tobytes():
+                    ok = False
+                    break
+            if not ok:
+                break
+        if ok:
+            good[dtype] = fn
+    return good
+
+
+def scale_add(y, b, x):
+    """``y = y * b + x`` in place on NumPy array ``y`` (x of y's shape and dtype, b a nonzero number taken
+    in y's dtype), rounded as NumPy's ``y *= b; y += x``: in one BLAS pass where the probe allowed it
+    and both are C-contiguous, else with NumPy; returns y."""
+    global _SCALE_ADD
+    if _SCALE_ADD is None:
+        _SCALE_ADD = _probe_scale_add()
+    fn = _SCALE_ADD.get(y.dtype)
+    if fn is not None and b != 0 and type(x) is numpy.ndarray and type(y) is numpy.ndarray and \
+            x.dtype == y.dtype and x.shape == y.shape and x.flags.c_contiguous and y.flags.c_contiguous and \
+            y.flags.writeable and y.size:
+        fn(y.size, 1.0, x.ctypes.data, 1, float(b), y.ctypes.data, 1)
+        return y
+    with numpy.errstate(all="ignore"):  # as the in-place NumPy update it replaces: inf and NaN propagate
+        numpy.multiply(y, b, out=y)
+        numpy.add(y, x, out=y)
     return y

@@ -1,4 +1,7 @@
-"""blas.axpy: y += a * x with one rounding per element (as torch's add with alpha=), in any layout."""
+"""blas.axpy: y += a * x with one rounding per element (as torch's add with alpha=), in any layout; blas.scale_add:
+y = y * b + x rounded as NumPy (torch's buf.mul_(b).add_(x)) in one pass where a probe allows it."""
+import ctypes
+
 import numpy
 import pytest
 
@@ -55,3 +58,60 @@ def test_axpy_float64_and_other_dtypes():
     numpy.testing.assert_allclose(y, expected, rtol=1e-15, atol=1e-15)
     h = numpy.ones(5, numpy.float16)
     assert blas.axpy(2.0, numpy.ones(5, numpy.float16), h).tolist() == [3.0] * 5  # no BLAS: NumPy
+
+
+# ---- scale_add: y = y * b + x, rounded twice as NumPy and torch's buf.mul_(b).add_(x) ----------------------
+def _numpy_scale_add(y, b, x):
+    out = y.copy()
+    with numpy.errstate(all="ignore"):
+        out *= b
+        out += x
+    return out
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("n", [1, 7, 33, 109386])
+def test_scale_add_rounds_as_numpy(dtype, n):
+    rng = numpy.random.default_rng(n)
+    x = rng.standard_normal(n).astype(dtype)
+    y = (rng.standard_normal(n) * 3).astype(dtype)
+    expected = _numpy_scale_add(y, 0.9, x)
+    assert blas.scale_add(y, 0.9, x) is y
+    assert y.tobytes() == expected.tobytes()
+
+
+@pytest.mark.skipif(not blas._AXPBY, reason="NumPy here has no OpenBLAS axpby")
+def test_scale_add_uses_blas_where_the_probe_found_numpys_bits(monkeypatch):
+    """The one-pass BLAS call is taken (a stand-in kernel records it) for contiguous arrays, and the data
+    would show a kernel that rounds once: y * b + x in one fma differs from NumPy's two roundings."""
+    assert blas._probe_scale_add().keys() == blas._AXPBY.keys()  # this machine's OpenBLAS rounds as NumPy
+    calls = []
+    real = blas._AXPBY[numpy.dtype(numpy.float32)]
+    monkeypatch.setattr(blas, "_SCALE_ADD", {numpy.dtype(numpy.float32): lambda *a: (calls.append(a[0]), real(*a))})
+    rng = numpy.random.default_rng(3)
+    x, y = rng.standard_normal(1000).astype(numpy.float32), rng.standard_normal(1000).astype(numpy.float32)
+    once = (y.astype(numpy.float64) * numpy.float32(0.9) + x).astype(numpy.float32)
+    expected = _numpy_scale_add(y, 0.9, x)
+    assert (once != expected).any()
+    blas.scale_add(y, 0.9, x)
+    assert calls == [1000] and y.tobytes() == expected.tobytes()
+    strided = numpy.ones(20, numpy.float32)[::2]
+    blas.scale_add(strided, 0.5, numpy.ones(10, numpy.float32))  # not contiguous: NumPy
+    assert calls == [1000] and strided.tolist() == [1.5] * 10
+
+
+def test_scale_add_probe_refuses_a_kernel_that_rounds_once(monkeypatch):
+    """A BLAS build whose axpby is one fma (y * b + x rounded once) fails the probe: NumPy computes."""
+    def fma_axpby(n, alpha, x_ptr, incx, beta, y_ptr, incy):
+        x = numpy.ctypeslib.as_array(ctypes.cast(x_ptr, ctypes.POINTER(ctypes.c_float)), (n,))
+        y = numpy.ctypeslib.as_array(ctypes.cast(y_ptr, ctypes.POINTER(ctypes.c_float)), (n,))
+        y[...] = (y.astype(numpy.float64) * numpy.float32(beta) + x).astype(numpy.float32)
+
+    monkeypatch.setattr(blas, "_AXPBY", {numpy.dtype(numpy.float32): fma_axpby})
+    assert blas._probe_scale_add() == {}
+    monkeypatch.setattr(blas, "_SCALE_ADD", None)
+    rng = numpy.random.default_rng(4)
+    x, y = rng.standard_normal(500).astype(numpy.float32), rng.standard_normal(500).astype(numpy.float32)
+    expected = _numpy_scale_add(y, 0.9, x)
+    assert blas.scale_add(y, 0.9, x).tobytes() == expected.tobytes()
+    assert blas._SCALE_ADD == {}
