@@ -61,14 +61,13 @@ _SAME_WIDTH_INT = {2: numpy.int16, 4: numpy.int32, 8: numpy.int64}
 
 def _mask_scale_np(mask, g, a, b):
     if b == 0 and a == 1:  # relu: where(mask, g, 0) exactly (a NaN gradient at a dead unit gives 0,
-        # as PyTorch's threshold_backward), as a bitwise AND with an all-ones/all-zeros mask:
-        # ~1.3x a plain multiply, ~15x faster than where on a random mask; integer work, so
-        # no floating-point state to quiet
-        it = _SAME_WIDTH_INT[g.dtype.itemsize]
-        bits = numpy.negative(mask.view(numpy.int8), dtype=it)
-        if bits.ndim == 0:  # a 0-d mask gives a NumPy scalar
+        # as PyTorch's threshold_backward), as g's bits times the mask in integers: bits * 1 or
+        # bits * 0, a +0. One pass, ~15x faster than where on a random mask, faster than the
+        # hand-written loop's `g *= a > 0` (which would keep NaN); integer work, so no
+        # floating-point state to quiet
+        bits = numpy.multiply(g.view(_SAME_WIDTH_INT[g.dtype.itemsize]), mask)
+        if bits.ndim == 0:  # 0-d operands give a NumPy scalar
             bits = numpy.asarray(bits)
-        numpy.bitwise_and(bits, g.view(it), out=bits)
         return bits.view(g.dtype)
     with numpy.errstate(all="ignore"):  # as _quiet (one errstate object cannot be entered twice)
         if b == 0:  # dropout: g * mask * scale, as PyTorch (a NaN gradient stays NaN where dropped)
