@@ -152,6 +152,9 @@ CASES = {
     "sgd-momentum-switched-off": (SGD, write_group(momentum=0.0)),
     "sgd-nesterov-switched-on": (SGD, write_group(nesterov=True)),
     "sgd-group-update": (SGD, update_group),
+    "sgd-dampening-set": (SGD, write_group(dampening=0.5)),
+    "sgd-maximize-switched-on": (SGD, write_group(maximize=True)),
+    "sgd-decay-switched-off": (SGD, write_group(weight_decay=0)),
     "sgd-param-array-replaced": (SGD, replace_param_array),
     "sgd-params-reordered": (SGD, reorder_params),
     "sgd-state-dict-object-replaced": (SGD, new_state_dict_object),
@@ -267,3 +270,23 @@ def test_a_steady_step_advances_every_parameters_version_once(steady_runs):
     run(*data[0])
     assert steady_runs["steady"] == 2
     assert [p._version for p in model.parameters()] == [v + 1 for v in before]
+
+
+def test_steady_sgd_steps_run_the_bound_update(steady_runs, monkeypatch):
+    """The steady SGD step calls the update bound by ``SGD._prepared_update`` (no per-step checks or
+    dispatch), bound again after each write to the group (here the schedule's, every step): the same
+    bytes as eager, and ``_update`` itself never runs on the steady path."""
+    full = []
+    update = optim.SGD._update
+    monkeypatch.setattr(optim.SGD, "_update", lambda *a: (full.append(1), update(*a)))
+    bound = []
+    bind = optim.fused.bind_sgd
+    monkeypatch.setattr(optim.fused, "bind_sgd", lambda *a, **k: (bound.append(k["lr"]), bind(*a, **k))[1])
+    no_change = lambda model, opt: None  # noqa: E731
+    want = train(SGD, no_change, compiled=False)
+    eager_updates = len(full)
+    got = train(SGD, no_change, compiled=True)
+    assert want == got
+    assert steady_runs["steady"] == STEPS - 3
+    assert len(full) - eager_updates == 3  # the two recordings and the first replay (one flat group)
+    assert len(bound) == STEPS - 2 and len(set(bound)) == len(bound)  # a new lr each step, bound once each

@@ -229,7 +229,8 @@ class _SteadyStep:
     object keeps what that step established; ``run`` first verifies that each of those objects
     is still the one in place (identity tests and key counts, nothing a user could have
     replaced is trusted), then makes the same fused ``_update`` call per group on the flat
-    buffers and copies the new scalar state (step counts) to every parameter's state, as
+    buffers (or calls the optimizer's ``_prepared_update`` of it, bound at build and bound again
+    when the group is written to: no checks or dispatch left per step) and copies the new scalar state (step counts) to every parameter's state, as
     ``_flat_update`` does. A group written to since (``_ParamGroup.version``: an LR schedule,
     a changed momentum) has its hyperparameters validated and ``_init_state`` re-run for its
     parameters, as in the full step. Anything else different and ``run`` returns False having
@@ -237,7 +238,7 @@ class _SteadyStep:
     """
 
     class _Group:
-        __slots__ = ("group", "version", "items", "states", "whole", "flat_state", "scalars")
+        __slots__ = ("group", "version", "items", "states", "whole", "flat_state", "scalars", "update")
 
     @classmethod
     def build(cls, opt, work):
@@ -258,6 +259,7 @@ class _SteadyStep:
             entry.whole = Tensor._wrap(ready.param_flat)
             entry.whole._grad = Tensor._wrap(ready.grad_flat)
             entry.scalars = tuple(k for k, v in flat_state.items() if not isinstance(v, Tensor))
+            entry.update = opt._prepared_update(entry.whole, flat_state, group)
             tensors = [k for k, v in flat_state.items() if isinstance(v, Tensor)]
             entry.items = tuple((p, p.data, ready.grad_views[k], s, len(s),
                                  tuple((key, s[key], s[key].data) for key in tensors))
@@ -301,11 +303,16 @@ class _SteadyStep:
                 for key in entry.scalars:
                     if key not in s or s[key] != flat_state[key]:
                         return False
+            if fresh:
+                entry.update = opt._prepared_update(entry.whole, entry.flat_state, group)
             entry.version = group.version
         for entry in self.groups:
             flat_state = entry.flat_state
             n = len(flat_state)
-            opt._update(entry.whole, flat_state, entry.group)
+            if entry.update is not None:
+                entry.update()
+            else:
+                opt._update(entry.whole, flat_state, entry.group)
             if len(flat_state) != n:  # the update added or dropped state: per parameter as _flat_update does
                 opt._propagate(entry.states, flat_state)
                 opt._steady = None
@@ -640,6 +647,12 @@ class Optimizer:
 
     def _update(self, p, state, group):
         raise NotImplementedError
+
+    def _prepared_update(self, p, state, group):
+        """``_update(p, state, group)`` as a callable of no arguments with everything it reads bound now,
+        for ``_SteadyStep`` to call while the group is not written to and the state keeps its entries,
+        or None (then ``_update`` runs). An optimizer whose update depends on a step count returns None."""
+        return None
 
     @staticmethod
     def _zeros(p):

@@ -2,6 +2,8 @@
 
 Full-batch gradient descent is SGD over a single batch holding the whole training set.
 """
+import numpy
+
 from gradflow.optim import fused
 from gradflow.optim.optimizer import Optimizer
 
@@ -34,3 +36,14 @@ class SGD(Optimizer):
         fused.sgd_(p.data, p.grad.data, None if buf is None else buf.data, lr=group["lr"], momentum=group["momentum"],
                    dampening=group["dampening"], nesterov=group["nesterov"], weight_decay=group["weight_decay"],
                    l1=group["l1"], maximize=group["maximize"], first_step=state.pop("fresh", False))
+
+    def _prepared_update(self, p, state, group):
+        """``_update`` with this group's hyperparameters bound (``fused.bind_sgd``), for the steady step on
+        the CPU; None on the GPU, before the buffer's first step, or for a hyperparameter that is not a
+        plain number (a Tensor could change without a write to the group)."""
+        buf = state["momentum_buffer"]
+        hyper = {k: group[k] for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov", "l1", "maximize")}
+        if "fresh" in state or type(p.data) is not numpy.ndarray or \
+                any(type(v) not in (int, float, bool) for v in hyper.values()):
+            return None
+        return fused.bind_sgd(p.data, p.grad.data, None if buf is None else buf.data, **hyper)
