@@ -48,7 +48,7 @@ import numpy
 from gradflow import backend
 from gradflow import random as random_module
 from gradflow.gemm import gemm
-from gradflow.ops import sum_rows
+from gradflow.ops import sum_rows, sum_rows_source
 from gradflow.tensor import Tensor, is_grad_enabled
 
 _tape = sys.modules["gradflow.tensor"]._state  # this thread's tape state: holds its active recorder
@@ -448,7 +448,8 @@ def _generate(plan, arrays):
             j, deliver = fused[i]
             x, dst, own = plan.ops[j][1], plan.ops[j][4], plan.ops[j][5]
             names[f"x{j}"], names[f"o{j}"], names[f"b{j}"] = x, own, x._grad_buffer
-            lines.append(f"    v{dst} = {deliver}(x{j}, {', '.join(ref(s) for s in op[2])}, b{j}, o{j})")
+            lines.extend(_delivery_lines(j, deliver, [ref(s) for s in op[2]], [arrays[s] for s in op[2]],
+                                         f"v{dst}" if dst in read else None, names))
         elif kind == _FUNCTION:
             fn, ins, outs, single, saved = op[1:6]
             saved = [(k, s) for k, s in saved if s in read]  # what forward saves for a backward that never runs
@@ -533,6 +534,31 @@ def _into_grads(plan, arrays):
         fused[j] = (i, deliver)
     skipped = {transposes[plan.ops[i][2]] for i, deliver in fused.values() if deliver == "_deliver_matmul_t"}
     return fused, skipped
+
+
+def _delivery_lines(j, deliver, args, arrays, target, names):
+    """The replay's lines for a gradient computed straight into the buffer of leaf ``x{j}``: the
+    computation written out for the usual case (no gradient yet, the buffer still the
+    parameter's), ``deliver`` called otherwise; ``target`` names the local that gets the gradient
+    (None: no later line reads it). Inside a training step each Python call around a NumPy
+    call costs about a microsecond: these are six per step of a three-layer MLP."""
+    buf = f"b{j}"
+    if deliver == "_deliver_sum0":
+        compute, bindings = sum_rows_source(args[0], arrays[0], buf)
+        names.update(bindings)
+    else:  # a @ b into the buffer, or into its transpose (a Linear weight stored (in, out))
+        out = buf
+        if deliver == "_deliver_matmul_t":
+            out = f"bt{j}"
+            names[out] = names[buf].T
+        names["matmul"] = numpy.matmul
+        compute = f"matmul({args[0]}, {args[1]}, out={out})"
+    keep = f"{target} = " if target else ""
+    return [f"    if x{j}._grad is None and getattr(x{j}, '_grad_buffer', None) is {buf}:",
+            f"        {compute}",
+            f"        x{j}._grad = _wrap({buf})"] + \
+        ([f"        {target} = {buf}"] if target else []) + \
+        ["    else:", f"        {keep}{deliver}(x{j}, {', '.join(args)}, {buf}, o{j})"]
 
 
 def _deliver_matmul(x, a, b, buf, own):

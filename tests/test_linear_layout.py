@@ -138,5 +138,6 @@ def test_compiled_step_computes_weight_and_bias_grads_into_their_buffers():
     plan = next(iter(compiled.cache.values())).plan
     source = plan.replay.source
     assert source.count("_deliver_matmul_t(") == 2 and source.count("_deliver_sum0(") == 2, source
+    assert source.count("out=bt") == 2 and source.count("out=b") == 4, source  # written out for the usual case
     for p in model.parameters():
         assert p.grad.data is p._grad_buffer  # the parameter's own buffer, in its order
