@@ -218,17 +218,23 @@ def _replay_lines(trainer, data, steps):
         return
     source = replay.source.splitlines()
     names = dict(replay.__globals__, _clock=time.perf_counter)
-    lines, labels = [source[0], "    _t = [_clock()]"], []
+    statements = []  # the body's top-level statements, each a list of lines (an if/else block is one)
     for line in source[1:]:
-        text = line.strip()
-        if text.startswith("return"):
-            lines += [line.replace("return", "_out =", 1), "    _t.append(_clock())", "    return _t"]
-        elif text.startswith("del "):
-            lines.append(line)
+        if line.startswith("     ") or line.startswith("    else:"):
+            statements[-1].append(line)
         else:
-            lines += [line, "    _t.append(_clock())"]
-        if not text.startswith("del "):
-            labels.append(text)
+            statements.append([line])
+    lines, labels = [source[0], "    _t = [_clock()]"], []
+    for block in statements:
+        text = block[0].strip()
+        if text.startswith("return"):
+            lines += [block[0].replace("return", "_out =", 1), "    _t.append(_clock())", "    return _t"]
+        elif text.startswith("del "):
+            lines += block
+        else:
+            lines += block + ["    _t.append(_clock())"]
+        if not text.startswith("del "):  # a block by the line that does its usual work (if: its first branch)
+            labels.append(block[1].strip() if text.startswith("if ") and len(block) > 1 else text)
     exec("\n".join(lines), names)
     timed = names[source[0].split()[1].split("(")[0]]
     times = numpy.array([numpy.diff(timed(*data[i % len(data)])) for i in range(max(steps, 200))]) * 1e6
