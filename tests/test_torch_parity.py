@@ -811,6 +811,146 @@ ROWS += [  # issue 12: loss scaling
 ]
 
 
+# ---- margin, embedding and likelihood losses ----------------------------------------------------------------
+def _const(a):
+    """A tensor made inside the row (so it does not require grad): targets torch does not differentiate."""
+    return lambda m: None if a is None else m.tensor(numpy.array(a))
+
+
+i64 = numpy.int64
+PM1 = numpy.array([1.0, -1.0, -1.0, 1.0, 1.0])
+HINGE_T = numpy.array([1.0, -1.0, 0.0, 2.0, -1.0, 1.0])
+MLM_T = numpy.array([[3, 0, -1, 1], [0, 1, 2, 3], [1, 1, -1, -1], [-1, 2, 0, 1], [2, -1, 5, 1]])[:4]
+KINK = numpy.array([[1.0, 0.0, 0.5, 2.0], [0.25, -0.75, 1.25, 0.25], [3.0, 2.0, 2.0, 1.0]])
+VAR34 = numpy.abs(randn(3, 4)) + 0.1
+ANCHOR = randn(3, 2)
+POIS_T = numpy.array([0.0, 1.0, 2.0, 0.5, 3.0, 7.0])
+ROWS += [
+    Row("F.margin_ranking_loss", lambda m, a, b, t, mg, r: m.F.margin_ranking_loss(a, b, t, margin=mg, reduction=r),
+        [(randn(5), randn(5), PM1, 0.0, r) for r in REDUCTIONS] +
+        [(randn(5, dtype=f32), randn(5, dtype=f32), PM1.astype(f32), 0.5, "mean"),
+         (numpy.array([1.0, 2.0, 0.0, -1.5]), numpy.array([0.5, 2.0, 0.0, -2.0]), numpy.array([1.0, -1.0, 1.0, 1.0]),
+          0.5, "none"),  # the hinge's kink (0 exactly): torch's clamp_min passes the gradient there
+         (randn(5), randn(5), numpy.array([1, -1, 1, 1, -1]), 0.2, "sum"), (randn(3, 1), randn(1, 4), randn(3, 4), 0.1, "mean"),
+         (randn(4, dtype=f32), randn(4), numpy.array([1.0, -1, 1, -1], f32), 0.0, "none"),
+         (numpy.array([1e300, -1e300, 3e38]), numpy.array([-1e300, 1e300, 0.0]), numpy.array([1.0, 1.0, -1.0]), 1.0, "none"),
+         (randn(3), randn(3), randn(3, 1), 0.0, "mean"), (randn(3), randn(3), PM1[:3], 0.0, "avg"),
+         (numpy.array(0.5), numpy.array(1.5), numpy.array(-1.0), 0.3, "mean")]),
+    Row("F.hinge_embedding_loss", lambda m, x, t, mg, r: m.F.hinge_embedding_loss(x, t, margin=mg, reduction=r),
+        [(randn(6), HINGE_T, 1.0, r) for r in REDUCTIONS] +
+        [(numpy.array([1.0, 0.5, 2.0, -1.0, 0.5, 0.0]), HINGE_T, 0.5, "none"),  # x == margin with target -1: kink
+         (randn(6, dtype=f32), HINGE_T.astype(f32), 2.0, "mean"), (randn(3, 6), HINGE_T, 1.0, "sum"),
+         (randn(6), numpy.array([1, -1, 1, -1, 0, 1]), 1.0, "none"), (randn(6), HINGE_T, -0.5, "mean"),
+         (numpy.array([1e300, -1e300, 1e4, 3e38]), numpy.array([1.0, -1.0, -1.0, -1.0]), 1.0, "none"),
+         (randn(6), HINGE_T, 1.0, "batchmean"), (randn(2, 3), randn(3, 2), 1.0, "mean")]),
+    Row("F.soft_margin_loss", lambda m, x, t, r: m.F.soft_margin_loss(x, t(m), reduction=r),
+        [(randn(5), _const(PM1), r) for r in REDUCTIONS] +
+        [(randn(2, 5, dtype=f32), _const(PM1.astype(f32)), "mean"), (randn(5) * 3, _const(randn(5)), "sum"),
+         (numpy.array([1000.0, -1000.0, 0.0, 50.0, -50.0]), _const(PM1), "none"),  # exp overflows: inf, NaN gradient
+         (numpy.array([100.0, -100.0, 0.0], f32), _const(numpy.array([-1.0, 1.0, 1.0], f32)), "none"),
+         (randn(5), _const(numpy.array([1, -1, 1, -1, 1])), "mean"), (randn(5), _const(PM1), "x")]),
+    Row("F.soft_margin_loss target grad", lambda m, x, t: m.F.soft_margin_loss(x, t), [(randn(3), randn(3))]),
+    Row("F.multilabel_soft_margin_loss",
+        lambda m, x, t, w, r: m.F.multilabel_soft_margin_loss(x, t, weight=w(m), reduction=r),
+        [(randn(4, 3), TARGET01, _const(None), r) for r in REDUCTIONS] +
+        [(randn(4, 3), PROBS, _const(numpy.abs(randn(3))), "mean"), (randn(4, 3), PROBS, _const(numpy.abs(randn(3))), "none"),
+         (randn(4, 3, dtype=f32), TARGET01.astype(f32), _const(None), "sum"), (randn(3), TARGET01[0], _const(None), "none"),
+         (randn(2, 3, 4), randn(2, 3, 4), _const(None), "none"), (numpy.array([60.0, -60.0, 800.0, -800.0]),
+                                                                  numpy.array([0.0, 1.0, 1.0, 0.0]), _const(None), "none"),
+         (randn(4, 3), TARGET01[0], _const(None), "mean"),  # broadcast target, as torch's
+         (numpy.array(0.5), numpy.array(1.0), _const(None), "mean"), (randn(4, 3), TARGET01, _const(None), "avg")]),
+    Row("F.multilabel_margin_loss", lambda m, x, t, r: m.F.multilabel_margin_loss(x, t, reduction=r),
+        [(randn(4, 4), MLM_T, r) for r in REDUCTIONS] +
+        [(KINK, MLM_T[:3], "none"), (randn(4, 4, dtype=f32), MLM_T, "mean"), (randn(4), MLM_T[0], "none"),
+         (randn(4), MLM_T[0], "sum"), (numpy.array(0.5), numpy.array(0), "none"), (numpy.array(0.5), numpy.array(-1), "mean"),
+         (randn(0, 4), MLM_T[:0], "sum"), (randn(0, 4), MLM_T[:0], "none"), (randn(2, 4) * 1e4, MLM_T[:2], "sum"),
+         (randn(4, 4), numpy.array([[0, 4, -1, 1]] * 4), "mean"), (randn(4, 4), numpy.array([[0, -2, -1, 1]] * 4), "mean"),
+         (randn(1, 4), numpy.array([[0, -1, 7, 1]]), "mean"), (randn(4, 4), MLM_T[:, :3], "mean"),
+         (randn(4, 4), MLM_T.astype(i32), "mean"), (randn(4, 4), MLM_T.astype(f64), "mean"),
+         (randn(2, 3, 4), numpy.zeros((2, 3, 4), i64), "mean"), (randn(3, 0), numpy.zeros((3, 0), i64), "mean"),
+         (randn(4), MLM_T[0], "x")]),
+    Row("F.multi_margin_loss", lambda m, x, y, p, mg, w, r: m.F.multi_margin_loss(x, y, p=p, margin=mg, weight=w(m),
+                                                                                   reduction=r),
+        [(randn(5, 4), numpy.array([0, 3, 1, 1, 2]), p, 1.0, _const(None), r) for p in (1, 2) for r in REDUCTIONS] +
+        [(KINK, numpy.array([0, 2, 1]), p, 1.0, _const(None), "none") for p in (1, 2)] +  # z == 0 exactly
+        [(randn(5, 4), CLASS_T, 1, 0.5, _const(numpy.abs(randn(4))), "mean"),
+         (randn(5, 4), CLASS_T, 2, 2.0, _const(numpy.abs(randn(4))), "none"),
+         (randn(5, 4, dtype=f32), CLASS_T, 1, 1.0, _const(numpy.abs(randn(4, dtype=f32))), "sum"),
+         (randn(4), numpy.array(2), 1, 1.0, _const(None), "none"), (randn(4), numpy.array([2]), 2, 1.0, _const(None), "none"),
+         (numpy.array(0.3), numpy.array(0), 1, 1.0, _const(None), "none"), (randn(1, 4), numpy.array(3), 1, 1.0, _const(None), "none"),
+         (randn(0, 4), numpy.zeros(0, i64), 1, 1.0, _const(None), "sum"), (randn(3, 4) * 1e4, numpy.array([0, 1, 2]), 2, 1.0,
+                                                                             _const(None), "sum"),
+         (randn(3, 4), numpy.array([0, 4, 1]), 1, 1.0, _const(None), "mean"),
+         (randn(3, 4), numpy.array([0, -1, 1]), 1, 1.0, _const(None), "mean"),
+         (randn(3, 4), numpy.array([0, 1]), 1, 1.0, _const(None), "mean"),
+         (randn(3, 4), numpy.array([[0], [1], [2]]), 1, 1.0, _const(None), "mean"),
+         (randn(3, 4), numpy.array([0.0, 1, 2]), 1, 1.0, _const(None), "mean"),
+         (randn(3, 4), numpy.array([0, 1, 2]), 3, 1.0, _const(None), "mean"),
+         (randn(3, 4), numpy.array([0, 1, 2]), 1, 1.0, _const(numpy.ones((1, 4))), "mean"),
+         (randn(3, 4), numpy.array([0, 1, 2]), 1, 1.0, _const(numpy.ones(3)), "mean"),
+         (randn(3, 4, dtype=f32), numpy.array([0, 1, 2]), 1, 1.0, _const(numpy.ones(4)), "mean"),
+         (randn(2, 3, 4), numpy.zeros((2, 3), i64), 1, 1.0, _const(None), "mean"),
+         (randn(3, 0), numpy.zeros(3, i64), 1, 1.0, _const(None), "mean"),
+         (randn(3, 4), numpy.array([0, 1, 2]), 1, 1.0, _const(None), "x")]),
+    Row("F.multi_margin_loss weight grad", lambda m, x, y, w: m.F.multi_margin_loss(x, y, weight=w),
+        [(randn(3, 4), numpy.array([0, 1, 2]), numpy.ones(4))]),
+    Row("F.cosine_embedding_loss", lambda m, a, b, t, mg, r: m.F.cosine_embedding_loss(a, b, t, margin=mg, reduction=r),
+        [(randn(5, 3), randn(5, 3), PM1, 0.0, r) for r in REDUCTIONS] +
+        [(randn(6, 3), randn(6, 3), HINGE_T, 0.2, "none"), (randn(5, 3, dtype=f32), randn(5, 3, dtype=f32),
+                                                            PM1.astype(f32), -0.5, "mean"),
+         (numpy.zeros((2, 3)), numpy.array([[1.0, 2, 3], [0.5, 0.1, 0.2]]), numpy.array([1.0, -1.0]), -0.5, "sum"),
+         (numpy.zeros((2, 3)), numpy.zeros((2, 3)), numpy.array([1.0, -1.0]), -0.5, "none"),
+         (numpy.array([[1.0, 2.0], [3.0, -1.0]]), numpy.array([[2.0, 4.0], [-3.0, 1.0]]), numpy.array([1.0, -1.0]), 0.0, "none"),
+         (randn(3) * 1e150, randn(3) * 1e-150, numpy.array(-1.0), 0.0, "mean"), (randn(3), randn(3), numpy.array(1.0), 0.0, "none"),
+         (randn(5, 3), randn(1, 3), numpy.array([1, -1, 1, 1, -1]), 0.1, "mean"),
+         (randn(5, 3), randn(5, 3), numpy.ones((5, 1)), 0.0, "mean"), (randn(3), randn(3), numpy.ones(3), 0.0, "mean"),
+         (randn(5, 3), randn(5, 3), numpy.array(1.0), 0.0, "mean"), (randn(5, 3), randn(5, 3), PM1[:2], 0.0, "mean"),
+         (randn(5, 3), randn(5, 3), PM1, 0.0, "x")]),
+    Row("F.pairwise_distance", lambda m, a, b, p, e, k: m.F.pairwise_distance(a, b, p=p, eps=e, keepdim=k),
+        [(randn(4, 3), randn(4, 3), p, 1e-6, False) for p in (2.0, 1.0, 3.0, 0.5, inf, 0.0, -1.0)] +
+        [(numpy.zeros((2, 3)), numpy.full((2, 3), 1e-6), p, 1e-6, False) for p in (2.0, 1.0, 3.0, inf)] +  # distance 0
+         [(randn(4, 3, dtype=f32), randn(4, 3, dtype=f32), 2.0, 1e-6, True), (randn(3), randn(2, 3), 2.0, 0.0, False),
+         (numpy.array(1.5), numpy.array(-0.5), 2.0, 1e-6, False), (numpy.array(1.5), numpy.array(-0.5), 1.0, 1e-6, True),
+         (randint(2, 3), randint(2, 3), 2.0, 1e-6, False), (randn(2, 3, 4), randn(2, 3, 4), 2.0, 1e-6, False),
+         (randn(4, 3), randn(2, 3), 2.0, 1e-6, False), (randn(2, 3) * 1e200, randn(2, 3), 2.0, 1e-6, False)]),
+    Row("F.triplet_margin_loss", lambda m, a, p_, n, mg, p, e, sw, r: m.F.triplet_margin_loss(
+        a, p_, n, margin=mg, p=p, eps=e, swap=sw, reduction=r),
+        [(randn(5, 3), randn(5, 3), randn(5, 3), 1.0, 2, 1e-6, sw, r) for sw in (False, True) for r in REDUCTIONS] +
+        [(randn(5, 3), randn(5, 3), randn(5, 3), 0.5, p, 1e-6, True, "mean") for p in (1, 3, inf)] +
+        [(ANCHOR, ANCHOR, randn(3, 2), 1.0, 2, 1e-6, True, "none"),  # swap's tie: d(a, n) == d(p, n), gradient halved
+         (ANCHOR, ANCHOR + 1.0, ANCHOR + 1.0, 1.0, 2, 0.0, False, "none"),   # margin + d_pos - d_neg == 0: clamp's kink
+         (randn(5, 3, dtype=f32), randn(5, 3, dtype=f32), randn(5, 3, dtype=f32), 1.0, 2, 1e-6, False, "mean"),
+         (randn(3), randn(3), randn(3), 0.2, 2, 1e-6, False, "none"), (randn(2, 4, 3), randn(2, 4, 3), randn(2, 4, 3), 1.0, 2,
+                                                                       1e-6, True, "none"),
+         (randn(5, 3), randn(1, 3), randn(5, 3), 1.0, 2, 1e-6, False, "none"),
+         (numpy.array(1.0), numpy.array(2.0), numpy.array(4.0), 1.0, 2, 1e-6, False, "none"),
+         (randn(5, 3), randn(5, 3), randn(3), 1.0, 2, 1e-6, False, "mean"),
+         (randn(5, 3), randn(5, 3), randn(5, 3), 0.0, 2, 1e-6, False, "mean"),
+         (randn(5, 3), randn(5, 3), randn(5, 3), 1.0, 2, 1e-6, False, "x")]),
+    Row("F.poisson_nll_loss", lambda m, x, t, li, fu, e, r: m.F.poisson_nll_loss(x, t, log_input=li, full=fu, eps=e,
+                                                                                  reduction=r),
+        [(randn(6), POIS_T, li, fu, 1e-8, r) for li in (True, False) for fu in (False, True) for r in REDUCTIONS
+         if li or r == "mean"] +
+        [(numpy.abs(randn(6)), POIS_T, False, fu, 1e-8, "none") for fu in (False, True)] +
+        [(numpy.array([0.0, 1.0, 2.0, 0.5, 0.0, 3.0]), POIS_T, False, True, 0.1, "sum"),
+         (randn(6, dtype=f32), POIS_T.astype(f32), True, True, 1e-8, "mean"), (randn(3, 6), POIS_T, True, False, 1e-8, "sum"),
+         (randn(6), numpy.array([0, 1, 2, 3, 4, 5]), True, True, 1e-8, "none"),
+         (numpy.array([700.0, -700.0, 20.0]), numpy.array([3.0, 0.0, 1e4]), True, True, 1e-8, "none"),
+         (randn(6), POIS_T, True, False, 1e-8, "avg")]),
+    Row("F.gaussian_nll_loss", lambda m, x, t, v, fu, e, r: m.F.gaussian_nll_loss(x, t, v, full=fu, eps=e, reduction=r),
+        [(randn(3, 4), randn(3, 4), VAR34, fu, 1e-6, r) for fu in (False, True) for r in REDUCTIONS] +
+        [(randn(3, 4), randn(3, 4), v, False, 1e-6, "mean") for v in (numpy.abs(randn(3)) + 0.1, numpy.abs(randn(3, 1)) + 0.1,
+                                                                         numpy.abs(randn(1, 4)) + 0.1, numpy.ones((1, 1)),
+                                                                         numpy.ones(4), numpy.array(1.0), 0.5, -0.5, 1)] +
+        [(randn(3, 4), randn(3, 4), numpy.array([[0.0, 1e-9, 1e-6, 2.0]] * 3), False, 1e-6, "none"),  # clamped var
+         (randn(3, 4), randn(3, 4), VAR34 - 1.0, False, 1e-6, "mean"),
+         (randn(3, 4, dtype=f32), randn(3, 4, dtype=f32), VAR34.astype(f32), True, 1e-3, "sum"),
+         (randn(3, 4), randn(4), VAR34, False, 1e-6, "mean"), (randn(2, 3, 4), randn(2, 3, 4), VAR34[None, :2], False, 1e-6,
+                                                               "none"),
+         (randn(2, 3, 4), randn(2, 3, 4), VAR34[None], False, 1e-6, "none"),
+         (randn(3, 4), randn(3, 4), VAR34, False, 1e-6, "x")]),
+]
+
 @pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
 def test_parity(row):
     """Every input set of the row; the failure lists each failing set (index into row.inputs) and why."""

@@ -14,6 +14,9 @@ from gradflow.nn import parallel  # noqa: E402  (DistributedDataParallel: needs 
 from gradflow.nn.layers import (CELU, Hardsigmoid, Hardswish, Hardtanh, LogSigmoid, Mish, ReLU6, SiLU, Softmin,
                                 Softsign, Unflatten)
 from gradflow.nn.module import ModuleDict, ParameterDict, ParameterList
+from gradflow.nn.losses import (CosineEmbeddingLoss, GaussianNLLLoss, HingeEmbeddingLoss, MarginRankingLoss,
+                                MultiLabelMarginLoss, MultiLabelSoftMarginLoss, MultiMarginLoss, PoissonNLLLoss,
+                                SoftMarginLoss, TripletMarginLoss)
 
 __all__ = ["AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d",
            "Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "Dropout2d", "Embedding", "GroupNorm",
@@ -23,4 +26,7 @@ __all__ = ["AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "
            "NLLLoss", "NoisyReLU", "PReLU", "Parameter", "ReLU", "SELU", "Sequential", "Sigmoid", "SmoothL1Loss",
            "Softmax", "Softplus", "Tanh", "clip_grad_norm_", "clip_grad_value_", "functional", "init", "l1_penalty",
            "l2_penalty", "parallel", "utils", "CELU", "Hardsigmoid", "Hardswish", "Hardtanh", "LogSigmoid", "Mish",
-           "ReLU6", "SiLU", "Softmin", "Softsign", "ModuleDict", "ParameterDict", "ParameterList"]
+           "ReLU6", "SiLU", "Softmin", "Softsign", "ModuleDict", "ParameterDict", "ParameterList",
+           "CosineEmbeddingLoss", "GaussianNLLLoss", "HingeEmbeddingLoss", "MarginRankingLoss",
+           "MultiLabelMarginLoss", "MultiLabelSoftMarginLoss", "MultiMarginLoss", "PoissonNLLLoss",
+           "SoftMarginLoss", "TripletMarginLoss"]

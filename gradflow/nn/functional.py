@@ -16,6 +16,11 @@ from gradflow.tensor import DTypeError, OpError, Tensor
 from gradflow.activation import (celu, hardsigmoid, hardswish, hardtanh, logsigmoid, mish, relu6, silu, softmin,
                                  softsign)
 from gradflow.nn.losses import kl_div
+# margin, embedding and likelihood losses
+from gradflow.nn.losses import (cosine_embedding_loss, gaussian_nll_loss, hinge_embedding_loss,
+                                margin_ranking_loss, multi_margin_loss, multilabel_margin_loss,
+                                multilabel_soft_margin_loss, pairwise_distance, poisson_nll_loss, soft_margin_loss,
+                                triplet_margin_loss)
 
 
 def linear(input, weight, bias=None):
@@ -121,7 +126,10 @@ def cosine_similarity(x1, x2, dim=1, eps=1e-8):
     return ops.sum((x1 / n1) * (x2 / n2), dim)
 
 
-__all__ = ["pad", "normalize", "cosine_similarity", "kl_div", "silu", "relu6", "hardtanh", "hardsigmoid",
+__all__ = ["cosine_embedding_loss", "gaussian_nll_loss", "hinge_embedding_loss", "margin_ranking_loss",
+           "multi_margin_loss", "multilabel_margin_loss", "multilabel_soft_margin_loss", "pairwise_distance",
+           "poisson_nll_loss", "soft_margin_loss", "triplet_margin_loss",
+           "pad", "normalize", "cosine_similarity", "kl_div", "silu", "relu6", "hardtanh", "hardsigmoid",
            "hardswish", "mish", "softsign", "logsigmoid", "celu", "softmin",
            "batch_norm", "dropout2d", "embedding", "group_norm", "layer_norm",
            "adaptive_avg_pool1d", "adaptive_avg_pool2d", "avg_pool1d", "avg_pool2d", "conv1d", "conv2d",

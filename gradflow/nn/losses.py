@@ -5,9 +5,13 @@ cross-entropy on probabilities and on logits), so their gradients stay finite wh
 composition of ``log`` and ``exp`` would produce ``0 * inf``. Their backward passes are
 written with differentiable ops, so second derivatives work too.
 """
+import math
+import warnings
+
 import numpy
 
 from gradflow import activation, backend, ops
+from gradflow.ops import _unbroadcast
 from gradflow.nn.module import Module
 from gradflow.tensor import DTypeError, Function, OpError, Tensor, as_tensor
 
@@ -545,3 +549,385 @@ class BCEWithLogitsLoss(_Loss):
 
     def forward(self, input, target):
         return binary_cross_entropy_with_logits(input, target, self.weight, self.reduction, self.pos_weight)
+
+
+# ==== margin, embedding and likelihood losses: torch's signatures, size_average/reduce included ====
+def _legacy_reduction(size_average, reduce, reduction):
+    """torch's deprecated ``size_average``/``reduce`` pair as a reduction (with torch's warning)."""
+    if size_average is None and reduce is None:
+        return reduction
+    reduce = True if reduce is None else reduce
+    size_average = True if size_average is None else size_average
+    new = "none" if not reduce else "mean" if size_average else "sum"
+    warnings.warn(f"size_average and reduce args will be deprecated, please use reduction='{new}' instead.",
+                  stacklevel=3)
+    return new
+
+
+def _tensor_arg(v, like):
+    """``v`` as a Tensor on ``like``'s device with its own dtype (the ops promote as torch's)."""
+    if not isinstance(v, Tensor):
+        v = as_tensor(v, like=like) if isinstance(v, (int, float)) else Tensor(v)
+    if v.device != like.device:
+        raise RuntimeError(f"expected all tensors on one device, got '{v.device}' and '{like.device}'")
+    return v
+
+
+def _not_differentiable(name, arg, t):
+    if t.requires_grad:  # torch's native kernel has no gradient for it and refuses
+        raise RuntimeError(f"The function '{name}' is not differentiable with respect to argument '{arg}'. "
+                           f"This input cannot have requires_grad True.")
+
+
+def _long_targets(name, target):
+    if target.dtype != numpy.int64:
+        raise DTypeError(f"{name}: expected scalar type Long but found {target.dtype} (class indices are int64)")
+
+
+def _frames(name, input):
+    """(N, C) of a margin loss's input (C,), () or (N, C); torch refuses other shapes and C = 0."""
+    if not (input.ndim == 2 and input.shape[1] or input.ndim == 1 and input.shape[0] or input.ndim == 0):
+        raise OpError(f"{name}: Expected non-empty vector or matrix with optional 0-dim batch size, but got: "
+                      f"{list(input.shape)}")
+    return (input.shape[0] if input.ndim == 2 else 1), (input.shape[-1] if input.ndim else 1)
+
+
+def margin_ranking_loss(input1, input2, target, margin=0.0, size_average=None, reduce=None, reduction="mean"):
+    """max(0, -target * (input1 - input2) + margin): target 1 wants input1 ranked higher, -1 input2."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction)
+    target = _tensor_arg(target, input1)
+    if not input1.ndim == input2.ndim == target.ndim:
+        raise OpError(f"margin_ranking_loss : All input tensors should have same dimension but got sizes: "
+                      f"input1: {input1.shape}, input2: {input2.shape}, target: {target.shape}")
+    return _reduce(ops.clamp(-target * (input1 - input2) + margin, min=0), reduction)
+
+
+def hinge_embedding_loss(input, target, margin=1.0, size_average=None, reduce=None, reduction="mean"):
+    """x where target == 1, max(0, margin - x) where target == -1 (their sum for other targets, as torch's)."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction)
+    target = _tensor_arg(target, input)
+    margin_term = ops.where(target != 1, ops.clamp(margin - input, min=0), 0.0)
+    return _reduce(margin_term + ops.where(target != -1, input, 0.0), reduction)
+
+
+class SoftMargin(Function):
+    """log(1 + exp(-t x)) as torch's kernel computes it (log1p of exp, so inf where exp overflows),
+    and its gradient -t z / (1 + z) with z = exp(-t x) (NaN where z is inf, as torch's)."""
+
+    def forward(self, x, t):
+        xp = backend.xp_of(x)
+        self.save_for_backward(x, t)
+        with numpy.errstate(over="ignore"):
+            return xp.log1p(xp.exp(-x * t))
+
+    def backward(self, gy):
+        x, t = self.saved_tensors
+        z = ops.exp(-t * x)
+        return _unbroadcast(-t * z / (z + 1.0) * gy, x.shape), None
+
+
+def soft_margin_loss(input, target, size_average=None, reduce=None, reduction="mean"):
+    """log(1 + exp(-target * input)): the logistic loss of a ±1 target (torch has no gradient for target)."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction)
+    target = _tensor_arg(target, input)
+    _not_differentiable("soft_margin_loss", "target", target)
+    return _reduce(SoftMargin()(*ops._pair(input, target)), reduction)
+
+
+def multilabel_soft_margin_loss(input, target, weight=None, size_average=None, reduce=None, reduction="mean"):
+    """-(t logsigmoid(x) + (1 - t) logsigmoid(-x)) (times ``weight``), averaged over the last (class) axis."""
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction(size_average, reduce, reduction)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{reduction} is not valid")
+    if input.ndim == 0:
+        raise IndexError("multilabel_soft_margin_loss: input is 0-d; expected scores (C,) or (N, C)")
+    target = _tensor_arg(target, input)
+    loss = -(target * activation.logsigmoid(input) + (1 - target) * activation.logsigmoid(-input))
+    if weight is not None:
+        loss = loss * _tensor_arg(weight, input)
+    loss = ops.sum(loss, input.ndim - 1) / input.shape[-1]
+    return _reduce(loss, reduction)
+
+
+def multilabel_margin_loss(input, target, size_average=None, reduce=None, reduction="mean"):
+    """sum over target classes j and non-target classes i of max(0, 1 - (x[j] - x[i])), divided by C.
+
+    ``target`` (int64, the input's shape) lists each sample's classes, ended by the first -1. The
+    gradient is 0 at the hinge's kink (1 - (x[j] - x[i]) == 0), as torch's kernel."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction)
+    target = _tensor_arg(target, input)
+    n, c = _frames("multilabel_margin_loss", input)
+    if (target.ndim > 1 or target.data.size != c) if input.ndim <= 1 else target.shape != input.shape:
+        raise OpError(f"inconsistent target size: {list(target.shape)} for input of size: {list(input.shape)}")
+    _long_targets("multilabel_margin_loss", target)
+    xp = backend.xp_of(input.data)
+    t = target.data.reshape(n, c)
+    if t.size and bool(((t < -1) | (t >= c)).any()):
+        raise OpError("multilabel_margin_loss: argument #2 'target' is out of range")
+    listed = (xp.cumsum(t < 0, axis=1) == 0)[:, :, None] & (t[:, :, None] == xp.arange(c))
+    count = listed.sum(axis=1).astype(input.dtype)               # (n, c): how often class k is listed
+    pairs = count[:, :, None] * (count == 0)[:, None, :]         # (n, target k, other i)
+    x = ops.reshape(input, (n, c))
+    z = (1.0 - ops.unsqueeze(x, 2)) + ops.unsqueeze(x, 1)         # z[n, k, i] = 1 - x[k] + x[i]
+    hinge = ops.where(Tensor._wrap((z.data > 0) & (pairs > 0)), z, 0.0)
+    loss = ops.sum(hinge * Tensor._wrap(pairs), axis=(1, 2)) / c
+    return _reduce(loss if input.ndim == 2 else ops.reshape(loss, ()), reduction)
+
+
+def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, size_average=None, reduce=None,
+                      reduction="mean"):
+    """sum over i != y of w[y] max(0, margin - x[y] + x[i])^p, divided by C (p = 1 or 2).
+
+    The gradient is 0 at the hinge's kink (margin - x[y] + x[i] == 0), as torch's kernel; torch
+    has no gradient for ``weight``."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction)
+    if p != 1 and p != 2:
+        raise ValueError("only p == 1 and p == 2 supported")
+    if weight is not None:
+        weight = _tensor_arg(weight, input)
+        if weight.ndim != 1:
+            raise ValueError("weight must be one-dimensional")
+    target = _tensor_arg(target, input)
+    n, c = _frames("multi_margin_loss", input)
+    if target.ndim > 1 or target.data.size != n:
+        raise OpError(f"multi_margin_loss: target tensor should be 1-D with size equal to the number of input "
+                      f"samples (batch size). Expected target size [{n}], but got {list(target.shape)}. "
+                      f"Input has shape {list(input.shape)}.")
+    _long_targets("multi_margin_loss", target)
+    y = target.data.reshape(n)
+    if y.size and bool(((y < 0) | (y >= c)).any()):
+        raise OpError("multi_margin_loss: target out of range")
+    xp = backend.xp_of(input.data)
+    x = ops.reshape(input, (n, c))
+    rows = xp.arange(n)
+    z = (margin - ops.unsqueeze(ops.getitem(x, (rows, y)), 1)) + x   # margin - x[y] + x[i]
+    hinge = ops.where(Tensor._wrap((z.data > 0) & (xp.arange(c) != y[:, None])), z, 0.0)
+    if p == 2:
+        hinge = hinge * hinge
+    if weight is not None:
+        if weight.data.size != c:
+            raise OpError(f"inconsistent weight size, expected {c} but got {list(weight.shape)}")
+        if weight.dtype != input.dtype:
+            raise DTypeError(f"multi_margin_loss: expected weight of dtype {input.dtype}, got {weight.dtype}")
+        _not_differentiable("multi_margin_loss", "weight", weight)
+        hinge = hinge * Tensor._wrap(weight.data[y][:, None])
+    loss = ops.sum(hinge, axis=1) / c
+    return _reduce(loss if target.ndim == 1 else ops.reshape(loss, ()), reduction)
+
+
+_COSINE_EPS = float(numpy.float32(1e-12))  # torch adds the float 1e-12 to each squared norm
+
+
+def cosine_embedding_loss(input1, input2, target, margin=0.0, size_average=None, reduce=None, reduction="mean"):
+    """1 - cos(x1, x2) where target == 1, max(0, cos(x1, x2) - margin) where target == -1, else 0.
+
+    cos = sum(x1 x2) / sqrt((|x1|^2 + 1e-12)(|x2|^2 + 1e-12)) along the last axis, as torch's."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction)
+    target = _tensor_arg(target, input1)
+    if target.ndim > 1:
+        raise OpError("0D or 1D target tensor expected, multi-target not supported")
+    if input1.ndim != target.ndim + 1 or input2.ndim != target.ndim + 1:
+        raise OpError(f"{target.ndim}D target tensor expects {target.ndim + 1}D input tensors, but found inputs "
+                      f"with sizes {list(input1.shape)} and {list(input2.shape)}.")
+    d = target.ndim
+    dot = ops.sum(input1 * input2, d)
+    denom = ops.sqrt((ops.sum(input1 * input1, d) + _COSINE_EPS) * (ops.sum(input2 * input2, d) + _COSINE_EPS))
+    cos = dot / denom
+    loss = ops.where(target == 1, 1 - cos, 0.0) + ops.where(target == -1, ops.clamp(cos - margin, min=0), 0.0)
+    return _reduce(loss, reduction)
+
+
+def pairwise_distance(x1, x2, p=2.0, eps=1e-6, keepdim=False):
+    """||x1 - x2 + eps||_p along the last axis (inputs broadcast), as torch's."""
+    diff = x1 - x2 + eps
+    if diff.ndim == 0:  # torch's norm over dim -1 of a 0-d tensor: |diff| as a 0-d tensor
+        return ops.reshape(ops.norm(ops.reshape(diff, (1,)), p, 0), ())
+    return ops.norm(diff, p, max(x1.ndim, x2.ndim) - 1, keepdim)
+
+
+def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2, eps=1e-6, swap=False, size_average=None,
+                        reduce=None, reduction="mean"):
+    """max(0, margin + d(a, p) - d(a, n)) with d the pairwise_distance; ``swap`` takes min(d(a, n), d(p, n))."""
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_reduction(reduction)
+    if margin <= 0:
+        raise ValueError(f"margin must be greater than 0, got {margin}")
+    if not anchor.ndim == positive.ndim == negative.ndim:
+        raise OpError(f"The anchor, positive, and negative tensors are expected to have the same number of "
+                      f"dimensions, but got: anchor {anchor.ndim}D, positive {positive.ndim}D, and negative "
+                      f"{negative.ndim}D inputs")
+    d_pos = pairwise_distance(anchor, positive, p, eps)
+    d_neg = pairwise_distance(anchor, negative, p, eps)
+    if swap:
+        d_neg = ops.minimum(d_neg, pairwise_distance(positive, negative, p, eps))
+    return _reduce(ops.clamp(margin + d_pos - d_neg, min=0), reduction)
+
+
+def poisson_nll_loss(input, target, log_input=True, full=False, size_average=None, eps=1e-8, reduce=None,
+                     reduction="mean"):
+    """exp(x) - t x (``log_input``) or x - t log(x + eps); ``full`` adds Stirling's t log t - t + 0.5 log(2 pi t)
+    where t > 1."""
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction(size_average, reduce, reduction)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+    target = _tensor_arg(target, input)
+    loss = ops.exp(input) - target * input if log_input else input - target * ops.log(input + eps)
+    if full:
+        with numpy.errstate(divide="ignore", invalid="ignore"):
+            stirling = target * ops.log(target) - target + 0.5 * ops.log(2 * math.pi * target)
+            loss = loss + ops.masked_fill(stirling, target.data <= 1, 0)
+    return _reduce(loss, reduction)
+
+
+class _ClampNoGrad(Function):
+    """max(x, eps) whose gradient is that of x itself: torch clamps gaussian_nll_loss's var under no_grad."""
+
+    def __init__(self, eps):
+        self.eps = eps
+
+    def forward(self, x):
+        return backend.xp_of(x).maximum(x, x.dtype.type(self.eps))
+
+    def backward(self, gy):
+        return gy
+
+
+def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"):
+    """0.5 (log(max(var, eps)) + (input - target)^2 / max(var, eps)) (+ 0.5 log(2 pi) if ``full``).
+
+    ``var`` has the input's shape, or one dimension of size 1 where the input's is not, or the input's
+    shape without its last dimension (one variance per row), or is a float; it must be >= 0."""
+    if isinstance(var, float):
+        if var < 0:
+            raise ValueError("var has negative entry/entries")
+        var = Tensor._wrap(backend.xp_of(input.data).full(input.shape, var, dtype=input.dtype))
+    elif not isinstance(var, Tensor) and isinstance(var, (int, bool)):
+        raise TypeError(f"gaussian_nll_loss: var must be a Tensor or a float, got {type(var).__name__}")
+    else:
+        var = _tensor_arg(var, input)
+        if var.data.size and bool((var.data < 0).any()):
+            raise ValueError("var has negative entry/entries")
+    if var.shape != input.shape:
+        if input.shape[:-1] == var.shape:
+            var = ops.unsqueeze(var, -1)
+        elif not (input.ndim == var.ndim and
+                  sum(v for i, v in zip(input.shape, var.shape) if i != v) == 1):
+            raise ValueError("var is of incorrect size")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{reduction} is not valid")
+    var = _ClampNoGrad(eps)(var)
+    diff = input - _tensor_arg(target, input)
+    loss = (ops.log(var) + diff * diff / var) * 0.5
+    if full:
+        loss = loss + 0.5 * math.log(2 * math.pi)
+    return _reduce(loss, reduction)
+
+
+class _LegacyLoss(_Loss):
+    """A loss module taking torch's deprecated ``size_average``/``reduce`` too."""
+
+    def __init__(self, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(_legacy_reduction(size_average, reduce, reduction))
+
+
+class MarginRankingLoss(_LegacyLoss):
+    def __init__(self, margin=0.0, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(size_average, reduce, reduction)
+        self.margin = margin
+
+    def forward(self, input1, input2, target):
+        return margin_ranking_loss(input1, input2, target, self.margin, reduction=self.reduction)
+
+
+class HingeEmbeddingLoss(_LegacyLoss):
+    def __init__(self, margin=1.0, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(size_average, reduce, reduction)
+        self.margin = margin
+
+    def forward(self, input, target):
+        return hinge_embedding_loss(input, target, self.margin, reduction=self.reduction)
+
+
+class SoftMarginLoss(_LegacyLoss):
+    def forward(self, input, target):
+        return soft_margin_loss(input, target, reduction=self.reduction)
+
+
+class MultiLabelSoftMarginLoss(_LegacyLoss):
+    """``weight`` (C,) is a buffer, as torch's."""
+
+    def __init__(self, weight=None, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(size_average, reduce, reduction)
+        self.register_buffer("weight", None if weight is None else as_tensor(weight))
+
+    def forward(self, input, target):
+        return multilabel_soft_margin_loss(input, target, self.weight, reduction=self.reduction)
+
+
+class MultiLabelMarginLoss(_LegacyLoss):
+    def forward(self, input, target):
+        return multilabel_margin_loss(input, target, reduction=self.reduction)
+
+
+class MultiMarginLoss(_LegacyLoss):
+    """``weight`` (C,) is a buffer, as torch's."""
+
+    def __init__(self, p=1, margin=1.0, weight=None, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(size_average, reduce, reduction)
+        if p != 1 and p != 2:
+            raise ValueError("only p == 1 and p == 2 supported")
+        weight = None if weight is None else as_tensor(weight)
+        if weight is not None and weight.ndim != 1:
+            raise ValueError(f"MultiMarginLoss: expected weight to be None or 1D tensor, got {weight.ndim}D instead")
+        self.p, self.margin = p, margin
+        self.register_buffer("weight", weight)
+
+    def forward(self, input, target):
+        return multi_margin_loss(input, target, self.p, self.margin, self.weight, reduction=self.reduction)
+
+
+class CosineEmbeddingLoss(_LegacyLoss):
+    def __init__(self, margin=0.0, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(size_average, reduce, reduction)
+        self.margin = margin
+
+    def forward(self, input1, input2, target):
+        return cosine_embedding_loss(input1, input2, target, self.margin, reduction=self.reduction)
+
+
+class TripletMarginLoss(_LegacyLoss):
+    def __init__(self, margin=1.0, p=2.0, eps=1e-6, swap=False, size_average=None, reduce=None, reduction="mean"):
+        super().__init__(size_average, reduce, reduction)
+        if margin <= 0:
+            raise ValueError(f"TripletMarginLoss: expected margin to be greater than 0, got {margin} instead")
+        self.margin, self.p, self.eps, self.swap = margin, p, eps, swap
+
+    def forward(self, anchor, positive, negative):
+        return triplet_margin_loss(anchor, positive, negative, self.margin, self.p, self.eps, self.swap,
+                                   reduction=self.reduction)
+
+
+class PoissonNLLLoss(_LegacyLoss):
+    def __init__(self, log_input=True, full=False, size_average=None, eps=1e-8, reduce=None, reduction="mean"):
+        super().__init__(size_average, reduce, reduction)
+        self.log_input, self.full, self.eps = log_input, full, eps
+
+    def forward(self, log_input, target):
+        return poisson_nll_loss(log_input, target, self.log_input, self.full, eps=self.eps, reduction=self.reduction)
+
+
+class GaussianNLLLoss(_Loss):
+    def __init__(self, *, full=False, eps=1e-6, reduction="mean"):
+        super().__init__(reduction)
+        self.full, self.eps = full, eps
+
+    def forward(self, input, target, var):
+        return gaussian_nll_loss(input, target, var, self.full, self.eps, self.reduction)
