@@ -45,11 +45,13 @@ class MaskScale(Function):
         self.save_for_backward(mask)
         return mask_scale(mask, g, self.a, self.b)
 
-    def replay_source(self, mask, g, arrays, saved=()):
-        """What ``gradflow.compile``'s generated CPU replay runs: the NumPy twin, without the op around it."""
+    def replay_source(self, mask, g, arrays, saved=(), dying=()):
+        """What ``gradflow.compile``'s generated CPU replay runs: the NumPy twin, without the op around it,
+        into g's own buffer where g dies here (relu and dropout)."""
         if saved or type(arrays[1]) is not numpy.ndarray or not all(type(v) in (int, float) for v in (self.a, self.b)):
             return None
-        return f"mask_scale_np({mask}, {g}, {self.a!r}, {self.b!r})", {"mask_scale_np": mask_scale.numpy}
+        out = f", {g}" if 1 in dying and self.b == 0 else ""
+        return f"mask_scale_np({mask}, {g}, {self.a!r}, {self.b!r}{out})", {"mask_scale_np": mask_scale.numpy}
 
     def backward(self, ggx):
         mask, = self.saved_tensors
@@ -59,19 +61,22 @@ class MaskScale(Function):
 _SAME_WIDTH_INT = {2: numpy.int16, 4: numpy.int32, 8: numpy.int64}
 
 
-def _mask_scale_np(mask, g, a, b):
+def _mask_scale_np(mask, g, a, b, out=None):
+    """The NumPy twin; ``out`` (relu and dropout, b == 0: g itself in a replay where g dies here) is where
+    the result goes."""
     if b == 0 and a == 1:  # relu: where(mask, g, 0) exactly (a NaN gradient at a dead unit gives 0,
         # as PyTorch's threshold_backward), as g's bits times the mask in integers: bits * 1 or
         # bits * 0, a +0. One pass, ~15x faster than where on a random mask, faster than the
         # hand-written loop's `g *= a > 0` (which would keep NaN); integer work, so no
         # floating-point state to quiet
-        bits = numpy.multiply(g.view(_SAME_WIDTH_INT[g.dtype.itemsize]), mask)
+        it = _SAME_WIDTH_INT[g.dtype.itemsize]
+        bits = numpy.multiply(g.view(it), mask, out=None if out is None else out.view(it))
         if bits.ndim == 0:  # 0-d operands give a NumPy scalar
             bits = numpy.asarray(bits)
         return bits.view(g.dtype)
     with numpy.errstate(all="ignore"):  # as _quiet (one errstate object cannot be entered twice)
         if b == 0:  # dropout: g * mask * scale, as PyTorch (a NaN gradient stays NaN where dropped)
-            out = numpy.multiply(g, a)
+            out = numpy.multiply(g, a, out=out)
             out *= mask
             return out
         return numpy.where(mask, g * a, g * b)
@@ -151,7 +156,7 @@ class TanhGrad(Function):
 _ZEROS = {}  # dtype -> one flat read-only array of zeros (_relu_out_np)
 
 
-def _relu_out_np(x):
+def _relu_out_np(x, out=None):
     """relu(x) alone (no mask): what a forward with no backward to follow computes.
 
     NumPy's maximum against a scalar runs a loop that is not vectorized: ~3x slower than against an
@@ -159,22 +164,23 @@ def _relu_out_np(x):
     from 1024 elements on (below, the scalar is as fast) a C-contiguous x is compared with a view of
     one flat read-only buffer of zeros per dtype, which only grows; a large numpy.zeros maps the
     kernel's zero page, which costs address space rather than memory. Comparisons and maximum
-    raise no floating-point warnings, NaN included: no errstate."""
+    raise no floating-point warnings, NaN included: no errstate. ``out``: where y goes (x itself
+    in a replay where x dies here)."""
     n = x.size
     if n < 1024 or not x.flags.c_contiguous:
-        return numpy.maximum(x, x.dtype.type(0))
+        return numpy.maximum(x, x.dtype.type(0), out=out)
     zeros = _ZEROS.get(x.dtype)
     if zeros is None or zeros.size < n:
         zeros = numpy.zeros(max(n, 0 if zeros is None else 2 * zeros.size), x.dtype)
         zeros.flags.writeable = False
         _ZEROS[x.dtype] = zeros
-    return numpy.maximum(x, zeros[:n].reshape(x.shape))
+    return numpy.maximum(x, zeros[:n].reshape(x.shape), out=out)
 
 
-def _relu_np(x):
+def _relu_np(x, out=None):
     # y != 0 is the kernel's mask !(x <= 0) in one pass: y = x where x > 0, NaN where x is NaN
     # (kept, as in the kernel), +-0 elsewhere
-    y = _relu_out_np(x)
+    y = _relu_out_np(x, out)
     return y, numpy.not_equal(y, 0)
 
 
@@ -199,13 +205,15 @@ class ReLU(Function):
         self.save_for_backward(mask)
         return y
 
-    def replay_source(self, x, arrays, saved=()):
-        """What ``gradflow.compile``'s generated CPU replay runs: the NumPy twin (and the mask if read later)."""
+    def replay_source(self, x, arrays, saved=(), dying=()):
+        """What ``gradflow.compile``'s generated CPU replay runs: the NumPy twin (and the mask if read later),
+        into x's own buffer where x dies here (a layer's pre-activation)."""
         if type(arrays[0]) is not numpy.ndarray or saved not in ((), (0,)):
             return None
+        out = f", {x}" if 0 in dying else ""
         if not saved:  # no backward reads the mask (inference): the output alone, as the twin computes it
-            return f"relu_out_np({x})", {"relu_out_np": _relu_out_np}
-        return f"relu_np({x})", {"relu_np": relu_fwd.numpy}
+            return f"relu_out_np({x}{out})", {"relu_out_np": _relu_out_np}
+        return f"relu_np({x}{out})", {"relu_np": relu_fwd.numpy}
 
     def backward(self, gy):
         mask, = self.saved_tensors
@@ -762,7 +770,7 @@ class SoftmaxCrossEntropy(Function):
             return loss
         return self._forward_cuda(x, target)
 
-    def replay_source(self, x, target, arrays, saved=()):
+    def replay_source(self, x, target, arrays, saved=(), dying=()):
         """What ``gradflow.compile``'s generated CPU replay runs: the CPU forward, without the op around it."""
         if type(arrays[0]) is not numpy.ndarray or saved not in ((), (2, 3, 4)):
             return None
@@ -814,7 +822,7 @@ class SoftmaxCrossEntropyGrad(Function):
                       self.ignore_index)
         return _from_rows(gx, moved, 1)
 
-    def replay_source(self, x, target, a, b, count, g, arrays, saved=()):
+    def replay_source(self, x, target, a, b, count, g, arrays, saved=(), dying=()):
         """What ``gradflow.compile``'s generated CPU replay runs: the CPU forward, without the op around it."""
         if type(arrays[0]) is not numpy.ndarray or saved:
             return None

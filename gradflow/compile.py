@@ -439,6 +439,7 @@ def _generate(plan, arrays):
     fused, skipped = _into_grads(plan, arrays)
     delivered = {j for j, _ in fused.values()}
     read = {s for op in plan.ops for s in _reads(op)} | set(_output_slots(plan.outputs))
+    reusable = _reusable_slots(arrays, external | set(range(plan.n_inputs)) | set(_output_slots(plan.outputs)))
     lines = [f"def replay({', '.join(f'v{s}' for s in range(plan.n_inputs))}):"]
     for i, op in enumerate(plan.ops):
         kind = op[0]
@@ -454,8 +455,10 @@ def _generate(plan, arrays):
             fn, ins, outs, single, saved = op[1:6]
             saved = [(k, s) for k, s in saved if s in read]  # what forward saves for a backward that never runs
             inline = getattr(fn, "replay_source", None)
+            dying = tuple(k for k, s in enumerate(ins) if s in op[-1] and s in reusable and ins.count(s) == 1)
             expr = None if inline is None or not single else \
-                inline(*[ref(s) for s in ins], arrays=[arrays[s] for s in ins], saved=tuple(k for k, _ in saved))
+                inline(*[ref(s) for s in ins], arrays=[arrays[s] for s in ins], saved=tuple(k for k, _ in saved),
+                       dying=dying)
             if isinstance(expr, tuple):  # (expression, the globals it names)
                 expr, bindings = expr
                 for key, value in bindings.items():
@@ -488,6 +491,21 @@ def _generate(plan, arrays):
     replay = names["replay"]
     replay.source = source
     return replay
+
+
+def _reusable_slots(arrays, keep):
+    """Slots whose array a replay may overwrite at its last reader (``replay_source``'s ``dying``):
+    NumPy arrays that own their memory, writeable, not in ``keep`` (the step's inputs, arrays read
+    from outside the step, what it returns), and whose memory no other slot holds (the same array, a view of it, or a view of
+    the same base). A replay makes the same arrays and views as the recording it was built from."""
+    def root(a):
+        while isinstance(a.base, numpy.ndarray):
+            a = a.base
+        return id(a)
+
+    holders = collections.Counter(root(a) for a in arrays if isinstance(a, numpy.ndarray))
+    return {s for s, a in enumerate(arrays) if s not in keep and type(a) is numpy.ndarray and a.base is None and
+            a.flags.writeable and holders[id(a)] == 1}
 
 
 def _into_grads(plan, arrays):

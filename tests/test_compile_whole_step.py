@@ -2,6 +2,7 @@
 multi-tensor optimizer update, dropout draws, an LR schedule changing every step) equals eager
 bit for bit over 100 steps, across a checkpoint save and resume in the middle."""
 import contextlib
+import re
 
 import numpy
 import pytest
@@ -191,19 +192,23 @@ def test_generated_replay_is_straight_line_code():
     assert "_deliver_matmul" in source  # weight gradients computed into the parameters' own buffers
 
 
-def _replay_equals_forward(fn, arrays, saved=()):
-    """An op's replay_source (what generated replays run) computes exactly what its forward does."""
+def _replay_equals_forward(fn, arrays, saved=(), dying=()):
+    """An op's replay_source (what generated replays run) computes exactly what its forward does; with
+    ``dying`` (inputs it may overwrite) into the first dying input's buffer, when the source uses it."""
     compile_module = __import__("importlib").import_module("gradflow.compile")
     names = {f"a{i}" for i in range(len(arrays))}
-    expr = fn.replay_source(*sorted(names), arrays=list(arrays), saved=saved)
+    expr = fn.replay_source(*sorted(names), arrays=list(arrays), saved=saved, dying=dying)
     assert expr is not None, type(fn).__name__
     scope = {"_iadd": compile_module._iadd}
     if isinstance(expr, tuple):
         expr, bindings = expr
         scope.update(bindings)
-    scope.update({f"a{i}": a for i, a in enumerate(arrays)})
+    given = [a.copy() for a in arrays]  # a dying input is overwritten
+    scope.update({f"a{i}": a for i, a in enumerate(given)})
     got = eval(expr, scope)
     want = fn.forward(*arrays)
+    if dying:
+        assert numpy.shares_memory(got[0] if saved else got, given[dying[0]]), expr
     if saved:
         got, *got_saved = got
         for k, g in zip(saved, got_saved):
@@ -235,6 +240,61 @@ def test_every_replay_source_computes_what_forward_computes(dtype):
     _replay_equals_forward(activation.ReLU(), (x,), saved=(0,))
     _replay_equals_forward(activation.MaskScale(2.5, 0.0), (x > 0, r(5, 7)))
     _replay_equals_forward(activation.MaskScale(1.0, 0.25), (x > 0, r(5, 7)))
+    # into the dying input's buffer: relu's pre-activation (large: the zeros-array path), the gradient
+    # that relu's and dropout's backward mask
+    big = r(40, 64)
+    big[0, :3] = [0.0, -0.0, numpy.nan]
+    for a in (x, big):
+        _replay_equals_forward(activation.ReLU(), (a,), dying=(0,))
+        _replay_equals_forward(activation.ReLU(), (a,), saved=(0,), dying=(0,))
+        g = r(*a.shape)
+        g[0, :2] = [numpy.nan, -0.0]
+        _replay_equals_forward(activation.MaskScale(1.0, 0.0), (a > 0, g), dying=(1,))
+        _replay_equals_forward(activation.MaskScale(2.5, 0.0), (a > 0, g), dying=(1,))
+
+
+def test_a_replay_overwrites_only_arrays_that_die_unshared():
+    """Elementwise ops compute into a dying input's buffer only where nothing else holds that memory:
+    not the step's own input (the caller's array), not an array read after the op, not a view of a
+    live array. Every step equals eager bit for bit and the caller's input is left as it was."""
+    rng = numpy.random.default_rng(3)
+    xs = [rng.standard_normal((6, 8)).astype(numpy.float32) for _ in range(3)]
+    results = []
+    for compiled in (False, True):
+        gf.manual_seed(0)
+        lin, lin2 = nn.Linear(8, 8), nn.Linear(8, 4)
+        opt = optim.SGD(list(lin.parameters()) + list(lin2.parameters()), lr=0.1, momentum=0.9)
+
+        def step(x):
+            opt.zero_grad()
+            a = F.relu(x)                     # the step's input: never overwritten
+            h = lin(a)
+            r = F.relu(h)                     # h is read again below: not overwritten
+            t = F.relu(h.T)                   # a view of h: not overwritten
+            g = lin(a)
+            v = g.T                           # a view of g, read after g's last direct use
+            q = F.relu(g)                     # so g is not overwritten either
+            p = F.relu(lin(r))                # dies here unshared: computed in place
+            loss = (lin2(p) * 1.5).sum() + (h * 0.5).sum() + t.sum() + (q * v.T).sum()
+            loss.backward()
+            opt.step()
+            return loss
+
+        run = gf.compile(step, strict=True) if compiled else step
+        out = []
+        for i in range(6):
+            x = xs[i % 3]
+            before = x.copy()
+            loss = run(gf.from_numpy(x))  # shares the caller's array
+            assert numpy.array_equal(x, before)
+            out.append((loss.data.tobytes(), b"".join(q.data.tobytes() for q in opt.param_groups[0]["params"])))
+        results.append(out)
+        if compiled:
+            source = next(iter(run.cache.values())).plan.replay.source
+            relus = [line for line in source.splitlines() if "relu" in line]
+            in_place = [line for line in relus if re.search(r"relu\w*\((v\d+), \1\)", line)]
+            assert len(relus) == 5 and len(in_place) == 1, relus  # p's pre-activation alone
+    assert results[0] == results[1]
 
 
 def test_grad_set_to_none_inside_a_compiled_step_is_replayed():
