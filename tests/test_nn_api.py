@@ -163,3 +163,29 @@ def test_new_activation_kernels_on_gpu():
             yg.sum().backward()
             numpy.testing.assert_allclose(g.grad.numpy(), c.grad.numpy(),
                                           rtol=1e-5 if dtype == numpy.float32 else 1e-12)
+
+
+def _tied_autoencoder(lib):
+    class Tied(lib.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = lib.nn.Linear(3, 2)
+            self.dec = lib.nn.Linear(2, 3)
+            self.dec.weight = lib.nn.Parameter(self.dec.weight.detach() * 2)  # replaced: keeps its place
+            self.register_buffer("scale", lib.ones(1))
+            self.register_buffer("scale", lib.ones(1) * 3)
+            self.head = lib.nn.Linear(3, 3)
+            self.head = lib.nn.Linear(3, 1)  # a child replaced: keeps its place before `extra`
+            self.extra = lib.nn.Linear(1, 1)
+
+    return Tied()
+
+
+def test_reassigned_parameters_buffers_and_children_keep_their_place_as_torch():
+    # torch assigns into the existing entry; re-registering moved dec.weight behind dec.bias, so
+    # parameters(), state_dict() and the optimizer's parameter numbering came out in another order
+    ours, theirs = _tied_autoencoder(gf), _tied_autoencoder(torch)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert [n for n, _ in ours.named_modules()] == [n for n, _ in theirs.named_modules()]
+

@@ -51,19 +51,23 @@ class Module:
             raise AttributeError(f"cannot assign to {type(self).__name__} before Module.__init__() is called; "
                                  f"call super().__init__() first") from None
 
-    def _forget(self, name):
+    def _forget(self, name, keep=None):
+        """Drop ``name`` from every registry but ``keep``: a name re-registered where it already was
+        keeps its place, as torch's (``dec.weight = enc.weight`` leaves ``dec.weight`` before
+        ``dec.bias`` in ``parameters()`` and ``state_dict()``, which optimizers number in that order)."""
         for registry in self._registries():
-            registry.pop(name, None)
+            if registry is not keep:
+                registry.pop(name, None)
+        if keep is not self.__dict__.get("_buffers"):
+            self._non_persistent.discard(name)
         self.__dict__.pop(name, None)
 
     def __setattr__(self, name, value):
         if isinstance(value, Parameter):
-            self._registries()
-            self._forget(name)
+            self._forget(name, keep=self._registries()[0])
             self._parameters[name] = value
         elif isinstance(value, Module):
-            self._registries()
-            self._forget(name)
+            self._forget(name, keep=self._registries()[2])
             self._modules[name] = value
         elif "_parameters" in self.__dict__ and name in self._parameters:
             if value is not None:
@@ -98,14 +102,14 @@ class Module:
     def register_parameter(self, name, param):
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"register_parameter({name!r}): expected a Parameter or None, got {type(param).__name__}")
-        self._forget(name)
+        self._forget(name, keep=self._registries()[0])
         self._parameters[name] = param
 
     def register_buffer(self, name, tensor, persistent=True):
         """A non-learnable Tensor that moves with the module (and is saved when ``persistent``)."""
         if tensor is not None and not isinstance(tensor, Tensor):
             raise TypeError(f"register_buffer({name!r}): expected a Tensor or None, got {type(tensor).__name__}")
-        self._forget(name)
+        self._forget(name, keep=self._registries()[1])
         self._buffers[name] = tensor
         if persistent:
             self._non_persistent.discard(name)
@@ -115,7 +119,7 @@ class Module:
     def add_module(self, name, module):
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"add_module({name!r}): {type(module).__name__} is not a Module")
-        self._forget(name)
+        self._forget(name, keep=self._registries()[2])
         self._modules[name] = module
 
     register_module = add_module
