@@ -189,3 +189,22 @@ def test_reassigned_parameters_buffers_and_children_keep_their_place_as_torch():
     assert list(ours.state_dict()) == list(theirs.state_dict())
     assert [n for n, _ in ours.named_modules()] == [n for n, _ in theirs.named_modules()]
 
+
+def test_a_shared_module_is_in_the_state_dict_under_each_name_as_torch():
+    def build(lib):
+        lin = lib.nn.Linear(2, 2)
+        return lib.nn.Sequential(lin, lib.nn.ReLU(), lin, lib.nn.Linear(2, 1))
+
+    ours, theirs = build(gf), build(torch)
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == \
+        ["0.weight", "0.bias", "2.weight", "2.bias", "3.weight", "3.bias"]
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    assert [n for n, _ in ours.named_parameters(remove_duplicate=False)] == \
+        [n for n, _ in theirs.named_parameters(remove_duplicate=False)]
+    assert [n for n, _ in ours.named_modules(remove_duplicate=False)] == \
+        [n for n, _ in theirs.named_modules(remove_duplicate=False)]
+    # torch's state dict loads strictly into gradflow and back
+    ours.load_state_dict({k: gf.tensor(v.numpy()) for k, v in theirs.state_dict().items()})
+    theirs.load_state_dict({k: torch.from_numpy(v.numpy()) for k, v in ours.state_dict().items()})
+    x = numpy.random.default_rng(0).standard_normal((4, 2)).astype(numpy.float32)
+    numpy.testing.assert_array_equal(ours(gf.tensor(x)).detach().numpy(), theirs(torch.tensor(x)).detach().numpy())

@@ -125,15 +125,18 @@ class Module:
     register_module = add_module
 
     # ---- traversal -----------------------------------------------------------------------------
-    def named_modules(self, prefix="", _seen=None):
+    def named_modules(self, prefix="", _seen=None, remove_duplicate=True):
+        """(dotted name, module) pairs, this module first; a module reached twice appears once
+        unless ``remove_duplicate=False`` (what ``state_dict`` walks, as torch's)."""
         seen = set() if _seen is None else _seen
-        if id(self) in seen:
-            return
-        seen.add(id(self))
+        if remove_duplicate:
+            if id(self) in seen:
+                return
+            seen.add(id(self))
         yield prefix, self
         for name, child in self._modules.items():
             if child is not None:
-                yield from child.named_modules(f"{prefix}.{name}" if prefix else name, seen)
+                yield from child.named_modules(f"{prefix}.{name}" if prefix else name, seen, remove_duplicate)
 
     def modules(self):
         for _, m in self.named_modules():
@@ -150,26 +153,27 @@ class Module:
         for _, child in self.named_children():
             yield child
 
-    def _named_members(self, registry, prefix, recurse):
+    def _named_members(self, registry, prefix, recurse, remove_duplicate=True):
         seen = set()
-        modules = self.named_modules(prefix) if recurse else [(prefix, self)]
+        modules = self.named_modules(prefix, remove_duplicate=remove_duplicate) if recurse else [(prefix, self)]
         for module_prefix, module in modules:
             for name, value in getattr(module, registry).items():
-                if value is None or id(value) in seen:
+                if value is None or remove_duplicate and id(value) in seen:
                     continue
                 seen.add(id(value))
                 yield (f"{module_prefix}.{name}" if module_prefix else name), value
 
-    def named_parameters(self, prefix="", recurse=True):
-        """(dotted name, Parameter) pairs; a Parameter shared by two layers appears once."""
-        yield from self._named_members("_parameters", prefix, recurse)
+    def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
+        """(dotted name, Parameter) pairs; a Parameter shared by two layers appears once
+        (under each of its names with ``remove_duplicate=False``)."""
+        yield from self._named_members("_parameters", prefix, recurse, remove_duplicate)
 
     def parameters(self, recurse=True):
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
-    def named_buffers(self, prefix="", recurse=True):
-        yield from self._named_members("_buffers", prefix, recurse)
+    def named_buffers(self, prefix="", recurse=True, remove_duplicate=True):
+        yield from self._named_members("_buffers", prefix, recurse, remove_duplicate)
 
     def buffers(self, recurse=True):
         for _, b in self.named_buffers(recurse=recurse):
@@ -240,9 +244,12 @@ class Module:
 
     # ---- state dict ----------------------------------------------------------------------------
     def state_dict(self, prefix=""):
-        """An ordered mapping from dotted names to (detached) parameter and persistent buffer Tensors."""
+        """An ordered mapping from dotted names to (detached) parameter and persistent buffer Tensors.
+
+        A module or parameter reachable under two names (``Sequential(lin, act, lin)``, tied
+        weights) has an entry under each, as torch's, so state dicts load both ways."""
         out = OrderedDict()
-        for module_prefix, module in self.named_modules(prefix.rstrip(".")):
+        for module_prefix, module in self.named_modules(prefix.rstrip("."), remove_duplicate=False):
             dot = f"{module_prefix}." if module_prefix else ""
             for name, p in module._parameters.items():
                 if p is not None:
@@ -254,7 +261,7 @@ class Module:
 
     def _state_targets(self):
         targets = OrderedDict()
-        for module_prefix, module in self.named_modules():
+        for module_prefix, module in self.named_modules(remove_duplicate=False):
             dot = f"{module_prefix}." if module_prefix else ""
             for name, p in module._parameters.items():
                 if p is not None:
