@@ -384,6 +384,10 @@ class _Plan:
         # (Tensor, the array it held): a replay reads the array, so a Tensor given another one since
         # (``p.data = ...``, a parameter re-laid out by its optimizer) makes the plan stale
         self.owners = tuple((t, recording.arrays[slot]) for slot, t in recording.owners.items())
+        # (Tensor, requires_grad as the step left it): the plan delivers gradients to the leaves that
+        # required grad while recording, so one frozen or unfrozen since (``requires_grad_(False)``)
+        # makes it stale too (a replay kept updating a frozen layer)
+        self.grad_flags = tuple((t, t.requires_grad) for t, _ in self.owners)
         self.n_inputs = recording.n_inputs
         self.outputs = recording.outputs
         keep = set(recording.external) | set(_output_slots(recording.outputs))
@@ -401,9 +405,13 @@ class _Plan:
         self.replay = _generate(self, recording.arrays)
 
     def run(self, arrays):
-        """The step's outputs, or ``_STALE`` (nothing run) when a Tensor the plan reads holds another array."""
+        """The step's outputs, or ``_STALE`` (nothing run) when a Tensor the plan reads holds another array
+        or was frozen or unfrozen."""
         for t, a in self.owners:
             if t.data is not a:
+                return _STALE
+        for t, flag in self.grad_flags:
+            if t.requires_grad != flag:
                 return _STALE
         if self.cuda_graphs:
             if self.graph_runner is None:
