@@ -1,4 +1,6 @@
 """Issue 13's nn additions: Module.apply, hooks, containers, new layers and activations."""
+from collections import OrderedDict
+
 import numpy
 import pytest
 import torch
@@ -209,3 +211,24 @@ def test_a_shared_module_is_in_the_state_dict_under_each_name_as_torch():
     x = numpy.random.default_rng(0).standard_normal((4, 2)).astype(numpy.float32)
     numpy.testing.assert_allclose(ours(gf.tensor(x)).detach().numpy(), theirs(torch.tensor(x)).detach().numpy(),
                                   rtol=1e-6, atol=1e-7)
+
+
+def test_parameter_dict_from_a_plain_dict_is_in_sorted_key_order_as_torch():
+    """torch's ParameterDict.update sorts a plain dict's keys (an OrderedDict keeps its order): in
+    insertion order, parameters() and the optimizer's parameter numbering differed from torch's."""
+    def build(lib):
+        class M(lib.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.pd = lib.nn.ParameterDict({"x": lib.nn.Parameter(lib.ones(1)), "a": lib.nn.Parameter(lib.ones(2))})
+                self.pd.update({"m": lib.nn.Parameter(lib.ones(3)), "b": lib.nn.Parameter(lib.ones(4))})
+                self.od = lib.nn.ParameterDict(OrderedDict([("z", lib.nn.Parameter(lib.ones(1))),
+                                                            ("c", lib.nn.Parameter(lib.ones(1)))]))
+                self.pairs = lib.nn.ParameterDict([("q", lib.nn.Parameter(lib.ones(1))),
+                                                   ("p", lib.nn.Parameter(lib.ones(1)))])
+        return M()
+
+    ours, theirs = build(gf), build(torch)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert list(ours.pd.keys()) == list(theirs.pd.keys()) == ["a", "x", "b", "m"]

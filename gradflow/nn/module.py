@@ -619,6 +619,13 @@ class ParameterDict(Module):
         return value
 
     def update(self, parameters):
-        items = parameters.items() if hasattr(parameters, "items") else parameters
+        """As torch's: an OrderedDict or ParameterDict in its order, any other mapping in sorted key
+        order (so parameters() and the optimizer's numbering match torch's), pairs in their order."""
+        if isinstance(parameters, (OrderedDict, ParameterDict)):
+            items = parameters.items()
+        elif hasattr(parameters, "items"):
+            items = sorted(parameters.items())
+        else:
+            items = parameters
         for key, value in items:
             self[key] = value
