@@ -232,3 +232,22 @@ def test_parameter_dict_from_a_plain_dict_is_in_sorted_key_order_as_torch():
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
     assert list(ours.state_dict()) == list(theirs.state_dict())
     assert list(ours.pd.keys()) == list(theirs.pd.keys()) == ["a", "x", "b", "m"]
+
+
+def test_deleting_from_module_lists_renumbers_as_torch():
+    """del seq[i] / del seq[a:b] (AttributeError before) renumber the rest from 0 as torch's, so the
+    state-dict keys match; ModuleList += extends."""
+    def build(lib):
+        nn_ = lib.nn
+        seq = nn_.Sequential(nn_.Linear(2, 2), nn_.ReLU(), nn_.Linear(2, 3), nn_.Tanh(), nn_.Linear(3, 1))
+        del seq[1]
+        del seq[-2:]
+        lst = nn_.ModuleList([nn_.Linear(1, 1), nn_.ReLU(), nn_.Linear(1, 2)])
+        del lst[0]
+        lst += nn_.ModuleList([nn_.Linear(2, 2)])
+        return seq, lst
+
+    (seq, lst), (tseq, tlst) = build(gf), build(torch)
+    assert list(seq.state_dict()) == list(tseq.state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    assert list(lst.state_dict()) == list(tlst.state_dict())
+    assert [type(m).__name__ for m in lst] == [type(m).__name__ for m in tlst]

@@ -428,11 +428,24 @@ class ModuleList(Module):
         index = range(len(self))[index]
         self.add_module(str(index), module)
 
+    def __delitem__(self, index):
+        """Remove one module or a slice; the rest are renumbered from 0, as torch's."""
+        keys = list(self._modules)
+        for key in (keys[index] if isinstance(index, slice) else [keys[index]]):
+            del self._modules[key]
+        modules = list(self._modules.values())
+        self._modules.clear()
+        for i, m in enumerate(modules):
+            self._modules[str(i)] = m
+
     def __len__(self):
         return len(self._modules)
 
     def __iter__(self):
         return iter(self._modules.values())
+
+    def __iadd__(self, modules):
+        return self.extend(modules)
 
     def append(self, module):
         self.add_module(str(len(self)), module)
