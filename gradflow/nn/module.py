@@ -36,6 +36,8 @@ def _shape_str(shape):
 class Module:
     """Base class of every layer and model: subclasses set attributes in ``__init__`` and define ``forward``."""
 
+    _optional_state = ()  # names of entries a state dict may lack (not missing keys; left as they are)
+
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
@@ -291,7 +293,9 @@ class Module:
             raise TypeError(f"{type(self).__name__}.load_state_dict: expected a dict of name -> tensor "
                             f"(as Module.state_dict() returns), got {type(state_dict).__name__}")
         targets = self._state_targets()
-        missing = [k for k in targets if k not in state_dict]
+        optional = {f"{prefix}.{name}" if prefix else name
+                    for prefix, module in self.named_modules(remove_duplicate=False) for name in module._optional_state}
+        missing = [k for k in targets if k not in state_dict and k not in optional]
         unexpected = [k for k in state_dict if k not in targets]
         errors = []
         if strict and unexpected:
