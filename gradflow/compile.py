@@ -49,7 +49,7 @@ from gradflow import backend
 from gradflow import random as random_module
 from gradflow.gemm import gemm
 from gradflow.ops import sum_rows, sum_rows_source
-from gradflow.tensor import Tensor, is_grad_enabled
+from gradflow.tensor import Tensor, _accumulates_in_place, is_grad_enabled
 
 _tape = sys.modules["gradflow.tensor"]._state  # this thread's tape state: holds its active recorder
 _epoch = 0                              # bumped by invalidate(): every cached plan is re-recorded
@@ -269,8 +269,13 @@ class _Recording:
     def on_random_draw(self):
         self._drew = True
 
-    def on_leaf_grad(self, x, gx, copy, result):
+    def on_leaf_grad(self, x, gx, copy, result, in_place=False):
         self.ops.append((_LEAF, x, self._ref(gx), copy, self._new(result)))
+        if in_place:  # the existing .grad took the gradient in place (replayed so): what it left is legitimate
+            base = result if result.base is None else result.base
+            for t in self.watched:
+                if t.data is result or t.data is base or t.data.base is base:
+                    self._watch(t)
 
     def on_host_sync(self, what):
         self._fail(f"{what} reads tensor data on the host inside the step (a host sync, or "
@@ -384,6 +389,10 @@ class _Plan:
         # (Tensor, the array it held): a replay reads the array, so a Tensor given another one since
         # (``p.data = ...``, a parameter re-laid out by its optimizer) makes the plan stale
         self.owners = tuple((t, recording.arrays[slot]) for slot, t in recording.owners.items())
+        # (Tensor, requires_grad as the step left it): the plan delivers gradients to the leaves that
+        # required grad while recording, so one frozen or unfrozen since (``requires_grad_(False)``)
+        # makes it stale too (a replay kept updating a frozen layer)
+        self.grad_flags = tuple((t, t.requires_grad) for t, _ in self.owners)
         self.n_inputs = recording.n_inputs
         self.outputs = recording.outputs
         keep = set(recording.external) | set(_output_slots(recording.outputs))
@@ -401,9 +410,13 @@ class _Plan:
         self.replay = _generate(self, recording.arrays)
 
     def run(self, arrays):
-        """The step's outputs, or ``_STALE`` (nothing run) when a Tensor the plan reads holds another array."""
+        """The step's outputs, or ``_STALE`` (nothing run) when a Tensor the plan reads holds another array
+        or was frozen or unfrozen."""
         for t, a in self.owners:
             if t.data is not a:
+                return _STALE
+        for t, flag in self.grad_flags:
+            if t.requires_grad != flag:
                 return _STALE
         if self.cuda_graphs:
             if self.graph_runner is None:
@@ -637,7 +650,12 @@ def _deliver_leaf(x, g, own):
             buf[...] = g
         g = buf
     else:
-        g = x.grad.data + g
+        grad = x.grad
+        if _accumulates_in_place(grad, g):
+            grad.data += g  # in place, as eager (and torch): a reference to .grad sees the sum
+            grad._bump_version()
+            return grad.data
+        g = grad.data + g
     x.grad = Tensor._wrap(g)
     return g
 

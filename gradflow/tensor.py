@@ -972,7 +972,9 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
     if targets is not None:
         results = {id(t): None for t in targets}
         target_outputs = {(id(t.creator), t._index): id(t) for t in targets if t.creator is not None}
-    assigned = set()  # arrays already handed to a leaf's .grad in this pass
+    # arrays already handed to a leaf's .grad in this pass, and the caller's gradients (a leaf's .grad
+    # is accumulated into in place: it must never be an array the caller holds, as torch clones them)
+    assigned = {id(_owner(g.data)) for g in grads if isinstance(g, Tensor)}
     hooked = _hooked_edges(roots) if _hooked_leaves and targets is None else None
     hooked_leaves = {}  # id -> (leaf with tensor hooks, its summed gradient): hooked once, at the end
 
@@ -1009,11 +1011,14 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
     state.backward_depth += 1
     try:
         results = _walk(roots, grads, targets, target_outputs if targets is not None else None, results, deliver,
-                        heap, pending, retain_graph, create_graph, hooked)
+                        heap, pending, retain_graph, create_graph, hooked, assigned)
         if hooked_leaves:
             with enable_grad() if create_graph else no_grad():
                 for x, gx in hooked_leaves.values():
-                    _accumulate_leaf(x, _run_hooks(x._hooks, gx), create_graph, assigned)
+                    assigned.add(id(_owner(gx.data)))  # the hooks may keep it: never the leaf's buffer
+                    hooked_gx = _run_hooks(x._hooks, gx)
+                    assigned.add(id(_owner(hooked_gx.data)))  # nor a hook's own tensor
+                    _accumulate_leaf(x, hooked_gx, create_graph, assigned)
                     if hooked is not None and hooked.pop(id(x), None) is not None:
                         _fire_post_accumulate_hooks(x)
     except BaseException:
@@ -1032,8 +1037,12 @@ def run_backward(roots, grads, retain_graph=False, create_graph=False, targets=N
     return results
 
 
-def _walk(roots, grads, targets, target_outputs, results, deliver, heap, pending, retain_graph, create_graph, hooked):
-    """The body of ``run_backward``: pop Functions off the heap and push their input gradients."""
+def _walk(roots, grads, targets, target_outputs, results, deliver, heap, pending, retain_graph, create_graph, hooked,
+          exposed):
+    """The body of ``run_backward``: pop Functions off the heap and push their input gradients.
+
+    ``exposed`` collects the arrays of gradients handed to the user (tensor hooks, retain_grad):
+    a leaf's ``.grad`` is never one of them (it is accumulated into in place later)."""
     mode = enable_grad() if create_graph else no_grad()
     with mode:
         for t, g in zip(roots, grads):
@@ -1052,12 +1061,15 @@ def _walk(roots, grads, targets, target_outputs, results, deliver, heap, pending
                 else:
                     hooks = fn._tensor_hooks
                     if hooks is not None and hooks.get(i):
+                        exposed.add(id(_owner(g.data)))
                         g = gys[i] = _run_hooks(hooks[i], g)
+                        exposed.add(id(_owner(g.data)))
                     ref = fn.outputs[i]()
                     # retain_grad follows the tensor: only the node that makes its value now fills
                     # its .grad (the node of a value an in-place op replaced does not), as torch's
                     if ref is not None and ref._retain_grad and ref.creator is fn and ref._index == i:
                         ref._grad = g if create_graph else g.detach()
+                        exposed.add(id(_owner(g.data)))
                 if targets is not None and (id(fn), i) in target_outputs:
                     tid = target_outputs[(id(fn), i)]
                     results[tid] = gys[i]
@@ -1130,6 +1142,19 @@ def _fire_post_accumulate_hooks(x):
         hook(x)
 
 
+def _owner(a):
+    return a if getattr(a, "base", None) is None else a.base
+
+
+def _accumulates_in_place(grad, a):
+    """Whether a leaf's existing ``.grad`` takes the new gradient ``a`` in place, as torch's
+    (``grad += new``: a reference to ``p.grad`` held across backward sees the sum): a writable
+    array of the same shape and dtype, not a broadcast view, without a graph."""
+    g = grad.data
+    return grad.creator is None and not grad.requires_grad and g.shape == a.shape and g.dtype == a.dtype and \
+        type(g) is type(a) and getattr(g.flags, "writeable", True) and not (g.size > 1 and 0 in g.strides)
+
+
 def _accumulate_leaf(x, gx, create_graph, assigned):
     if not x.requires_grad:
         return
@@ -1139,15 +1164,25 @@ def _accumulate_leaf(x, gx, create_graph, assigned):
     # a gradient without history gets its own buffer, whether or not create_graph was asked
     a = gx.data
     copy = False
-    if x.grad is None:
+    grad = x.grad
+    if grad is None:
         # .grad must be its own writable buffer (optimizers and clipping update it in
-        # place), never a broadcast view or an array another leaf's .grad also uses
-        owner = id(a if a.base is None else a.base)
+        # place), never a broadcast view or an array another leaf's .grad (or the caller) also uses
+        owner = id(_owner(a))
         copy = owner in assigned or not getattr(a.flags, "writeable", True) or (a.size > 1 and 0 in a.strides)
         result = a.copy() if copy else a
         assigned.add(id(result) if copy else owner)
+    elif id(_owner(grad.data)) not in assigned and _accumulates_in_place(grad, a):
+        # a .grad from an earlier pass (one handed out in this pass may still be a pending gradient)
+        result = grad.data
+        result += a
+        grad._bump_version()
+        recorder = _state._recorder
+        if recorder is not None:
+            recorder.on_leaf_grad(x, a, copy, result, in_place=True)
+        return
     else:
-        result = x.grad.data + a
+        result = grad.data + a
     if isinstance(result, numpy.generic):  # NumPy's result of an op on 0-d arrays: a read-only scalar
         result = numpy.array(result)
     x._grad = Tensor._wrap(result)  # a delivery the recorder logs below, not a user's assignment

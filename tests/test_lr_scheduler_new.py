@@ -251,3 +251,40 @@ def test_chained_scheduler_errors():
         S.ChainedScheduler([S.ExponentialLR(opt, 0.9), S.ReduceLROnPlateau(opt)])
     with pytest.raises(ValueError, match="lr_lambdas"):
         S.MultiplicativeLR(opt, [lambda e: 0.9])
+
+
+class _Shrink:
+    """A stateful CyclicLR scale_fn: a callable object whose attribute is its state."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x):
+        self.calls += 1
+        return 1.0 / (1.0 + 0.1 * self.calls)
+
+
+def test_cyclic_lr_state_dict_keeps_a_scale_fn_objects_state_as_torch():
+    """torch saves a callable scale_fn object's attributes with CyclicLR (and its load_state_dict
+    expects the entry): a resumed run here restarted the callable afresh (other rates), and torch
+    could not load this state dict (KeyError '_scale_fn_custom')."""
+    rates = []
+    for opt_mod, sched in ((gf.optim, S), (torch.optim, torch.optim.lr_scheduler)):
+        params = [gf.nn.Parameter(numpy.ones(2, numpy.float32))] if opt_mod is gf.optim else \
+            [torch.nn.Parameter(torch.ones(2))]
+        opt = opt_mod.SGD(params, lr=0.1, momentum=0.9)
+        first = sched.CyclicLR(opt, 0.01, 0.1, step_size_up=3, scale_fn=_Shrink())
+        for _ in range(4):
+            opt.step(), first.step()
+        state = first.state_dict()
+        assert state["_scale_fn_custom"] == {"calls": first._scale_fn_custom.calls}
+        resumed = sched.CyclicLR(opt, 0.01, 0.1, step_size_up=3, scale_fn=_Shrink())
+        resumed.load_state_dict(dict(state))
+        for _ in range(3):
+            opt.step(), resumed.step()
+        rates.append(resumed.get_last_lr())
+        assert sched.CyclicLR(opt, 0.01, 0.1, scale_fn=lambda x: 1.0).state_dict()["_scale_fn_custom"] is None
+    assert rates[0] == pytest.approx(rates[1], rel=1e-12)
+    ours = S.CyclicLR(gf.optim.SGD([gf.nn.Parameter(gf.ones(1))], lr=0.1), 0.01, 0.1)
+    theirs = torch.optim.lr_scheduler.CyclicLR(torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1), 0.01, 0.1)
+    theirs.load_state_dict(ours.state_dict())  # raised KeyError: '_scale_fn_custom'

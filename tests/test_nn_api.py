@@ -1,4 +1,6 @@
 """Issue 13's nn additions: Module.apply, hooks, containers, new layers and activations."""
+from collections import OrderedDict
+
 import numpy
 import pytest
 import torch
@@ -163,3 +165,89 @@ def test_new_activation_kernels_on_gpu():
             yg.sum().backward()
             numpy.testing.assert_allclose(g.grad.numpy(), c.grad.numpy(),
                                           rtol=1e-5 if dtype == numpy.float32 else 1e-12)
+
+
+def _tied_autoencoder(lib):
+    class Tied(lib.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = lib.nn.Linear(3, 2)
+            self.dec = lib.nn.Linear(2, 3)
+            self.dec.weight = lib.nn.Parameter(self.dec.weight.detach() * 2)  # replaced: keeps its place
+            self.register_buffer("scale", lib.ones(1))
+            self.register_buffer("scale", lib.ones(1) * 3)
+            self.head = lib.nn.Linear(3, 3)
+            self.head = lib.nn.Linear(3, 1)  # a child replaced: keeps its place before `extra`
+            self.extra = lib.nn.Linear(1, 1)
+
+    return Tied()
+
+
+def test_reassigned_parameters_buffers_and_children_keep_their_place_as_torch():
+    # torch assigns into the existing entry; re-registering moved dec.weight behind dec.bias, so
+    # parameters(), state_dict() and the optimizer's parameter numbering came out in another order
+    ours, theirs = _tied_autoencoder(gf), _tied_autoencoder(torch)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert [n for n, _ in ours.named_modules()] == [n for n, _ in theirs.named_modules()]
+
+
+def test_a_shared_module_is_in_the_state_dict_under_each_name_as_torch():
+    def build(lib):
+        lin = lib.nn.Linear(2, 2)
+        return lib.nn.Sequential(lin, lib.nn.ReLU(), lin, lib.nn.Linear(2, 1))
+
+    ours, theirs = build(gf), build(torch)
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == \
+        ["0.weight", "0.bias", "2.weight", "2.bias", "3.weight", "3.bias"]
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    assert [n for n, _ in ours.named_parameters(remove_duplicate=False)] == \
+        [n for n, _ in theirs.named_parameters(remove_duplicate=False)]
+    assert [n for n, _ in ours.named_modules(remove_duplicate=False)] == \
+        [n for n, _ in theirs.named_modules(remove_duplicate=False)]
+    # torch's state dict loads strictly into gradflow and back
+    ours.load_state_dict({k: gf.tensor(v.numpy()) for k, v in theirs.state_dict().items()})
+    theirs.load_state_dict({k: torch.from_numpy(v.numpy()) for k, v in ours.state_dict().items()})
+    x = numpy.random.default_rng(0).standard_normal((4, 2)).astype(numpy.float32)
+    numpy.testing.assert_allclose(ours(gf.tensor(x)).detach().numpy(), theirs(torch.tensor(x)).detach().numpy(),
+                                  rtol=1e-6, atol=1e-7)
+
+
+def test_parameter_dict_from_a_plain_dict_is_in_sorted_key_order_as_torch():
+    """torch's ParameterDict.update sorts a plain dict's keys (an OrderedDict keeps its order): in
+    insertion order, parameters() and the optimizer's parameter numbering differed from torch's."""
+    def build(lib):
+        class M(lib.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.pd = lib.nn.ParameterDict({"x": lib.nn.Parameter(lib.ones(1)), "a": lib.nn.Parameter(lib.ones(2))})
+                self.pd.update({"m": lib.nn.Parameter(lib.ones(3)), "b": lib.nn.Parameter(lib.ones(4))})
+                self.od = lib.nn.ParameterDict(OrderedDict([("z", lib.nn.Parameter(lib.ones(1))),
+                                                            ("c", lib.nn.Parameter(lib.ones(1)))]))
+                self.pairs = lib.nn.ParameterDict([("q", lib.nn.Parameter(lib.ones(1))),
+                                                   ("p", lib.nn.Parameter(lib.ones(1)))])
+        return M()
+
+    ours, theirs = build(gf), build(torch)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert list(ours.pd.keys()) == list(theirs.pd.keys()) == ["a", "x", "b", "m"]
+
+
+def test_deleting_from_module_lists_renumbers_as_torch():
+    """del seq[i] / del seq[a:b] (AttributeError before) renumber the rest from 0 as torch's, so the
+    state-dict keys match; ModuleList += extends."""
+    def build(lib):
+        nn_ = lib.nn
+        seq = nn_.Sequential(nn_.Linear(2, 2), nn_.ReLU(), nn_.Linear(2, 3), nn_.Tanh(), nn_.Linear(3, 1))
+        del seq[1]
+        del seq[-2:]
+        lst = nn_.ModuleList([nn_.Linear(1, 1), nn_.ReLU(), nn_.Linear(1, 2)])
+        del lst[0]
+        lst += nn_.ModuleList([nn_.Linear(2, 2)])
+        return seq, lst
+
+    (seq, lst), (tseq, tlst) = build(gf), build(torch)
+    assert list(seq.state_dict()) == list(tseq.state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    assert list(lst.state_dict()) == list(tlst.state_dict())
+    assert [type(m).__name__ for m in lst] == [type(m).__name__ for m in tlst]

@@ -271,3 +271,27 @@ def test_dropout2d_of_a_3d_input_drops_per_sample_and_channel_as_torch():
     assert (y.min(axis=2) == y.max(axis=2)).all()          # each (sample, channel) all kept or all dropped
     kept = y[:, :, 0] != 0
     assert (kept.any(axis=1) & (~kept).any(axis=1)).mean() > 0.9   # samples with channels kept and dropped
+
+
+def test_batchnorm_state_dict_without_num_batches_tracked_loads_as_torch():
+    """torch's BatchNorm fills a missing num_batches_tracked with its own (older checkpoints, state
+    dicts written by hand): such a dict loads strictly and it is not reported missing. Here the
+    strict load raised and strict=False listed it."""
+    def build(lib):
+        return lib.nn.Sequential(lib.nn.Linear(2, 2), lib.nn.BatchNorm1d(2))
+
+    values = {"0.weight": numpy.eye(2), "0.bias": numpy.zeros(2), "1.weight": numpy.full(2, 2.0),
+              "1.bias": numpy.ones(2), "1.running_mean": numpy.full(2, 0.5), "1.running_var": numpy.full(2, 4.0)}
+    ours, theirs = build(gf), build(torch)
+    for model, lib in ((ours, gf), (theirs, torch)):
+        model[1].num_batches_tracked.add_(3)
+        assert model.load_state_dict({k: lib.tensor(v) for k, v in values.items()}) is not None
+    assert int(ours[1].num_batches_tracked.numpy()) == int(theirs[1].num_batches_tracked) == 3
+    partial = {k: v for k, v in values.items() if k.startswith("1.")}
+    got = ours.load_state_dict({k: gf.tensor(v) for k, v in partial.items()}, strict=False)
+    want = theirs.load_state_dict({k: torch.tensor(v) for k, v in partial.items()}, strict=False)
+    assert list(got.missing_keys) == list(want.missing_keys) == ["0.weight", "0.bias"]
+    x = numpy.random.default_rng(0).standard_normal((3, 2)).astype(numpy.float32)
+    ours.eval(), theirs.eval()
+    numpy.testing.assert_allclose(ours(gf.tensor(x)).detach().numpy(), theirs(torch.tensor(x)).detach().numpy(),
+                                  rtol=1e-6)

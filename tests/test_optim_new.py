@@ -75,3 +75,41 @@ def test_bad_hyperparameters():
         gf.optim.NAdam([gf.nn.Parameter(gf.ones(1))], betas=(1.0, 0.9))
     with pytest.raises(ValueError, match="lr"):
         gf.optim.Adamax([gf.nn.Parameter(gf.ones(1))], lr=-1)
+
+
+def _as_gradflow(value):
+    if isinstance(value, torch.Tensor):
+        return gf.tensor(value.detach().numpy().copy())
+    if isinstance(value, dict):
+        return {k: _as_gradflow(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_gradflow(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("name, kwargs", [("Adam", dict(lr=0.01, amsgrad=True)), ("AdamW", dict(lr=0.01)),
+                                          ("NAdam", dict(lr=0.01)), ("RAdam", dict(lr=0.01)),
+                                          ("Adamax", dict(lr=0.01)), ("RMSprop", dict(lr=0.01, momentum=0.5)),
+                                          ("Adagrad", dict(lr=0.1)), ("Adadelta", dict(lr=0.5))])
+@pytest.mark.parametrize("shape", [(6, 4), ()])
+def test_torch_optimizer_state_dict_resumes_in_gradflow(name, kwargs, shape):
+    """torch keeps step counts (and NAdam's mu_product) as 0-d tensors: loading its state dict,
+    as Tensors, refused them as state 'of shape ()' for a parameter of another shape; they are
+    numbers, and the resumed run continues as torch's own continuation."""
+    rng = numpy.random.default_rng(1)
+    w0 = rng.standard_normal(shape)
+    grads = [rng.standard_normal(shape) for _ in range(8)]
+    tp = torch.nn.Parameter(torch.tensor(w0))
+    theirs = getattr(torch.optim, name)([tp], foreach=False, **kwargs)
+    for g in grads[:4]:
+        tp.grad = torch.tensor(g)
+        theirs.step()
+    p = gf.nn.Parameter(gf.tensor(tp.detach().numpy().copy()))
+    ours = getattr(gf.optim, name)([p], **kwargs)
+    ours.load_state_dict(_as_gradflow(theirs.state_dict()))
+    for g in grads[4:]:
+        tp.grad, p.grad = torch.tensor(g), gf.tensor(g)
+        theirs.step()
+        ours.step()
+        numpy.testing.assert_allclose(p.numpy(), tp.detach().numpy(), rtol=1e-13, atol=1e-15)
+    assert ours.state_dict()["state"][0]["step"] == 8

@@ -955,3 +955,96 @@ def test_an_operand_backward_never_reads_is_not_saved_as_torch(expr, raises):
     assert (ours[0] == "raised") == raises, ours
     if not raises:
         assert ours == theirs
+
+
+# ---- .grad accumulates in place, as torch's AccumulateGrad ------------------------------------------------
+def _held_grads(lib, opt_name, compiled):
+    """A training loop that keeps references to the .grad tensors (a custom optimizer, logging):
+    zero_grad(set_to_none=False), backward, step; the held references are read each step."""
+    rng = numpy.random.default_rng(0)
+    model = lib.nn.Sequential(lib.nn.Linear(3, 4), lib.nn.Tanh(), lib.nn.Linear(4, 2))
+    with lib.no_grad():
+        for p in model.parameters():
+            p.copy_(lib.tensor(rng.standard_normal(tuple(p.shape)).astype(numpy.float32) * 0.5))
+    x = lib.tensor(rng.standard_normal((5, 3)).astype(numpy.float32))
+    opt = lib.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if opt_name == "sgd" else \
+        lib.optim.Adam(model.parameters(), lr=0.05)
+
+    def step(x):
+        opt.zero_grad(set_to_none=False)
+        loss = (model(x) ** 2).mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    run = gf.compile(step, strict=True) if compiled else step
+    run(x)
+    held = [p.grad for p in model.parameters()]
+    seen = []
+    for _ in range(4):
+        run(x)
+        seen.append([g.detach().numpy().copy() for g in held])
+        assert all(p.grad is g for p, g in zip(model.parameters(), held))
+    return seen
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_held_grad_reference_sees_the_next_backward_as_torch(opt_name, compiled):
+    """torch adds a new gradient into the existing .grad in place, so `g = p.grad` taken earlier sees
+    later backwards; gradflow gave .grad a new tensor, and the held one read zeros after
+    zero_grad(set_to_none=False)."""
+    want = _held_grads(torch, opt_name, False)
+    got = _held_grads(gf, opt_name, compiled)
+    for w, g in zip(want, got):
+        for a, b in zip(g, w):
+            numpy.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_accumulating_backwards_keep_the_grad_tensor_and_never_write_the_callers_gradient():
+    w, tw = _both(numpy.ones(3, numpy.float32), requires_grad=True)
+    g, tg = _both(numpy.array([1.0, 2.0, 3.0], numpy.float32))
+    (w + 0).backward(g)
+    (tw + 0).backward(tg)
+    first, tfirst = w.grad, tw.grad
+    (w * 1).backward(g)
+    (tw * 1).backward(tg)
+    w.backward(g)  # the caller's gradient straight into the leaf
+    tw.backward(tg)
+    assert w.grad is first and tw.grad is tfirst
+    numpy.testing.assert_array_equal(first.numpy(), tfirst.numpy())  # [3, 6, 9]
+    numpy.testing.assert_array_equal(g.numpy(), [1, 2, 3])  # the caller's tensor is untouched
+
+    v = gf.tensor(numpy.ones(2, numpy.float32), requires_grad=True)
+    fixed = gf.tensor(numpy.array([5.0, 7.0], numpy.float32))
+    v.register_hook(lambda grad: fixed)  # a hook returning a tensor of its own
+    v.sum().backward()
+    v.sum().backward()
+    numpy.testing.assert_array_equal(v.grad.numpy(), [10, 14])
+    numpy.testing.assert_array_equal(fixed.numpy(), [5, 7])
+
+
+def test_gradients_handed_out_during_backward_are_not_accumulated_into_later():
+    """Hooks and retain_grad see gradients that may flow on unchanged to a leaf; the leaf's .grad
+    is accumulated into in place, so it must be a copy of them, as torch's."""
+    def run(lib):
+        w = lib.tensor(numpy.array([1.0, 2.0]), requires_grad=True)
+        u = lib.tensor(numpy.array([3.0, 4.0]), requires_grad=True)
+        saved = []
+        y = w + 0
+        y.retain_grad()
+        z = u * 1
+        z.register_hook(lambda g: saved.append(g))
+        u.register_hook(lambda g: saved.append(g))
+        (y * 3 + z * 5).sum().backward()
+        first = [y.grad.numpy().copy()] + [g.numpy().copy() for g in saved]
+        held = [y.grad] + list(saved)
+        (w * 7 + u * 11).sum().backward()
+        return first, [t.numpy() for t in held], w.grad.numpy(), u.grad.numpy()
+
+    (first, held, wg, ug), (tfirst, theld, twg, tug) = run(gf), run(torch)
+    for a, b, c in zip(first, held, theld):
+        numpy.testing.assert_array_equal(b, c)
+        numpy.testing.assert_array_equal(a, b)  # unchanged by the second backward
+    numpy.testing.assert_array_equal(wg, twg)
+    numpy.testing.assert_array_equal(ug, tug)

@@ -36,6 +36,8 @@ def _shape_str(shape):
 class Module:
     """Base class of every layer and model: subclasses set attributes in ``__init__`` and define ``forward``."""
 
+    _optional_state = ()  # names of entries a state dict may lack (not missing keys; left as they are)
+
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
@@ -51,19 +53,23 @@ class Module:
             raise AttributeError(f"cannot assign to {type(self).__name__} before Module.__init__() is called; "
                                  f"call super().__init__() first") from None
 
-    def _forget(self, name):
+    def _forget(self, name, keep=None):
+        """Drop ``name`` from every registry but ``keep``: a name re-registered where it already was
+        keeps its place, as torch's (``dec.weight = enc.weight`` leaves ``dec.weight`` before
+        ``dec.bias`` in ``parameters()`` and ``state_dict()``, which optimizers number in that order)."""
         for registry in self._registries():
-            registry.pop(name, None)
+            if registry is not keep:
+                registry.pop(name, None)
+        if keep is not self.__dict__.get("_buffers"):
+            self._non_persistent.discard(name)
         self.__dict__.pop(name, None)
 
     def __setattr__(self, name, value):
         if isinstance(value, Parameter):
-            self._registries()
-            self._forget(name)
+            self._forget(name, keep=self._registries()[0])
             self._parameters[name] = value
         elif isinstance(value, Module):
-            self._registries()
-            self._forget(name)
+            self._forget(name, keep=self._registries()[2])
             self._modules[name] = value
         elif "_parameters" in self.__dict__ and name in self._parameters:
             if value is not None:
@@ -98,14 +104,14 @@ class Module:
     def register_parameter(self, name, param):
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"register_parameter({name!r}): expected a Parameter or None, got {type(param).__name__}")
-        self._forget(name)
+        self._forget(name, keep=self._registries()[0])
         self._parameters[name] = param
 
     def register_buffer(self, name, tensor, persistent=True):
         """A non-learnable Tensor that moves with the module (and is saved when ``persistent``)."""
         if tensor is not None and not isinstance(tensor, Tensor):
             raise TypeError(f"register_buffer({name!r}): expected a Tensor or None, got {type(tensor).__name__}")
-        self._forget(name)
+        self._forget(name, keep=self._registries()[1])
         self._buffers[name] = tensor
         if persistent:
             self._non_persistent.discard(name)
@@ -115,21 +121,24 @@ class Module:
     def add_module(self, name, module):
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"add_module({name!r}): {type(module).__name__} is not a Module")
-        self._forget(name)
+        self._forget(name, keep=self._registries()[2])
         self._modules[name] = module
 
     register_module = add_module
 
     # ---- traversal -----------------------------------------------------------------------------
-    def named_modules(self, prefix="", _seen=None):
+    def named_modules(self, prefix="", _seen=None, remove_duplicate=True):
+        """(dotted name, module) pairs, this module first; a module reached twice appears once
+        unless ``remove_duplicate=False`` (what ``state_dict`` walks, as torch's)."""
         seen = set() if _seen is None else _seen
-        if id(self) in seen:
-            return
-        seen.add(id(self))
+        if remove_duplicate:
+            if id(self) in seen:
+                return
+            seen.add(id(self))
         yield prefix, self
         for name, child in self._modules.items():
             if child is not None:
-                yield from child.named_modules(f"{prefix}.{name}" if prefix else name, seen)
+                yield from child.named_modules(f"{prefix}.{name}" if prefix else name, seen, remove_duplicate)
 
     def modules(self):
         for _, m in self.named_modules():
@@ -146,26 +155,27 @@ class Module:
         for _, child in self.named_children():
             yield child
 
-    def _named_members(self, registry, prefix, recurse):
+    def _named_members(self, registry, prefix, recurse, remove_duplicate=True):
         seen = set()
-        modules = self.named_modules(prefix) if recurse else [(prefix, self)]
+        modules = self.named_modules(prefix, remove_duplicate=remove_duplicate) if recurse else [(prefix, self)]
         for module_prefix, module in modules:
             for name, value in getattr(module, registry).items():
-                if value is None or id(value) in seen:
+                if value is None or remove_duplicate and id(value) in seen:
                     continue
                 seen.add(id(value))
                 yield (f"{module_prefix}.{name}" if module_prefix else name), value
 
-    def named_parameters(self, prefix="", recurse=True):
-        """(dotted name, Parameter) pairs; a Parameter shared by two layers appears once."""
-        yield from self._named_members("_parameters", prefix, recurse)
+    def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
+        """(dotted name, Parameter) pairs; a Parameter shared by two layers appears once
+        (under each of its names with ``remove_duplicate=False``)."""
+        yield from self._named_members("_parameters", prefix, recurse, remove_duplicate)
 
     def parameters(self, recurse=True):
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
-    def named_buffers(self, prefix="", recurse=True):
-        yield from self._named_members("_buffers", prefix, recurse)
+    def named_buffers(self, prefix="", recurse=True, remove_duplicate=True):
+        yield from self._named_members("_buffers", prefix, recurse, remove_duplicate)
 
     def buffers(self, recurse=True):
         for _, b in self.named_buffers(recurse=recurse):
@@ -236,9 +246,12 @@ class Module:
 
     # ---- state dict ----------------------------------------------------------------------------
     def state_dict(self, prefix=""):
-        """An ordered mapping from dotted names to (detached) parameter and persistent buffer Tensors."""
+        """An ordered mapping from dotted names to (detached) parameter and persistent buffer Tensors.
+
+        A module or parameter reachable under two names (``Sequential(lin, act, lin)``, tied
+        weights) has an entry under each, as torch's, so state dicts load both ways."""
         out = OrderedDict()
-        for module_prefix, module in self.named_modules(prefix.rstrip(".")):
+        for module_prefix, module in self.named_modules(prefix.rstrip("."), remove_duplicate=False):
             dot = f"{module_prefix}." if module_prefix else ""
             for name, p in module._parameters.items():
                 if p is not None:
@@ -250,7 +263,7 @@ class Module:
 
     def _state_targets(self):
         targets = OrderedDict()
-        for module_prefix, module in self.named_modules():
+        for module_prefix, module in self.named_modules(remove_duplicate=False):
             dot = f"{module_prefix}." if module_prefix else ""
             for name, p in module._parameters.items():
                 if p is not None:
@@ -280,7 +293,9 @@ class Module:
             raise TypeError(f"{type(self).__name__}.load_state_dict: expected a dict of name -> tensor "
                             f"(as Module.state_dict() returns), got {type(state_dict).__name__}")
         targets = self._state_targets()
-        missing = [k for k in targets if k not in state_dict]
+        optional = {f"{prefix}.{name}" if prefix else name
+                    for prefix, module in self.named_modules(remove_duplicate=False) for name in module._optional_state}
+        missing = [k for k in targets if k not in state_dict and k not in optional]
         unexpected = [k for k in state_dict if k not in targets]
         errors = []
         if strict and unexpected:
@@ -417,11 +432,24 @@ class ModuleList(Module):
         index = range(len(self))[index]
         self.add_module(str(index), module)
 
+    def __delitem__(self, index):
+        """Remove one module or a slice; the rest are renumbered from 0, as torch's."""
+        keys = list(self._modules)
+        for key in (keys[index] if isinstance(index, slice) else [keys[index]]):
+            del self._modules[key]
+        modules = list(self._modules.values())
+        self._modules.clear()
+        for i, m in enumerate(modules):
+            self._modules[str(i)] = m
+
     def __len__(self):
         return len(self._modules)
 
     def __iter__(self):
         return iter(self._modules.values())
+
+    def __iadd__(self, modules):
+        return self.extend(modules)
 
     def append(self, module):
         self.add_module(str(len(self)), module)
@@ -608,6 +636,13 @@ class ParameterDict(Module):
         return value
 
     def update(self, parameters):
-        items = parameters.items() if hasattr(parameters, "items") else parameters
+        """As torch's: an OrderedDict or ParameterDict in its order, any other mapping in sorted key
+        order (so parameters() and the optimizer's numbering match torch's), pairs in their order."""
+        if isinstance(parameters, (OrderedDict, ParameterDict)):
+            items = parameters.items()
+        elif hasattr(parameters, "items"):
+            items = sorted(parameters.items())
+        else:
+            items = parameters
         for key, value in items:
             self[key] = value

@@ -18,6 +18,9 @@ from gradflow.tensor import Tensor
 
 class _BatchNorm(Module):
     dims = ()  # accepted input ranks
+    # as torch's: a state dict without it (saved before it existed, or written by hand) still loads
+    # strictly, leaving the count as it is
+    _optional_state = ("num_batches_tracked",)
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None,
                  dtype=None):

@@ -568,8 +568,19 @@ class CyclicLR(LRScheduler):
                 _set_momentum(group, self.use_beta1, max_m - base_height * self.scale_fn(at))
         return lrs
 
+    def state_dict(self):
+        """As torch's: a callable object given as ``scale_fn`` has its attributes saved (a resumed
+        run must not start its state afresh), a plain function or lambda as None."""
+        state = super().state_dict()
+        fn = self._scale_fn_custom
+        state["_scale_fn_custom"] = None if fn is None or isinstance(fn, types.FunctionType) else dict(vars(fn))
+        return state
+
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
+        saved = state_dict.get("_scale_fn_custom")
+        if saved is not None and self._scale_fn_custom is not None:
+            vars(self._scale_fn_custom).update(saved)
         self._init_scale_fn()
 
 

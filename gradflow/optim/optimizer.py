@@ -716,9 +716,14 @@ class Optimizer:
             p, group = id_map.get(int(index), (None, None))
             if p is None:
                 raise ValueError(f"loaded state dict has state for parameter {index}, which no group lists")
-            restored = {}
+            restored, fresh = {}, {}
+            self._init_state(p, fresh, group)  # which entries this optimizer keeps as numbers
             for key, value in values.items():
-                if isinstance(value, Tensor) or hasattr(value, "shape") and getattr(value, "ndim", 0) > 0:
+                # torch keeps step counts (and NAdam's mu_product) as 0-d tensors: numbers here, unless
+                # the entry is a Tensor of a 0-d parameter
+                number = getattr(value, "ndim", 0) == 0 and (
+                    len(p.shape) > 0 or key in fresh and not isinstance(fresh[key], Tensor))
+                if not number and (isinstance(value, Tensor) or hasattr(value, "shape")):
                     array = value.data if isinstance(value, Tensor) else value
                     if tuple(array.shape) != tuple(p.shape):
                         raise ValueError(f"loaded state {key!r} for parameter {index} has shape {tuple(array.shape)}, "
