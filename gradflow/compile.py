@@ -386,13 +386,11 @@ class _Plan:
         self.template = [None] * len(recording.arrays)
         for slot in recording.external:
             self.template[slot] = recording.arrays[slot]
-        # (Tensor, the array it held): a replay reads the array, so a Tensor given another one since
-        # (``p.data = ...``, a parameter re-laid out by its optimizer) makes the plan stale
-        self.owners = tuple((t, recording.arrays[slot]) for slot, t in recording.owners.items())
-        # (Tensor, requires_grad as the step left it): the plan delivers gradients to the leaves that
-        # required grad while recording, so one frozen or unfrozen since (``requires_grad_(False)``)
-        # makes it stale too (a replay kept updating a frozen layer)
-        self.grad_flags = tuple((t, t.requires_grad) for t, _ in self.owners)
+        # (Tensor, the array it held, its requires_grad): a replay reads the array, so a Tensor given
+        # another one since (``p.data = ...``, a parameter re-laid out by its optimizer) makes the plan
+        # stale; and it delivers gradients to the leaves that required grad while recording, so one
+        # frozen or unfrozen since (``requires_grad_(False)``) does too (a replay kept updating a frozen layer)
+        self.owners = tuple((t, recording.arrays[slot], t.requires_grad) for slot, t in recording.owners.items())
         self.n_inputs = recording.n_inputs
         self.outputs = recording.outputs
         keep = set(recording.external) | set(_output_slots(recording.outputs))
@@ -412,11 +410,8 @@ class _Plan:
     def run(self, arrays):
         """The step's outputs, or ``_STALE`` (nothing run) when a Tensor the plan reads holds another array
         or was frozen or unfrozen."""
-        for t, a in self.owners:
-            if t.data is not a:
-                return _STALE
-        for t, flag in self.grad_flags:
-            if t.requires_grad != flag:
+        for t, a, flag in self.owners:
+            if t.data is not a or t.requires_grad != flag:
                 return _STALE
         if self.cuda_graphs:
             if self.graph_runner is None:
