@@ -255,8 +255,20 @@ def mul(a, b):
     return Mul()(*_pair(a, b))
 
 
+def _integral(v):
+    """A Tensor of ints or bools, or a Python/NumPy int or bool."""
+    return v.dtype.kind in "biu" if isinstance(v, Tensor) else isinstance(v, (int, numpy.integer, numpy.bool_))
+
+
 def div(a, b):
-    """True division; integer (or bool) operands give the default float dtype, as in PyTorch."""
+    """True division; integer (or bool) operands give the default float dtype, as in PyTorch.
+
+    Each integer operand becomes a float from its own value, as torch's: promoting to the
+    integer result type first wrapped a 0-d tensor or Python int that the other operand's
+    dtype cannot hold (uint8 tensor / tensor(-1) divided by 255)."""
+    if _integral(a) and _integral(b):
+        dtype, like = numpy.dtype(_default_float()), a if isinstance(a, Tensor) else b
+        return Div()(_operand(a, dtype, like), _operand(b, dtype, like))
     a, b = _pair(a, b)
     if a.dtype.kind in "biu":
         a, b = astype(a, _default_float()), astype(b, _default_float())
@@ -1630,12 +1642,9 @@ def true_divide(a, b, rounding_mode=None):
     if rounding_mode not in (None, "trunc", "floor"):
         raise ValueError(f"div expected rounding_mode to be one of None, 'trunc', or 'floor' but found "
                          f"{rounding_mode!r}")
-    a, b = _pair(a, b)
     if rounding_mode is None:
-        if a.dtype.kind not in "fc" and b.dtype.kind not in "fc":
-            a = astype(a, _default_float())
-            b = astype(b, _default_float())
         return div(a, b)
+    a, b = _pair(a, b)
     if a.dtype.kind == "f":
         return RoundedDivide(rounding_mode)(a, b)
     if rounding_mode == "floor":

@@ -737,6 +737,14 @@ def more(name, sets):
 more("div", [(IDX_NEG, randint(4, low=1, high=5), r) for r in (None, "trunc", "floor")])
 more("Tensor.__mod__", [(IDX_NEG, randint(4, low=1, high=4)), (randn(3, 4), numpy.abs(randn(4)) + 0.5)])
 more("Tensor.__floordiv__", [(IDX_NEG, randint(4, low=1, high=4))])
+# true division casts each integer operand to float from its own value: a 0-d tensor or Python int the other
+# operand's dtype cannot hold is not wrapped first (uint8 / tensor(-1) gave 1/255, int32 / tensor(2**40) inf)
+INT_DIV = [(numpy.array([1, 2], numpy.uint8), numpy.array(-1)), (numpy.array([1, 2], i32), numpy.array(2 ** 40)),
+           (numpy.array([1, 2], i32), 2 ** 40), (numpy.array([3, 200], numpy.uint8), -3), (numpy.array(-1), numpy.array([1, 2], numpy.uint8))]
+more("Tensor.__truediv__", INT_DIV)
+more("div", [s + (None,) for s in INT_DIV])
+more("Tensor.div", INT_DIV)
+more("Tensor.true_divide", INT_DIV)
 more("Tensor.__or__", [(boolean(3, 4), boolean(4))])
 more("Tensor.eq", [(ties(3, 4), ties(4))])
 more("Tensor.ne", [(ties(3, 4), ties(4))])
