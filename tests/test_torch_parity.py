@@ -753,6 +753,10 @@ more("sort", [(ties(6, 3), 0, True), (ties(3, 8), -1, False)])
 more("argsort", [(ties(5, 3), 0), (ties(3, 8), -1)])
 more("Tensor.argsort", [(randint(3, 7, low=0, high=5),), (ties(9),)])
 more("cumprod", [(randn(3, 4) * MASK_F, 1), (randn(3, 4) * MASK_F, 0)])
+# long scans accumulate as torch's CPU kernels: float32 in float64, float16 in float32 (the float16 cumsum of
+# 100 normal values drifted by up to 9 % in float16, the float32 one by ~1e-6 absolute per few hundred terms)
+more("cumsum", [(randn(2, 3000, dtype=f32), 1), (randn(300, 2, dtype=numpy.float16), 0)])
+more("cumprod", [(1 + randn(2, 300, dtype=f32, scale=0.01), -1), (1 + randn(200, dtype=numpy.float16, scale=0.01), 0)])
 more("prod", [(randn(3, 4) * MASK_F, 0), (randn(3, 4) * MASK_F, 1), (randn(3, 4) * MASK_F[:, :1], None)])
 more("einsum", [("bij,bjk->bik", randn(2, 3, 4), randn(2, 4, 5)), ("ij,kj", randn(3, 4), randn(2, 4)),
                 ("ij->j", randn(3, 4)), ("...i,...j->...ij", randn(2, 3), randn(2, 4)),
