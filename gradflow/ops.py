@@ -1820,6 +1820,9 @@ class Norm(_Unary):
         if numpy.isinf(p) and builtins.any(x.shape[a] == 0 for a in axes):
             raise RuntimeError(f"norm: cannot compute the {p} norm over an empty dimension (shape {x.shape}): "
                                f"a max or min of no elements has no value")
+        x0, half = x, x.dtype.name in ("float16", "bfloat16")
+        if half:  # as torch: accumulate in float32 (the norm of float16 [300, 300] was inf, torch 424.2)
+            x = x.astype(numpy.float32)
         with numpy.errstate(divide="ignore", over="ignore"):  # |0| ** (p < 0) is inf, as in torch
             if p == 2:
                 y = xp.sqrt((x * x).sum(axis=axes, keepdims=True))
@@ -1833,6 +1836,8 @@ class Norm(_Unary):
                 y = (xp.abs(x) ** p).sum(axis=axes, keepdims=True) ** (1.0 / p)
         if not keepdim:
             y = y.reshape(tuple(s for i, s in enumerate(x.shape) if i not in axes))
+        if half:
+            x, y = x0, y.astype(x0.dtype)
         self.save_for_backward(x, y)
         return y
 

@@ -756,6 +756,10 @@ more("cumprod", [(randn(3, 4) * MASK_F, 1), (randn(3, 4) * MASK_F, 0)])
 # long scans accumulate as torch's CPU kernels: float32 in float64, float16 in float32 (the float16 cumsum of
 # 100 normal values drifted by up to 9 % in float16, the float32 one by ~1e-6 absolute per few hundred terms)
 more("cumsum", [(randn(2, 3000, dtype=f32), 1), (randn(300, 2, dtype=numpy.float16), 0)])
+# float16 norms accumulate in float32 as torch's (the squares of [300, 300] overflowed: inf, torch 424.2)
+HALF_BIG = numpy.array([[300.0, 300.0, -2.0], [1e-3, 0.0, 6e4]], numpy.float16)
+more("Tensor.norm", [(HALF_BIG, p) for p in (2, 1, inf, 3)])
+more("norm", [(HALF_BIG, 2, 1), (HALF_BIG, "fro", None), (HALF_BIG, 1, 0)])
 more("cumprod", [(1 + randn(2, 300, dtype=f32, scale=0.01), -1), (1 + randn(200, dtype=numpy.float16, scale=0.01), 0)])
 more("prod", [(randn(3, 4) * MASK_F, 0), (randn(3, 4) * MASK_F, 1), (randn(3, 4) * MASK_F[:, :1], None)])
 more("einsum", [("bij,bjk->bik", randn(2, 3, 4), randn(2, 4, 5)), ("ij,kj", randn(3, 4), randn(2, 4)),
