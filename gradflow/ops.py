@@ -1655,16 +1655,20 @@ def true_divide(a, b, rounding_mode=None):
 
 
 # ---- reductions: all / any / prod / cumsum / cumprod / logsumexp / norm -----------------------
+def _all_any(kind, x, dim, keepdim):
+    x = _t(x)
+    y = NonDifferentiable(kind, axis=dim, keepdims=keepdim)(x)
+    return astype(y, numpy.uint8) if x.dtype == numpy.uint8 else y  # torch keeps uint8 (bool otherwise)
+
+
 def reduce_all(x, dim=None, keepdim=False):
     """torch.all (named so it does not shadow Python's all() in this module)."""
-    x = _t(x)
-    return NonDifferentiable("all", axis=dim, keepdims=keepdim)(x)
+    return _all_any("all", x, dim, keepdim)
 
 
 def reduce_any(x, dim=None, keepdim=False):
     """torch.any."""
-    x = _t(x)
-    return NonDifferentiable("any", axis=dim, keepdims=keepdim)(x)
+    return _all_any("any", x, dim, keepdim)
 
 
 def _scan_accumulator(dtype, xp):
