@@ -2549,6 +2549,10 @@ def einsum(equation, *operands):
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = tuple(operands[0])
     operands = [_t(o) for o in operands]
+    dtypes = {o.dtype for o in operands}
+    if len(dtypes) > 1:  # as torch (and matmul): NumPy would promote, and a float32 operand's gradient became float64
+        raise DTypeError(f"einsum: operands have different dtypes ({', '.join(str(o.dtype) for o in operands)}); "
+                         f"cast them to one with .to(dtype)")
     return Einsum(equation)(*operands)
 
 

@@ -770,7 +770,8 @@ more("cumprod", [(1 + randn(2, 300, dtype=f32, scale=0.01), -1), (1 + randn(200,
 more("prod", [(randn(3, 4) * MASK_F, 0), (randn(3, 4) * MASK_F, 1), (randn(3, 4) * MASK_F[:, :1], None)])
 more("einsum", [("bij,bjk->bik", randn(2, 3, 4), randn(2, 4, 5)), ("ij,kj", randn(3, 4), randn(2, 4)),
                 ("ij->j", randn(3, 4)), ("...i,...j->...ij", randn(2, 3), randn(2, 4)),
-                ("iij,jk->ik", randn(3, 3, 4), randn(4, 2)), ("ii->i", randn(3, 3))])
+                ("iij,jk->ik", randn(3, 3, 4), randn(4, 2)), ("ii->i", randn(3, 3)),
+                ("ij,jk", randn(2, 3, dtype=f32), randn(3, 2)), ("i,i", randint(3), randn(3, dtype=f32))])  # raise
 more("F.kl_div", [(randn(3, 4), numpy.abs(randn(3, 4)) * MASK_F, "mean", False)])
 more("F.cross_entropy", [(randn(2, 5, 3, 2), randint(2, 3, 2, low=0, high=5), "mean", -100, 0.1),
                          (randn(2, 5, 4), numpy.array([[1, -100, 2, 4], [-100, 3, 3, 0]]), "mean", -100, 0.3),
