@@ -485,6 +485,9 @@ def where(condition, a, b):
     if not isinstance(condition, Tensor):
         condition = Tensor._wrap(backend.xp_of(a.data).asarray(condition, dtype=bool))
     elif condition.dtype != bool:
+        if condition.dtype != numpy.uint8:  # torch takes bool (and, deprecated, uint8) conditions only
+            raise DTypeError(f"where expected condition to be a boolean tensor, but got a tensor with dtype "
+                             f"{condition.dtype}; compare it (x > 0, x != 0) to get one")
         condition = compare(condition, 0, "not_equal")
     return Where()(condition, a, b)
 

@@ -164,6 +164,10 @@ ROWS = [
     Row("maximum", lambda m, a, b: m.maximum(a, b), TENSOR_PAIRS),
     Row("minimum", lambda m, a, b: m.minimum(a, b), TENSOR_PAIRS),
     Row("where", lambda m, c, a, b: m.where(c > 0, a, b), WHERE),
+    # the condition itself: bool or (deprecated) uint8; int and float conditions raise, as torch (they were taken as != 0)
+    Row("where condition", lambda m, c, a, b: m.where(c, a, b),
+        [(boolean(3), randn(3), randn(3)), (numpy.array([1, 0, 2], numpy.uint8), randn(3), 0.5), (randint(3), randn(3), randn(3)),
+         (randn(3), randn(3), randn(3)), (randint(2, 3, dtype=i32), 1.0, 0.0)]),
     Row("Tensor.__lt__", lambda m, a, b: a < b, BINARY),
     Row("Tensor.__le__", lambda m, a, b: a <= b, BINARY),
     Row("Tensor.__gt__", lambda m, a, b: a > b, BINARY),
