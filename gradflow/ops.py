@@ -2447,10 +2447,22 @@ def clone(x):
 
 
 def lerp(start, end, weight):
-    """start + weight * (end - start), differentiable in all three."""
+    """start + weight * (end - start), differentiable in all three, rounded as torch's kernel: from ``start``
+    where |weight| < 0.5, else from ``end`` (end - (end - start) * (1 - weight)), so weight 1 gives ``end``.
+
+    As torch, the tensors must share one float dtype (NumPy promotion returned float64 for a float32
+    start with a float64 end or weight, and integers where torch raises)."""
+    tensors = [t for t in (start, end, weight) if isinstance(t, Tensor)]
+    if builtins.any(t.dtype != tensors[0].dtype for t in tensors):
+        raise DTypeError(f"lerp: start, end and weight tensors must have one dtype, got "
+                         f"{', '.join(str(t.dtype) for t in tensors)}")
     start, end = _pair(start, end)
-    return start + _t(weight, like=start) * (end - start) if isinstance(weight, Tensor) else \
-        start + (end - start) * weight
+    if start.dtype.kind not in "fc":
+        raise DTypeError(f"lerp is not implemented for {start.dtype} tensors")
+    diff = end - start
+    if isinstance(weight, Tensor):
+        return where(abs(weight).data < 0.5, start + weight * diff, end - diff * (1.0 - weight))
+    return start + diff * weight if builtins.abs(weight) < 0.5 else end - diff * (1.0 - weight)
 
 
 def clamp_min(x, min):

@@ -750,6 +750,9 @@ more("div", [s + (None,) for s in INT_DIV])
 more("Tensor.div", INT_DIV)
 more("Tensor.true_divide", INT_DIV)
 more("Tensor.__or__", [(boolean(3, 4), boolean(4))])
+# lerp's tensors share one float dtype, as torch's (float32 with float64 returned float64, int64 returned ints)
+more("lerp", [(randn(3, dtype=f32), randn(3), 0.5), (randn(3), randn(3), randn(3, dtype=f32)), (randint(3), randint(3), 0.5),
+              (randn(4), randn(4), numpy.array([0.0, 0.49, 0.5, 1.0])), (randn(2, 3), randn(3), 1.0), (randn(3), randn(3), -0.7)])
 # all/any of uint8 give uint8, as torch's (bool for every other dtype)
 U8 = numpy.array([[0, 3, 255], [1, 2, 4]], numpy.uint8)
 for name in ("all", "any"):
