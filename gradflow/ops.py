@@ -629,6 +629,8 @@ def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None
     correction = (1 if unbiased is None else int(bool(unbiased))) if correction is None else correction
     if x.dtype.kind not in "fc":
         raise RuntimeError(f"std and var only support floating point and complex dtypes, got {x.dtype}")
+    if x.dtype == numpy.float16:  # as torch: accumulate in float32, round the result to float16
+        return astype(var(astype(x, numpy.float32), dim, keepdim=keepdim, correction=correction), x.dtype)
     axes = _axes(dim, x.ndim)
     n = int(numpy.prod([x.shape[a] for a in axes])) if axes else 1
     d = x - mean(x, axes, keepdims=True)
@@ -636,7 +638,11 @@ def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None
 
 
 def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None, keepdims=None):
-    """sqrt(var(...)), with ``var``'s arguments."""
+    """sqrt(var(...)), with ``var``'s arguments; float16 in float32, as torch (the variance of float16
+    [300, -300, 10] is inf in float16, its square root 300)."""
+    if isinstance(x, Tensor) and x.dtype == numpy.float16:
+        return astype(std(astype(x, numpy.float32), dim, unbiased, keepdim, correction=correction, axis=axis,
+                          keepdims=keepdims), x.dtype)
     return StdSqrt()(var(x, dim, unbiased, keepdim, correction=correction, axis=axis, keepdims=keepdims))
 
 

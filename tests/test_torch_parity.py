@@ -773,6 +773,10 @@ more("cumsum", [(randn(2, 3000, dtype=f32), 1), (randn(300, 2, dtype=numpy.float
 HALF_BIG = numpy.array([[300.0, 300.0, -2.0], [1e-3, 0.0, 6e4]], numpy.float16)
 more("Tensor.norm", [(HALF_BIG, p) for p in (2, 1, inf, 3)])
 more("norm", [(HALF_BIG, 2, 1), (HALF_BIG, "fro", None), (HALF_BIG, 1, 0)])
+# float16 var/std accumulate in float32 as torch's (the float16 std of [300, -300, 10] was inf, torch 300)
+HALF_SPREAD = numpy.array([[300.0, -300.0, 10.0, 0.5], [1e-3, 2e-3, -1e-3, 0.0]], numpy.float16)
+for name in ("var", "std"):
+    more(name, [(HALF_SPREAD, None), (HALF_SPREAD, 1), (HALF_SPREAD, 0)])
 more("cumprod", [(1 + randn(2, 300, dtype=f32, scale=0.01), -1), (1 + randn(200, dtype=numpy.float16, scale=0.01), 0)])
 more("prod", [(randn(3, 4) * MASK_F, 0), (randn(3, 4) * MASK_F, 1), (randn(3, 4) * MASK_F[:, :1], None)])
 more("einsum", [("bij,bjk->bik", randn(2, 3, 4), randn(2, 4, 5)), ("ij,kj", randn(3, 4), randn(2, 4)),
