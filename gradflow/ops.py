@@ -624,6 +624,8 @@ def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None, axis=None
     """Variance with PyTorch's default Bessel correction (``correction=0`` or ``unbiased=False``
     for the population). Positional arguments follow ``torch.var(dim, unbiased, keepdim)``."""
     dim, keepdim = _pick(dim, axis, keepdim, keepdims)
+    if isinstance(dim, bool) and unbiased is None:  # torch's var(unbiased) overload: x.var(False)
+        dim, unbiased = None, dim
     if unbiased is not None and correction is not None:
         raise TypeError("var: give either unbiased or correction, not both")
     correction = (1 if unbiased is None else int(bool(unbiased))) if correction is None else correction

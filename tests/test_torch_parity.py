@@ -198,6 +198,8 @@ ROWS = [
     Row("var", lambda m, x, d: m.var(x, dim=d) if d is not None else m.var(x), dims(UNARY)),
     Row("Tensor.var", lambda m, x, d, k: x.var(d, keepdim=k), KEEPDIM),
     Row("Tensor.var unbiased", lambda m, x, u: x.var(1, u), [(randn(3, 4), True), (randn(3, 4), False)]),
+    Row("Tensor.var unbiased only", lambda m, x, u: x.var(u), [(randn(3, 4), True), (randn(3, 4), False)]),
+    Row("std unbiased only", lambda m, x, u: m.std(x, u), [(randn(3, 4), True), (randn(3, 4), False), (randn(5, dtype=f32), False)]),
     Row("Tensor.var correction", lambda m, x, c: x.var(dim=0, correction=c), [(randn(3, 4), 0), (randn(3, 4), 2)]),
     Row("std", lambda m, x, d: m.std(x, dim=d) if d is not None else m.std(x), dims(FLOATS[:4] + INTS)),
     Row("Tensor.std", lambda m, x, d, k: x.std(d, keepdim=k), KEEPDIM[:8] + [(randn(3, 4), (0, 1), False)]),
