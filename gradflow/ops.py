@@ -251,8 +251,36 @@ def sub(a, b):
     return Sub()(*_pair(a, b))
 
 
+_HALF = ("float16", "bfloat16")
+
+
+def _half_by_scalar(t, s):
+    """True when ``t`` is a float16/bfloat16 tensor and ``s`` a scalar its dtype would round: a Python number
+    or a 0-d tensor of another dtype that does not raise the result type. torch's mul and div kernels read
+    such a scalar at float32 (opmath) precision instead of rounding it to the tensor's dtype first."""
+    if not (isinstance(t, Tensor) and t.dtype.name in _HALF) or isinstance(s, (bool, numpy.bool_)):
+        return False
+    if isinstance(s, Tensor):
+        return s.ndim == 0 and s.dtype != t.dtype and s.dtype != bool and result_type(t, s) == t.dtype
+    return isinstance(s, (int, float, numpy.integer, numpy.floating))
+
+
+def _in_float32(fn, a, b):
+    """fn(a, b) for a float16/bfloat16 tensor and a scalar, computed in float32 and rounded once, as torch's."""
+    half = (a if isinstance(a, Tensor) and a.dtype.name in _HALF else b).dtype
+    like = a if isinstance(a, Tensor) else b
+    y = fn(*(astype(v, numpy.float32) if isinstance(v, Tensor) else _operand(v, numpy.dtype(numpy.float32), like)
+             for v in (a, b)))
+    return astype(y, half)
+
+
 def mul(a, b):
-    return Mul()(*_pair(a, b))
+    # x16 * 0.1 and 0.1 * x16: 0.1 at float32, as torch; a 0-d tensor first (tensor(0.1) * x16) is rounded to
+    # float16 there (torch's kernel reads only its second operand as a scalar)
+    if (isinstance(a, Tensor) and isinstance(b, Tensor) and a.dtype == b.dtype) or not \
+            (_half_by_scalar(a, b) or not isinstance(a, Tensor) and _half_by_scalar(b, a)):
+        return Mul()(*_pair(a, b))
+    return _in_float32(lambda x, y: Mul()(x, y), a, b)
 
 
 def _integral(v):
@@ -269,6 +297,8 @@ def div(a, b):
     if _integral(a) and _integral(b):
         dtype, like = numpy.dtype(_default_float()), a if isinstance(a, Tensor) else b
         return Div()(_operand(a, dtype, like), _operand(b, dtype, like))
+    if _half_by_scalar(a, b):  # x16 / 0.7: the divisor at float32, as torch's kernel (not for 0.7 / x16)
+        return _in_float32(lambda x, y: Div()(x, y), a, b)
     a, b = _pair(a, b)
     if a.dtype.kind in "biu":
         a, b = astype(a, _default_float()), astype(b, _default_float())
@@ -1250,6 +1280,8 @@ def inplace_(x, other, ufunc):
     if isinstance(other, Tensor) and other.device != x.device:
         raise RuntimeError(f"in-place {ufunc}: tensors are on different devices ('{x.device}' and '{other.device}')")
     xp = backend.xp_of(x.data)
+    if ufunc in ("multiply", "divide") and _half_by_scalar(x, other):  # the scalar at float32, as mul/div
+        o = xp.asarray(o, dtype=numpy.float32)
     try:
         getattr(xp, ufunc)(x.data, o, out=x.data, casting="same_kind")
     except ValueError as e:
@@ -1623,6 +1655,8 @@ def remainder(a, b):
 
 def floor_divide(a, b):
     """a // b rounded toward minus infinity (torch.floor_divide); carries no gradient."""
+    if _half_by_scalar(a, b):  # x16 // 0.1: 0.1 at float32, as torch's div kernel (gave 5 for 0.5, torch 4)
+        return _in_float32(floor_divide, a, b)
     a, b = _pair(a, b)
     _check_int_divisor(a, b)
     return NonDifferentiable("floor_divide")(a, b)
@@ -1655,6 +1689,8 @@ def true_divide(a, b, rounding_mode=None):
                          f"{rounding_mode!r}")
     if rounding_mode is None:
         return div(a, b)
+    if _half_by_scalar(a, b):
+        return _in_float32(lambda x, y: true_divide(x, y, rounding_mode), a, b)
     a, b = _pair(a, b)
     if a.dtype.kind == "f":
         return RoundedDivide(rounding_mode)(a, b)
