@@ -301,7 +301,11 @@ ROWS = [
     # ---- factories --------------------------------------------------------------------------------------------
     Row("tensor", lambda m, d: m.tensor(d() if callable(d) else d),  # arrays wrapped in a lambda: passed as data
         [([1, 2],), ([1.0, 2],), ([True, False],), (3.5,), (7,), ([[1, 2], [3, 4]],), ([],),
-         (lambda: numpy.array([1.0], f64),), (lambda: numpy.array([1], i32),)]),
+         (lambda: numpy.array([1.0], f64),), (lambda: numpy.array([1], i32),),
+         # NumPy scalars in a list keep their dtype in the promotion, as torch's (the list was float32 / int64)
+         ([numpy.float64(0.5), 1.0],), ([[numpy.float64(0.5)], [2.0]],), ([numpy.float32(0.5), 2],), ([numpy.int32(1), 2],),
+         ([numpy.int32(1), numpy.int32(2)],), ([numpy.int8(1), numpy.uint8(2)],), ([numpy.float16(1), 2],),
+         ([numpy.float16(1), 2.0],), ((numpy.float64(0.1),),), ([numpy.array([1.0, 2.0])],)]),
     Row("from_numpy", lambda m, a: m.from_numpy(a), [(numpy.arange(3.0),), (numpy.arange(3, dtype=i32),)]),
     Row("zeros", lambda m, *s: m.zeros(*s), [(2, 3), ((2, 3),), (0,), ((),)]),
     Row("ones", lambda m, *s: m.ones(*s), [(2, 3), ((4,),)]),
