@@ -306,6 +306,8 @@ def div(a, b):
 
 
 def pow(a, b):
+    if isinstance(b, numpy.generic):  # a number, as in torch (x32 ** numpy.float64(0.5) was float64)
+        b = b.item()
     if isinstance(a, Tensor) and isinstance(b, (int, float)) and not isinstance(b, bool):
         dtype = result_type(a, b)
         if dtype.kind in "iu" and b < 0:
@@ -486,6 +488,8 @@ def abs(x):
 def clamp(x, min=None, max=None):
     if min is None and max is None:
         raise OpError("clamp: give at least one of min and max")
+    # a NumPy scalar bound is a number, as in torch (NumPy's clip promoted float32 by numpy.float64(0.5) to float64)
+    min, max = (v.item() if isinstance(v, numpy.generic) else v for v in (min, max))
     if x.dtype.kind in "biu" and builtins.any(isinstance(v, float) or isinstance(v, Tensor) and v.dtype.kind == "f"
                                               for v in (min, max)):
         x = astype(x, _default_float())  # an int tensor clamped to float bounds: the default float, as in torch

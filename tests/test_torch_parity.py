@@ -756,6 +756,13 @@ more("div", [s + (None,) for s in INT_DIV])
 more("Tensor.div", INT_DIV)
 more("Tensor.true_divide", INT_DIV)
 more("Tensor.__or__", [(boolean(3, 4), boolean(4))])
+# NumPy scalars are numbers, as in torch: x32.clamp(min=numpy.float64(0.5)) and x32 ** numpy.float64(0.5) were
+# float64, full((2,), numpy.int64(3)) float32
+more("Tensor.clamp", [(randn(4, dtype=f32), numpy.float64(-0.5), numpy.float64(0.5)), (randint(4), numpy.float32(0.5), None),
+                      (randn(4, dtype=f32), None, numpy.int64(0)), (randn(4), numpy.float32(-0.1), None)])
+more("Tensor.__pow__", [(numpy.abs(randn(3, dtype=f32)), numpy.float64(0.5)), (randint(3, low=1), numpy.float64(0.5)),
+                        (randn(3), numpy.float32(2.0)), (randn(3, dtype=f32), numpy.int64(3))])
+more("full", [((2,), numpy.int64(3)), ((2,), numpy.int32(3)), ((2,), numpy.float64(0.1)), ((2,), numpy.bool_(True))])
 # lerp's tensors share one float dtype, as torch's (float32 with float64 returned float64, int64 returned ints)
 more("lerp", [(randn(3, dtype=f32), randn(3), 0.5), (randn(3), randn(3), randn(3, dtype=f32)), (randint(3), randint(3), 0.5),
               (randn(4), randn(4), numpy.array([0.0, 0.49, 0.5, 1.0])), (randn(2, 3), randn(3), 1.0), (randn(3), randn(3), -0.7)])
