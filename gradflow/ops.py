@@ -1816,7 +1816,9 @@ class Prod(_Unary):
     def forward(self, x):
         axis, keepdim = self.params
         self.x_shape = x.shape
-        return backend.xp_of(x).asarray(x.prod(axis=axis, keepdims=keepdim))
+        # an int dtype stays (NumPy widens int32 and narrower to int64; prod(dtype=int32) is int32 in torch)
+        dtype = x.dtype if x.dtype.kind in "iu" else None
+        return backend.xp_of(x).asarray(x.prod(axis=axis, keepdims=keepdim, dtype=dtype))
 
     def backward(self, gy):
         x, = self.inputs

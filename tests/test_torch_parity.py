@@ -791,6 +791,10 @@ HALF_SPREAD = numpy.array([[300.0, -300.0, 10.0, 0.5], [1e-3, 2e-3, -1e-3, 0.0]]
 for name in ("var", "std"):
     more(name, [(HALF_SPREAD, None), (HALF_SPREAD, 1), (HALF_SPREAD, 0)])
 more("cumprod", [(1 + randn(2, 300, dtype=f32, scale=0.01), -1), (1 + randn(200, dtype=numpy.float16, scale=0.01), 0)])
+# prod(dtype=) keeps an integer dtype (NumPy widened int32, int16 and int8 to int64)
+ROWS.append(Row("prod dtype", lambda m, x, d, dt: m.prod(x, d, dtype=getattr(m, dt)) if d is not None else m.prod(x, dtype=getattr(m, dt)),
+                [(randint(4), 0, "int32"), (randint(2, 3), None, "int16"), (randint(3, dtype=i32), 0, "int8"),
+                 (randint(3), 0, "float64"), (randn(3, dtype=f32), None, "float64"), (boolean(3), 0, "int32")]))
 more("prod", [(randn(3, 4) * MASK_F, 0), (randn(3, 4) * MASK_F, 1), (randn(3, 4) * MASK_F[:, :1], None)])
 more("einsum", [("bij,bjk->bik", randn(2, 3, 4), randn(2, 4, 5)), ("ij,kj", randn(3, 4), randn(2, 4)),
                 ("ij->j", randn(3, 4)), ("...i,...j->...ij", randn(2, 3), randn(2, 4)),
