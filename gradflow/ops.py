@@ -135,7 +135,7 @@ def _axes(axis, ndim):
 
 def _check_floating(x, name):
     """mean/var of integers would compute with a truncated 1/n: PyTorch refuses, so does gradflow."""
-    if x.dtype.kind not in "fc":
+    if x.dtype.kind not in "fc" and x.dtype.name != "bfloat16":
         raise RuntimeError(f"{name}(): could not infer output dtype. Input dtype must be either a floating point "
                            f"or complex dtype. Got: {x.dtype} (convert with .float() first)")
 
@@ -593,15 +593,16 @@ class Sum(Function):
     def forward(self, x):
         self.axes = _axes(self.axis, x.ndim)
         self.x_shape = x.shape
-        # as torch: unsigned ints sum as int64 (NumPy: uint64), float16 accumulates in float32
-        # (NumPy in float16: the mean of [60000, 60000] overflowed to inf)
-        wide = numpy.int64 if x.dtype.kind == "u" and x.dtype.itemsize < 8 else \
-            numpy.float32 if x.dtype == numpy.float16 else None
+        # as torch: unsigned ints sum as int64 (NumPy: uint64), float16 and bfloat16 accumulate in float32
+        # (NumPy in float16: the mean of [60000, 60000] overflowed to inf; in bfloat16 the sum of 300
+        # times 0.1 was 32, torch 30)
+        half = x.dtype.name in _HALF
+        wide = numpy.int64 if x.dtype.kind == "u" and x.dtype.itemsize < 8 else numpy.float32 if half else None
         y = x.sum(axis=self.axes, keepdims=self.keepdims, dtype=wide)
         if self.scale is not None:
             y = y * y.dtype.type(self.scale) if hasattr(y, "dtype") else y * self.scale
-        if x.dtype == numpy.float16:
-            y = y.astype(numpy.float16)
+        if half:
+            y = y.astype(x.dtype)
         return backend.xp_of(x).asarray(y)
 
     def backward(self, gy):

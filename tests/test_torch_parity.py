@@ -810,6 +810,13 @@ more("F.cross_entropy", [(randn(2, 5, 3, 2), randint(2, 3, 2, low=0, high=5), "m
 HALF_GRID = numpy.linspace(0.5, 8.0, 64).astype(numpy.float16)
 HALF_SCALARS = [(HALF_GRID, v) for v in (0.1, 0.7071067811865476, 1 / 3, 4097, numpy.array(0.7071067811865476, f32),
                                          numpy.array(0.1, f32), numpy.array(4097), numpy.array(0.3, numpy.float16))]
+# bfloat16 sums and means accumulate in float32, as float16's and torch's (the sum of 300 times 0.1 was 32, torch 30;
+# mean raised)
+BF16_SETS = [(numpy.full((2, 300), 0.1, f32), d) for d in (None, 1, 0)] + [(randn(3, 500, dtype=f32), d) for d in (None, 1, -2)]
+ROWS += [
+    Row("Tensor.sum bfloat16", lambda m, x, d: (x.bfloat16().sum() if d is None else x.bfloat16().sum(d)).float(), BF16_SETS),
+    Row("Tensor.mean bfloat16", lambda m, x, d: (x.bfloat16().mean() if d is None else x.bfloat16().mean(d)).float(), BF16_SETS),
+]
 ROWS += [
     Row("Tensor.__mul__ float16 by a scalar", lambda m, a, b: a * b, HALF_SCALARS),
     Row("Tensor.__rmul__ float16 by a scalar", lambda m, a, b: b * a, HALF_SCALARS),
