@@ -1279,14 +1279,16 @@ def inplace_(x, other, ufunc):
     rebasing x's history as torch does, when recording and x or ``other`` requires grad)."""
     if _records_in_place(x, other):
         return rebase_in_place(x, lambda old: _OUT_OF_PLACE[ufunc](old, other), f"in-place {ufunc}",
-                               keep_old=ufunc in ("multiply", "divide"))
+                               keep_old=ufunc not in ("add", "subtract"))
     _in_place(f"in-place {ufunc}")
     o = other.data if isinstance(other, Tensor) else other
     if isinstance(other, Tensor) and other.device != x.device:
         raise RuntimeError(f"in-place {ufunc}: tensors are on different devices ('{x.device}' and '{other.device}')")
     xp = backend.xp_of(x.data)
-    if ufunc in ("multiply", "divide") and _half_by_scalar(x, other):  # the scalar at float32, as mul/div
+    if ufunc in ("multiply", "divide", "floor_divide") and _half_by_scalar(x, other):  # the scalar at float32
         o = xp.asarray(o, dtype=numpy.float32)
+    if ufunc in ("floor_divide", "remainder") and x.dtype.kind in "biu" and bool((xp.asarray(o) == 0).any()):
+        raise RuntimeError("ZeroDivisionError: integer division or remainder by zero")  # NumPy gives 0
     try:
         getattr(xp, ufunc)(x.data, o, out=x.data, casting="same_kind")
     except ValueError as e:
@@ -2662,7 +2664,9 @@ def equal(a, b):
 
 
 # ---- in-place updates (versioned: the tape sees them) -------------------------------------------
-_OUT_OF_PLACE = {"add": add, "subtract": sub, "multiply": mul, "divide": div}
+_OUT_OF_PLACE = {"add": add, "subtract": sub, "multiply": mul, "divide": div, "floor_divide": floor_divide,
+                 "remainder": remainder, "power": pow, "bitwise_and": bitwise_and, "bitwise_or": bitwise_or,
+                 "bitwise_xor": bitwise_xor}
 
 
 def _records_in_place(x, *others):

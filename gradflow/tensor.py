@@ -434,6 +434,13 @@ class Tensor:
     def __isub__(self, o): return ops.inplace_(self, o, "subtract")
     def __imul__(self, o): return ops.inplace_(self, o, "multiply")
     def __itruediv__(self, o): return ops.inplace_(self, o, "divide")
+    # without these Python falls back to x = x // o: a new tensor, so views and other names of x kept the old value
+    def __ifloordiv__(self, o): return ops.inplace_(self, o, "floor_divide")
+    def __imod__(self, o): return ops.inplace_(self, o, "remainder")
+    def __ipow__(self, o): return ops.inplace_(self, o, "power")
+    def __iand__(self, o): return ops.inplace_(self, o, "bitwise_and")
+    def __ior__(self, o): return ops.inplace_(self, o, "bitwise_or")
+    def __ixor__(self, o): return ops.inplace_(self, o, "bitwise_xor")
     def __lt__(self, o): return ops.compare(self, o, "less")
     def __le__(self, o): return ops.compare(self, o, "less_equal")
     def __gt__(self, o): return ops.compare(self, o, "greater")

@@ -71,6 +71,28 @@ def _inplace(op):
     return f
 
 
+def _inplace_aliased(op):
+    """``y op= b`` on a copy: the result and a view of y taken before, which must see the update (in-place)."""
+    def f(m, a, b):
+        y = a.clone()
+        view = y[...]
+        z = y
+        if op == "//":
+            z //= b
+        elif op == "%":
+            z %= b
+        elif op == "**":
+            z **= b
+        elif op == "&":
+            z &= b
+        elif op == "|":
+            z |= b
+        else:
+            z ^= b
+        return z, view, m.tensor(z is y)
+    return f
+
+
 def _no_grad(m, x):
     with m.no_grad():
         y = x * 2
@@ -826,6 +848,19 @@ ROWS += [
     Row("Tensor.__floordiv__ float16 by a scalar", lambda m, a, b: a // b, HALF_SCALARS[:4], grad=False),
     Row("Tensor.mul_ float16 by a scalar", lambda m, a, b: a.clone().mul_(b), HALF_SCALARS, grad=False),
     Row("Tensor.__itruediv__ float16 by a scalar", _inplace("/"), HALF_SCALARS, grad=False),
+]
+# //=, %=, **=, &=, |=, ^= update the tensor in place, as torch's: without them Python rebound the name to a new
+# tensor, so a view or another name of it kept the old value
+ALIAS_DIV = [(IDX_NEG, randint(4, low=1, high=4)), (randn(3, 4), numpy.abs(randn(4)) + 0.5), (randn(3), 0.7), (randint(3), 0),
+             (randint(3), 2.5), (randn(3, dtype=f32), 2)]
+ROWS += [
+    Row("Tensor.__ifloordiv__", _inplace_aliased("//"), ALIAS_DIV, grad=False),
+    Row("Tensor.__imod__", _inplace_aliased("%"), ALIAS_DIV),
+    Row("Tensor.__ipow__", _inplace_aliased("**"), [(randn(3), 2), (numpy.abs(randn(3)) + 0.1, randn(3)), (randint(3, low=0), 2),
+                                                    (randint(3), 0.5), (randn(3, dtype=f32), 3.0)]),
+    Row("Tensor.__iand__", _inplace_aliased("&"), BITS),
+    Row("Tensor.__ior__", _inplace_aliased("|"), BITS),
+    Row("Tensor.__ixor__", _inplace_aliased("^"), BITS),
 ]
 ROWS += [
     Row("Tensor.round decimals", lambda m, x, d: x.round(decimals=d), [(randn(3, 4), 2), (randn(3, 4, dtype=f32) * 50, -1)]),
