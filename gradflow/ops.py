@@ -1410,6 +1410,14 @@ def _transposed_first(x, w):
 
 
 def linear(x, weight, bias=None):
+    if isinstance(weight, Tensor) and weight.ndim != 2 or \
+            isinstance(bias, Tensor) and isinstance(weight, Tensor) and tuple(bias.shape) != weight.shape[:1]:
+        # torch's other forms: a 1-D weight (x @ w) and a bias that broadcasts (shape () or (1,)); the Linear op's
+        # backward takes (out, in) weights and (out,) biases (a () bias crashed backward)
+        if weight.ndim < 2 and bias is not None:
+            raise OpError(f"linear: a bias needs a 2-D weight (out, in), got a {weight.ndim}-D weight (as torch)")
+        y = matmul(x, weight if weight.ndim < 2 else _matrix_transpose(weight))
+        return y if bias is None else y + bias
     return Linear()(x, weight) if bias is None else Linear()(x, weight, bias)
 
 

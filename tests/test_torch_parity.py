@@ -208,8 +208,12 @@ ROWS = [
     Row("linear", lambda m, x, w, b: m.F.linear(x, w, b),
         [(randn(4, 3), randn(2, 3), randn(2)), (randn(4, 3), randn(2, 3), None), (randn(5, 4, 3), randn(2, 3), randn(2)),
          (randn(3), randn(2, 3), randn(2)), (randn(4, 3), randn(2, 4), None),
-         (randn(4, 3, dtype=f32), randn(2, 3, dtype=f32), randn(2, dtype=f32))]),
-    Row("F.linear", lambda m, x, w: m.F.linear(x, w), [(randn(4, 3), randn(2, 3))]),
+         (randn(4, 3, dtype=f32), randn(2, 3, dtype=f32), randn(2, dtype=f32)),
+         # biases that broadcast: backward crashed ("returned a gradient of shape (2,) for an input of shape ()")
+         (randn(4, 3), randn(2, 3), numpy.array(0.5)), (randn(4, 3), randn(2, 3), randn(1)), (randn(2, 3), randn(3), randn(1)),
+         (randn(4, 3), randn(2, 3), randn(4, 2))]),
+    Row("F.linear", lambda m, x, w: m.F.linear(x, w), [(randn(4, 3), randn(2, 3)),
+                                                       (randn(3), randn(3)), (randn(2, 3), randn(3))]),  # 1-D weight
     # ---- reductions -----------------------------------------------------------------------------------
     Row("sum", lambda m, x, d: m.sum(x, dim=d) if d is not None else m.sum(x), dims(UNARY)),
     Row("Tensor.sum", lambda m, x, d, k: x.sum(d, k) if d is not None else x.sum(), KEEPDIM + [(randn(2, 3), (0, 1), False),
