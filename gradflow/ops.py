@@ -642,13 +642,21 @@ class MaxMin(Function):
         return gy * share
 
 
-def sum(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
+def sum(x, axis=None, keepdims=False, *, dim=None, keepdim=None, dtype=None):
+    """torch.sum; ``dtype`` casts the input first (differentiably), as torch's."""
     axis, keepdims = _pick(axis, dim, keepdims, keepdim)
-    return Sum(_axes(axis, x.ndim), keepdims)(x)
+    if dtype is None:
+        return Sum(_axes(axis, x.ndim), keepdims)(x)
+    x = astype(x, dtype)
+    y = Sum(_axes(axis, x.ndim), keepdims)(x)
+    return y if y.dtype == x.dtype else astype(y, x.dtype)  # dtype=int32 stays int32 (sums wrap alike)
 
 
-def mean(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
+def mean(x, axis=None, keepdims=False, *, dim=None, keepdim=None, dtype=None):
+    """torch.mean; ``dtype`` casts the input first (so an int tensor's mean with dtype=float32 works)."""
     axis, keepdims = _pick(axis, dim, keepdims, keepdim)
+    if dtype is not None:
+        x = astype(x, dtype)
     _check_floating(x, "mean")
     axes = _axes(axis, x.ndim)
     n = int(numpy.prod([x.shape[a] for a in axes])) if axes else 1

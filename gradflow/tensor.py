@@ -544,13 +544,13 @@ class Tensor:
         from gradflow import activation
         return activation.tanh(self)
 
-    def softmax(self, dim):
+    def softmax(self, dim, dtype=None):
         from gradflow import activation
-        return activation.softmax(self, dim)
+        return activation.softmax(self, dim, dtype=dtype)
 
-    def log_softmax(self, dim):
+    def log_softmax(self, dim, dtype=None):
         from gradflow import activation
-        return activation.log_softmax(self, dim)
+        return activation.log_softmax(self, dim, dtype=dtype)
 
     def exp2(self): return ops.exp2(self)
     def sin(self): return ops.sin(self)

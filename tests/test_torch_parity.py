@@ -866,6 +866,18 @@ ROWS += [
     Row("Tensor.__ior__", _inplace_aliased("|"), BITS),
     Row("Tensor.__ixor__", _inplace_aliased("^"), BITS),
 ]
+# dtype= of sum, mean, softmax and log_softmax casts the input first, as torch's (the keyword raised TypeError)
+DTYPE_ARG = [(randn(3, 4, dtype=f32), "float64"), (randint(3, 4), "float32"), (randn(3, 4), "float32"), (boolean(3, 4), "int32")]
+ROWS += [
+    Row("sum dtype", lambda m, x, dt: m.sum(x, 1, dtype=getattr(m, dt)), DTYPE_ARG),
+    Row("Tensor.sum dtype", lambda m, x, dt: x.sum(dtype=getattr(m, dt)), DTYPE_ARG),
+    Row("mean dtype", lambda m, x, dt: m.mean(x, dim=0, dtype=getattr(m, dt)), DTYPE_ARG),
+    Row("Tensor.mean dtype", lambda m, x, dt: x.mean(dtype=getattr(m, dt)), DTYPE_ARG),
+    Row("F.softmax dtype", lambda m, x, dt: m.F.softmax(x, dim=-1, dtype=getattr(m, dt)), DTYPE_ARG),
+    Row("F.log_softmax dtype", lambda m, x, dt: m.F.log_softmax(x, 1, dtype=getattr(m, dt)), DTYPE_ARG),
+    Row("Tensor.softmax dtype", lambda m, x, dt: x.softmax(0, dtype=getattr(m, dt)), DTYPE_ARG),
+    Row("Tensor.log_softmax dtype", lambda m, x, dt: x.log_softmax(-1, dtype=getattr(m, dt)), DTYPE_ARG),
+]
 ROWS += [
     Row("Tensor.round decimals", lambda m, x, d: x.round(decimals=d), [(randn(3, 4), 2), (randn(3, 4, dtype=f32) * 50, -1)]),
     Row("Tensor.add alpha", lambda m, a, b, al: a.add(b, alpha=al), [(randn(3, 4), randn(4), 2), (randint(3), randint(3), 3)]),
