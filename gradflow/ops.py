@@ -1495,7 +1495,12 @@ class Log2(Function):
 class Log10(Function):
     def forward(self, x):
         self.save_for_backward(x)
-        return backend.xp_of(x).log10(x)
+        xp = backend.xp_of(x)
+        if x.dtype == numpy.float32 and xp is numpy:
+            # NumPy's float32 log10 is 1 ulp off at most powers of ten (log10(1000) = 3.0000002, log10(1e-3) =
+            # -3.0000002: ceil/floor of it counted a digit too many); in float64 it rounds as torch's
+            return xp.log10(x.astype(numpy.float64)).astype(numpy.float32)
+        return xp.log10(x)
 
     def backward(self, gy):
         x, = self.saved_tensors

@@ -878,6 +878,12 @@ ROWS += [
     Row("Tensor.softmax dtype", lambda m, x, dt: x.softmax(0, dtype=getattr(m, dt)), DTYPE_ARG),
     Row("Tensor.log_softmax dtype", lambda m, x, dt: x.log_softmax(-1, dtype=getattr(m, dt)), DTYPE_ARG),
 ]
+# float32 log10 of powers of ten is exact, as torch's (NumPy's float32 log10 was 1 ulp off: floor(log10(1e-3)) gave -4)
+POW10 = numpy.array([10.0 ** k for k in range(-10, 11)], f32)
+ROWS += [
+    Row("log10 powers of ten", lambda m, x: (m.floor(m.log10(x)), m.ceil(m.log10(x)), m.log10(x) == m.round(m.log10(x))),
+        [(POW10,), (POW10.astype(f64),), (numpy.array([10 ** k for k in range(10)]),)], grad=False),
+]
 ROWS += [
     Row("Tensor.round decimals", lambda m, x, d: x.round(decimals=d), [(randn(3, 4), 2), (randn(3, 4, dtype=f32) * 50, -1)]),
     Row("Tensor.add alpha", lambda m, a, b, al: a.add(b, alpha=al), [(randn(3, 4), randn(4), 2), (randint(3), randint(3), 3)]),
