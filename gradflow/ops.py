@@ -2670,6 +2670,9 @@ def meshgrid(*tensors, indexing="ij"):
 
 
 def isclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):
+    if isinstance(a, Tensor) and isinstance(b, Tensor) and a.dtype != b.dtype:
+        # as torch: promoting compared a float16 0.1 with a float32 0.1 (False) or ints with floats
+        raise DTypeError(f"isclose: {a.dtype} did not match {b.dtype}; cast one with .to(dtype)")
     a, b = _pair(a, b)
     return NonDifferentiable("isclose", rtol=rtol, atol=atol, equal_nan=equal_nan)(a, b)
 
