@@ -1120,15 +1120,43 @@ def stack(tensors, axis=0, *, dim=None):
 
 
 # ---- indexing ------------------------------------------------------------------------------
-def _index_arrays(index, xp):
-    """Tensors inside an index become arrays of the indexed tensor's module."""
+def _sequence_as_tuple(index):
+    """torch's (and old NumPy's) rule for a list index: shorter than 32 and holding a sequence, tensor, array,
+    slice, Ellipsis or None, it is a tuple of indices (x[[rows, cols]] is x[rows, cols], not a 2-d index)."""
+    return len(index) < 32 and builtins.any(
+        isinstance(i, (Tensor, list, tuple, slice, numpy.ndarray)) or i is None or i is Ellipsis or
+        hasattr(i, "__cuda_array_interface__") for i in index)
+
+
+def _index_arrays(index, xp, top=True):
+    """Tensors inside an index become arrays of the indexed tensor's module. As torch: a uint8 tensor or
+    array is a mask (NumPy read it as integer positions: x[uint8 [1, 0, 1]] took rows 1, 0, 1), an empty
+    list indexes nothing, and a list of lists (or of tensors, slices, None) is a tuple of indices."""
+    if top and isinstance(index, list) and _sequence_as_tuple(index):
+        index = tuple(index)
     if isinstance(index, tuple):
-        return tuple(_index_arrays(i, xp) for i in index)
+        return tuple(_index_arrays(i, xp, False) for i in index)
     if isinstance(index, Tensor):
-        return xp.asarray(index.data)
-    if isinstance(index, list):
-        return xp.asarray(index)
-    return index
+        a = xp.asarray(index.data)
+    elif isinstance(index, list):
+        a = xp.asarray(index)
+        if a.size == 0 and a.dtype.kind == "f":
+            a = a.astype(numpy.int64)
+    elif isinstance(index, numpy.ndarray) or hasattr(index, "__cuda_array_interface__"):
+        a = index
+    else:
+        if isinstance(index, slice) and index.step is not None and index.step <= 0:
+            raise ValueError("step must be greater than zero (torch has no negative-step slices; use flip)")
+        return index
+    return a.astype(bool) if a.dtype == numpy.uint8 else a
+
+
+def _refuse_uint8_mask(index):
+    """torch refuses a uint8 mask in an index assignment (a bool one is needed): so does gradflow."""
+    for i in index if isinstance(index, tuple) else (index,):
+        if getattr(i, "dtype", None) == numpy.uint8:
+            raise RuntimeError("index assignment with a uint8 mask: torch refuses it (masked_fill_ only supports "
+                               "boolean masks); use a bool mask (mask.bool())")
 
 
 def _int_like(i):
@@ -1277,6 +1305,7 @@ def embedding(indices, weight, padding_idx=None):
 
 def setitem_(x, index, value):
     """``x[index] = value`` in place; refused where it would corrupt recorded history."""
+    _refuse_uint8_mask(index)
     split = _split_ints(_index_arrays(index, backend.xp_of(x.data)))
     if split is not None:  # into the view the ints select (torch's order, see _split_ints)
         return setitem_(getitem(x, split[0]), split[1], value)

@@ -888,6 +888,21 @@ ROWS += [
     Row("log10 powers of ten", lambda m, x: (m.floor(m.log10(x)), m.ceil(m.log10(x)), m.log10(x) == m.round(m.log10(x))),
         [(POW10,), (POW10.astype(f64),), (numpy.array([10 ** k for k in range(10)]),)], grad=False),
 ]
+# indices as torch reads them: a uint8 tensor or array is a mask (it took rows 1, 0, 1), a list holding lists, tensors,
+# slices or None is a tuple (x[[[0, 1], [1, 2]]] is x[[0, 1], [1, 2]]: it was a 2-d index), an empty list indexes
+# nothing, a negative step raises; an index assignment refuses a uint8 mask, as torch
+U8_MASK = numpy.array([1, 0, 1], numpy.uint8)
+ROWS += [
+    Row("Tensor.__getitem__ torch index forms", lambda m, x, i: x[i() if callable(i) else i],
+        [(randn(3, 4), lambda: U8_MASK), (randn(3, 4), lambda: [[0, 1], [1, 2]]), (randn(3, 4), lambda: [0, [1, 2]]),
+         (randn(3, 4), lambda: [[[0, 1], [1, 2]]]), (randn(3, 4), lambda: [None, 0]), (randn(3, 4), lambda: [[0, 1], slice(None)]),
+         (randn(3, 4), lambda: [[0], [1]]), (randn(3, 4), lambda: []), (randn(3, 4), lambda: [0, 1]),
+         (randn(3, 4), lambda: slice(None, None, -1)), (randn(3, 4), lambda: (slice(None), slice(3, 0, -2)))]),
+    Row("Tensor.__getitem__ uint8 tensor mask", lambda m, x: x[m.tensor(U8_MASK)], [(randn(3, 4),), (randn(3),)]),
+    Row("Tensor.__setitem__ torch index forms", lambda m, x, i, v: _set(m, x, i() if callable(i) else i, v),
+        [(randn(3, 4), lambda: [[0, 1], [1, 2]], 5.0), (randn(3, 4), lambda: U8_MASK, 1.0), (randn(3, 4), lambda: [], 2.0),
+         (randn(3, 4), lambda: slice(None, None, -1), 0.0)], grad=False),
+]
 ROWS += [
     Row("Tensor.round decimals", lambda m, x, d: x.round(decimals=d), [(randn(3, 4), 2), (randn(3, 4, dtype=f32) * 50, -1)]),
     Row("Tensor.add alpha", lambda m, a, b, al: a.add(b, alpha=al), [(randn(3, 4), randn(4), 2), (randint(3), randint(3), 3)]),
