@@ -1046,16 +1046,18 @@ def _implicit_dim(name, ndim):
     return 0 if ndim in (0, 1, 3) else 1
 
 
-def softmax(x, dim=None, *, axis=None):
-    """exp(x - max) / sum(exp(x - max)) along ``dim`` (``axis`` is the NumPy spelling)."""
-    x = _tensor(x, "softmax")
+def softmax(x, dim=None, _stacklevel=3, dtype=None, *, axis=None):
+    """exp(x - max) / sum(exp(x - max)) along ``dim`` (``axis`` is the NumPy spelling); ``dtype`` casts
+    the input first, as torch's."""
+    x = _tensor(x if dtype is None else ops.astype(as_tensor(x), dtype), "softmax")
     dim = dim if axis is None else axis
     return Softmax(_axis(_implicit_dim("softmax", x.ndim) if dim is None else dim, x.ndim, "softmax"))(x)
 
 
-def log_softmax(x, dim=None, *, axis=None):
-    """x - max - log(sum(exp(x - max))) along ``dim`` (``axis`` is the NumPy spelling)."""
-    x = _tensor(x, "log_softmax")
+def log_softmax(x, dim=None, _stacklevel=3, dtype=None, *, axis=None):
+    """x - max - log(sum(exp(x - max))) along ``dim`` (``axis`` is the NumPy spelling); ``dtype`` casts
+    the input first, as torch's."""
+    x = _tensor(x if dtype is None else ops.astype(as_tensor(x), dtype), "log_softmax")
     dim = dim if axis is None else axis
     return LogSoftmax(_axis(_implicit_dim("log_softmax", x.ndim) if dim is None else dim, x.ndim,
                             "log_softmax"))(x)

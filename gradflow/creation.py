@@ -43,8 +43,10 @@ def ones(*shape, dtype=None, device=None, requires_grad=False):
 
 
 def full(shape, value, dtype=None, device=None, requires_grad=False):
-    if dtype is None:  # torch infers it from the fill value
-        dtype = numpy.bool_ if isinstance(value, bool) else numpy.int64 if isinstance(value, int) else _float(None)
+    if dtype is None:  # torch infers it from the fill value (a NumPy int too: it gave float32; torch reads
+        # a numpy.bool_ as a float)
+        dtype = numpy.bool_ if isinstance(value, bool) else \
+            numpy.int64 if isinstance(value, (int, numpy.integer)) else _float(None)
     return Tensor(backend.xp_for(device or backend.default_device()).full(_shape((shape,)), value, dtype=dtype),
                   requires_grad=requires_grad)
 

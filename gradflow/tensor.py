@@ -179,11 +179,46 @@ def _default_dtype_array(data, dtype, xp):
         raise TypeError(f"cannot make a tensor from {type(data).__name__} data of dtype {arr.dtype}: expected "
                         f"numbers (bool, int, float, complex); ragged lists, strings and objects are refused")
     if not hasattr(data, "dtype"):  # Python numbers and lists
-        if arr.dtype == numpy.float64:
+        listed = _listed_dtype(data) if isinstance(data, (list, tuple)) and arr.dtype.kind in "biuf" else None
+        if listed is not None:
+            arr = arr.astype(listed, copy=False)
+        elif arr.dtype == numpy.float64:
             arr = arr.astype(_default_float)
         elif arr.dtype.kind in "iu":
             arr = arr.astype(numpy.int64)
     return arr
+
+
+def _listed_dtype(data):
+    """torch.tensor's dtype for a (nested) list that holds NumPy scalars or arrays: each element counts with
+    its own dtype (a Python float as the default float, an int as int64), promoted as torch promotes, so
+    [numpy.float64(0.5), 1.0] is float64 and [numpy.int32(1), 2] int64; None when there are none
+    (Python numbers only: the caller's defaults). Reads the element types of each level at once."""
+    found, python, stack = [], set(), [data]
+    while stack:
+        level = stack.pop()
+        nested = False
+        for t in set(map(type, level)):
+            if issubclass(t, numpy.generic):
+                found.append(numpy.dtype(t))
+            elif t in (bool, int, float):
+                python.add(t)
+            elif issubclass(t, (list, tuple, numpy.ndarray, Tensor)):
+                nested = True
+        if nested:
+            for v in level:
+                if isinstance(v, (list, tuple)):
+                    stack.append(v)
+                elif isinstance(v, (numpy.ndarray, Tensor)):
+                    found.append(numpy.dtype(v.dtype))
+    if not found:
+        return None
+    python = [d for kind, d in ((bool, numpy.dtype(bool)), (int, numpy.dtype(numpy.int64)), (float, _default_float))
+              if kind in python]
+    result = found[0]
+    for d in found[1:] + python:
+        result = ops.promote_types(result, d)
+    return result
 
 
 class Tensor:
@@ -399,6 +434,13 @@ class Tensor:
     def __isub__(self, o): return ops.inplace_(self, o, "subtract")
     def __imul__(self, o): return ops.inplace_(self, o, "multiply")
     def __itruediv__(self, o): return ops.inplace_(self, o, "divide")
+    # without these Python falls back to x = x // o: a new tensor, so views and other names of x kept the old value
+    def __ifloordiv__(self, o): return ops.inplace_(self, o, "floor_divide")
+    def __imod__(self, o): return ops.inplace_(self, o, "remainder")
+    def __ipow__(self, o): return ops.inplace_(self, o, "power")
+    def __iand__(self, o): return ops.inplace_(self, o, "bitwise_and")
+    def __ior__(self, o): return ops.inplace_(self, o, "bitwise_or")
+    def __ixor__(self, o): return ops.inplace_(self, o, "bitwise_xor")
     def __lt__(self, o): return ops.compare(self, o, "less")
     def __le__(self, o): return ops.compare(self, o, "less_equal")
     def __gt__(self, o): return ops.compare(self, o, "greater")
@@ -502,13 +544,13 @@ class Tensor:
         from gradflow import activation
         return activation.tanh(self)
 
-    def softmax(self, dim):
+    def softmax(self, dim, dtype=None):
         from gradflow import activation
-        return activation.softmax(self, dim)
+        return activation.softmax(self, dim, dtype=dtype)
 
-    def log_softmax(self, dim):
+    def log_softmax(self, dim, dtype=None):
         from gradflow import activation
-        return activation.log_softmax(self, dim)
+        return activation.log_softmax(self, dim, dtype=dtype)
 
     def exp2(self): return ops.exp2(self)
     def sin(self): return ops.sin(self)

@@ -71,6 +71,28 @@ def _inplace(op):
     return f
 
 
+def _inplace_aliased(op):
+    """``y op= b`` on a copy: the result and a view of y taken before, which must see the update (in-place)."""
+    def f(m, a, b):
+        y = a.clone()
+        view = y[...]
+        z = y
+        if op == "//":
+            z //= b
+        elif op == "%":
+            z %= b
+        elif op == "**":
+            z **= b
+        elif op == "&":
+            z &= b
+        elif op == "|":
+            z |= b
+        else:
+            z ^= b
+        return z, view, m.tensor(z is y)
+    return f
+
+
 def _no_grad(m, x):
     with m.no_grad():
         y = x * 2
@@ -164,6 +186,10 @@ ROWS = [
     Row("maximum", lambda m, a, b: m.maximum(a, b), TENSOR_PAIRS),
     Row("minimum", lambda m, a, b: m.minimum(a, b), TENSOR_PAIRS),
     Row("where", lambda m, c, a, b: m.where(c > 0, a, b), WHERE),
+    # the condition itself: bool or (deprecated) uint8; int and float conditions raise, as torch (they were taken as != 0)
+    Row("where condition", lambda m, c, a, b: m.where(c, a, b),
+        [(boolean(3), randn(3), randn(3)), (numpy.array([1, 0, 2], numpy.uint8), randn(3), 0.5), (randint(3), randn(3), randn(3)),
+         (randn(3), randn(3), randn(3)), (randint(2, 3, dtype=i32), 1.0, 0.0)]),
     Row("Tensor.__lt__", lambda m, a, b: a < b, BINARY),
     Row("Tensor.__le__", lambda m, a, b: a <= b, BINARY),
     Row("Tensor.__gt__", lambda m, a, b: a > b, BINARY),
@@ -182,8 +208,12 @@ ROWS = [
     Row("linear", lambda m, x, w, b: m.F.linear(x, w, b),
         [(randn(4, 3), randn(2, 3), randn(2)), (randn(4, 3), randn(2, 3), None), (randn(5, 4, 3), randn(2, 3), randn(2)),
          (randn(3), randn(2, 3), randn(2)), (randn(4, 3), randn(2, 4), None),
-         (randn(4, 3, dtype=f32), randn(2, 3, dtype=f32), randn(2, dtype=f32))]),
-    Row("F.linear", lambda m, x, w: m.F.linear(x, w), [(randn(4, 3), randn(2, 3))]),
+         (randn(4, 3, dtype=f32), randn(2, 3, dtype=f32), randn(2, dtype=f32)),
+         # biases that broadcast: backward crashed ("returned a gradient of shape (2,) for an input of shape ()")
+         (randn(4, 3), randn(2, 3), numpy.array(0.5)), (randn(4, 3), randn(2, 3), randn(1)), (randn(2, 3), randn(3), randn(1)),
+         (randn(4, 3), randn(2, 3), randn(4, 2))]),
+    Row("F.linear", lambda m, x, w: m.F.linear(x, w), [(randn(4, 3), randn(2, 3)),
+                                                       (randn(3), randn(3)), (randn(2, 3), randn(3))]),  # 1-D weight
     # ---- reductions -----------------------------------------------------------------------------------
     Row("sum", lambda m, x, d: m.sum(x, dim=d) if d is not None else m.sum(x), dims(UNARY)),
     Row("Tensor.sum", lambda m, x, d, k: x.sum(d, k) if d is not None else x.sum(), KEEPDIM + [(randn(2, 3), (0, 1), False),
@@ -194,6 +224,8 @@ ROWS = [
     Row("var", lambda m, x, d: m.var(x, dim=d) if d is not None else m.var(x), dims(UNARY)),
     Row("Tensor.var", lambda m, x, d, k: x.var(d, keepdim=k), KEEPDIM),
     Row("Tensor.var unbiased", lambda m, x, u: x.var(1, u), [(randn(3, 4), True), (randn(3, 4), False)]),
+    Row("Tensor.var unbiased only", lambda m, x, u: x.var(u), [(randn(3, 4), True), (randn(3, 4), False)]),
+    Row("std unbiased only", lambda m, x, u: m.std(x, u), [(randn(3, 4), True), (randn(3, 4), False), (randn(5, dtype=f32), False)]),
     Row("Tensor.var correction", lambda m, x, c: x.var(dim=0, correction=c), [(randn(3, 4), 0), (randn(3, 4), 2)]),
     Row("std", lambda m, x, d: m.std(x, dim=d) if d is not None else m.std(x), dims(FLOATS[:4] + INTS)),
     Row("Tensor.std", lambda m, x, d, k: x.std(d, keepdim=k), KEEPDIM[:8] + [(randn(3, 4), (0, 1), False)]),
@@ -295,7 +327,11 @@ ROWS = [
     # ---- factories --------------------------------------------------------------------------------------------
     Row("tensor", lambda m, d: m.tensor(d() if callable(d) else d),  # arrays wrapped in a lambda: passed as data
         [([1, 2],), ([1.0, 2],), ([True, False],), (3.5,), (7,), ([[1, 2], [3, 4]],), ([],),
-         (lambda: numpy.array([1.0], f64),), (lambda: numpy.array([1], i32),)]),
+         (lambda: numpy.array([1.0], f64),), (lambda: numpy.array([1], i32),),
+         # NumPy scalars in a list keep their dtype in the promotion, as torch's (the list was float32 / int64)
+         ([numpy.float64(0.5), 1.0],), ([[numpy.float64(0.5)], [2.0]],), ([numpy.float32(0.5), 2],), ([numpy.int32(1), 2],),
+         ([numpy.int32(1), numpy.int32(2)],), ([numpy.int8(1), numpy.uint8(2)],), ([numpy.float16(1), 2],),
+         ([numpy.float16(1), 2.0],), ((numpy.float64(0.1),),), ([numpy.array([1.0, 2.0])],)]),
     Row("from_numpy", lambda m, a: m.from_numpy(a), [(numpy.arange(3.0),), (numpy.arange(3, dtype=i32),)]),
     Row("zeros", lambda m, *s: m.zeros(*s), [(2, 3), ((2, 3),), (0,), ((),)]),
     Row("ones", lambda m, *s: m.ones(*s), [(2, 3), ((4,),)]),
@@ -473,9 +509,13 @@ NEW_ROWS = [_unary_row(n, lambda m, x, n=n: getattr(m, n)(x)) for n in UNARY_NAM
     Row("lerp", lambda m, a, b, w: m.lerp(a, b, w), [(randn(3), randn(3), 0.3), (randn(3), randn(2, 3), randn(3)),
                                                     (randn(3, dtype=f32), randn(3, dtype=f32), 0.7)]),
     Row("Tensor.lerp", lambda m, a, b, w: a.lerp(b, w), [(randn(3), randn(3), 0.6)]),
-    Row("isclose", lambda m, a, b: m.isclose(a, b), [(randn(3), randn(3)), (EXTREME64, EXTREME64), (randn(3), randn(3) + 1e-9)]),
+    Row("isclose", lambda m, a, b: m.isclose(a, b), [(randn(3), randn(3)), (EXTREME64, EXTREME64), (randn(3), randn(3) + 1e-9),
+                                                    # different dtypes raise, as torch
+                                                    (randint(3), randn(3, dtype=f32)), (randn(3, dtype=f32), randn(3)),
+                                                    (numpy.array([0.1], numpy.float16), numpy.array([0.1], f32))]),
     Row("Tensor.isclose", lambda m, a, b: a.isclose(b, equal_nan=True), [(EXTREME64, EXTREME64)]),
-    Row("allclose", lambda m, a, b: m.allclose(a, b), [(randn(3), randn(3)), (randn(3), randn(3) * 0 + 1)]),
+    Row("allclose", lambda m, a, b: m.allclose(a, b), [(randn(3), randn(3)), (randn(3), randn(3) * 0 + 1),
+                                                      (randint(3), randint(3).astype(f32))]),
     Row("Tensor.allclose", lambda m, a, b: a.allclose(b), [(randn(3), randn(3))]),
     Row("equal", lambda m, a, b: m.equal(a, b), [(randn(3), randn(3)), (randint(3), randint(3) * 1), (randn(2), randn(3))]),
     Row("Tensor.equal", lambda m, a: a.equal(a * 1), [(randn(3),)]),
@@ -737,7 +777,31 @@ def more(name, sets):
 more("div", [(IDX_NEG, randint(4, low=1, high=5), r) for r in (None, "trunc", "floor")])
 more("Tensor.__mod__", [(IDX_NEG, randint(4, low=1, high=4)), (randn(3, 4), numpy.abs(randn(4)) + 0.5)])
 more("Tensor.__floordiv__", [(IDX_NEG, randint(4, low=1, high=4))])
+# true division casts each integer operand to float from its own value: a 0-d tensor or Python int the other
+# operand's dtype cannot hold is not wrapped first (uint8 / tensor(-1) gave 1/255, int32 / tensor(2**40) inf)
+INT_DIV = [(numpy.array([1, 2], numpy.uint8), numpy.array(-1)), (numpy.array([1, 2], i32), numpy.array(2 ** 40)),
+           (numpy.array([1, 2], i32), 2 ** 40), (numpy.array([3, 200], numpy.uint8), -3), (numpy.array(-1), numpy.array([1, 2], numpy.uint8))]
+more("Tensor.__truediv__", INT_DIV)
+more("div", [s + (None,) for s in INT_DIV])
+more("Tensor.div", INT_DIV)
+more("Tensor.true_divide", INT_DIV)
 more("Tensor.__or__", [(boolean(3, 4), boolean(4))])
+# NumPy scalars are numbers, as in torch: x32.clamp(min=numpy.float64(0.5)) and x32 ** numpy.float64(0.5) were
+# float64, full((2,), numpy.int64(3)) float32
+more("Tensor.clamp", [(randn(4, dtype=f32), numpy.float64(-0.5), numpy.float64(0.5)), (randint(4), numpy.float32(0.5), None),
+                      (randn(4, dtype=f32), None, numpy.int64(0)), (randn(4), numpy.float32(-0.1), None)])
+more("Tensor.__pow__", [(numpy.abs(randn(3, dtype=f32)), numpy.float64(0.5)), (randint(3, low=1), numpy.float64(0.5)),
+                        (randn(3), numpy.float32(2.0)), (randn(3, dtype=f32), numpy.int64(3))])
+more("full", [((2,), numpy.int64(3)), ((2,), numpy.int32(3)), ((2,), numpy.float64(0.1)), ((2,), numpy.bool_(True))])
+# lerp's tensors share one float dtype, as torch's (float32 with float64 returned float64, int64 returned ints)
+more("lerp", [(randn(3, dtype=f32), randn(3), 0.5), (randn(3), randn(3), randn(3, dtype=f32)), (randint(3), randint(3), 0.5),
+              (randn(4), randn(4), numpy.array([0.0, 0.49, 0.5, 1.0])), (randn(2, 3), randn(3), 1.0), (randn(3), randn(3), -0.7)])
+# all/any of uint8 give uint8, as torch's (bool for every other dtype)
+U8 = numpy.array([[0, 3, 255], [1, 2, 4]], numpy.uint8)
+for name in ("all", "any"):
+    more(name, [(U8, None), (U8, 0), (U8, -1)])
+more("Tensor.all", [(U8,)])
+more("Tensor.any", [(U8,)])
 more("Tensor.eq", [(ties(3, 4), ties(4))])
 more("Tensor.ne", [(ties(3, 4), ties(4))])
 more("Tensor.le", [(ties(3, 4), ties(3, 4))])
@@ -745,14 +809,100 @@ more("sort", [(ties(6, 3), 0, True), (ties(3, 8), -1, False)])
 more("argsort", [(ties(5, 3), 0), (ties(3, 8), -1)])
 more("Tensor.argsort", [(randint(3, 7, low=0, high=5),), (ties(9),)])
 more("cumprod", [(randn(3, 4) * MASK_F, 1), (randn(3, 4) * MASK_F, 0)])
+# long scans accumulate as torch's CPU kernels: float32 in float64, float16 in float32 (the float16 cumsum of
+# 100 normal values drifted by up to 9 % in float16, the float32 one by ~1e-6 absolute per few hundred terms)
+more("cumsum", [(randn(2, 3000, dtype=f32), 1), (randn(300, 2, dtype=numpy.float16), 0)])
+# float16 norms accumulate in float32 as torch's (the squares of [300, 300] overflowed: inf, torch 424.2)
+HALF_BIG = numpy.array([[300.0, 300.0, -2.0], [1e-3, 0.0, 6e4]], numpy.float16)
+more("Tensor.norm", [(HALF_BIG, p) for p in (2, 1, inf, 3)])
+more("norm", [(HALF_BIG, 2, 1), (HALF_BIG, "fro", None), (HALF_BIG, 1, 0)])
+# float16 var/std accumulate in float32 as torch's (the float16 std of [300, -300, 10] was inf, torch 300)
+HALF_SPREAD = numpy.array([[300.0, -300.0, 10.0, 0.5], [1e-3, 2e-3, -1e-3, 0.0]], numpy.float16)
+for name in ("var", "std"):
+    more(name, [(HALF_SPREAD, None), (HALF_SPREAD, 1), (HALF_SPREAD, 0)])
+more("cumprod", [(1 + randn(2, 300, dtype=f32, scale=0.01), -1), (1 + randn(200, dtype=numpy.float16, scale=0.01), 0)])
+# prod(dtype=) keeps an integer dtype (NumPy widened int32, int16 and int8 to int64)
+ROWS.append(Row("prod dtype", lambda m, x, d, dt: m.prod(x, d, dtype=getattr(m, dt)) if d is not None else m.prod(x, dtype=getattr(m, dt)),
+                [(randint(4), 0, "int32"), (randint(2, 3), None, "int16"), (randint(3, dtype=i32), 0, "int8"),
+                 (randint(3), 0, "float64"), (randn(3, dtype=f32), None, "float64"), (boolean(3), 0, "int32")]))
 more("prod", [(randn(3, 4) * MASK_F, 0), (randn(3, 4) * MASK_F, 1), (randn(3, 4) * MASK_F[:, :1], None)])
 more("einsum", [("bij,bjk->bik", randn(2, 3, 4), randn(2, 4, 5)), ("ij,kj", randn(3, 4), randn(2, 4)),
                 ("ij->j", randn(3, 4)), ("...i,...j->...ij", randn(2, 3), randn(2, 4)),
-                ("iij,jk->ik", randn(3, 3, 4), randn(4, 2)), ("ii->i", randn(3, 3))])
+                ("iij,jk->ik", randn(3, 3, 4), randn(4, 2)), ("ii->i", randn(3, 3)),
+                ("ij,jk", randn(2, 3, dtype=f32), randn(3, 2)), ("i,i", randint(3), randn(3, dtype=f32))])  # raise
 more("F.kl_div", [(randn(3, 4), numpy.abs(randn(3, 4)) * MASK_F, "mean", False)])
 more("F.cross_entropy", [(randn(2, 5, 3, 2), randint(2, 3, 2, low=0, high=5), "mean", -100, 0.1),
                          (randn(2, 5, 4), numpy.array([[1, -100, 2, 4], [-100, 3, 3, 0]]), "mean", -100, 0.3),
                          (randn(5), numpy.array(2), "none", -100, 0.1)])
+# float16 times or divided by a scalar: torch's mul/div kernels read a Python number or a 0-d tensor of another dtype at
+# float32 precision (opmath) and round once; rounding 0.1 to float16 first gave a result one float16 ulp off in a
+# third of the elements
+HALF_GRID = numpy.linspace(0.5, 8.0, 64).astype(numpy.float16)
+HALF_SCALARS = [(HALF_GRID, v) for v in (0.1, 0.7071067811865476, 1 / 3, 4097, numpy.array(0.7071067811865476, f32),
+                                         numpy.array(0.1, f32), numpy.array(4097), numpy.array(0.3, numpy.float16))]
+# bfloat16 sums and means accumulate in float32, as float16's and torch's (the sum of 300 times 0.1 was 32, torch 30;
+# mean raised)
+BF16_SETS = [(numpy.full((2, 300), 0.1, f32), d) for d in (None, 1, 0)] + [(randn(3, 500, dtype=f32), d) for d in (None, 1, -2)]
+ROWS += [
+    Row("Tensor.sum bfloat16", lambda m, x, d: (x.bfloat16().sum() if d is None else x.bfloat16().sum(d)).float(), BF16_SETS),
+    Row("Tensor.mean bfloat16", lambda m, x, d: (x.bfloat16().mean() if d is None else x.bfloat16().mean(d)).float(), BF16_SETS),
+]
+ROWS += [
+    Row("Tensor.__mul__ float16 by a scalar", lambda m, a, b: a * b, HALF_SCALARS),
+    Row("Tensor.__rmul__ float16 by a scalar", lambda m, a, b: b * a, HALF_SCALARS),
+    Row("Tensor.__truediv__ float16 by a scalar", lambda m, a, b: a / b, HALF_SCALARS),
+    Row("div float16 by a scalar", lambda m, a, b, r: m.div(a, b, rounding_mode=r), [s + (r,) for s in HALF_SCALARS[:3]
+                                                                                      for r in ("floor", "trunc")]),
+    Row("Tensor.__floordiv__ float16 by a scalar", lambda m, a, b: a // b, HALF_SCALARS[:4], grad=False),
+    Row("Tensor.mul_ float16 by a scalar", lambda m, a, b: a.clone().mul_(b), HALF_SCALARS, grad=False),
+    Row("Tensor.__itruediv__ float16 by a scalar", _inplace("/"), HALF_SCALARS, grad=False),
+]
+# //=, %=, **=, &=, |=, ^= update the tensor in place, as torch's: without them Python rebound the name to a new
+# tensor, so a view or another name of it kept the old value
+ALIAS_DIV = [(IDX_NEG, randint(4, low=1, high=4)), (randn(3, 4), numpy.abs(randn(4)) + 0.5), (randn(3), 0.7), (randint(3), 0),
+             (randint(3), 2.5), (randn(3, dtype=f32), 2)]
+ROWS += [
+    Row("Tensor.__ifloordiv__", _inplace_aliased("//"), ALIAS_DIV, grad=False),
+    Row("Tensor.__imod__", _inplace_aliased("%"), ALIAS_DIV),
+    Row("Tensor.__ipow__", _inplace_aliased("**"), [(randn(3), 2), (numpy.abs(randn(3)) + 0.1, randn(3)), (randint(3, low=0), 2),
+                                                    (randint(3), 0.5), (randn(3, dtype=f32), 3.0)]),
+    Row("Tensor.__iand__", _inplace_aliased("&"), BITS),
+    Row("Tensor.__ior__", _inplace_aliased("|"), BITS),
+    Row("Tensor.__ixor__", _inplace_aliased("^"), BITS),
+]
+# dtype= of sum, mean, softmax and log_softmax casts the input first, as torch's (the keyword raised TypeError)
+DTYPE_ARG = [(randn(3, 4, dtype=f32), "float64"), (randint(3, 4), "float32"), (randn(3, 4), "float32"), (boolean(3, 4), "int32")]
+ROWS += [
+    Row("sum dtype", lambda m, x, dt: m.sum(x, 1, dtype=getattr(m, dt)), DTYPE_ARG),
+    Row("Tensor.sum dtype", lambda m, x, dt: x.sum(dtype=getattr(m, dt)), DTYPE_ARG),
+    Row("mean dtype", lambda m, x, dt: m.mean(x, dim=0, dtype=getattr(m, dt)), DTYPE_ARG),
+    Row("Tensor.mean dtype", lambda m, x, dt: x.mean(dtype=getattr(m, dt)), DTYPE_ARG),
+    Row("F.softmax dtype", lambda m, x, dt: m.F.softmax(x, dim=-1, dtype=getattr(m, dt)), DTYPE_ARG),
+    Row("F.log_softmax dtype", lambda m, x, dt: m.F.log_softmax(x, 1, dtype=getattr(m, dt)), DTYPE_ARG),
+    Row("Tensor.softmax dtype", lambda m, x, dt: x.softmax(0, dtype=getattr(m, dt)), DTYPE_ARG),
+    Row("Tensor.log_softmax dtype", lambda m, x, dt: x.log_softmax(-1, dtype=getattr(m, dt)), DTYPE_ARG),
+]
+# float32 log10 of powers of ten is exact, as torch's (NumPy's float32 log10 was 1 ulp off: floor(log10(1e-3)) gave -4)
+POW10 = numpy.array([10.0 ** k for k in range(-10, 11)], f32)
+ROWS += [
+    Row("log10 powers of ten", lambda m, x: (m.floor(m.log10(x)), m.ceil(m.log10(x)), m.log10(x) == m.round(m.log10(x))),
+        [(POW10,), (POW10.astype(f64),), (numpy.array([10 ** k for k in range(10)]),)], grad=False),
+]
+# indices as torch reads them: a uint8 tensor or array is a mask (it took rows 1, 0, 1), a list holding lists, tensors,
+# slices or None is a tuple (x[[[0, 1], [1, 2]]] is x[[0, 1], [1, 2]]: it was a 2-d index), an empty list indexes
+# nothing, a negative step raises; an index assignment refuses a uint8 mask, as torch
+U8_MASK = numpy.array([1, 0, 1], numpy.uint8)
+ROWS += [
+    Row("Tensor.__getitem__ torch index forms", lambda m, x, i: x[i() if callable(i) else i],
+        [(randn(3, 4), lambda: U8_MASK), (randn(3, 4), lambda: [[0, 1], [1, 2]]), (randn(3, 4), lambda: [0, [1, 2]]),
+         (randn(3, 4), lambda: [[[0, 1], [1, 2]]]), (randn(3, 4), lambda: [None, 0]), (randn(3, 4), lambda: [[0, 1], slice(None)]),
+         (randn(3, 4), lambda: [[0], [1]]), (randn(3, 4), lambda: []), (randn(3, 4), lambda: [0, 1]),
+         (randn(3, 4), lambda: slice(None, None, -1)), (randn(3, 4), lambda: (slice(None), slice(3, 0, -2)))]),
+    Row("Tensor.__getitem__ uint8 tensor mask", lambda m, x: x[m.tensor(U8_MASK)], [(randn(3, 4),), (randn(3),)]),
+    Row("Tensor.__setitem__ torch index forms", lambda m, x, i, v: _set(m, x, i() if callable(i) else i, v),
+        [(randn(3, 4), lambda: [[0, 1], [1, 2]], 5.0), (randn(3, 4), lambda: U8_MASK, 1.0), (randn(3, 4), lambda: [], 2.0),
+         (randn(3, 4), lambda: slice(None, None, -1), 0.0)], grad=False),
+]
 ROWS += [
     Row("Tensor.round decimals", lambda m, x, d: x.round(decimals=d), [(randn(3, 4), 2), (randn(3, 4, dtype=f32) * 50, -1)]),
     Row("Tensor.add alpha", lambda m, a, b, al: a.add(b, alpha=al), [(randn(3, 4), randn(4), 2), (randint(3), randint(3), 3)]),
