@@ -435,8 +435,7 @@ def _generate(plan, arrays):
     weight gradient computed by a matmul is computed straight into the parameter's own
     gradient buffer (``out=``). No slot table, no per-op objects or dispatch in between.
     """
-    names = {"_wrap": Tensor._wrap, "_deliver": _deliver_leaf, "_iadd": _iadd, "_deliver_matmul": _deliver_matmul,
-             "_deliver_matmul_t": _deliver_matmul_t, "_deliver_sum0": _deliver_sum0}
+    names = {"_wrap": Tensor._wrap, "_deliver": _deliver_leaf, "_iadd": _iadd}
     external = {s for s, a in enumerate(plan.template) if a is not None}
     for s in external:
         names[f"e{s}"] = plan.template[s]
@@ -519,12 +518,12 @@ def _reusable_slots(arrays, keep):
 def _into_grads(plan, arrays):
     """Ops whose result only becomes a parameter's gradient, computed straight into its buffer.
 
-    Returns ({op index: (leaf op index, deliver function name)}, {transpose op indices to
+    Returns ({op index: (leaf op index, kind)}, {transpose op indices to
     skip}) for 2-D NumPy ops delivered to a leaf with no call or other delivery to that
-    parameter in between: a matmul ``a @ b`` into a buffer of its shape (``_deliver_matmul``);
+    parameter in between: a matmul ``a @ b`` into a buffer of its shape (``matmul``);
     ``(a @ b).T``, the weight gradient of a Linear weight stored (in, out), the transpose
-    op between folded, into a buffer whose transpose is row-major (``_deliver_matmul_t``);
-    a bias gradient summed over the batch axis (``_deliver_sum0``).
+    op between folded, into a buffer whose transpose is row-major (``matmul_t``);
+    a bias gradient summed over the batch axis (``sum0``). ``_delivery_lines`` writes them.
     """
     readers = collections.Counter(s for op in plan.ops for s in _reads(op))
     outputs = set(_output_slots(plan.outputs))
@@ -539,13 +538,13 @@ def _into_grads(plan, arrays):
             if op[5] or not all(type(arrays[s]) is numpy.ndarray and arrays[s].ndim == 2 for s in op[2]):
                 continue
             if name == "MatMul":
-                producer[op[3][0]] = (i, "_deliver_matmul")
+                producer[op[3][0]] = (i, "matmul")
             elif name == "SumTo" and op[1].x_shape[1:] == op[1].shape:
-                producer[op[3][0]] = (i, "_deliver_sum0")
+                producer[op[3][0]] = (i, "sum0")
             elif name == "Permute" and op[1].axes == (1, 0) and \
-                    producer.get(op[2][0], (0, ""))[1] == "_deliver_matmul" and \
+                    producer.get(op[2][0], (0, ""))[1] == "matmul" and \
                     readers[op[2][0]] == 1 and op[2][0] not in outputs:
-                producer[op[3][0]] = (producer[op[2][0]][0], "_deliver_matmul_t")
+                producer[op[3][0]] = (producer[op[2][0]][0], "matmul_t")
                 transposes[op[3][0]] = i
             continue
         x, src = op[1], op[2]
@@ -555,27 +554,29 @@ def _into_grads(plan, arrays):
                 buf.shape != arrays[src].shape or buf.dtype != arrays[src].dtype or \
                 any(o[0] == _CALL or (o[0] == _LEAF and o[1] is x) for o in plan.ops[j + 1:i]):
             continue
-        if deliver == "_deliver_matmul_t" and not buf.T.flags.c_contiguous:
+        if deliver == "matmul_t" and not buf.T.flags.c_contiguous:
             continue
         fused[j] = (i, deliver)
-    skipped = {transposes[plan.ops[i][2]] for i, deliver in fused.values() if deliver == "_deliver_matmul_t"}
+    skipped = {transposes[plan.ops[i][2]] for i, deliver in fused.values() if deliver == "matmul_t"}
     return fused, skipped
 
 
 def _delivery_lines(j, deliver, args, arrays, target, names):
-    """The replay's lines for a gradient computed straight into the buffer of leaf ``x{j}``: the
-    computation written out for the usual case (no gradient yet, the buffer still the
-    parameter's), ``deliver`` called otherwise; ``target`` names the local that gets the gradient
-    (None: no later line reads it). Inside a training step each Python call around a NumPy
-    call costs about a microsecond: these are six per step of a three-layer MLP."""
+    """The replay's lines for a gradient computed straight into the buffer of leaf ``x{j}`` (see
+    ``_into_grads``): written out for the usual case (no gradient yet, the buffer still the
+    parameter's), handed to ``_deliver_leaf`` otherwise (accumulated, or a buffer of its own);
+    ``target`` names the local that gets the gradient (None: no later line reads it). Inside a
+    training step each Python call around a NumPy call costs about a microsecond: these are six
+    per step of a three-layer MLP."""
     buf = f"b{j}"
-    if deliver == "_deliver_sum0":
+    if deliver == "sum0":  # a bias: sum_rows's call, resolved for the plan's shape
         compute, bindings = sum_rows_source(args[0], arrays[0], buf)
-        names.update(bindings)
+        names.update(bindings, sum_rows=sum_rows)
+        other = f"sum_rows({args[0]})"
     else:  # a @ b into the buffer, or into its transpose (a Linear weight stored (in, out))
-        out = buf
-        if deliver == "_deliver_matmul_t":
-            out = f"bt{j}"
+        out, other = buf, f"{args[0]} @ {args[1]}"
+        if deliver == "matmul_t":
+            out, other = f"bt{j}", f"({other}).T"
             names[out] = names[buf].T
         names["matmul"] = numpy.matmul
         compute = f"matmul({args[0]}, {args[1]}, out={out})"
@@ -584,34 +585,7 @@ def _delivery_lines(j, deliver, args, arrays, target, names):
             f"        {compute}",
             f"        x{j}._grad = _wrap({buf})"] + \
         ([f"        {target} = {buf}"] if target else []) + \
-        ["    else:", f"        {keep}{deliver}(x{j}, {', '.join(args)}, {buf}, o{j})"]
-
-
-def _deliver_matmul(x, a, b, buf, own):
-    """A leaf's gradient ``a @ b``, computed into its own buffer when it has no gradient yet."""
-    if x._grad is None and getattr(x, "_grad_buffer", None) is buf:
-        g = numpy.matmul(a, b, out=buf)
-        x._grad = Tensor._wrap(g)
-        return g
-    return _deliver_leaf(x, a @ b, own)
-
-
-def _deliver_matmul_t(x, a, b, buf, own):
-    """A leaf's gradient ``(a @ b).T`` (a Linear weight stored (in, out)), computed into its buffer."""
-    if x._grad is None and getattr(x, "_grad_buffer", None) is buf:
-        numpy.matmul(a, b, out=buf.T)
-        x._grad = Tensor._wrap(buf)
-        return buf
-    return _deliver_leaf(x, (a @ b).T, own)
-
-
-def _deliver_sum0(x, a, buf, own):
-    """A leaf's gradient ``a.sum(axis=0)`` (a bias), summed into its own buffer when it has none yet."""
-    if x._grad is None and getattr(x, "_grad_buffer", None) is buf:
-        sum_rows(a, out=buf)
-        x._grad = Tensor._wrap(buf)
-        return buf
-    return _deliver_leaf(x, sum_rows(a), own)
+        ["    else:", f"        {keep}_deliver(x{j}, {other}, o{j})"]
 
 
 def _emit_outputs(structure, ref, names):
