@@ -497,3 +497,67 @@ def test_one_hot():
     assert F.one_hot(gradflow.tensor([2, 0])).numpy().tolist() == [[0, 0, 1], [1, 0, 0]]
     out = F.one_hot(gradflow.tensor([[1], [3]]), num_classes=5)
     assert out.shape == (2, 1, 5) and out.dtype == numpy.int64 and out.numpy()[1, 0, 3] == 1
+
+
+# ---- Module.state_dict(destination, prefix, keep_vars) and Module.to's overloads, as torch's ----------------
+def _twin_models():
+    torch = pytest.importorskip("torch")
+    ours = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    theirs = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    return torch, ours, theirs
+
+
+def test_state_dict_keep_vars_destination_and_prefix_as_torch():
+    torch, ours, theirs = _twin_models()
+    sd = ours.state_dict()
+    assert list(sd) == list(theirs.state_dict())
+    w = ours[0].weight
+    assert sd["0.weight"] is not w and sd["0.weight"].grad_fn is None and not sd["0.weight"].requires_grad
+    assert numpy.shares_memory(sd["0.weight"].data, w.data)  # a detached view, as torch's
+    kept = ours.state_dict(keep_vars=True)
+    assert kept["0.weight"] is w and kept["1.running_mean"] is ours[1].running_mean
+    assert list(kept) == list(sd)
+    for prefix in ("enc.", "enc"):
+        assert list(ours.state_dict(prefix=prefix)) == list(theirs.state_dict(prefix=prefix))
+    dest = OrderedDict(extra=1)
+    assert ours.state_dict(destination=dest, prefix="m.") is dest
+    assert list(dest) == ["extra"] + ["m." + k for k in sd]
+    with pytest.warns(FutureWarning, match="Positional args are being deprecated"):
+        out = ours.state_dict({}, "p.", True)
+    assert out["p.0.weight"] is w
+    assert list(ours.state_dict("enc.")) == ["enc." + k for k in sd]  # gradflow's older positional prefix
+
+
+def test_module_to_overloads():
+    torch, ours, _ = _twin_models()
+    w = ours[0].weight
+    assert ours.to(gradflow.float64) is ours and w.dtype == numpy.float64
+    assert ours.to("cpu", gradflow.float32) is ours and w.dtype == numpy.float32
+    ours.to(device="cpu", dtype=gradflow.double, non_blocking=True)
+    assert w.dtype == numpy.float64 and ours[0].weight is w
+    ours.to(gradflow.zeros(2, dtype=gradflow.float32))  # another tensor's device and dtype
+    assert w.dtype == numpy.float32 and w.device == "cpu"
+    ours.to(gradflow.device("cpu"), dtype=numpy.float64)
+    ours.to("cuda:0" if gradflow.cuda_is_available() else "cpu", gradflow.float32, True)
+    assert w.dtype == numpy.float32
+    assert ours[1].num_batches_tracked.dtype == numpy.int64  # integer buffers stay
+    with pytest.raises(TypeError, match="floating-point"):
+        ours.to("cpu", gradflow.int32)
+    with pytest.raises(TypeError, match="floating-point"):
+        ours.to(gradflow.zeros(2, dtype=gradflow.long))
+    with pytest.raises(RuntimeError, match="does not accept copy argument"):
+        ours.to("cpu", copy=True)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        ours.to("cpu", foo=True)
+    with pytest.raises(ValueError, match="one GPU per process"):
+        ours.to("cuda:1")
+
+
+@pytest.mark.skipif(gradflow.cuda_is_available(), reason="checks the error without a GPU")
+def test_module_to_cuda_forms_without_gpu_change_nothing():
+    m = nn.Linear(2, 2)
+    for args, kwargs in [(("cuda:0",), {}), (("cuda", gradflow.float64), {}), ((), {"device": "cuda"}),
+                         ((gradflow.device("cuda"),), {})]:
+        with pytest.raises(RuntimeError, match="cuda"):
+            m.to(*args, **kwargs)
+        assert m.weight.dtype == numpy.float32 and m.weight.device == "cpu"

@@ -669,6 +669,18 @@ NEW_ROWS = [_unary_row(n, lambda m, x, n=n: getattr(m, n)(x)) for n in UNARY_NAM
         [(numpy.array([[0, 2], [4, 2]]), randn(5, 3), None), (numpy.array([1, 1, 0]), randn(3, 2), 1),
          (numpy.array([5]), randn(3, 2), None)]),
     Row("F.dropout2d", lambda m, x, p, t: m.F.dropout2d(x, p, training=t), [(IMG, 0.5, False), (IMG, 0.0, True)]),
+    # the deterministic cases of the channel-wise and alpha dropouts: eval, p = 0, p = 1, shape and p errors
+    Row("F.dropout1d", lambda m, x, p, t: m.F.dropout1d(x, p, training=t),
+        [(randn(2, 3, 4), 0.5, False), (randn(3, 4), 0.0, True), (randn(2, 3, 4), 1.0, True), (randn(5), 0.5, True),
+         (randn(2, 3, 4, 5), 0.5, False), (randn(3, 4), 1.5, True)]),
+    Row("F.dropout3d", lambda m, x, p, t: m.F.dropout3d(x, p, training=t),
+        [(randn(2, 3, 2, 2, 2), 0.5, False), (randn(3, 2, 2, 2), 0.0, True), (randn(2, 3, 2, 2, 2), 1.0, True),
+         (randn(3, 2, 2, 2), 1.0, True), (randn(3, 2, 2, 2), -0.5, True)]),
+    Row("F.alpha_dropout", lambda m, x, p, t: m.F.alpha_dropout(x, p, training=t),
+        [(randn(3, 4), 0.5, False), (randn(3, 4), 0.0, True), (randn(3, 4), 1.0, True), (randn(3), 1.5, True)]),
+    Row("F.feature_alpha_dropout", lambda m, x, p, t: m.F.feature_alpha_dropout(x, p, training=t),
+        [(randn(2, 3, 4), 0.5, False), (randn(2, 3), 0.0, True), (randn(2, 3, 4), 1.0, True), (randn(5), 0.5, True),
+         (randn(3), 1.5, True)]),
     # ---- nn.functional: more activations, distances, padding -------------------------------------------------
     # torch's CPU kernels use float constants (1.0f / 6.0f, 1 / alpha) in float64 gradients: 3e-8 relative error
     Row("F.celu", lambda m, x: m.F.celu(x, alpha=0.7), ACT, rtol=1e-7),

@@ -14,6 +14,7 @@ from gradflow.nn import parallel  # noqa: E402  (DistributedDataParallel: needs 
 from gradflow.nn.layers import (CELU, Hardsigmoid, Hardswish, Hardtanh, LogSigmoid, Mish, ReLU6, SiLU, Softmin,
                                 Softsign, Unflatten)
 from gradflow.nn.module import ModuleDict, ParameterDict, ParameterList
+from gradflow.nn.layers import AlphaDropout, Dropout1d, Dropout3d, FeatureAlphaDropout
 from gradflow.nn.losses import (CosineEmbeddingLoss, GaussianNLLLoss, HingeEmbeddingLoss, MarginRankingLoss,
                                 MultiLabelMarginLoss, MultiLabelSoftMarginLoss, MultiMarginLoss, PoissonNLLLoss,
                                 SoftMarginLoss, TripletMarginLoss)
@@ -29,4 +30,4 @@ __all__ = ["AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "
            "ReLU6", "SiLU", "Softmin", "Softsign", "ModuleDict", "ParameterDict", "ParameterList",
            "CosineEmbeddingLoss", "GaussianNLLLoss", "HingeEmbeddingLoss", "MarginRankingLoss",
            "MultiLabelMarginLoss", "MultiLabelSoftMarginLoss", "MultiMarginLoss", "PoissonNLLLoss",
-           "SoftMarginLoss", "TripletMarginLoss"]
+           "SoftMarginLoss", "TripletMarginLoss", "AlphaDropout", "Dropout1d", "Dropout3d", "FeatureAlphaDropout"]

@@ -1,4 +1,5 @@
 """Stateless building blocks, as ``torch.nn.functional``: activations, ``linear``, losses, metrics."""
+import math
 import warnings
 
 from gradflow import backend, ops
@@ -58,6 +59,88 @@ def dropout2d(input, p=0.5, training=True):
     mask_shape = x.shape[:lead] + (1,) * (x.ndim - lead)
     keep = dropout(Tensor._wrap(backend.xp_of(x.data).ones(mask_shape, dtype=x.dtype)), p, True)
     return x * keep
+
+
+def _check_p(p):
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+
+
+def _keep(x, mask_shape, p):
+    """A tensor of shape ``mask_shape`` holding 0 or 1/(1-p): dropout's own Philox draw on ones, so
+    the mask follows ``manual_seed`` and a compiled step draws a fresh one at each replay."""
+    ones = Tensor._wrap(backend.xp_of(x.data).ones(mask_shape, dtype=x.dtype))
+    return dropout(ones, p, True)
+
+
+def _feature_mask_shape(x):
+    """One draw per (sample, channel): torch's feature noise, shape (N, C, 1, ...)."""
+    if x.ndim < 2:
+        raise OpError("Feature dropout requires at least 2 dimensions in the input")
+    return x.shape[:2] + (1,) * (x.ndim - 2)
+
+
+def dropout1d(input, p=0.5, training=True, inplace=False):
+    """Zero whole channels of (N, C, L) or unbatched (C, L) input: one keep/drop draw per channel,
+    the kept ones scaled by 1/(1-p)."""
+    x = input if isinstance(input, Tensor) else Tensor(input)
+    _check_p(p)
+    if x.ndim not in (2, 3):
+        raise OpError(f"dropout1d: Expected 2D or 3D input, but received a {x.ndim}D input. Note that dropout1d "
+                      f"exists to provide channel-wise dropout on inputs with 1 spatial dimension, a channel "
+                      f"dimension, and an optional batch dimension (i.e. 2D or 3D inputs).")
+    if not training or p == 0 or x.data.size == 0:
+        return x
+    return x * _keep(x, x.shape[:-1] + (1,), p)  # (N, C, 1), or (C, 1) for one sample
+
+
+def dropout3d(input, p=0.5, training=True, inplace=False):
+    """Zero whole channels of (N, C, D, H, W) or unbatched (C, D, H, W) input, one draw per channel.
+    Other ranks warn, as torch's, and are read as unbatched (a draw per index of the first dim)."""
+    x = input if isinstance(input, Tensor) else Tensor(input)
+    _check_p(p)
+    if x.ndim not in (4, 5):
+        warnings.warn(f"dropout3d: Received a {x.ndim}-D input to dropout3d, which is deprecated and will result "
+                      f"in an error in a future release. To retain the behavior and silence this warning, please "
+                      f"use dropout instead. Note that dropout3d exists to provide channel-wise dropout on inputs "
+                      f"with 3 spatial dimensions, a channel dimension, and an optional batch dimension (i.e. 4D "
+                      f"or 5D inputs).", UserWarning, stacklevel=2)
+    if not training or p == 0 or x.data.size == 0:
+        return x
+    if x.ndim == 5:
+        return x * _keep(x, _feature_mask_shape(x), p)
+    if x.ndim == 0 and p < 1:  # torch's unsqueezed input is then 1-d (p = 1 multiplies by 0 first)
+        raise OpError("Feature dropout requires at least 2 dimensions in the input")
+    return x * _keep(x, x.shape[:1] + (1,) * (x.ndim - 1), p)
+
+
+_SELU_ALPHA = 1.7580993408473766  # SELU's negative saturation -scale * alpha, negated (torch's constant)
+
+
+def _alpha_dropout(x, p, training, feature):
+    """torch's alpha dropout: y = a * (x * keep + alpha' * (1 - keep)) + b with alpha' SELU's saturation,
+    a = ((1 - p)(1 + p alpha'^2))^-1/2 and b = -a alpha' p, which keeps zero mean and unit variance."""
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    _check_p(p)
+    if not training or p == 0 or x.data.size == 0:
+        return x
+    if p == 1:
+        return x * 0.0  # torch multiplies by zero here (not the saturation value)
+    mask_shape = _feature_mask_shape(x) if feature else x.shape
+    keep = _keep(x, mask_shape, p) * (1.0 - p)  # 0 or 1
+    a = 1.0 / math.sqrt((_SELU_ALPHA ** 2 * p + 1) * (1 - p))
+    return x * (keep * a) + (keep * (_SELU_ALPHA * a) - _SELU_ALPHA * a * (1 - p))
+
+
+def alpha_dropout(input, p=0.5, training=False, inplace=False):
+    """Dropout for SELU networks: dropped elements take SELU's negative saturation, then an affine
+    map restores the input's mean and variance. ``training`` defaults to False, as torch's."""
+    return _alpha_dropout(input, p, training, feature=False)
+
+
+def feature_alpha_dropout(input, p=0.5, training=False, inplace=False):
+    """Alpha dropout of whole channels (one draw per (sample, channel) of an (N, C, ...) input)."""
+    return _alpha_dropout(input, p, training, feature=True)
 
 
 def one_hot(target, num_classes=-1):
@@ -131,7 +214,8 @@ __all__ = ["cosine_embedding_loss", "gaussian_nll_loss", "hinge_embedding_loss",
            "poisson_nll_loss", "soft_margin_loss", "triplet_margin_loss",
            "pad", "normalize", "cosine_similarity", "kl_div", "silu", "relu6", "hardtanh", "hardsigmoid",
            "hardswish", "mish", "softsign", "logsigmoid", "celu", "softmin",
-           "batch_norm", "dropout2d", "embedding", "group_norm", "layer_norm",
+           "batch_norm", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+           "feature_alpha_dropout", "embedding", "group_norm", "layer_norm",
            "adaptive_avg_pool1d", "adaptive_avg_pool2d", "avg_pool1d", "avg_pool2d", "conv1d", "conv2d",
            "conv_transpose1d", "conv_transpose2d", "max_pool1d", "max_pool2d",
            "accuracy", "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy", "dropout",

@@ -136,3 +136,94 @@ def lecun_uniform_(tensor, generator=None):
     fan_in, _ = _calculate_fan_in_and_fan_out(tensor)
     bound = math.sqrt(3.0 / fan_in)
     return uniform_(tensor, -bound, bound, generator)
+
+
+def eye_(tensor):
+    """The identity in a 2-D tensor (ones on the main diagonal of a non-square one too): keeps a
+    Linear layer's input as it is."""
+    if tensor.ndim != 2:
+        raise ValueError("Only tensors with 2 dimensions are supported")
+    return _fill(tensor, numpy.eye(*tensor.shape))
+
+
+def dirac_(tensor, groups=1):
+    """A 3-, 4- or 5-d convolution weight that passes each input channel (of each of ``groups``
+    groups) to the matching output channel: a one at the kernel's centre, as torch's."""
+    if tensor.ndim not in (3, 4, 5):
+        raise ValueError("Only tensors with 3, 4, or 5 dimensions are supported")
+    if tensor.shape[0] % groups != 0:
+        raise ValueError("dim 0 must be divisible by groups")
+    out_per_group = tensor.shape[0] // groups
+    values = numpy.zeros(tensor.shape)
+    centre = tuple(s // 2 for s in tensor.shape[2:])
+    for g in range(groups):
+        for d in range(min(out_per_group, tensor.shape[1])):
+            values[(g * out_per_group + d, d) + centre] = 1
+    return _fill(tensor, values)
+
+
+def orthogonal_(tensor, gain=1, generator=None):
+    """Saxe et al. (2013): a (semi-)orthogonal matrix, the tensor read as (shape[0], rest), times ``gain``.
+
+    torch's algorithm: the Q of a Gaussian matrix's QR (of its transpose when it is wide), its
+    columns' signs set by R's diagonal so Q is Haar-distributed (Mezzadri 2007)."""
+    if tensor.ndim < 2:
+        raise ValueError("Only tensors with 2 or more dimensions are supported")
+    if tensor.data.size == 0:
+        return tensor
+    rows = tensor.shape[0]
+    cols = tensor.data.size // rows
+    flat = _rng(generator).normal(0.0, 1.0, size=(rows, cols))
+    if rows < cols:
+        flat = flat.T
+    q, r = numpy.linalg.qr(flat)
+    q = q * numpy.sign(numpy.diag(r))
+    if rows < cols:
+        q = q.T
+    return _fill(tensor, (q * gain).reshape(tensor.shape))
+
+
+def _norm_cdf(x):
+    return (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0
+
+
+def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0, generator=None):
+    """N(mean, std^2) restricted to [a, b] (absolute bounds, not in stds), by rejection as torch's.
+
+    Where [a, b] holds over 30% of the mass, normals outside it are drawn again; else uniform
+    proposals on [a, b] are kept with probability pdf(x) / pdf(mode). The bounds are taken in the
+    tensor's dtype, so no value lands outside them after the cast."""
+    if mean < a - 2 * std or mean > b + 2 * std:
+        warnings.warn("mean is more than 2 std from [a, b] in nn.init.trunc_normal_. "
+                      "The distribution of values may be incorrect.", UserWarning, stacklevel=2)
+    rng, dtype = _rng(generator), numpy.dtype(tensor.dtype)
+    lo, hi = numpy.asarray(a).astype(dtype), numpy.asarray(b).astype(dtype)
+    by_normal = _norm_cdf((b - mean) / std) - _norm_cdf((a - mean) / std) > 0.3
+    log_peak = -0.5 * ((max(a, min(mean, b)) - mean) / std) ** 2
+    out = numpy.empty(tensor.data.size, dtype)
+    pending = numpy.arange(out.size)
+    while pending.size:
+        if by_normal:
+            v = rng.normal(mean, std, size=pending.size).astype(dtype)
+            ok = (v >= lo) & (v <= hi)
+        else:
+            v = rng.uniform(a, b, size=pending.size)
+            ok = numpy.log1p(-rng.uniform(size=pending.size)) <= -0.5 * ((v - mean) / std) ** 2 - log_peak
+            v = numpy.clip(v.astype(dtype), lo, hi)
+        out[pending[ok]] = v[ok]
+        pending = pending[~ok]
+    return _fill(tensor, out.reshape(tensor.shape))
+
+
+def sparse_(tensor, sparsity, std=0.01, generator=None):
+    """Martens (2010): N(0, std^2) with ceil(sparsity * rows) entries of every column set to zero
+    (rows chosen at random per column), a 2-d tensor only."""
+    if tensor.ndim != 2:
+        raise ValueError("Only tensors with 2 dimensions are supported")
+    rng = _rng(generator)
+    rows, cols = tensor.shape
+    num_zeros = math.ceil(sparsity * rows)
+    values = rng.normal(0.0, std, size=(rows, cols))
+    for col in range(cols):
+        values[rng.permutation(rows)[:num_zeros], col] = 0
+    return _fill(tensor, values)

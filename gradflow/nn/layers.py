@@ -119,6 +119,48 @@ class Dropout2d(Module):
         return f"p={self.p}"
 
 
+class _DropoutNd(Module):
+    """What torch's dropout modules share: ``p`` checked at construction, ``inplace`` accepted (the
+    result is always a new tensor) and shown."""
+
+    def __init__(self, p=0.5, inplace=False):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+        self.p, self.inplace = p, inplace
+
+    def extra_repr(self):
+        return f"p={self.p}, inplace={self.inplace}"
+
+
+class Dropout1d(_DropoutNd):
+    """Zero whole channels of (N, C, L) (or (C, L)) inputs with probability ``p`` while training."""
+
+    def forward(self, x):
+        return F.dropout1d(x, self.p, self.training)
+
+
+class Dropout3d(_DropoutNd):
+    """Zero whole channels of (N, C, D, H, W) (or (C, D, H, W)) inputs with probability ``p`` while training."""
+
+    def forward(self, x):
+        return F.dropout3d(x, self.p, self.training)
+
+
+class AlphaDropout(_DropoutNd):
+    """Dropout for SELU networks: keeps the input's zero mean and unit variance (Klambauer et al. 2017)."""
+
+    def forward(self, x):
+        return F.alpha_dropout(x, self.p, self.training)
+
+
+class FeatureAlphaDropout(_DropoutNd):
+    """Alpha dropout of whole channels of (N, C, ...) inputs."""
+
+    def forward(self, x):
+        return F.feature_alpha_dropout(x, self.p, self.training)
+
+
 class Embedding(Module):
     """A lookup table of ``num_embeddings`` vectors of size ``embedding_dim``; weight ~ N(0, 1) as in PyTorch.
 

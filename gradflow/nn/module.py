@@ -4,6 +4,7 @@ Assigning a ``Parameter`` or a ``Module`` to an attribute registers it (``__seta
 ``parameters()``, ``state_dict()``, ``to(device)`` and ``train()/eval()`` reach everything
 without bookkeeping in the subclass, as in PyTorch.
 """
+import warnings
 from collections import OrderedDict, namedtuple
 
 import numpy
@@ -11,7 +12,7 @@ import numpy
 from gradflow import backend
 from gradflow.compile import GraphCall, invalidate, mode_switched, replay_as_call
 from gradflow.nn.utils import zero_grads
-from gradflow.tensor import RemovableHandle, Tensor
+from gradflow.tensor import RemovableHandle, Tensor, _to_args
 
 
 class Parameter(Tensor):
@@ -210,17 +211,26 @@ class Module:
                     b.data = convert(b.data)
         return self
 
-    def to(self, target):
-        """``to('cpu'|'cuda')`` moves the weights; ``to(dtype)`` casts the floating-point ones."""
-        if isinstance(target, str) and target in ("cpu", "cuda"):
-            backend.check_device(target)
-            if target == "cuda":  # row-major on the GPU, as PyTorch (a CPU Linear weight is stored (in, out))
-                return self._apply(lambda a: backend.xp_for("cuda").ascontiguousarray(backend.to_device(a, target)))
-            return self._apply(lambda a: backend.to_device(a, target))
-        dtype = numpy.dtype(target)
-        if dtype.kind != "f":
+    def to(self, *args, **kwargs):
+        """Move and/or cast the weights in place, as torch's ``Module.to``: ``to(device)``, ``to(dtype)``,
+        ``to(device, dtype)``, ``to(tensor)`` (its device and dtype) and the keywords ``device=``,
+        ``dtype=``, ``non_blocking=`` (accepted; copies are synchronous). Devices are 'cpu', 'cuda',
+        'cuda:0' or ``gradflow.device``s; a dtype casts only the floating-point tensors and must be one."""
+        if kwargs.get("copy"):
+            raise RuntimeError(".to() does not accept copy argument")
+        device, dtype, _ = _to_args(args, dict(kwargs))
+        if dtype is not None and dtype.kind != "f":
             raise TypeError(f"Module.to: only floating-point dtypes are allowed, got {dtype}")
-        return self._apply(lambda a: a.astype(dtype) if a.dtype.kind == "f" and a.dtype != dtype else a)
+        if device == "cuda":
+            backend.cupy()  # no usable GPU: say why before anything changes
+
+        def convert(a):
+            if dtype is not None and a.dtype.kind == "f" and a.dtype != dtype:
+                a = a.astype(dtype)
+            if device == "cuda":  # row-major on the GPU, as PyTorch (a CPU Linear weight is stored (in, out))
+                return backend.xp_for("cuda").ascontiguousarray(backend.to_device(a, device))
+            return a if device is None else backend.to_device(a, device)
+        return self._apply(convert)
 
     def cpu(self):
         return self.to("cpu")
@@ -245,20 +255,37 @@ class Module:
         return self
 
     # ---- state dict ----------------------------------------------------------------------------
-    def state_dict(self, prefix=""):
-        """An ordered mapping from dotted names to (detached) parameter and persistent buffer Tensors.
+    def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
+        """An ordered mapping from dotted names (after ``prefix``) to parameter and persistent buffer
+        Tensors: detached views sharing their memory, or with ``keep_vars=True`` the Parameters and
+        buffers themselves. Entries go into ``destination`` when given (and it is returned).
 
         A module or parameter reachable under two names (``Sequential(lin, act, lin)``, tied
-        weights) has an entry under each, as torch's, so state dicts load both ways."""
-        out = OrderedDict()
-        for module_prefix, module in self.named_modules(prefix.rstrip("."), remove_duplicate=False):
-            dot = f"{module_prefix}." if module_prefix else ""
+        weights) has an entry under each, as torch's, so state dicts load both ways. Positional
+        arguments are torch's deprecated (destination, prefix, keep_vars), with its FutureWarning;
+        a string first is gradflow's older ``state_dict(prefix)``."""
+        if args:
+            if isinstance(args[0], str):
+                args = (None,) + args
+            else:
+                warnings.warn("Positional args are being deprecated, use kwargs instead. Refer to "
+                              "https://pytorch.org/docs/main/generated/torch.nn.Module.html#torch.nn.Module.state_dict"
+                              " for details.", FutureWarning, stacklevel=2)
+            if destination is None:
+                destination = args[0]
+            if len(args) > 1 and prefix == "":
+                prefix = args[1]
+            if len(args) > 2 and keep_vars is False:
+                keep_vars = args[2]
+        out = OrderedDict() if destination is None else destination
+        for module_prefix, module in self.named_modules(remove_duplicate=False):
+            dot = f"{prefix}{module_prefix}." if module_prefix else prefix
             for name, p in module._parameters.items():
                 if p is not None:
-                    out[dot + name] = p.detach()
+                    out[dot + name] = p if keep_vars else p.detach()
             for name, b in module._buffers.items():
                 if b is not None and name not in module._non_persistent:
-                    out[dot + name] = b.detach()
+                    out[dot + name] = b if keep_vars else b.detach()
         return out
 
     def _state_targets(self):
