@@ -396,7 +396,7 @@ class _Smooth(Function):
 
     def backward(self, gy):
         x, = self.saved_tensors
-        return _SmoothGrad(self)(x, gy)
+        return _SmoothGrad(type(self), self.params)(x, gy)
 
     def second(self, x):
         """f''(x) as differentiable ops."""
@@ -404,19 +404,23 @@ class _Smooth(Function):
 
 
 class _SmoothGrad(Function):
-    """gx = gy * f'(x) in one kernel; backward: (ggx * gy * f''(x), ggx * f'(x))."""
+    """gx = gy * f'(x) in one kernel; backward: (ggx * gy * f''(x), ggx * f'(x)).
 
-    def __init__(self, fn):
-        self.fn = fn
+    Built from the _Smooth subclass and its parameters, not from the forward op, a new object in
+    each step: ``gradflow.compile`` compares what ops are built with between two recordings, and
+    a model with ELU, SELU or Softplus never captured."""
+
+    def __init__(self, kind, params):
+        self.kind, self.params = kind, params
 
     def forward(self, x, gy):
         self.save_for_backward(x, gy)
-        return self.fn.bwd(x, gy, *self.fn.params)
+        return self.kind.bwd(x, gy, *self.params)
 
     def backward(self, ggx):
         x, gy = self.saved_tensors
-        g_x = ggx * gy * self.fn.second(x) if self.needs_input_grad[0] else None
-        g_gy = _SmoothGrad(self.fn)(x, ggx) if self.needs_input_grad[1] else None
+        g_x = ggx * gy * self.kind(*self.params).second(x) if self.needs_input_grad[0] else None
+        g_gy = _SmoothGrad(self.kind, self.params)(x, ggx) if self.needs_input_grad[1] else None
         return g_x, g_gy
 
 
