@@ -476,14 +476,7 @@ def test_a_model_with_a_smooth_activation_captures_and_equals_eager(act):
         gf.manual_seed(0)
         model = nn.Sequential(nn.Linear(6, 5), SMOOTH_ACTIVATIONS[act](), nn.Linear(5, 3))
         opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-
-        def step(x, y):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
-
+        step = _mlp_step(model, opt)
         run = gf.compile(step, strict=True) if compiled else step
         losses = [run(*data[i % 3]).data.tobytes() for i in range(6)]
         results.append((losses, b"".join(p.data.tobytes() for p in model.parameters())))
