@@ -16,7 +16,13 @@ template <typename T> GF_FN T gf_tanh_grad(T y, T g) { return g * (T(1) - y * y)
 // relu(NaN) is NaN and the kink x = 0 gets gradient 0, as in torch; a positive subnormal
 // passes (gf_le0/gf_gt0 do not flush, see common.cuh).
 template <typename T> GF_FN T gf_relu(T x) { return gf_le0(x) ? T(0) : x; }
-template <typename T> GF_FN bool gf_relu_mask(T x) { return !gf_le0(x); }
+
+// relu's backward from its output y (+0 where x <= 0, x elsewhere, NaN kept): g where y != 0,
+// +0 elsewhere, as torch's threshold_backward of the result. Float reads y's bits (-ftz would
+// flush a subnormal y to zero in a comparison); double is never flushed.
+GF_FN bool gf_nonzero(float y) { return (gf_float_bits(y) & 0x7fffffff) != 0; }
+GF_FN bool gf_nonzero(double y) { return !(y == 0.0); }
+template <typename T> GF_FN T gf_relu_grad(T y, T g) { return gf_nonzero(y) ? g : T(0); }
 
 template <typename T> GF_FN T gf_leaky_relu(T x, T slope) { return gf_gt0(x) ? x : x * slope; }
 

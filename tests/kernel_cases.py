@@ -55,8 +55,11 @@ def spec(name, rng, dtype):
     bits = dict(seed=numpy.uint64(0x1234_5678_9ABC_DEF0), offset=numpy.uint64(2 ** 33 + 5))
     if name == "mask_scale":
         return rng.random(n) < 0.5, g, 1.7, 0.3
-    if name in ("sigmoid_fwd", "tanh_fwd", "relu_fwd", "gelu_fwd", "gelu_tanh_fwd"):
+    if name in ("sigmoid_fwd", "tanh_fwd", "relu_out", "gelu_fwd", "gelu_tanh_fwd"):
         return (x,)
+    if name == "relu_grad":  # relu's output (its extremes: +-0, subnormals, NaN) and a gradient with NaN and inf
+        g[:3] = (numpy.nan, numpy.inf, -numpy.inf)
+        return A._relu_out_np(x), g
     if name == "sigmoid_bwd":
         return A._sigmoid_np(x), g
     if name == "tanh_bwd":

@@ -237,7 +237,7 @@ def test_every_replay_source_computes_what_forward_computes(dtype):
     x = r(5, 7)
     x[0, :3] = [0.0, -0.0, numpy.nan]
     _replay_equals_forward(activation.ReLU(), (x,))
-    _replay_equals_forward(activation.ReLU(), (x,), saved=(0,))
+    _replay_equals_forward(activation.ReLUGrad(), (activation._relu_out_np(x), r(5, 7)))
     _replay_equals_forward(activation.MaskScale(2.5, 0.0), (x > 0, r(5, 7)))
     _replay_equals_forward(activation.MaskScale(1.0, 0.25), (x > 0, r(5, 7)))
     # into the dying input's buffer: relu's pre-activation (large: the zeros-array path), the gradient
@@ -246,9 +246,9 @@ def test_every_replay_source_computes_what_forward_computes(dtype):
     big[0, :3] = [0.0, -0.0, numpy.nan]
     for a in (x, big):
         _replay_equals_forward(activation.ReLU(), (a,), dying=(0,))
-        _replay_equals_forward(activation.ReLU(), (a,), saved=(0,), dying=(0,))
         g = r(*a.shape)
         g[0, :2] = [numpy.nan, -0.0]
+        _replay_equals_forward(activation.ReLUGrad(), (activation._relu_out_np(a), g), dying=(1,))
         _replay_equals_forward(activation.MaskScale(1.0, 0.0), (a > 0, g), dying=(1,))
         _replay_equals_forward(activation.MaskScale(2.5, 0.0), (a > 0, g), dying=(1,))
 
@@ -291,7 +291,7 @@ def test_a_replay_overwrites_only_arrays_that_die_unshared():
         results.append(out)
         if compiled:
             source = next(iter(run.cache.values())).plan.replay.source
-            relus = [line for line in source.splitlines() if "relu" in line]
+            relus = [line for line in source.splitlines() if "relu_out" in line]
             in_place = [line for line in relus if re.search(r"relu\w*\((v\d+), \1\)", line)]
             assert len(relus) == 5 and len(in_place) == 1, relus  # p's pre-activation alone
     assert results[0] == results[1]

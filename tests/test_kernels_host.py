@@ -263,10 +263,13 @@ def test_sign_masks_keep_subnormals_like_torch(host, dtype):
     t.grad = None
     torch.nn.functional.leaky_relu(t, 0.25).sum().backward()
     leaky_mask = t.grad.numpy() == 1
-    for got, want in [(host.elementwise("relu_fwd", x)[1], relu_mask), (A.relu_fwd(x)[1], relu_mask),
+    y = host.elementwise("relu_out", x)
+    numpy.testing.assert_array_equal(y[:6], torch.relu(torch.tensor(x[:6])).numpy())  # subnormal passes unchanged
+    assert y.tobytes() == A.relu_out(x).tobytes()
+    ones = numpy.ones_like(x)  # relu's backward reads its mask off the output: y != 0, on the bits
+    for got, want in [(host.elementwise("relu_grad", y, ones) != 0, relu_mask),
+                      (A.relu_grad(y, ones) != 0, relu_mask),
                       (host.elementwise("leaky_relu_fwd", x, 0.25)[1], leaky_mask),
                       (A.leaky_relu_fwd(x, 0.25)[1], leaky_mask)]:
         numpy.testing.assert_array_equal(got, want)
     assert relu_mask[0] and not relu_mask[1]  # the subnormal case itself
-    y = host.elementwise("relu_fwd", x)[0]
-    numpy.testing.assert_array_equal(y[:6], torch.relu(torch.tensor(x[:6])).numpy())  # subnormal passes unchanged

@@ -51,7 +51,7 @@ FP64_BY_DESIGN = {
 }
 # Kernels whose sign tests must see subnormals as PyTorch does (no flush): their masks are
 # compared bit for bit with the NumPy twins.
-NO_FTZ_COMPARISONS = ("relu_fwd", "leaky_relu_fwd", "prelu_fwd", "prelu_bwd", "noisy_relu_fwd")
+NO_FTZ_COMPARISONS = ("relu_out", "relu_grad", "leaky_relu_fwd", "prelu_fwd", "prelu_bwd", "noisy_relu_fwd")
 # ... except comparisons inside CUDA's libdevice, counted per kernel: log(double) tests the high word
 # of its argument as a float against 0 (Box-Muller's u1 >= 2**-32 never makes that a subnormal).
 FTZ_INSIDE_LIBDEVICE = {"noisy_relu_fwd": 1}
@@ -124,7 +124,7 @@ def test_every_module_was_searched():
 
 def test_every_kernel_is_registered():
     """Importing every module registered the kernels gradflow launches (nothing defined on the side)."""
-    assert {"relu_fwd", "dropout_fwd", "adam", "xent_bwd"} <= set(K.ELEMENTWISE)
+    assert {"relu_out", "relu_grad", "dropout_fwd", "adam", "xent_bwd"} <= set(K.ELEMENTWISE)
     declared_sources = {source for source, _ in K.RAW_KERNELS}
     assert declared_sources == set(RAW_SOURCES), \
         f"kernels/*.cu files {sorted(set(RAW_SOURCES) - declared_sources)} have no declared RawKernel"
@@ -212,8 +212,8 @@ def test_ftz_detector_sees_plain_float_comparisons(compiled):
 
 def test_generated_source_matches_cupy_layouts():
     """The two layouts give CuPy's CArray/CIndexer types for 32- and 64-bit indexing."""
-    _, code32 = N.elementwise_code(K.ELEMENTWISE["relu_fwd"], numpy.float32, "contiguous32")
-    _, code64 = N.elementwise_code(K.ELEMENTWISE["relu_fwd"], numpy.float64, "strided64")
+    _, code32 = N.elementwise_code(K.ELEMENTWISE["leaky_relu_fwd"], numpy.float32, "contiguous32")
+    _, code64 = N.elementwise_code(K.ELEMENTWISE["relu_out"], numpy.float64, "strided64")
     assert "CArray<float, 1, 1, 1> _raw_x" in code32 and "CArray<bool, 1, 1, 1> _raw_mask" in code32
     assert "CArray<double, 2, 0, 0> _raw_x" in code64 and "CIndexer<2, 0> _ind" in code64
     assert "typedef float T;" in code32 and "typedef double T;" in code64
