@@ -1101,12 +1101,14 @@ class CompiledStep:
         self.cache = collections.OrderedDict()
         self.epoch = _epoch
 
-    def _key(self, args):
+    def _key(self, args, arrays):
+        """The cache key of a call with ``args``; appends the Tensors' arrays to ``arrays`` on the way."""
         key = []
         for a in args:
             if isinstance(a, Tensor):
                 d = a.data  # the array type stands for the device (numpy: cpu, cupy: cuda)
                 key.append((type(d), d.shape, d.dtype, a.requires_grad))
+                arrays.append(d)
             else:
                 try:
                     hash(a)
@@ -1124,7 +1126,8 @@ class CompiledStep:
         if self.epoch != _epoch:
             self.cache.clear()
             self.epoch = _epoch
-        key = self._key(args)
+        tensors = []
+        key = self._key(args, tensors)
         entry = self.cache.get(key)
         if entry is None:
             entry = self.cache[key] = _Entry()
@@ -1132,7 +1135,6 @@ class CompiledStep:
                 self.cache.popitem(last=False)
         else:
             self.cache.move_to_end(key)
-        tensors = [a.data for a in args if isinstance(a, Tensor)]
         if entry.plan is not None:
             result = entry.plan.run(tensors)
             if result is not _STALE:
