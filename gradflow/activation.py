@@ -33,10 +33,11 @@ def _where0(cond, a):
 
 
 class MaskScale(Function):
-    """g * (mask ? a : b) for a bool mask (no gradient): the backward of relu, leaky_relu,
-    noisy_relu and dropout. (a, b) = (1, 0) is relu's select, where(mask, g, 0), exactly 0
-    where the mask is off even for a NaN or inf g, as PyTorch. Linear in g, so its backward is itself. The mask is an input,
-    not a constructor argument, so a captured step (gradflow.compile) sees it flow."""
+    """g * (mask ? a : b) for a bool mask (no gradient): the backward of leaky_relu, noisy_relu
+    and dropout (relu's is ReLUGrad, from its output). (a, b) = (1, 0) is noisy relu's select,
+    where(mask, g, 0), exactly 0 where the mask is off even for a NaN or inf g, as PyTorch. Linear
+    in g, so its backward is itself. The mask is an input, not a constructor argument, so a
+    captured step (gradflow.compile) sees it flow."""
 
     def __init__(self, a, b):
         self.a, self.b = a, b
@@ -47,7 +48,7 @@ class MaskScale(Function):
 
     def replay_source(self, mask, g, arrays, saved=(), dying=()):
         """What ``gradflow.compile``'s generated CPU replay runs: the NumPy twin, without the op around it,
-        into g's own buffer where g dies here (relu and dropout)."""
+        into g's own buffer where g dies here (noisy relu and dropout)."""
         if saved or type(arrays[1]) is not numpy.ndarray or not all(type(v) in (int, float) for v in (self.a, self.b)):
             return None
         out = f", {g}" if 1 in dying and self.b == 0 else ""
@@ -62,9 +63,9 @@ _SAME_WIDTH_INT = {2: numpy.int16, 4: numpy.int32, 8: numpy.int64}
 
 
 def _mask_scale_np(mask, g, a, b, out=None):
-    """The NumPy twin; ``out`` (relu and dropout, b == 0: g itself in a replay where g dies here) is where
+    """The NumPy twin; ``out`` (noisy relu and dropout, b == 0: g itself in a replay where g dies here) is where
     the result goes."""
-    if b == 0 and a == 1:  # relu: where(mask, g, 0) exactly (a NaN gradient at a dead unit gives 0,
+    if b == 0 and a == 1:  # noisy relu: where(mask, g, 0) exactly (a NaN gradient at a dead unit gives 0,
         # as PyTorch's threshold_backward), as g's bits times the mask in integers: bits * 1 or
         # bits * 0, a +0. One pass, ~15x faster than where on a random mask, faster than the
         # hand-written loop's `g *= a > 0` (which would keep NaN); integer work, so no

@@ -26,9 +26,9 @@ template <typename T> GF_FN T gf_relu_grad(T y, T g) { return gf_nonzero(y) ? g 
 
 template <typename T> GF_FN T gf_leaky_relu(T x, T slope) { return gf_gt0(x) ? x : x * slope; }
 
-// g * (mask ? a : b): the backward of relu (1, 0), leaky_relu (1, slope), dropout
-// (1/(1-p), 0) and noisy_relu (1, 0). Linear in g, so it is also its own backward.
-// g * (mask ? a : b); (a, b) = (1, 0) is relu's select, exactly 0 where the mask is off
+// g * (mask ? a : b): the backward of leaky_relu (1, slope), dropout (1/(1-p), 0) and
+// noisy_relu (1, 0) (relu's is gf_relu_grad, from its output). Linear in g, so it is also its
+// own backward. (a, b) = (1, 0) is a select, exactly 0 where the mask is off
 // even for a NaN or inf g (PyTorch's threshold_backward), dropout's (scale, 0) multiplies.
 template <typename T> GF_FN T gf_mask_scale(bool mask, T g, T a, T b) {
   return (a == T(1) && b == T(0)) ? (mask ? g : T(0)) : g * (mask ? a : b);
