@@ -115,3 +115,39 @@ def test_scale_add_probe_refuses_a_kernel_that_rounds_once(monkeypatch):
     expected = _numpy_scale_add(y, 0.9, x)
     assert blas.scale_add(y, 0.9, x).tobytes() == expected.tobytes()
     assert blas._SCALE_ADD == {}
+
+
+# ---- bound calls: the same bits as the calls they stand for, on arrays they keep alive ----------------------------
+@pytest.mark.parametrize("layout", ["c", "strided", "float16", "empty"])
+def test_bound_calls_give_the_bits_of_axpy_and_scale_add(layout):
+    """``bind_axpy``/``bind_scale_add`` take the arrays' addresses once; repeated, they give what
+    ``axpy``/``scale_add`` give step after step, BLAS or NumPy (layouts BLAS is not called for)."""
+    rng = numpy.random.default_rng(5)
+    dtype = numpy.float16 if layout == "float16" else numpy.float32
+    make = {"c": lambda: rng.standard_normal(300), "strided": lambda: rng.standard_normal(600)[::2],
+            "float16": lambda: rng.standard_normal(300), "empty": lambda: rng.standard_normal(0)}[layout]
+    g, buf, p = (make().astype(dtype) for _ in range(3))
+    if layout == "strided":
+        g, buf, p = (numpy.repeat(a, 2)[::2] for a in (g, buf, p))
+    g2, buf2, p2 = g.copy(), buf.copy(), p.copy()
+    momentum, step = blas.bind_scale_add(buf, 0.9, g), blas.bind_axpy(-0.05, buf, p)
+    for _ in range(3):
+        momentum()
+        step()
+        blas.scale_add(buf2, 0.9, g2)
+        blas.axpy(-0.05, buf2, p2)
+        assert buf.tobytes() == buf2.tobytes() and p.tobytes() == p2.tobytes()
+
+
+@needs_blas
+def test_a_bound_blas_call_keeps_its_arrays_alive():
+    """The bound C call holds raw addresses: it must hold the arrays too, or a freed array's memory
+    would be written to."""
+    import gc
+    x, y = numpy.full(1000, 2.0, numpy.float32), numpy.ones(1000, numpy.float32)
+    call = blas.bind_axpy(0.5, x, y)
+    assert call.arrays[1] is y
+    del x
+    gc.collect()
+    call()
+    assert (y == 2.0).all()

@@ -115,6 +115,12 @@ def replace_param_array(model, opt):
     p.data = p.data.copy() * 0.5
 
 
+def rename_state_entry(model, opt):
+    """An entry dropped and another added: the same count of entries, one missing."""
+    s = opt.state[first(model)]
+    s["old_buffer"] = s.pop("momentum_buffer")
+
+
 def reset_param_state(model, opt):
     opt.state[first(model)] = {}
 
@@ -148,6 +154,7 @@ NOT_AGAIN = False  # the change leaves the optimizer off the steady path for goo
 CASES = {
     "sgd-momentum-buffer-replaced": (SGD, set_state_tensor("momentum_buffer")),
     "sgd-momentum-buffer-array-replaced": (SGD, set_state_array("momentum_buffer")),
+    "sgd-momentum-buffer-renamed": (SGD, rename_state_entry, NOT_AGAIN),
     "sgd-momentum-switched-on": (lambda ps: optim.SGD(ps, lr=0.05), write_group(momentum=0.9)),
     "sgd-momentum-switched-off": (SGD, write_group(momentum=0.0)),
     "sgd-nesterov-switched-on": (SGD, write_group(nesterov=True)),

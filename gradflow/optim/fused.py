@@ -19,7 +19,7 @@ import functools
 import numpy
 
 from gradflow import backend
-from gradflow.blas import axpy, scale_add
+from gradflow.blas import axpy, bind_axpy, bind_scale_add, scale_add
 from gradflow.kernel import Elementwise, device_scalar_twin
 
 _OPT = ("optimizers.cuh",)
@@ -115,10 +115,23 @@ def bind_sgd(param, grad, momentum_buf, *, lr, momentum=0.0, dampening=0.0, nest
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
     if type(param) is not numpy.ndarray or (momentum != 0 and momentum_buf is None):
         raise ValueError("bind_sgd: NumPy arrays only, with a momentum buffer when momentum != 0")
+    plain = not (weight_decay or l1 or maximize)  # the gradient as it is: each pass a bound BLAS call
     if momentum == 0:
+        if plain:
+            return bind_axpy(-lr, grad, param)
         return functools.partial(_sgd_np, grad, -lr, weight_decay, l1, int(maximize), param)
+    if plain and dampening == 0 and not nesterov:  # the steady step of the plain momentum loop
+        return _two_calls(bind_scale_add(momentum_buf, momentum, grad), bind_axpy(-lr, momentum_buf, param))
     return functools.partial(_sgd_np, grad, -lr, weight_decay, l1, int(maximize), param, momentum_buf, momentum,
                              1 - dampening, int(nesterov), 0)
+
+
+def _two_calls(first, second):
+    """``first(); second()`` as one callable of no arguments."""
+    def both():
+        first()
+        second()
+    return both
 
 
 # ---- Adam / AdamW ------------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ then the fused update and a few identity tests).
 import copy
 import functools
 import math
+import operator
+from itertools import repeat
 
 import numpy
 
@@ -238,7 +240,9 @@ class _SteadyStep:
     """
 
     class _Group:
-        __slots__ = ("group", "version", "items", "states", "whole", "flat_state", "scalars", "update")
+        __slots__ = ("group", "version", "params", "states", "whole", "flat_state", "scalars", "update", "ids",
+                     "lens", "tensor_states", "tensor_keys", "tensor_ids", "scalar_states", "scalar_keys",
+                     "scalar_values", "held")
 
     @classmethod
     def build(cls, opt, work):
@@ -255,18 +259,29 @@ class _SteadyStep:
             if flat_state is None or not ready.ready(opt.state):
                 return None
             entry = cls._Group()
-            entry.group, entry.version, entry.states, entry.flat_state = group, group.version, states, flat_state
+            entry.group, entry.version, entry.params, entry.states = group, group.version, list(params), states
+            entry.flat_state = flat_state
             entry.whole = Tensor._wrap(ready.param_flat)
             entry.whole._grad = Tensor._wrap(ready.grad_flat)
             entry.scalars = tuple(k for k, v in flat_state.items() if not isinstance(v, Tensor))
             entry.update = opt._prepared_update(entry.whole, flat_state, group)
+            # what run() verifies, as flat lists compared in one go: the objects in place now by id (each
+            # is held here, so no other object can take its id), then each state's entry count, its
+            # Tensor entries (by id, and their arrays') and its plain values
+            entry.ids = [id(x) for x in (*params, *(p.data for p in params), *ready.grad_views, *states)]
+            entry.lens = [len(s) for s in states]
             tensors = [k for k, v in flat_state.items() if isinstance(v, Tensor)]
-            entry.items = tuple((p, p.data, ready.grad_views[k], s, len(s),
-                                 tuple((key, s[key], s[key].data) for key in tensors))
-                                for k, (p, s) in enumerate(zip(params, states)))
+            entry.tensor_states = [s for _ in tensors for s in states]
+            entry.tensor_keys = [k for k in tensors for _ in states]
+            held = [s[k] for s, k in zip(entry.tensor_states, entry.tensor_keys)]
+            entry.tensor_ids = [id(x) for x in (*held, *(t.data for t in held))]
+            entry.scalar_states = [s for _ in entry.scalars for s in states]
+            entry.scalar_keys = [k for k in entry.scalars for _ in states]
+            entry.scalar_values = [flat_state[k] for k in entry.scalar_keys]
+            entry.held = (held, [p.data for p in params], list(ready.grad_views))
             self.groups.append(entry)
         # a parameter keeps its version counter for life (views share their base's): bump the boxes
-        self.versions = [item[0]._version_box() for entry in self.groups for item in entry.items]
+        self.versions = [p._version_box() for entry in self.groups for p in entry.params]
         return self
 
     def run(self):
@@ -285,24 +300,27 @@ class _SteadyStep:
             if fresh:
                 opt._check_group(group, f"param_groups[{gi}]")
             params = group["params"]
-            if len(params) != len(entry.items):
+            try:  # a gradient set to None has no .data
+                ids = [*map(id, params), *map(id, map(_DATA, params)), *map(id, map(_GRAD_DATA, params)),
+                       *map(id, map(state.get, params))]
+            except AttributeError:
                 return False
-            flat_state = entry.flat_state
-            for p, (q, data, grad_view, s, n, tensors) in zip(params, entry.items):
-                grad = p._grad
-                if p is not q or p.data is not data or grad is None or grad.data is not grad_view or \
-                        state.get(p) is not s:
-                    return False
-                if fresh:
+            if ids != entry.ids:
+                return False
+            if fresh:
+                for p, s in zip(params, entry.states):
                     opt._init_state(p, s, group)
-                if len(s) != n:
+            states = entry.states
+            if list(map(len, states)) != entry.lens:
+                return False
+            try:  # an entry deleted by hand: None has no .data
+                held = list(map(dict.get, entry.tensor_states, entry.tensor_keys))
+                if [*map(id, held), *map(id, map(_DATA, held))] != entry.tensor_ids:
                     return False
-                for key, value, array in tensors:
-                    if s.get(key) is not value or value.data is not array:
-                        return False
-                for key in entry.scalars:
-                    if key not in s or s[key] != flat_state[key]:
-                        return False
+            except AttributeError:
+                return False
+            if list(map(dict.get, entry.scalar_states, entry.scalar_keys, repeat(_MISSING))) != entry.scalar_values:
+                return False
             if fresh:
                 entry.update = opt._prepared_update(entry.whole, entry.flat_state, group)
             entry.version = group.version
@@ -317,13 +335,20 @@ class _SteadyStep:
                 opt._propagate(entry.states, flat_state)
                 opt._steady = None
                 continue
-            for key in entry.scalars:
-                value = flat_state[key]
-                for s in entry.states:
-                    s[key] = value
+            if entry.scalars:
+                for key in entry.scalars:
+                    value = flat_state[key]
+                    for s in entry.states:
+                        s[key] = value
+                entry.scalar_values = [flat_state[k] for k in entry.scalar_keys]
         for box in self.versions:  # p._bump_version() of every parameter
             box[0] += 1
         return True
+
+
+_DATA = operator.attrgetter("data")
+_GRAD_DATA = operator.attrgetter("_grad.data")
+_MISSING = object()  # dict.get's default in _SteadyStep.run: a missing entry equals no value
 
 
 def _device_scalars(calls):
