@@ -137,14 +137,17 @@ def replay_as_call(func=None, *, graph=None):
             return func(*args, **kwargs)
         # a generator (model.parameters()) would be spent after one call: replay needs a list
         args = tuple(list(a) if isinstance(a, types.GeneratorType) else a for a in args)
+        index = len(recorder.ops)
         recorder.ops.append((_CALL, func, args, kwargs))
         recorder.check_leaves()
         _tape._recorder = None
         try:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
         finally:
             _tape._recorder = recorder
             recorder.on_call_returned()
+        recorder.on_call_result(index, result)
+        return result
     return wrapper
 
 
@@ -266,6 +269,15 @@ class _Recording:
         for t in self.watched:
             self._watch(t)
 
+    def on_call_result(self, index, result):
+        """What call ``index`` returned: each Tensor in it (alone, or in a tuple or list) whose array is new
+        becomes a slot the call produces, so the step may return it (``clip_grad_norm_``'s norm) or ops
+        may read it; a replay takes it from what the call returns then."""
+        made = [(path, self._new(t.data)) for path, t in _result_tensors(result, ())
+                if id(t.data) not in self.slot_of]
+        if made:
+            self.ops[index] += (tuple(made),)
+
     def on_random_draw(self):
         self._drew = True
 
@@ -326,7 +338,7 @@ class _Recording:
             elif a[0] == _LEAF:
                 if a[1] is not b[1] or a[2:] != b[2:]:
                     return f"gradient delivery #{i} differs between steps"
-            elif a[1] is not b[1] or not _same_arg(a[2], b[2]) or not _same_arg(a[3], b[3]):
+            elif a[1] is not b[1] or not _same_arg(a[2], b[2]) or not _same_arg(a[3], b[3]) or a[4:] != b[4:]:
                 if b[1] is _group_write:
                     return (f"the step sets an optimizer's param_groups[...][{b[2][1]!r}] to a different value in each "
                             f"call, which a replay cannot repeat; set it outside the compiled function or use a "
@@ -341,6 +353,26 @@ class _Recording:
                 return (f"an input of {user} changes between steps but is not produced by a recorded op "
                         f"(raw array math outside Functions, or a tensor replaced instead of updated in place)")
         return None
+
+
+def _result_tensors(value, path):
+    """(path, Tensor) of each Tensor in a call's result: the result itself, or inside tuples and lists."""
+    if isinstance(value, Tensor):
+        yield path, value
+    elif isinstance(value, (tuple, list)):
+        for k, v in enumerate(value):
+            yield from _result_tensors(v, path + (k,))
+
+
+def _call_result(result, path, func):
+    """The array at ``path`` in what a replayed call returned, as the recordings saw it."""
+    value = result
+    for k in path:
+        value = value[k] if isinstance(value, (tuple, list)) and k < len(value) else None
+    if not isinstance(value, Tensor):
+        raise RuntimeError(f"gradflow.compile: {getattr(func, '__qualname__', func)} returned a Tensor at "
+                           f"{list(path)} of its result in the recorded steps, and something else in a replay")
+    return value.data
 
 
 def _same_arg(a, b):
@@ -405,6 +437,10 @@ class _Plan:
         self.ops = [(op[:6] if op[0] == _FUNCTION else op + ([None],) if op[0] == _LEAF else op) +
                     (tuple(frees.get(i, ())),) for i, op in enumerate(recording.ops)]
 
+        if self.cuda_graphs and _call_results_used(self):
+            # a Tensor a call returns (clip_grad_norm_'s norm) feeds the step: the graph runner, which
+            # replays calls as graph parts or host acts, has no slot for it; replay without graphs
+            self.cuda_graphs = False
         self.replay = _generate(self, recording.arrays)
 
     def run(self, arrays):
@@ -446,7 +482,9 @@ def _generate(plan, arrays):
     fused, skipped = _into_grads(plan, arrays)
     delivered = {j for j, _ in fused.values()}
     read = {s for op in plan.ops for s in _reads(op)} | set(_output_slots(plan.outputs))
-    reusable = _reusable_slots(arrays, external | set(range(plan.n_inputs)) | set(_output_slots(plan.outputs)))
+    made_by_calls = {s for op in plan.ops if op[0] == _CALL for _, s in _call_slots(op)}  # whoever else holds them
+    reusable = _reusable_slots(arrays, external | set(range(plan.n_inputs)) | set(_output_slots(plan.outputs)) |
+                               made_by_calls)
     lines = [f"def replay({', '.join(f'v{s}' for s in range(plan.n_inputs))}):"]
     for i, op in enumerate(plan.ops):
         kind = op[0]
@@ -488,7 +526,13 @@ def _generate(plan, arrays):
             lines.append(f"    v{dst} = _deliver(x{i}, {ref(src)}, o{i})")
         else:
             names[f"c{i}"], names[f"a{i}"], names[f"k{i}"] = op[1], op[2], op[3]
-            lines.append(f"    c{i}(*a{i}, **k{i})")
+            used = [(path, s) for path, s in _call_slots(op) if s in read]
+            if used:  # a Tensor the call returns that the step returns or ops read
+                names["_call_result"] = _call_result
+                lines.append(f"    r{i} = c{i}(*a{i}, **k{i})")
+                lines.extend(f"    v{s} = _call_result(r{i}, {path!r}, c{i})" for path, s in used)
+            else:
+                lines.append(f"    c{i}(*a{i}, **k{i})")
         dead = [f"v{s}" for s in op[-1] if s not in external]
         if dead:
             lines.append(f"    del {', '.join(dead)}")
@@ -498,6 +542,17 @@ def _generate(plan, arrays):
     replay = names["replay"]
     replay.source = source
     return replay
+
+
+def _call_slots(op):
+    """(path in the result, slot) of the Tensors a call op returns that became slots (``on_call_result``)."""
+    return op[4] if len(op) > 5 else ()
+
+
+def _call_results_used(plan):
+    """True when the step returns, or an op reads, a Tensor that a call returned."""
+    used = {s for op in plan.ops for s in _reads(op)} | set(_output_slots(plan.outputs))
+    return any(s in used for op in plan.ops if op[0] == _CALL for _, s in _call_slots(op))
 
 
 def _reusable_slots(arrays, keep):
