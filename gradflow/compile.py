@@ -8,7 +8,8 @@ set of argument shapes run ``train_step`` eagerly while a recorder logs, in orde
 - every gradient handed to a leaf (what ``.grad`` becomes);
 - every call of a function marked ``@replay_as_call`` (optimizer steps, ``zero_grad``),
   which replay re-executes as a call, so step counters, learning-rate schedules and
-  lazily created state stay exact.
+  lazily created state stay exact; a Tensor the call returns (``clip_grad_norm_``'s
+  norm) is taken from what it returns in each replay, so the step may return it or use it.
 
 When two consecutive recordings agree (same ops, same constants) the second becomes the
 plan, and later calls replay it: each op's ``forward`` runs on arrays straight from the
