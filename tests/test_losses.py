@@ -418,3 +418,82 @@ def test_unweighted_cross_entropy_keeps_the_fused_path(monkeypatch):
     F.cross_entropy(T(LOGITS), I(CLASSES))
     nn.CrossEntropyLoss()(T(LOGITS), I(CLASSES))
     assert len(calls) == 2
+
+
+# ---- class-index losses inside gradflow.compile: what they derive from the targets is made by an op --------------
+_W = [1.0, 2.0, 0.5, 1.5]
+CLASS_LOSSES = {
+    "nll": lambda out, y: F.nll_loss(F.log_softmax(out, dim=1), y),
+    "nll-weight": lambda out, y: F.nll_loss(F.log_softmax(out, dim=1), y, weight=gradflow.tensor(_W)),
+    "nll-sum-ignore": lambda out, y: F.nll_loss(F.log_softmax(out, dim=1), y, reduction="sum", ignore_index=1),
+    "nll-nd": lambda out, y: F.nll_loss(F.log_softmax(out.reshape(6, 4, 2), dim=1), y),
+    "ce-smoothing": lambda out, y: F.cross_entropy(out, y, label_smoothing=0.1, ignore_index=2),
+    "ce-smoothing-nd": lambda out, y: F.cross_entropy(out.reshape(6, 4, 2), y, label_smoothing=0.2, ignore_index=3),
+    "ce-weight": lambda out, y: F.cross_entropy(out, y, weight=gradflow.tensor(_W), ignore_index=0),
+    "ce-weight-smoothing": lambda out, y: F.cross_entropy(out, y, weight=gradflow.tensor(_W), label_smoothing=0.1),
+    "ce-weight-none": lambda out, y: F.cross_entropy(out, y, weight=gradflow.tensor(_W), reduction="none"),
+}
+
+
+def _class_loss_run(loss_fn, compiled, batches):
+    gradflow.manual_seed(0)
+    model = nn.Linear(5, 8 if loss_fn in (CLASS_LOSSES["nll-nd"], CLASS_LOSSES["ce-smoothing-nd"]) else 4)
+    opt = gradflow.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        (loss.sum() if loss.ndim else loss).backward()
+        opt.step()
+        return loss
+
+    fn = gradflow.compile(step, strict=True) if compiled else step
+    losses = [fn(x, y).data.tobytes() for x, y in batches]
+    return losses, [p.data.tobytes() for p in model.parameters()], fn
+
+
+@pytest.mark.parametrize("name", list(CLASS_LOSSES))
+def test_class_index_losses_are_captured_and_replay_the_eager_bytes(name):
+    """nll_loss, label smoothing and class weights derive one-hot rows, indices, weights and the mean's
+    divisor from each batch's targets inside an op: a compiled step records them (strict: no eager
+    fallback) and every replay equals eager bit for bit, with a new batch of targets each step and
+    ignored rows in some."""
+    rng = numpy.random.default_rng(3)
+    batches = []
+    for k in range(7):
+        y = rng.integers(0, 4, (6, 2) if name.endswith("-nd") else 6)
+        if k % 3 == 1:
+            y[:2] = {"nll-sum-ignore": 1, "ce-smoothing": 2, "ce-weight": 0, "ce-smoothing-nd": 3}.get(name, y[0])
+        batches.append((gradflow.tensor(rng.standard_normal((6, 5)).astype(numpy.float32)), gradflow.tensor(y)))
+    want_losses, want_params, _ = _class_loss_run(CLASS_LOSSES[name], False, batches)
+    got_losses, got_params, compiled = _class_loss_run(CLASS_LOSSES[name], True, batches)
+    assert compiled.captured
+    assert got_losses == want_losses and got_params == want_params
+
+
+def test_a_replayed_class_loss_still_rejects_a_target_out_of_range():
+    """The range check runs in the op's forward, so a replay makes it too: an error, not a wrong loss."""
+    model = nn.Linear(5, 4)
+    step = gradflow.compile(lambda x, y: F.nll_loss(F.log_softmax(model(x), dim=1), y, weight=gradflow.tensor(_W)),
+                            strict=True)
+    x = gradflow.tensor(numpy.ones((3, 5), numpy.float32))
+    for _ in range(3):
+        step(x, gradflow.tensor(numpy.array([0, 1, 3])))
+    assert step.captured
+    with pytest.raises(IndexError, match="target class 4 is out of range for 4 classes"):
+        step(x, gradflow.tensor(numpy.array([0, 4, 3])))
+
+
+def test_inside_a_graph_capture_a_target_out_of_range_makes_the_mean_nan(monkeypatch):
+    """A CUDA graph cannot read the check's result on the host: the derived arrays stay in range and the
+    mean comes out NaN instead of a number computed from another class."""
+    from gradflow import backend
+    from gradflow.nn import losses
+    monkeypatch.setattr(backend, "capturing", True)
+    t = numpy.array([0, 7, 2])
+    q, divisor, nan = losses._one_hot_rows(t, "nll_loss", 4, -100, numpy.dtype(numpy.float32), 0.0)
+    assert q.shape == (3, 4) and numpy.isnan(nan)
+    assert numpy.isnan(losses._gather_targets(t, "cross_entropy", 4, -100, numpy.dtype(numpy.float32))[2])
+    assert numpy.isnan(losses._weighted_targets(t, numpy.ones(4, numpy.float32), "nll_loss", 4, -100)[4])
+    monkeypatch.setattr(backend, "capturing", False)
+    assert losses._one_hot_rows(t[[0, 2]], "nll_loss", 4, -100, numpy.dtype(numpy.float32), 0.0)[2] == 0

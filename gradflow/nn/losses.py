@@ -49,40 +49,84 @@ def _same_shape(name, input, target):
                          f"(a silent broadcast here is almost always a bug, e.g. (N, 1) vs (N,))")
 
 
-def _class_targets(name, input, target, ignore_index):
-    """Validate int class targets (N,) for scores (N, C); returns (raw targets, mask of rows that count)."""
+def _class_targets(name, input, target):
+    """Check int class targets (N,) against scores (N, C) (shapes and dtype: nothing data-dependent)."""
     if input.ndim != 2:
         raise OpError(f"{name}: expected input of shape (N, C), got {input.shape}")
     if target.dtype.kind not in "iu":
         raise DTypeError(f"{name}: target must hold integer class indices, got dtype {target.dtype}")
-    t = target.data
-    if t.ndim != 1 or t.shape[0] != input.shape[0]:
-        raise OpError(f"{name}: class targets must have shape ({input.shape[0]},), got {t.shape}")
-    valid = t != ignore_index
-    bad = valid & ((t < 0) | (t >= input.shape[1]))
-    if bool(bad.any()):
-        raise IndexError(f"{name}: target class {int(t[bad][0])} is out of range for {input.shape[1]} classes")
-    return t, valid
+    if target.ndim != 1 or target.shape[0] != input.shape[0]:
+        raise OpError(f"{name}: class targets must have shape ({input.shape[0]},), got {target.shape}")
 
 
-def _one_hot(t, valid, num_classes, dtype):
-    """One-hot rows for class ids ``t``; rows where ``valid`` is False are all zero."""
+# ---- arrays derived from class-index targets, made by an op ---------------------------------------------------
+class _FromTargets(Function):
+    """Arrays a loss derives from its class-index targets (one-hot rows, gather indices, weights, the
+    mean's divisor), made by an op: a compiled step derives them again from each batch's targets, where
+    raw array math on the targets would be frozen into the plan (so such a step ran eagerly).
+    ``derive(t, *arrays, *static)`` returns a tuple of arrays, and raises IndexError for a counted target
+    out of range. No gradient flows through them."""
+
+    def __init__(self, derive, *static):
+        self.derive, self.static = derive, static
+
+    def forward(self, t, *arrays):
+        return self.derive(t, *arrays, *self.static)
+
+    def backward(self, *grads):
+        return (None,) * len(self.inputs)
+
+
+def _counted(name, t, classes, ignore_index):
+    """(safe, valid, bad) of class ids ``t``: ``valid`` the positions that count, ``safe`` the ids with 0 where
+    they do not (an index that is always in range). IndexError for a counted id outside [0, classes); inside
+    a CUDA graph capture that check (a host read) is left out: ``bad`` (else False) says whether there was
+    one, its position counts as class 0 and the caller's NaN term makes the loss NaN."""
     xp = backend.xp_of(t)
-    out = xp.zeros((t.shape[0], num_classes), dtype=dtype)
-    out[xp.arange(t.shape[0]), xp.where(valid, t, 0)] = 1
+    t = t.astype(numpy.int64, copy=False)
+    valid = t != ignore_index
+    bad = valid & ((t < 0) | (t >= classes))
+    if backend.capturing:
+        return xp.where(valid & ~bad, t, 0), valid, bad.any()
+    if bool(bad.any()):
+        raise IndexError(f"{name}: target class {int(t[bad][0])} is out of range for {classes} classes")
+    return xp.where(valid, t, 0), valid, False
+
+
+def _one_hot(safe, valid, num_classes, dtype):
+    """One-hot rows for class ids ``safe`` (in range: ``_counted``'s); rows where ``valid`` is False are all zero."""
+    xp = backend.xp_of(safe)
+    out = xp.zeros((safe.shape[0], num_classes), dtype=dtype)
+    out[xp.arange(safe.shape[0]), safe] = 1
     out *= valid[:, None]
     return out
 
 
-def _reduce_rows(loss, valid, reduction):
-    """Like ``_reduce``, but a mean only counts the rows that are not ignored (PyTorch's ignore_index)."""
-    if reduction == "mean" and valid is not None:
-        xp = backend.xp_of(valid)
-        count = valid.sum().astype(loss.dtype)
-        # every row ignored: the loss is NaN (0 / 0) but the gradient zero, as torch's (a batch of
-        # padding must not poison the weights): divide by max(count, 1) and add the NaN as a constant
-        mean = ops.sum(loss) / Tensor._wrap(xp.maximum(count, 1))
-        return mean + Tensor._wrap(xp.where(count == 0, loss.dtype.type(xp.nan), loss.dtype.type(0)))
+def _mean_terms(valid, dtype, bad=False):
+    """(divisor, NaN term) of a mean over the rows that count: every row ignored gives a NaN loss but a
+    zero gradient, as torch's (a batch of padding must not poison the weights): divide by max(count, 1)
+    and add the NaN as a constant."""
+    xp = backend.xp_of(valid)
+    count = valid.sum().astype(dtype)
+    return xp.maximum(count, 1), xp.where((count == 0) | bad, dtype.type(xp.nan), dtype.type(0))
+
+
+def _one_hot_rows(t, name, classes, ignore_index, dtype, smoothing):
+    """(q, divisor, NaN term): rows of one-hot targets, smoothed ((1 - ε) onehot + ε / C on the rows that
+    count), and ``_mean_terms``."""
+    safe, valid, bad = _counted(name, t, classes, ignore_index)
+    q = _one_hot(safe, valid, classes, dtype)
+    if smoothing:
+        q = q * (1.0 - smoothing) + (smoothing / classes) * valid[:, None].astype(dtype)
+    return (q,) + _mean_terms(valid, dtype, bad)
+
+
+def _reduce_rows(loss, terms, reduction):
+    """Like ``_reduce``, but a mean divides by the rows that count (PyTorch's ignore_index); ``terms``: the
+    Tensors ``_mean_terms`` made."""
+    if reduction == "mean" and terms:
+        divisor, nan = terms
+        return ops.sum(loss) / divisor + nan
     return _reduce(loss, reduction)
 
 
@@ -118,10 +162,9 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_i
             return activation.softmax_cross_entropy(input, target, reduction=reduction, ignore_index=ignore_index)
         if input.ndim != 2:
             return _smoothed_class_targets_nd(input, target, reduction, label_smoothing, ignore_index)
-        t, valid = _class_targets("cross_entropy", input, target, ignore_index)
-        q = _one_hot(t, valid, input.shape[1], input.dtype)
-        q = q * (1.0 - label_smoothing) + (label_smoothing / input.shape[1]) * valid[:, None].astype(input.dtype)
-        q = Tensor._wrap(q)
+        _class_targets("cross_entropy", input, target)
+        q, *valid = _FromTargets(_one_hot_rows, "cross_entropy", input.shape[1], ignore_index, input.dtype,
+                                 label_smoothing)(target)
     else:
         if input.ndim != 2 or target.shape != input.shape:  # issue 13: (C,) and (N, C, d...) inputs too
             return _cross_entropy_probs_nd(input, target, reduction, label_smoothing)
@@ -163,30 +206,36 @@ def _batch_of_class_targets(x, target, name):
     return x, target, squeeze
 
 
+def _gather_targets(t, name, classes, ignore_index, dtype):
+    """(gather index (N, 1, d...), positions that count, their count in ``dtype``; NaN when a target is out
+    of range inside a CUDA graph capture) of class ids (N, d...)."""
+    safe, valid, bad = _counted(name, t, classes, ignore_index)
+    xp = backend.xp_of(safe)
+    count = xp.where(bad, dtype.type(xp.nan), valid.sum().astype(dtype))
+    return xp.expand_dims(safe, 1), valid, count
+
+
 def _smoothed_class_targets_nd(input, target, reduction, label_smoothing, ignore_index):
     """Label smoothing with class indices for input (C,) or (N, C, d...)."""
     input, target, squeeze = _batch_of_class_targets(input, target, "cross_entropy")
     c = input.shape[1]
-    t = target.data
-    valid = t != ignore_index
-    bad = valid & ((t < 0) | (t >= c))
-    if bool(bad.any()):
-        raise IndexError(f"cross_entropy: target class {int(t[bad][0])} is out of range for {c} classes")
+    index, valid, count = _FromTargets(_gather_targets, "cross_entropy", c, ignore_index, input.dtype)(target)
     logp = activation.log_softmax(input, axis=1)
-    nll = -ops.gather(logp, 1, Tensor._wrap(backend.xp_of(t).expand_dims(backend.xp_of(t).where(valid, t, 0), 1)))
+    nll = -ops.gather(logp, 1, index)
     nll = ops.squeeze(nll, 1)
     smooth = -ops.sum(logp, 1) / float(c)
     loss = nll * (1.0 - label_smoothing) + smooth * label_smoothing
-    loss = ops.where(Tensor._wrap(valid), loss, 0.0)
+    loss = ops.where(valid, loss, 0.0)
     if reduction == "mean":
-        return ops.sum(loss) / Tensor._wrap(valid.sum().astype(input.dtype))
+        return ops.sum(loss) / count
     loss = _reduce(loss, reduction)
     return ops.reshape(loss, ()) if squeeze and reduction == "none" else loss
 
 
 # ==== per-class weights (torch's weight=) ====
 def _class_weight(name, weight, input):
-    """``weight`` as an array (C,) of ``input``'s dtype on its device, checked as torch checks it."""
+    """``weight`` as a Tensor (C,) of ``input``'s dtype on its device, checked as torch checks it: the
+    caller's own Tensor (detached), so that a compiled step reads its array as it is then."""
     c = input.shape[1] if input.ndim > 1 else input.shape[0]
     if isinstance(weight, Tensor):
         if weight.device != input.device:
@@ -200,7 +249,21 @@ def _class_weight(name, weight, input):
         prefix = "cross_entropy: " if name == "cross_entropy" else ""
         raise OpError(f"{prefix}weight tensor should be defined either for all {c} classes or no classes but got "
                       f"weight tensor of shape: {list(w.shape)}")
-    return w
+    if not isinstance(weight, Tensor):
+        return Tensor._wrap(w)
+    return weight.detach() if weight.requires_grad else weight  # no gradient for the weights, as before
+
+
+def _weighted_targets(t, w, name, classes, ignore_index):
+    """(gather index (N, 1, d...), each position's weight w[t] (0 where ignored), positions that count, the
+    mean's divisor (the weights' sum, 1 when nothing counts), its NaN term) of class ids (N, d...)."""
+    safe, valid, bad = _counted(name, t, classes, ignore_index)
+    xp = backend.xp_of(safe)
+    wt = xp.where(valid, w[safe], w.dtype.type(0))                        # weight of each position's target
+    any_valid = valid.any()
+    total = xp.where(any_valid, wt.sum(), w.dtype.type(1)).astype(w.dtype)
+    nan = xp.where(any_valid & ~xp.asarray(bad), w.dtype.type(0), w.dtype.type(xp.nan))
+    return xp.expand_dims(safe, 1), wt, valid, total, nan
 
 
 def _weighted_class_nll(name, logp, target, w, reduction, ignore_index, label_smoothing):
@@ -214,31 +277,22 @@ def _weighted_class_nll(name, logp, target, w, reduction, ignore_index, label_sm
     loss and NaN gradient, both as torch's."""
     logp, target, squeeze = _batch_of_class_targets(logp, target, name)
     c = logp.shape[1]
-    xp = backend.xp_of(logp.data)
-    t = target.data.astype(numpy.int64)
-    valid = t != ignore_index
-    bad = valid & ((t < 0) | (t >= c))
-    if bool(bad.any()):
-        raise IndexError(f"{name}: target class {int(t[bad][0])} is out of range for {c} classes")
-    safe = xp.where(valid, t, 0)
     if w is None:
-        w = xp.ones(c, dtype=logp.dtype)
-    wt = xp.where(valid, w[safe], logp.dtype.type(0))                     # weight of each position's target
-    picked = ops.squeeze(ops.gather(logp, 1, Tensor._wrap(xp.expand_dims(safe, 1))), 1)
-    nll = -picked * Tensor._wrap(wt)
+        w = Tensor._wrap(backend.xp_of(logp.data).ones(c, dtype=logp.dtype))
+    index, wt, valid, total, nan = _FromTargets(_weighted_targets, name, c, ignore_index)(target, w)
+    picked = ops.squeeze(ops.gather(logp, 1, index), 1)
+    nll = -picked * wt
     smooth = None
     if label_smoothing:
-        wb = Tensor._wrap(w.reshape((1, c) + (1,) * (logp.ndim - 2)))
-        smooth = ops.where(Tensor._wrap(valid), -ops.sum(logp * wb, 1), 0.0)
+        wb = ops.reshape(w, (1, c) + (1,) * (logp.ndim - 2))
+        smooth = ops.where(valid, -ops.sum(logp * wb, 1), 0.0)
     if reduction == "mean":
         # each term divided by the total on its own, as torch's (0/0 and x/0 then give torch's NaN);
         # no position counts: NaN loss, zero gradient (divide by 1, add the NaN as a constant)
-        any_valid = valid.any()
-        total = Tensor._wrap(xp.where(any_valid, wt.sum(), logp.dtype.type(1)).astype(logp.dtype))
         loss = ops.sum(nll) / total
         if smooth is not None:
             loss = loss * (1.0 - label_smoothing) + (ops.sum(smooth) / total) * (label_smoothing / c)
-        return loss + Tensor._wrap(xp.where(any_valid, logp.dtype.type(0), logp.dtype.type(xp.nan)))
+        return loss + nan
     loss = nll if smooth is None else nll * (1.0 - label_smoothing) + smooth * (label_smoothing / c)
     loss = _reduce(loss, reduction)
     return ops.reshape(loss, ()) if squeeze and reduction == "none" else loss
@@ -260,7 +314,7 @@ def _weighted_cross_entropy(input, target, reduction, label_smoothing, ignore_in
     q = target
     if label_smoothing:
         q = q * (1.0 - label_smoothing) + label_smoothing / input.shape[axis]
-    wb = Tensor._wrap(w.reshape((1,) * axis + (-1,) + (1,) * (input.ndim - axis - 1)))
+    wb = ops.reshape(w, (1,) * axis + (-1,) + (1,) * (input.ndim - axis - 1))
     loss = -ops.sum(q * logp * wb, axis=axis)
     return _reduce(loss, reduction)
 
@@ -299,9 +353,9 @@ def nll_loss(input, target, reduction="mean", ignore_index=-100, weight=None):
             raise DTypeError(f"nll_loss: target must hold integer class indices, got dtype {target.dtype}")
         w = None if weight is None else _class_weight("nll_loss", weight, input)
         return _weighted_class_nll("nll_loss", input, target, w, reduction, ignore_index, 0.0)
-    t, valid = _class_targets("nll_loss", input, target, ignore_index)
-    mask = Tensor._wrap(_one_hot(t, valid, input.shape[1], input.dtype))
-    return _reduce_rows(-ops.sum(input * mask, axis=1), valid, reduction)
+    _class_targets("nll_loss", input, target)
+    mask, *terms = _FromTargets(_one_hot_rows, "nll_loss", input.shape[1], ignore_index, input.dtype, 0.0)(target)
+    return _reduce_rows(-ops.sum(input * mask, axis=1), terms, reduction)
 
 
 # ---- regression --------------------------------------------------------------------------------------
