@@ -241,7 +241,7 @@ class _SteadyStep:
 
     class _Group:
         __slots__ = ("group", "version", "params", "states", "whole", "flat_state", "scalars", "update", "ids",
-                     "lens", "tensor_states", "tensor_keys", "tensor_ids", "scalar_states", "scalar_keys",
+                     "rest", "expected", "tensor_states", "tensor_keys", "scalar_states", "scalar_keys",
                      "scalar_values", "held")
 
     @classmethod
@@ -269,12 +269,12 @@ class _SteadyStep:
             # is held here, so no other object can take its id), then each state's entry count, its
             # Tensor entries (by id, and their arrays') and its plain values
             entry.ids = [id(x) for x in (*params, *(p.data for p in params), *ready.grad_views, *states)]
-            entry.lens = [len(s) for s in states]
             tensors = [k for k, v in flat_state.items() if isinstance(v, Tensor)]
             entry.tensor_states = [s for _ in tensors for s in states]
             entry.tensor_keys = [k for k in tensors for _ in states]
             held = [s[k] for s, k in zip(entry.tensor_states, entry.tensor_keys)]
-            entry.tensor_ids = [id(x) for x in (*held, *(t.data for t in held))]
+            entry.rest = [*(len(s) for s in states), *(id(x) for x in (*held, *(t.data for t in held)))]
+            entry.expected = entry.ids + entry.rest
             entry.scalar_states = [s for _ in entry.scalars for s in states]
             entry.scalar_keys = [k for k in entry.scalars for _ in states]
             entry.scalar_values = [flat_state[k] for k in entry.scalar_keys]
@@ -300,26 +300,23 @@ class _SteadyStep:
             if fresh:
                 opt._check_group(group, f"param_groups[{gi}]")
             params = group["params"]
-            try:  # a gradient set to None has no .data
-                ids = [*map(id, params), *map(id, map(_DATA, params)), *map(id, map(_GRAD_DATA, params)),
+            try:  # a gradient set to None, a state entry deleted by hand: None has no .data
+                now = [*map(id, params), *map(id, map(_DATA, params)), *map(id, map(_GRAD_DATA, params)),
                        *map(id, map(state.get, params))]
-            except AttributeError:
-                return False
-            if ids != entry.ids:
-                return False
-            if fresh:
-                for p, s in zip(params, entry.states):
-                    opt._init_state(p, s, group)
-            states = entry.states
-            if list(map(len, states)) != entry.lens:
-                return False
-            try:  # an entry deleted by hand: None has no .data
+                if fresh:  # the objects first: then _init_state may add entries (the counts below differ)
+                    if now != entry.ids:
+                        return False
+                    for p, s in zip(params, entry.states):
+                        opt._init_state(p, s, group)
+                    now = []
                 held = list(map(dict.get, entry.tensor_states, entry.tensor_keys))
-                if [*map(id, held), *map(id, map(_DATA, held))] != entry.tensor_ids:
-                    return False
+                now += [*map(len, entry.states), *map(id, held), *map(id, map(_DATA, held))]
             except AttributeError:
                 return False
-            if list(map(dict.get, entry.scalar_states, entry.scalar_keys, repeat(_MISSING))) != entry.scalar_values:
+            if now != (entry.rest if fresh else entry.expected):  # one list compared: a step's checks, all at once
+                return False
+            if entry.scalar_keys and \
+                    list(map(dict.get, entry.scalar_states, entry.scalar_keys, repeat(_MISSING))) != entry.scalar_values:
                 return False
             if fresh:
                 entry.update = opt._prepared_update(entry.whole, entry.flat_state, group)
