@@ -457,11 +457,6 @@ class _Plan:
         return self.replay(*arrays)
 
 
-def _iadd(y, b):
-    y += b
-    return y
-
-
 def _generate(plan, arrays):
     """The plan as one straight-line Python function, written the way one would by hand.
 
@@ -472,7 +467,7 @@ def _generate(plan, arrays):
     weight gradient computed by a matmul is computed straight into the parameter's own
     gradient buffer (``out=``). No slot table, no per-op objects or dispatch in between.
     """
-    names = {"_wrap": Tensor._wrap, "_deliver": _deliver_leaf, "_iadd": _iadd}
+    names = {"_wrap": Tensor._wrap, "_deliver": _deliver_leaf}
     external = {s for s, a in enumerate(plan.template) if a is not None}
     for s in external:
         names[f"e{s}"] = plan.template[s]

@@ -1436,9 +1436,10 @@ class Linear(Function):
     def replay_source(x, weight, bias=None, arrays=(), saved=(), dying=()):
         if arrays[0].ndim != 2 or bias is None or saved:
             return None
+        # y += bias as forward, by the ndarray's own in-place add (its C slot: no Python frame in between)
         if _transposed_first(arrays[0], arrays[1]):  # as forward
-            return f"_iadd(({weight} @ {x}.T).T, {bias})"
-        return f"_iadd({x} @ {weight}.T, {bias})"
+            return f"(({weight} @ {x}.T).T).__iadd__({bias})"
+        return f"({x} @ {weight}.T).__iadd__({bias})"
 
     def backward(self, gy):
         x, weight = self.saved_tensors
