@@ -10,7 +10,7 @@ import warnings
 
 import numpy
 
-from gradflow import activation, backend, ops
+from gradflow import activation, backend, ops, softmax_ops
 from gradflow.ops import _unbroadcast
 from gradflow.nn.module import Module
 from gradflow.tensor import DTypeError, Function, OpError, Tensor, as_tensor
@@ -115,7 +115,7 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_i
     valid = None
     if target.dtype.kind in "iu":
         if label_smoothing == 0.0:
-            return activation.softmax_cross_entropy(input, target, reduction=reduction, ignore_index=ignore_index)
+            return softmax_ops.softmax_cross_entropy(input, target, reduction=reduction, ignore_index=ignore_index)
         if input.ndim != 2:
             return _smoothed_class_targets_nd(input, target, reduction, label_smoothing, ignore_index)
         t, valid = _class_targets("cross_entropy", input, target, ignore_index)
@@ -128,7 +128,7 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_i
         q = target
         if label_smoothing:
             q = q * (1.0 - label_smoothing) + label_smoothing / input.shape[1]
-    loss = -ops.sum(q * activation.log_softmax(input, axis=1), axis=1)
+    loss = -ops.sum(q * softmax_ops.log_softmax(input, axis=1), axis=1)
     return _reduce_rows(loss, valid, reduction)
 
 
@@ -146,7 +146,7 @@ def _cross_entropy_probs_nd(input, target, reduction, label_smoothing):
     q = target
     if label_smoothing:
         q = q * (1.0 - label_smoothing) + label_smoothing / input.shape[axis]
-    loss = -ops.sum(q * activation.log_softmax(input, axis=axis), axis=axis)
+    loss = -ops.sum(q * softmax_ops.log_softmax(input, axis=axis), axis=axis)
     return _reduce(loss, reduction)  # torch's mean divides by numel / C: a mean over positions
 
 
@@ -172,7 +172,7 @@ def _smoothed_class_targets_nd(input, target, reduction, label_smoothing, ignore
     bad = valid & ((t < 0) | (t >= c))
     if bool(bad.any()):
         raise IndexError(f"cross_entropy: target class {int(t[bad][0])} is out of range for {c} classes")
-    logp = activation.log_softmax(input, axis=1)
+    logp = softmax_ops.log_softmax(input, axis=1)
     nll = -ops.gather(logp, 1, Tensor._wrap(backend.xp_of(t).expand_dims(backend.xp_of(t).where(valid, t, 0), 1)))
     nll = ops.squeeze(nll, 1)
     smooth = -ops.sum(logp, 1) / float(c)
@@ -252,7 +252,7 @@ def _weighted_cross_entropy(input, target, reduction, label_smoothing, ignore_in
     of positions (N * d1 ...), not by the weights: torch's rule for soft targets."""
     w = _class_weight("cross_entropy", weight, input)
     axis = 0 if input.ndim == 1 else 1
-    logp = activation.log_softmax(input, axis=axis)
+    logp = softmax_ops.log_softmax(input, axis=axis)
     if target.dtype.kind in "iu":
         return _weighted_class_nll("cross_entropy", logp, target, w, reduction, ignore_index, label_smoothing)
     if target.shape != input.shape:
