@@ -72,6 +72,8 @@ class KernelTimer:
     def install(self):
         from gradflow.tensor import Function
         import gradflow.activation  # noqa: F401  (load every Function subclass first)
+        import gradflow.dropout_ops  # noqa: F401
+        import gradflow.softmax_ops  # noqa: F401
         import gradflow.nn  # noqa: F401
         for cls in _subclasses(Function):
             if "forward" in cls.__dict__:

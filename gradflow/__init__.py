@@ -37,7 +37,8 @@ from gradflow import autograd, cuda, utils  # noqa: E402
 from gradflow import amp  # noqa: E402
 from gradflow.amp import GradScaler  # noqa: E402  (torch.GradScaler is torch.amp.GradScaler)
 cuda.amp = amp.cuda_namespace  # torch.cuda.amp.GradScaler, PyTorch's deprecated spelling
-from gradflow.activation import log_softmax, relu, sigmoid, softmax, tanh  # noqa: E402
+from gradflow.activation import relu, sigmoid, tanh  # noqa: E402
+from gradflow.softmax_ops import log_softmax, softmax  # noqa: E402
 from gradflow.interop import from_dlpack, load_safetensors, save_safetensors  # noqa: E402
 
 

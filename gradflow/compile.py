@@ -462,7 +462,7 @@ def _generate(plan, arrays):
 
     Each slot is a local variable (``v12``), each array read from outside the step a
     global of the function (``e7``), each op one line: the op's ``replay_source`` (its
-    forward without checks, next to the forward in ops.py/activation.py) or else a call of
+    forward without checks, next to the forward in ops.py/activation.py/softmax_ops.py) or else a call of
     its forward; each leaf delivery one call; a local is deleted after its last use. A
     weight gradient computed by a matmul is computed straight into the parameter's own
     gradient buffer (``out=``). No slot table, no per-op objects or dispatch in between.

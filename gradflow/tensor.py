@@ -545,12 +545,12 @@ class Tensor:
         return activation.tanh(self)
 
     def softmax(self, dim, dtype=None):
-        from gradflow import activation
-        return activation.softmax(self, dim, dtype=dtype)
+        from gradflow import softmax_ops
+        return softmax_ops.softmax(self, dim, dtype=dtype)
 
     def log_softmax(self, dim, dtype=None):
-        from gradflow import activation
-        return activation.log_softmax(self, dim, dtype=dtype)
+        from gradflow import softmax_ops
+        return softmax_ops.log_softmax(self, dim, dtype=dtype)
 
     def exp2(self): return ops.exp2(self)
     def sin(self): return ops.sin(self)

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy
 
 import gradflow.activation  # noqa: F401  (registers the kernels)
+import gradflow.dropout_ops  # noqa: F401
+import gradflow.softmax_ops  # noqa: F401
 import gradflow.optim.fused  # noqa: F401
 from gradflow import kernel as K
 

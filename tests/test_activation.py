@@ -4,7 +4,9 @@ import pytest
 
 import gradflow as gf
 from gradflow import activation as A
+from gradflow import dropout_ops as D
 from gradflow import philox
+from gradflow import softmax_ops as S
 from gradflow.gradcheck import gradcheck, gradgradcheck
 
 
@@ -32,16 +34,16 @@ SMOOTH = {
     "softplus_beta": lambda x: A.softplus(x * 4, beta=2.0, threshold=3.0),  # crosses the threshold
     "gelu": A.gelu,
     "gelu_tanh": lambda x: A.gelu(x, approximate="tanh"),
-    "softmax": A.softmax,
-    "softmax_axis0": lambda x: A.softmax(x, axis=0),
-    "log_softmax": A.log_softmax,
-    "log_softmax_axis1": lambda x: A.log_softmax(x, axis=1),
+    "softmax": S.softmax,
+    "softmax_axis0": lambda x: S.softmax(x, axis=0),
+    "log_softmax": S.log_softmax,
+    "log_softmax_axis1": lambda x: S.log_softmax(x, axis=1),
 }
 PIECEWISE = {
     "relu": A.relu,
     "leaky_relu": lambda x: A.leaky_relu(x, 0.2),
-    "dropout": seeded(lambda x: A.dropout(x, 0.4)),
-    "noisy_relu": seeded(lambda x: A.noisy_relu(x, std=0.3)),
+    "dropout": seeded(lambda x: D.dropout(x, 0.4)),
+    "noisy_relu": seeded(lambda x: D.noisy_relu(x, std=0.3)),
 }
 
 
@@ -79,7 +81,7 @@ def test_cross_entropy_gradcheck(reduction, shape):
     target = rng.integers(0, shape[1] if len(shape) > 1 else shape[0], shape[:1] + shape[2:] if len(shape) > 1 else ())
     if len(shape) > 1:
         target.reshape(-1)[1] = -100  # ignored
-    fn = lambda x: A.softmax_cross_entropy(x, target, reduction=reduction)  # noqa: E731
+    fn = lambda x: S.softmax_cross_entropy(x, target, reduction=reduction)  # noqa: E731
     gradcheck(fn, [x])
     gradgradcheck(fn, [x])
 
@@ -108,10 +110,10 @@ TORCH = {
     "softplus_beta": (lambda x: A.softplus(x, beta=2.0, threshold=5.0), lambda x: F.softplus(x, 2.0, 5.0)),
     "gelu": (A.gelu, F.gelu),
     "gelu_tanh": (lambda x: A.gelu(x, "tanh"), lambda x: F.gelu(x, approximate="tanh")),
-    "softmax": (lambda x: A.softmax(x, -1), lambda x: torch.softmax(x, -1)),
-    "softmax_axis0": (lambda x: A.softmax(x, 0), lambda x: torch.softmax(x, 0)),
-    "log_softmax": (lambda x: A.log_softmax(x, -1), lambda x: torch.log_softmax(x, -1)),
-    "log_softmax_axis1": (lambda x: A.log_softmax(x, 1), lambda x: torch.log_softmax(x, 1)),
+    "softmax": (lambda x: S.softmax(x, -1), lambda x: torch.softmax(x, -1)),
+    "softmax_axis0": (lambda x: S.softmax(x, 0), lambda x: torch.softmax(x, 0)),
+    "log_softmax": (lambda x: S.log_softmax(x, -1), lambda x: torch.log_softmax(x, -1)),
+    "log_softmax_axis1": (lambda x: S.log_softmax(x, 1), lambda x: torch.log_softmax(x, 1)),
 }
 TOL = {numpy.float32: dict(rtol=2e-6, atol=2e-7), numpy.float64: dict(rtol=1e-13, atol=1e-15)}
 
@@ -223,7 +225,7 @@ def test_cross_entropy_matches_torch(dtype, reduction, shape):
     if len(shape) > 1:
         target.reshape(-1)[:2] = -100
     x = gf.Tensor(a, requires_grad=True)
-    loss = A.softmax_cross_entropy(x, target, reduction=reduction)
+    loss = S.softmax_cross_entropy(x, target, reduction=reduction)
     tx = torch.tensor(a, requires_grad=True)
     tloss = F.cross_entropy(tx, torch.tensor(target), reduction=reduction, ignore_index=-100)
     assert loss.shape == tuple(tloss.shape) and loss.dtype == dtype
@@ -237,36 +239,36 @@ def test_cross_entropy_matches_torch(dtype, reduction, shape):
 
 def test_cross_entropy_edge_cases():
     x = gf.Tensor(numpy.zeros((2, 3)), requires_grad=True)
-    assert numpy.isnan(A.softmax_cross_entropy(x, numpy.array([-100, -100])).item())  # nothing to average
+    assert numpy.isnan(S.softmax_cross_entropy(x, numpy.array([-100, -100])).item())  # nothing to average
     with pytest.raises(IndexError):
-        A.softmax_cross_entropy(x, numpy.array([0, 3]))
+        S.softmax_cross_entropy(x, numpy.array([0, 3]))
     with pytest.raises(ValueError):
-        A.softmax_cross_entropy(x, numpy.array([0, 1, 2]))
+        S.softmax_cross_entropy(x, numpy.array([0, 1, 2]))
     with pytest.raises(TypeError):
-        A.softmax_cross_entropy(x, numpy.array([0.0, 1.0]))
+        S.softmax_cross_entropy(x, numpy.array([0.0, 1.0]))
     target = gf.Tensor(numpy.array([2, 0]))  # a Tensor target works too
-    numpy.testing.assert_allclose(A.softmax_cross_entropy(x, target).item(), numpy.log(3))
+    numpy.testing.assert_allclose(S.softmax_cross_entropy(x, target).item(), numpy.log(3))
 
 
 def test_softmax_edge_cases():
     x = gf.Tensor(numpy.array([[-numpy.inf, 0.0, -numpy.inf], [1e4, 1e4, -1e4]]))
-    numpy.testing.assert_allclose(A.softmax(x).numpy(), [[0, 1, 0], [0.5, 0.5, 0]])
-    assert A.softmax(gf.Tensor(numpy.array(3.0))).item() == 1.0
-    assert A.softmax(gf.Tensor(numpy.zeros((2, 0)))).shape == (2, 0)
+    numpy.testing.assert_allclose(S.softmax(x).numpy(), [[0, 1, 0], [0.5, 0.5, 0]])
+    assert S.softmax(gf.Tensor(numpy.array(3.0))).item() == 1.0
+    assert S.softmax(gf.Tensor(numpy.zeros((2, 0)))).shape == (2, 0)
     with pytest.raises(IndexError):
-        A.softmax(x, axis=2)
+        S.softmax(x, axis=2)
     with pytest.raises(TypeError):
-        A.softmax(gf.Tensor(numpy.array([1, 2])))
+        S.softmax(gf.Tensor(numpy.array([1, 2])))
 
 
 # ---- dropout -------------------------------------------------------------------------------------------
 def test_dropout_mask_is_reproducible_and_matches_philox():
     x = gf.Tensor(numpy.ones((64, 32), numpy.float32), requires_grad=True)
     gf.manual_seed(123)
-    y1 = A.dropout(x, 0.25)
-    y2 = A.dropout(x, 0.25)  # the next call takes a fresh offset
+    y1 = D.dropout(x, 0.25)
+    y2 = D.dropout(x, 0.25)  # the next call takes a fresh offset
     gf.manual_seed(123)
-    y3 = A.dropout(x, 0.25)
+    y3 = D.dropout(x, 0.25)
     numpy.testing.assert_array_equal(y1.numpy(), y3.numpy())
     assert (y1.numpy() != y2.numpy()).any()
     keep = philox.keep(123, 0, x.numel(), philox.keep_threshold(0.25)).reshape(x.shape)
@@ -280,29 +282,29 @@ def test_dropout_mask_is_reproducible_and_matches_philox():
 
 def test_dropout_edge_cases():
     x = gf.Tensor(numpy.random.default_rng(0).standard_normal((10, 10)), requires_grad=True)
-    assert A.dropout(x, 0.0) is x
-    assert A.dropout(x, 0.7, training=False) is x
-    y = A.dropout(x, 1.0)
+    assert D.dropout(x, 0.0) is x
+    assert D.dropout(x, 0.7, training=False) is x
+    y = D.dropout(x, 1.0)
     assert not y.numpy().any()
     y.sum().backward()
     assert not x.grad.numpy().any()
     with pytest.raises(ValueError):
-        A.dropout(x, 1.2)
-    rate = (A.dropout(gf.Tensor(numpy.ones(200_000)), 0.3).numpy() != 0).mean()
+        D.dropout(x, 1.2)
+    rate = (D.dropout(gf.Tensor(numpy.ones(200_000)), 0.3).numpy() != 0).mean()
     assert abs(rate - 0.7) < 0.005
 
 
 def test_noisy_relu():
     x = gf.Tensor(numpy.full((200, 100), 50.0), requires_grad=True)
-    assert (A.noisy_relu(x, training=False).numpy() == 50).all()
+    assert (D.noisy_relu(x, training=False).numpy() == 50).all()
     gf.manual_seed(4)
-    y = A.noisy_relu(x, std=2.0)
+    y = D.noisy_relu(x, std=2.0)
     gf.manual_seed(4)
-    numpy.testing.assert_array_equal(A.noisy_relu(x, std=2.0).numpy(), y.numpy())
+    numpy.testing.assert_array_equal(D.noisy_relu(x, std=2.0).numpy(), y.numpy())
     noise = y.numpy() - 50
     assert abs(noise.mean()) < 0.05 and abs(noise.std() - 2.0) < 0.05
     z = gf.Tensor(numpy.linspace(-3, 3, 1000), requires_grad=True)
-    out = A.noisy_relu(z, std=0.5)
+    out = D.noisy_relu(z, std=0.5)
     out.sum().backward()
     numpy.testing.assert_array_equal(z.grad.numpy(), (out.numpy() > 0).astype(float))
 
@@ -375,10 +377,10 @@ def test_row_statistics_of_cross_entropy_match_numpys_reductions(shape):
     for dtype in (numpy.float32, numpy.float64):
         x = rng.standard_normal(shape).astype(dtype)
         x.flat[::7] = numpy.nan if x.size > 20 else x.flat[::7]
-        m = A._row_max(x)
+        m = S._row_max(x)
         assert m.shape == (shape[0], 1)
         numpy.testing.assert_array_equal(m, x.max(axis=1, keepdims=True))
         e = numpy.exp(rng.standard_normal(shape)).astype(dtype)
-        s = A._row_sums(e)
+        s = S._row_sums(e)
         assert s.shape == (shape[0], 1) and s.dtype == dtype
         numpy.testing.assert_allclose(s, e.sum(axis=1, keepdims=True), rtol=1e-6 if dtype == numpy.float32 else 1e-13)

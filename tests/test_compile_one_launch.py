@@ -33,7 +33,7 @@ OPTIMIZERS = {
 
 class Noisy(nn.Module):
     def forward(self, x):
-        return gf.activation.noisy_relu(x, 0.05, self.training)
+        return gf.dropout_ops.noisy_relu(x, 0.05, self.training)
 
 
 def build(opt_name, sizes=(20, 16, 12, 5), random=True):

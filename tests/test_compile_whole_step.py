@@ -27,7 +27,7 @@ OPTIMIZERS = {
 
 class Noisy(nn.Module):
     def forward(self, x):
-        return F.noisy_relu(x, 0.05, self.training) if hasattr(F, "noisy_relu") else gf.activation.noisy_relu(
+        return F.noisy_relu(x, 0.05, self.training) if hasattr(F, "noisy_relu") else gf.dropout_ops.noisy_relu(
             x, 0.05, self.training)
 
 

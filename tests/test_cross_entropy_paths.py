@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import gradflow as gf
-from gradflow import activation as A
+from gradflow import softmax_ops as S
 from gradflow.nn import functional as F
 
 
@@ -109,7 +109,7 @@ def test_replay_source_computes_what_forward_computes(dtype, shape):
     for t in (rng.integers(0, shape[1], shape[:1] + shape[2:]), numpy.full(shape[:1] + shape[2:], -100)):
         for reduction in ("mean", "sum", "none"):
             for saved in ((), (2, 3, 4)):
-                fwd = A.SoftmaxCrossEntropy(reduction, -100)
+                fwd = S.SoftmaxCrossEntropy(reduction, -100)
                 expr, scope = fwd.replay_source("a0", "a1", arrays=[x, t], saved=saved)
                 got = eval(expr, dict(scope, a0=x, a1=t))
                 want = fwd.forward(x, t)
@@ -120,7 +120,7 @@ def test_replay_source_computes_what_forward_computes(dtype, shape):
                 assert got.shape == want.shape and got.dtype == want.dtype and got.tobytes() == want.tobytes()
             _, _, stat, logs, count = fwd._saved
             g = rng.standard_normal(want.shape).astype(dtype)
-            bwd = A.SoftmaxCrossEntropyGrad(reduction, -100)
+            bwd = S.SoftmaxCrossEntropyGrad(reduction, -100)
             args = [x, t, stat, logs, count, g]
             expr, scope = bwd.replay_source(*[f"a{i}" for i in range(6)], arrays=args)
             got = eval(expr, dict(scope, **{f"a{i}": a for i, a in enumerate(args)}))
@@ -159,6 +159,6 @@ def test_any_memory_layout():
         torch.nn.functional.cross_entropy(tx, torch.tensor(t.copy())).backward()
         numpy.testing.assert_allclose(g.grad.numpy(), tx.grad.numpy(), rtol=1e-12, atol=1e-15)
     # the NumPy twin of the GPU backward kernel, on a Fortran-ordered input
-    _, m, logs = A._xent_rows_np(x, t, -100)
+    _, m, logs = S._xent_rows_np(x, t, -100)
     args = (m[:, None], logs[:, None], t[:, None], numpy.full((1, 1), 0.5), 4, -100)
-    assert A._xent_bwd_np(numpy.asfortranarray(x), *args).tobytes() == A._xent_bwd_np(x, *args).tobytes()
+    assert S._xent_bwd_np(numpy.asfortranarray(x), *args).tobytes() == S._xent_bwd_np(x, *args).tobytes()

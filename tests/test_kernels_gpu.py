@@ -8,8 +8,10 @@ import pytest
 
 import gradflow as gf
 from gradflow import activation as A
+from gradflow import dropout_ops as D
 from gradflow import kernel as K
 from gradflow import philox
+from gradflow import softmax_ops as S
 from gradflow.optim import fused
 from kernel_cases import TRANSCENDENTAL, rng_for, spec
 
@@ -72,15 +74,15 @@ def test_row_kernels_match_numpy(cp, dtype, shape):
     x[0, 0] = 80
     g = rng.standard_normal(shape).astype(dtype)
     for entry, (a, b) in {"gf_softmax_fwd": (x, None), "gf_log_softmax_fwd": (x, None),
-                          "gf_softmax_bwd": (A._softmax_rows_np(x), g),
-                          "gf_log_softmax_bwd": (A._log_softmax_rows_np(x), g)}.items():
+                          "gf_softmax_bwd": (S._softmax_rows_np(x), g),
+                          "gf_log_softmax_bwd": (S._log_softmax_rows_np(x), g)}.items():
         kernel = K.ROW_KERNELS[entry]
         got = cp.asnumpy(kernel(cp.asarray(a), None if b is None else cp.asarray(b)))
         _close(got, kernel.numpy(a, b), dtype, 32, 32)
     t = rng.integers(0, shape[1], shape[0])
     t[0] = -100
-    loss, m, logs = A.xent_rows(cp.asarray(x), cp.asarray(t), -100)
-    want_loss, want_m, want_logs = A._xent_rows_np(x, t, -100)
+    loss, m, logs = S.xent_rows(cp.asarray(x), cp.asarray(t), -100)
+    want_loss, want_m, want_logs = S._xent_rows_np(x, t, -100)
     numpy.testing.assert_array_equal(cp.asnumpy(m), want_m)
     _close(cp.asnumpy(logs), want_logs, dtype, 32, 32)
     _close(cp.asnumpy(loss), want_loss, dtype, 32, 32)
@@ -89,16 +91,16 @@ def test_row_kernels_match_numpy(cp, dtype, shape):
 def test_softmax_special_rows(cp):
     x = numpy.array([[-numpy.inf, 0, 1, -numpy.inf], [1e4, 1e4, -1e4, 0], [0, numpy.nan, 1, 2],
                      [-numpy.inf] * 4], numpy.float32)
-    got = cp.asnumpy(A.softmax_rows(cp.asarray(x)))
-    numpy.testing.assert_allclose(got, A._softmax_rows_np(x), rtol=1e-6, atol=1e-7, equal_nan=True)
+    got = cp.asnumpy(S.softmax_rows(cp.asarray(x)))
+    numpy.testing.assert_allclose(got, S._softmax_rows_np(x), rtol=1e-6, atol=1e-7, equal_nan=True)
 
 
 FUNCTIONS = {
     "sigmoid": A.sigmoid, "tanh": A.tanh, "relu": A.relu, "leaky_relu": lambda x: A.leaky_relu(x, 0.1),
     "elu": A.elu, "selu": A.selu, "softplus": A.softplus, "gelu": A.gelu,
-    "gelu_tanh": lambda x: A.gelu(x, "tanh"), "softmax": A.softmax, "softmax_axis0": lambda x: A.softmax(x, 0),
-    "log_softmax": lambda x: A.log_softmax(x, 1),
-    "xent": lambda x: A.softmax_cross_entropy(x, numpy.array([[1, 0, 2, 3, 4, 5, 6, 7]] * 4)[:, :6], "none"),
+    "gelu_tanh": lambda x: A.gelu(x, "tanh"), "softmax": S.softmax, "softmax_axis0": lambda x: S.softmax(x, 0),
+    "log_softmax": lambda x: S.log_softmax(x, 1),
+    "xent": lambda x: S.softmax_cross_entropy(x, numpy.array([[1, 0, 2, 3, 4, 5, 6, 7]] * 4)[:, :6], "none"),
 }
 
 
@@ -125,9 +127,9 @@ def test_dropout_masks_identical_on_cpu_and_gpu(cp):
     for device in ("cpu", "cuda"):
         gf.manual_seed(2024)
         x = gf.Tensor(a if device == "cpu" else cp.asarray(a), requires_grad=True)
-        y1, y2 = A.dropout(x, 0.3), A.dropout(x, 0.3)
+        y1, y2 = D.dropout(x, 0.3), D.dropout(x, 0.3)
         (y1 * 2 + y2).sum().backward()
-        noisy = A.noisy_relu(x, std=0.5)
+        noisy = D.noisy_relu(x, std=0.5)
         mask, = noisy.creator.saved_tensors
         out[device] = [y1.numpy(), y2.numpy(), x.grad.numpy(), mask.numpy(), noisy.numpy()]
     for c, g in zip(out["cpu"][:4], out["cuda"][:4]):
@@ -145,17 +147,17 @@ def test_dropout_and_noise_draws_match_numpy_philox_at_any_offset(cp, offset):
     x = numpy.random.default_rng(6).standard_normal(4099)
     for dtype in DTYPES:
         xd = x.astype(dtype)
-        y, keep = A.dropout_fwd(cp.asarray(xd), 1 / 0.7, seed, numpy.uint64(offset), thr)
-        want_y, want_keep = A.dropout_fwd(xd, 1 / 0.7, seed, numpy.uint64(offset), thr)
+        y, keep = D.dropout_fwd(cp.asarray(xd), 1 / 0.7, seed, numpy.uint64(offset), thr)
+        want_y, want_keep = D.dropout_fwd(xd, 1 / 0.7, seed, numpy.uint64(offset), thr)
         numpy.testing.assert_array_equal(cp.asnumpy(keep), want_keep)
         numpy.testing.assert_array_equal(cp.asnumpy(y), want_y)
-    z, _ = A.noisy_relu_fwd(cp.asarray(x), 0.5, seed, numpy.uint64(offset))
-    want_z, _ = A.noisy_relu_fwd(x, 0.5, seed, numpy.uint64(offset))
+    z, _ = D.noisy_relu_fwd(cp.asarray(x), 0.5, seed, numpy.uint64(offset))
+    want_z, _ = D.noisy_relu_fwd(x, 0.5, seed, numpy.uint64(offset))
     numpy.testing.assert_allclose(cp.asnumpy(z), want_z, rtol=1e-13, atol=1e-13)
 
 
 def test_dropout_rate_on_gpu(cp):
-    y = A.dropout(gf.Tensor(cp.ones(10 ** 6, cp.float32)), 0.2)
+    y = D.dropout(gf.Tensor(cp.ones(10 ** 6, cp.float32)), 0.2)
     assert abs(float((y.data != 0).mean()) - 0.8) < 0.002
 
 
@@ -197,7 +199,7 @@ def test_cross_entropy_large_logits_and_ignore_index_in_range(cp):
         got, want = [], []
         for dev in ("cuda", "cpu"):
             xt = gf.tensor(x, requires_grad=True, device=dev)
-            loss = A.softmax_cross_entropy(xt, gf.tensor(t, device=dev), ignore_index=ignore_index)
+            loss = S.softmax_cross_entropy(xt, gf.tensor(t, device=dev), ignore_index=ignore_index)
             loss.backward()
             (got if dev == "cuda" else want).append((loss.numpy(), xt.grad.numpy()))
         numpy.testing.assert_allclose(got[0][0], want[0][0], rtol=1e-6)

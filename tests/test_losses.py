@@ -411,10 +411,10 @@ def test_weighted_loss_errors_name_the_problem():
 
 def test_unweighted_cross_entropy_keeps_the_fused_path(monkeypatch):
     """weight=None must not leave the fused SoftmaxCrossEntropy op (the CPU fast path)."""
-    from gradflow import activation
+    from gradflow import softmax_ops
     calls = []
-    orig = activation.SoftmaxCrossEntropy.forward
-    monkeypatch.setattr(activation.SoftmaxCrossEntropy, "forward", lambda self, *a: calls.append(1) or orig(self, *a))
+    orig = softmax_ops.SoftmaxCrossEntropy.forward
+    monkeypatch.setattr(softmax_ops.SoftmaxCrossEntropy, "forward", lambda self, *a: calls.append(1) or orig(self, *a))
     F.cross_entropy(T(LOGITS), I(CLASSES))
     nn.CrossEntropyLoss()(T(LOGITS), I(CLASSES))
     assert len(calls) == 2

@@ -9,7 +9,7 @@ import numpy
 import pytest
 
 import gradflow as gf
-from gradflow import activation as A, philox
+from gradflow import dropout_ops as D, philox
 
 M64 = 2 ** 64 - 1
 # Random123 kat_vectors, philox4x64 10: (counter words, key words) -> output words (word 0 first).
@@ -107,16 +107,16 @@ def test_keep_threshold_is_exact_to_2_pow_minus_53():
 
 def test_dropout_kernel_twin_edge_thresholds():
     x = numpy.ones(1000, numpy.float32)
-    y, keep = A.dropout_fwd(x, 0.0, numpy.uint64(1), numpy.uint64(0), numpy.uint64(philox.keep_threshold(1.0)))
+    y, keep = D.dropout_fwd(x, 0.0, numpy.uint64(1), numpy.uint64(0), numpy.uint64(philox.keep_threshold(1.0)))
     assert not keep.any() and not y.any()
-    y, keep = A.dropout_fwd(x, 1.0, numpy.uint64(1), numpy.uint64(0), numpy.uint64(0))
+    y, keep = D.dropout_fwd(x, 1.0, numpy.uint64(1), numpy.uint64(0), numpy.uint64(0))
     assert keep.all() and (y == 1).all()
 
 
 def test_dropout_twin_scales_like_the_kernel():
     """(x * keep) * scale is x * (keep ? scale : 0): NaN stays NaN where dropped, -0 keeps its sign."""
     x = numpy.array([1.5, -2.0, numpy.nan, numpy.inf, -0.0, 3.0] * 50, numpy.float32)
-    y, keep = A.dropout_fwd(x, 1 / 0.7, numpy.uint64(8), numpy.uint64(3), numpy.uint64(philox.keep_threshold(0.3)))
+    y, keep = D.dropout_fwd(x, 1 / 0.7, numpy.uint64(8), numpy.uint64(3), numpy.uint64(philox.keep_threshold(0.3)))
     assert keep.any() and not keep.all()
     with numpy.errstate(invalid="ignore"):   # inf * 0
         want = x * numpy.where(keep, numpy.float32(1 / 0.7), numpy.float32(0))
@@ -127,6 +127,6 @@ def test_dropout_twin_scales_like_the_kernel():
 def test_generator_offsets_are_consumed_per_element():
     gf.manual_seed(21)
     x = gf.Tensor(numpy.ones((3, 5), numpy.float32))
-    A.dropout(x, 0.5)
-    A.noisy_relu(x, std=1.0)
+    D.dropout(x, 0.5)
+    D.noisy_relu(x, std=1.0)
     assert gf.random.default_generator.next_offset(1) == (21, 30)

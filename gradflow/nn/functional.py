@@ -3,19 +3,20 @@ import math
 import warnings
 
 from gradflow import backend, ops
-from gradflow.activation import (dropout, elu, gelu, leaky_relu, log_softmax, noisy_relu, prelu, relu,
-                                 selu, sigmoid, softmax, softmax_cross_entropy, softplus, tanh)
+from gradflow.activation import elu, gelu, leaky_relu, prelu, relu, selu, sigmoid, softplus, tanh
 from gradflow.conv import (adaptive_avg_pool1d, adaptive_avg_pool2d, avg_pool1d, avg_pool2d, conv1d, conv2d,
                            conv_transpose1d, conv_transpose2d, max_pool1d, max_pool2d)
+from gradflow.dropout_ops import dropout, noisy_relu
 from gradflow.normalization import batch_norm, group_norm, layer_norm
 from gradflow.nn.losses import (accuracy, binary_cross_entropy, binary_cross_entropy_with_logits,
                                 cross_entropy, huber_loss, l1_loss, misclassification_rate, mse_loss,
                                 nll_loss, smooth_l1_loss)
 from gradflow.nn.utils import l1_penalty, l2_penalty
+from gradflow.softmax_ops import log_softmax, softmax, softmax_cross_entropy
 from gradflow.tensor import DTypeError, OpError, Tensor
 # issue 13
-from gradflow.activation import (celu, hardsigmoid, hardswish, hardtanh, logsigmoid, mish, relu6, silu, softmin,
-                                 softsign)
+from gradflow.activation import celu, hardsigmoid, hardswish, hardtanh, logsigmoid, mish, relu6, silu, softsign
+from gradflow.softmax_ops import softmin
 from gradflow.nn.losses import kl_div
 # margin, embedding and likelihood losses
 from gradflow.nn.losses import (cosine_embedding_loss, gaussian_nll_loss, hinge_embedding_loss,

@@ -314,7 +314,7 @@ class GELU(Module):
 
 
 class Softmax(Module):
-    def __init__(self, dim=None):  # None: torch's implicit dim (see activation._implicit_dim)
+    def __init__(self, dim=None):  # None: torch's implicit dim (see softmax_ops._implicit_dim)
         super().__init__()
         self.dim = dim
 

@@ -10,7 +10,7 @@ import warnings
 
 import numpy
 
-from gradflow import activation, backend, ops
+from gradflow import activation, backend, ops, softmax_ops
 from gradflow.ops import _unbroadcast
 from gradflow.nn.module import Module
 from gradflow.tensor import DTypeError, Function, OpError, Tensor, as_tensor
@@ -159,7 +159,7 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_i
     valid = None
     if target.dtype.kind in "iu":
         if label_smoothing == 0.0:
-            return activation.softmax_cross_entropy(input, target, reduction=reduction, ignore_index=ignore_index)
+            return softmax_ops.softmax_cross_entropy(input, target, reduction=reduction, ignore_index=ignore_index)
         if input.ndim != 2:
             return _smoothed_class_targets_nd(input, target, reduction, label_smoothing, ignore_index)
         _class_targets("cross_entropy", input, target)
@@ -171,7 +171,7 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_i
         q = target
         if label_smoothing:
             q = q * (1.0 - label_smoothing) + label_smoothing / input.shape[1]
-    loss = -ops.sum(q * activation.log_softmax(input, axis=1), axis=1)
+    loss = -ops.sum(q * softmax_ops.log_softmax(input, axis=1), axis=1)
     return _reduce_rows(loss, valid, reduction)
 
 
@@ -189,7 +189,7 @@ def _cross_entropy_probs_nd(input, target, reduction, label_smoothing):
     q = target
     if label_smoothing:
         q = q * (1.0 - label_smoothing) + label_smoothing / input.shape[axis]
-    loss = -ops.sum(q * activation.log_softmax(input, axis=axis), axis=axis)
+    loss = -ops.sum(q * softmax_ops.log_softmax(input, axis=axis), axis=axis)
     return _reduce(loss, reduction)  # torch's mean divides by numel / C: a mean over positions
 
 
@@ -220,7 +220,7 @@ def _smoothed_class_targets_nd(input, target, reduction, label_smoothing, ignore
     input, target, squeeze = _batch_of_class_targets(input, target, "cross_entropy")
     c = input.shape[1]
     index, valid, count = _FromTargets(_gather_targets, "cross_entropy", c, ignore_index, input.dtype)(target)
-    logp = activation.log_softmax(input, axis=1)
+    logp = softmax_ops.log_softmax(input, axis=1)
     nll = -ops.gather(logp, 1, index)
     nll = ops.squeeze(nll, 1)
     smooth = -ops.sum(logp, 1) / float(c)
@@ -306,7 +306,7 @@ def _weighted_cross_entropy(input, target, reduction, label_smoothing, ignore_in
     of positions (N * d1 ...), not by the weights: torch's rule for soft targets."""
     w = _class_weight("cross_entropy", weight, input)
     axis = 0 if input.ndim == 1 else 1
-    logp = activation.log_softmax(input, axis=axis)
+    logp = softmax_ops.log_softmax(input, axis=axis)
     if target.dtype.kind in "iu":
         return _weighted_class_nll("cross_entropy", logp, target, w, reduction, ignore_index, label_smoothing)
     if target.shape != input.shape:
