@@ -161,19 +161,25 @@ def _relu_out_np(x, out=None):
     NumPy's maximum against a scalar runs a loop that is not vectorized: ~3x slower than against an
     array of zeros (NumPy 2.4, 16K float32: 7.5 vs 2.3 us; 1M: 466 vs 168 us), with the same bits. So
     from 1024 elements on (below, the scalar is as fast) a C-contiguous x is compared with a view of
-    one flat read-only buffer of zeros per dtype, which only grows; a large numpy.zeros maps the
-    kernel's zero page, which costs address space rather than memory. Comparisons and maximum
-    raise no floating-point warnings, NaN included: no errstate. ``out``: where y goes (x itself
-    in a replay where x dies here)."""
+    one flat read-only buffer of zeros per dtype (``_zeros_for``). Comparisons and maximum raise no
+    floating-point warnings, NaN included: no errstate. ``out``: where y goes (x itself in a replay
+    where x dies here)."""
+    return numpy.maximum(x, _zeros_for(x), out=out)
+
+
+def _zeros_for(x):
+    """What relu compares ``x`` with: a view of zeros of x's shape (from 1024 elements, C-contiguous), else
+    a zero of its dtype. The views share one flat read-only buffer per dtype, which only grows; a large
+    numpy.zeros maps the kernel's zero page, which costs address space rather than memory."""
     n = x.size
     if n < 1024 or not x.flags.c_contiguous:
-        return numpy.maximum(x, x.dtype.type(0), out=out)
+        return x.dtype.type(0)
     zeros = _ZEROS.get(x.dtype)
     if zeros is None or zeros.size < n:
         zeros = numpy.zeros(max(n, 0 if zeros is None else 2 * zeros.size), x.dtype)
         zeros.flags.writeable = False
         _ZEROS[x.dtype] = zeros
-    return numpy.maximum(x, zeros[:n].reshape(x.shape), out=out)
+    return zeros[:n].reshape(x.shape)
 
 
 def _relu_grad_np(y, g, out=None):
@@ -219,7 +225,10 @@ class ReLU(Function):
         x dies here (a layer's pre-activation). The output it saves is the output itself."""
         if type(arrays[0]) is not numpy.ndarray or saved:
             return None
-        return f"relu_out_np({x}{f', {x}' if 0 in dying else ''})", {"relu_out_np": _relu_out_np}
+        zeros = _zeros_for(arrays[0])  # x has the recorded shape and layout in every replay: bound once
+        name = f"_zeros{id(zeros)}"
+        return (f"_maximum({x}, {name}{f', out={x}' if 0 in dying else ''})",
+                {"_maximum": numpy.maximum, name: zeros})
 
     def backward(self, gy):
         y, = self.saved_tensors
@@ -238,7 +247,15 @@ class ReLUGrad(Function):
         """What ``gradflow.compile``'s generated CPU replay runs: the NumPy twin, into g's buffer where g dies here."""
         if saved or type(arrays[1]) is not numpy.ndarray:
             return None
-        return f"relu_grad_np({y}, {g}{f', {g}' if 1 in dying else ''})", {"relu_grad_np": _relu_grad_np}
+        g_type = arrays[1].dtype.type
+        bits = _SAME_WIDTH_INT.get(arrays[1].dtype.itemsize)
+        if arrays[1].ndim == 0 or bits is None:
+            return f"relu_grad_np({y}, {g}{f', {g}' if 1 in dying else ''})", {"relu_grad_np": _relu_grad_np}
+        # _relu_grad_np written out (the same two passes) for the recorded dtype: no Python frame in between
+        ints, floats = f"_{bits.__name__}", f"_{g_type.__name__}"
+        out = f", out={g}.view({ints})" if 1 in dying else ""
+        return (f"_multiply({g}.view({ints}), _not_equal({y}, 0){out}).view({floats})",
+                {"_multiply": numpy.multiply, "_not_equal": numpy.not_equal, ints: bits, floats: g_type})
 
     def backward(self, ggx):
         y, = self.saved_tensors

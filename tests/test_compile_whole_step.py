@@ -243,6 +243,9 @@ def test_every_replay_source_computes_what_forward_computes(dtype):
     # that relu's and dropout's backward mask
     big = r(40, 64)
     big[0, :3] = [0.0, -0.0, numpy.nan]
+    _replay_equals_forward(activation.ReLU(), (big,))
+    _replay_equals_forward(activation.ReLU(), (numpy.asfortranarray(big),))  # not C-contiguous: against a 0
+    _replay_equals_forward(activation.ReLUGrad(), (r(), r()))  # 0-d: the NumPy twin
     for a in (x, big):
         _replay_equals_forward(activation.ReLU(), (a,), dying=(0,))
         g = r(*a.shape)
@@ -290,8 +293,8 @@ def test_a_replay_overwrites_only_arrays_that_die_unshared():
         results.append(out)
         if compiled:
             source = next(iter(run.cache.values())).plan.replay.source
-            relus = [line for line in source.splitlines() if "relu_out" in line]
-            in_place = [line for line in relus if re.search(r"relu\w*\((v\d+), \1\)", line)]
+            relus = [line for line in source.splitlines() if "_maximum(" in line]
+            in_place = [line for line in relus if re.search(r"_maximum\((v\d+), \w+, out=\1\)", line)]
             assert len(relus) == 5 and len(in_place) == 1, relus  # p's pre-activation alone
     assert results[0] == results[1]
 
