@@ -481,12 +481,32 @@ def _generate(plan, arrays):
     made_by_calls = {s for op in plan.ops if op[0] == _CALL for _, s in _call_slots(op)}  # whoever else holds them
     reusable = _reusable_slots(arrays, external | set(range(plan.n_inputs)) | set(_output_slots(plan.outputs)) |
                                made_by_calls)
+    def bind(bindings):  # the globals an op's source names
+        for key, value in bindings.items():
+            if names.setdefault(key, value) is not value:
+                raise RuntimeError(f"gradflow.compile: two ops bind {key!r} to different objects")
+
+    with_grad, folded, never_made = {}, set(), set()  # forward ops written with their gradient op (see _grad_pairs)
+    for i, j in _grad_pairs(plan, read).items():
+        fwd, grad = plan.ops[i], plan.ops[j]
+        expr = fwd[1].replay_source_with_grad(grad[1], [ref(s) for s in fwd[2]], [ref(s) for s in grad[2]],
+                                              [arrays[s] for s in fwd[2]])
+        if expr is not None:
+            with_grad[i] = (expr, grad[3][0])
+            folded.add(j)
+            never_made.update(s for _, s in fwd[5])
     lines = [f"def replay({', '.join(f'v{s}' for s in range(plan.n_inputs))}):"]
     for i, op in enumerate(plan.ops):
         kind = op[0]
         if i in skipped:  # a transpose folded into the matmul before it
             continue
-        if kind == _FUNCTION and i in fused:
+        if i in with_grad:
+            (expr, bindings), grad_out = with_grad[i]
+            bind(bindings)
+            lines.append(f"    v{op[3][0]}, v{grad_out} = {expr}")
+        elif i in folded:
+            pass
+        elif kind == _FUNCTION and i in fused:
             j, deliver = fused[i]
             x, dst, own = plan.ops[j][1], plan.ops[j][4], plan.ops[j][5]
             names[f"x{j}"], names[f"o{j}"], names[f"b{j}"] = x, own, x._grad_buffer
@@ -502,9 +522,7 @@ def _generate(plan, arrays):
                        dying=dying)
             if isinstance(expr, tuple):  # (expression, the globals it names)
                 expr, bindings = expr
-                for key, value in bindings.items():
-                    if names.setdefault(key, value) is not value:
-                        raise RuntimeError(f"gradflow.compile: two ops bind {key!r} to different objects")
+                bind(bindings)
             if expr is not None:
                 targets = ", ".join([f"v{outs[0]}"] + [f"v{s}" for _, s in saved])
                 lines.append(f"    {targets} = {expr}")
@@ -529,7 +547,7 @@ def _generate(plan, arrays):
                 lines.extend(f"    v{s} = _call_result(r{i}, {path!r}, c{i})" for path, s in used)
             else:
                 lines.append(f"    c{i}(*a{i}, **k{i})")
-        dead = [f"v{s}" for s in op[-1] if s not in external]
+        dead = [f"v{s}" for s in op[-1] if s not in external and s not in never_made]
         if dead:
             lines.append(f"    del {', '.join(dead)}")
     lines.append(f"    return {_emit_outputs(plan.outputs, ref, names)}")
@@ -538,6 +556,41 @@ def _generate(plan, arrays):
     replay = names["replay"]
     replay.source = source
     return replay
+
+
+def _grad_pairs(plan, read):
+    """{forward op index: index of the op that differentiates it} for the pairs a replay may write as one line
+    (``replay_source_with_grad``, e.g. the cross-entropy forward and its gradient): the gradient op is the only
+    reader of every array the forward saves, it saves nothing anyone reads, no call runs between the two,
+    and each of its other inputs exists when the forward runs (made before it, or read from outside)."""
+    made_at = {}
+    for i, op in enumerate(plan.ops):
+        if op[0] == _FUNCTION:
+            made_at.update((s, i) for s in op[3])
+            made_at.update((s, i) for _, s in op[5])
+        elif op[0] == _LEAF:
+            made_at[op[4]] = i
+    readers = collections.defaultdict(list)
+    for i, op in enumerate(plan.ops):
+        for s in _reads(op):
+            readers[s].append(i)
+    outputs = set(_output_slots(plan.outputs))
+    pairs = {}
+    for i, op in enumerate(plan.ops):
+        if op[0] != _FUNCTION or not op[4] or not hasattr(op[1], "replay_source_with_grad") or not op[5]:
+            continue
+        saved = [s for _, s in op[5]]
+        users = {k for s in saved for k in readers[s]}
+        if len(users) != 1 or any(len(readers[s]) != 1 or s in outputs for s in saved):
+            continue
+        j = users.pop()
+        grad = plan.ops[j]
+        if grad[0] != _FUNCTION or not grad[4] or any(s in read for _, s in grad[5]) or \
+                any(o[0] == _CALL for o in plan.ops[i + 1:j]) or \
+                any(made_at.get(s, -1) > i and s not in saved for s in grad[2]):
+            continue
+        pairs[i] = j
+    return pairs
 
 
 def _call_slots(op):

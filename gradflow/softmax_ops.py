@@ -228,8 +228,7 @@ def _xent_rows_np(x, target, ignore_index):
     return loss, m[:, 0], logs[:, 0]
 
 
-@_quiet  # NaN/inf propagate silently; a mean over no valid rows is NaN, as in torch
-def _xent_fwd_np(x, target, ignore_index, reduction):
+def _xent_fwd(x, target, ignore_index, reduction):
     """SoftmaxCrossEntropy's forward on the CPU: (loss, e, s, count), e = exp(x - m) and its row sums
     s in the (rows, cols) layout of ``_as_rows(x, 1)``, count a 0-d array of x's dtype."""
     x2 = x if x.ndim == 2 and x.flags.c_contiguous else _as_rows(x, 1)[0]
@@ -255,16 +254,30 @@ def _onehot_grad_np(p, t, w, ignore_index, dense):
     return numpy.where((t == ignore_index)[:, None], p.dtype.type(0), (p - onehot) * w)
 
 
-@_quiet
-def _xent_grad_np(target, e, s, count, g, reduction, ignore_index, shape):
+def _xent_grad(target, e, s, count, g, reduction, ignore_index, shape, e_dies=False):
     """SoftmaxCrossEntropyGrad's forward on the CPU: the gradient of logits of ``shape`` from the
     e = exp(x - m) and row sums s the forward saved. count == rows tells that the forward found
-    every row valid (exact below 2**24 rows; beyond, the checked path runs)."""
+    every row valid (exact below 2**24 rows; beyond, the checked path runs). ``e_dies``: nothing
+    reads e after this, so the softmax e / s is computed in its buffer."""
     rows, cols = e.shape
     w = g.reshape(rows, 1) if reduction == "none" else g / count if reduction == "mean" else g
     t = target if target.ndim == 1 else target.reshape(-1)
-    gx = _onehot_grad_np(e / s, t, w, ignore_index, 0 < rows < 2 ** 24 and cols > 0 and int(count) == rows)
+    p = numpy.divide(e, s, out=e if e_dies else None)
+    gx = _onehot_grad_np(p, t, w, ignore_index, 0 < rows < 2 ** 24 and cols > 0 and int(count) == rows)
     return gx if len(shape) == 2 else _from_rows(gx, shape[:1] + shape[2:] + shape[1:2], 1)
+
+
+def _xent_fwd_grad(x, target, ignore_index, reduction, g):
+    """(loss, gradient of the logits by the loss's upstream gradient g): SoftmaxCrossEntropy's forward
+    and then SoftmaxCrossEntropyGrad's, as one call, for a compiled step's replay where nothing but
+    that gradient reads what the forward saves (``loss.backward()`` on the loss itself): the same
+    operations in the same order, so the same bits, with the softmax computed in e's buffer."""
+    loss, e, s, count = _xent_fwd(x, target, ignore_index, reduction)
+    return loss, _xent_grad(target, e, s, count, g, reduction, ignore_index, x.shape, e_dies=True)
+
+
+# NaN/inf propagate silently; a mean over no valid rows is NaN, as in torch
+_xent_fwd_np, _xent_grad_np, _xent_fwd_grad_np = _quiet(_xent_fwd), _quiet(_xent_grad), _quiet(_xent_fwd_grad)
 
 
 xent_fwd_rows = RawKernel("softmax.cu", "gf_xent_fwd")
@@ -338,6 +351,18 @@ class SoftmaxCrossEntropy(Function):
         call = f"xent_fwd_np({x}, {target}, {self.ignore_index!r}, {self.reduction!r})"
         return call + ("" if saved else "[0]"), {"xent_fwd_np": _xent_fwd_np}
 
+    def replay_source_with_grad(self, grad, names, grad_names, arrays):
+        """The replay's one line for this forward and ``grad`` (the Function that differentiates it, whose
+        inputs are named ``grad_names``) when nothing else reads what the forward saves (``gradflow.compile``
+        checks that): the loss and the gradient of the logits, ``_xent_fwd_grad`` on the CPU; else None."""
+        if type(grad) is not SoftmaxCrossEntropyGrad or type(arrays[0]) is not numpy.ndarray or \
+                (grad.reduction, grad.ignore_index) != (self.reduction, self.ignore_index) or \
+                list(grad_names[:2]) != list(names):  # the gradient of these logits, for these targets
+            return None
+        x, target, g = names[0], names[1], grad_names[5]
+        return (f"xent_fwd_grad_np({x}, {target}, {self.ignore_index!r}, {self.reduction!r}, {g})",
+                {"xent_fwd_grad_np": _xent_fwd_grad_np})
+
     @_quiet  # a mean over no valid rows is NaN, as in torch
     def _forward_cuda(self, x, target):
         x2, _ = _as_rows(x, 1)
@@ -387,8 +412,9 @@ class SoftmaxCrossEntropyGrad(Function):
         """What ``gradflow.compile``'s generated CPU replay runs: the CPU forward, without the op around it."""
         if type(arrays[0]) is not numpy.ndarray or saved:
             return None
+        e_dies = ", e_dies=True" if 2 in dying else ""
         return (f"xent_grad_np({target}, {a}, {b}, {count}, {g}, {self.reduction!r}, {self.ignore_index!r}, "
-                f"{tuple(arrays[0].shape)!r})"), {"xent_grad_np": _xent_grad_np}
+                f"{tuple(arrays[0].shape)!r}{e_dies})"), {"xent_grad_np": _xent_grad_np}
 
     def backward(self, ggx):
         x, target, count, g = self.saved_tensors

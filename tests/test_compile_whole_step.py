@@ -434,3 +434,58 @@ def test_hyperparameters_written_inside_a_compiled_step_are_replayed_or_run_eage
             if compiled:
                 assert run.captured == (kind == "constant")
         assert results[0] == results[1], kind
+
+
+# ---- the cross-entropy forward and its gradient as one replay line --------------------------------------------
+CE_CASES = {
+    "mean": (lambda out, y: F.cross_entropy(out, y), True),
+    "sum": (lambda out, y: F.cross_entropy(out, y, reduction="sum"), True),
+    "ignored-rows": (lambda out, y: F.cross_entropy(out, y, ignore_index=2), True),
+    "nd-logits": (lambda out, y: F.cross_entropy(out.reshape(6, 3, 2), y.reshape(6, 2)), True),
+    "none-summed": (lambda out, y: F.cross_entropy(out, y, reduction="none").sum(), False),  # g made after
+    "scaled": (lambda out, y: F.cross_entropy(out, y) * 2.0, False),
+}
+
+
+@gf.replay_as_call
+def _between(model):
+    """A call between the forward and the backward (as a hook would be)."""
+
+
+@pytest.mark.parametrize("case", list(CE_CASES) + ["call-between"])
+def test_cross_entropy_and_its_gradient_as_one_replay_line(case):
+    """Where the loss's own backward is the only reader of what the cross-entropy forward saves, the replay
+    computes the loss and the logits' gradient in one call (softmax_ops._xent_fwd_grad); a gradient that
+    other ops make (a scaled or summed loss) or a call in between keeps the two lines. Either way every
+    step equals eager bit for bit, with rows ignored in some steps."""
+    loss_fn, one_line = CE_CASES.get(case, (CE_CASES["mean"][0], False))
+    rng = numpy.random.default_rng(8)
+    batches = []
+    for k in range(6):
+        y = rng.integers(0, 3, (6, 2) if case == "nd-logits" else 6)
+        if k % 2:
+            y.reshape(-1)[:2] = 2
+        batches.append((gf.tensor(rng.standard_normal((6, 4)).astype(numpy.float32)), gf.tensor(y)))
+    results = []
+    for compiled in (False, True):
+        gf.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 6 if case == "nd-logits" else 3))
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            if case == "call-between":
+                _between(model)
+            loss.backward()
+            opt.step()
+            return loss
+
+        run = gf.compile(step, strict=True) if compiled else step
+        results.append([run(x, y).data.tobytes() for x, y in batches] +
+                       [p.data.tobytes() for p in model.parameters()])
+        if compiled:
+            source = next(iter(run.cache.values())).plan.replay.source
+            assert ("xent_fwd_grad_np(" in source) == one_line, source
+            assert ("xent_grad_np(" in source) == (not one_line), source
+    assert results[0] == results[1]
