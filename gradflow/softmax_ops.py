@@ -272,8 +272,18 @@ def _xent_fwd_grad(x, target, ignore_index, reduction, g):
     and then SoftmaxCrossEntropyGrad's, as one call, for a compiled step's replay where nothing but
     that gradient reads what the forward saves (``loss.backward()`` on the loss itself): the same
     operations in the same order, so the same bits, with the softmax computed in e's buffer."""
-    loss, e, s, count = _xent_fwd(x, target, ignore_index, reduction)
-    return loss, _xent_grad(target, e, s, count, g, reduction, ignore_index, x.shape, e_dies=True)
+    if reduction == "none" or x.ndim != 2 or target.ndim != 1 or not x.flags.c_contiguous:
+        loss, e, s, count = _xent_fwd(x, target, ignore_index, reduction)
+        return loss, _xent_grad(target, e, s, count, g, reduction, ignore_index, x.shape, e_dies=True)
+    # (rows, cols) logits: the two functions' steps, with what they share (the count) taken once
+    rows, cols = x.shape
+    loss, _, _, e, s, n = _xent_rows_core_np(x, target, ignore_index)
+    count = numpy.asarray(n, dtype=x.dtype)
+    total = numpy.add.reduce(loss)
+    if reduction == "mean":
+        total, g = total / count, g / count
+    gx = _onehot_grad_np(numpy.divide(e, s, out=e), target, g, ignore_index, 0 < rows < 2 ** 24 and cols > 0 and n == rows)
+    return numpy.asarray(total, dtype=x.dtype), gx
 
 
 # NaN/inf propagate silently; a mean over no valid rows is NaN, as in torch
