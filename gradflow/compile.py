@@ -465,7 +465,9 @@ def _generate(plan, arrays):
     forward without checks, next to the forward in ops.py/activation.py/softmax_ops.py) or else a call of
     its forward; each leaf delivery one call; a local is deleted after its last use. A
     weight gradient computed by a matmul is computed straight into the parameter's own
-    gradient buffer (``out=``). No slot table, no per-op objects or dispatch in between.
+    gradient buffer (``out=``); a forward and the op that differentiates it may be one line
+    (``replay_source_with_grad``: the cross-entropy and its gradient, see ``_grad_pairs``).
+    No slot table, no per-op objects or dispatch in between.
     """
     names = {"_wrap": Tensor._wrap, "_deliver": _deliver_leaf}
     external = {s for s, a in enumerate(plan.template) if a is not None}
