@@ -491,9 +491,39 @@ def test_inside_a_graph_capture_a_target_out_of_range_makes_the_mean_nan(monkeyp
     from gradflow.nn import losses
     monkeypatch.setattr(backend, "capturing", True)
     t = numpy.array([0, 7, 2])
-    q, divisor, nan = losses._one_hot_rows(t, "nll_loss", 4, -100, numpy.dtype(numpy.float32), 0.0)
+    q, valid, divisor, nan = losses._one_hot_rows(t, "cross_entropy", 4, -100, numpy.dtype(numpy.float32), 0.1)
     assert q.shape == (3, 4) and numpy.isnan(nan)
     assert numpy.isnan(losses._gather_targets(t, "cross_entropy", 4, -100, numpy.dtype(numpy.float32))[2])
     assert numpy.isnan(losses._weighted_targets(t, numpy.ones(4, numpy.float32), "nll_loss", 4, -100)[4])
     monkeypatch.setattr(backend, "capturing", False)
-    assert losses._one_hot_rows(t[[0, 2]], "nll_loss", 4, -100, numpy.dtype(numpy.float32), 0.0)[2] == 0
+    assert losses._one_hot_rows(t[[0, 2]], "cross_entropy", 4, -100, numpy.dtype(numpy.float32), 0.1)[3] == 0
+
+
+@pytest.mark.parametrize("kind", ["nll", "nll-weight", "ce-smoothing", "ce-weight"])
+def test_a_log_zero_elsewhere_or_an_ignored_row_leaks_no_nan(kind):
+    """A -inf (log 0) in a class that is not the target, and NaN or inf in a row that ignore_index skips,
+    count nothing: torch picks the target's log-probability and masks ignored rows. (Summing the row
+    against one-hot weights gave 0 * -inf = NaN.)"""
+    import torch
+    probs = numpy.array([[0.5, 0.5, 0.0, 0.0], [0.2, 0.3, 0.5, 0.0], [0.1, 0.2, 0.3, 0.4]], numpy.float32)
+    x = numpy.log(probs)
+    x[2] = [numpy.nan, numpy.inf, -numpy.inf, 0.0]  # row 2 is ignored
+    t = numpy.array([0, 2, 3])
+    kw = {"ignore_index": 3}
+    if kind.endswith("weight"):
+        kw["weight"] = numpy.array([1.0, 2.0, 0.5, 1.5], numpy.float32)
+    if kind == "ce-smoothing":
+        kw["label_smoothing"] = 0.1
+        x[:2] = numpy.array([[3.0, 1.0, -2.0, 0.5], [0.2, -1.0, 2.0, 1.0]], numpy.float32)
+    ours, theirs = gradflow.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    mine = {k: gradflow.tensor(v) if k == "weight" else v for k, v in kw.items()}
+    torch_kw = {k: torch.tensor(v) if k == "weight" else v for k, v in kw.items()}
+    if kind.startswith("nll"):
+        got, want = F.nll_loss(ours, gradflow.tensor(t), **mine), torch.nn.functional.nll_loss(theirs, torch.tensor(t), **torch_kw)
+    else:
+        got = F.cross_entropy(ours, gradflow.tensor(t), **mine)
+        want = torch.nn.functional.cross_entropy(theirs, torch.tensor(t), **torch_kw)
+    got.backward()
+    want.backward()
+    assert numpy.isfinite(got.item()) and got.item() == pytest.approx(want.item(), rel=1e-6)
+    numpy.testing.assert_allclose(ours.grad.numpy()[:2], theirs.grad.numpy()[:2], rtol=1e-6, atol=1e-7)

@@ -112,19 +112,19 @@ def _mean_terms(valid, dtype, bad=False):
 
 
 def _one_hot_rows(t, name, classes, ignore_index, dtype, smoothing):
-    """(q, divisor, NaN term): rows of one-hot targets, smoothed ((1 - ε) onehot + ε / C on the rows that
-    count), and ``_mean_terms``."""
+    """(q, rows that count, divisor, NaN term): rows of one-hot targets, smoothed ((1 - ε) onehot + ε / C on
+    the rows that count), and ``_mean_terms``."""
     safe, valid, bad = _counted(name, t, classes, ignore_index)
     q = _one_hot(safe, valid, classes, dtype)
     if smoothing:
         q = q * (1.0 - smoothing) + (smoothing / classes) * valid[:, None].astype(dtype)
-    return (q,) + _mean_terms(valid, dtype, bad)
+    return (q, valid) + _mean_terms(valid, dtype, bad)
 
 
 def _reduce_rows(loss, terms, reduction):
     """Like ``_reduce``, but a mean divides by the rows that count (PyTorch's ignore_index); ``terms``: the
     Tensors ``_mean_terms`` made."""
-    if reduction == "mean" and terms:
+    if reduction == "mean":
         divisor, nan = terms
         return ops.sum(loss) / divisor + nan
     return _reduce(loss, reduction)
@@ -156,23 +156,23 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0, ignore_i
                         "(for one yes/no output use binary_cross_entropy_with_logits)")
     if weight is not None:
         return _weighted_cross_entropy(input, target, reduction, label_smoothing, ignore_index, weight)
-    valid = None
     if target.dtype.kind in "iu":
         if label_smoothing == 0.0:
             return softmax_ops.softmax_cross_entropy(input, target, reduction=reduction, ignore_index=ignore_index)
         if input.ndim != 2:
             return _smoothed_class_targets_nd(input, target, reduction, label_smoothing, ignore_index)
         _class_targets("cross_entropy", input, target)
-        q, *valid = _FromTargets(_one_hot_rows, "cross_entropy", input.shape[1], ignore_index, input.dtype,
-                                 label_smoothing)(target)
-    else:
-        if input.ndim != 2 or target.shape != input.shape:  # issue 13: (C,) and (N, C, d...) inputs too
-            return _cross_entropy_probs_nd(input, target, reduction, label_smoothing)
-        q = target
-        if label_smoothing:
-            q = q * (1.0 - label_smoothing) + label_smoothing / input.shape[1]
-    loss = -ops.sum(q * softmax_ops.log_softmax(input, axis=1), axis=1)
-    return _reduce_rows(loss, valid, reduction)
+        q, rows, *valid = _FromTargets(_one_hot_rows, "cross_entropy", input.shape[1], ignore_index, input.dtype,
+                                       label_smoothing)(target)
+        loss = -ops.sum(q * softmax_ops.log_softmax(input, axis=1), axis=1)
+        # an ignored row counts nothing, even a NaN or -inf in it (0 * -inf is NaN), as torch masks it
+        return _reduce_rows(ops.where(rows, loss, 0.0), valid, reduction)
+    if input.ndim != 2 or target.shape != input.shape:  # issue 13: (C,) and (N, C, d...) inputs too
+        return _cross_entropy_probs_nd(input, target, reduction, label_smoothing)
+    q = target
+    if label_smoothing:
+        q = q * (1.0 - label_smoothing) + label_smoothing / input.shape[1]
+    return _reduce(-ops.sum(q * softmax_ops.log_softmax(input, axis=1), axis=1), reduction)
 
 
 # ==== issue 13: probability targets of any shape, smoothing with N-d class indices, KL divergence ====
@@ -281,7 +281,7 @@ def _weighted_class_nll(name, logp, target, w, reduction, ignore_index, label_sm
         w = Tensor._wrap(backend.xp_of(logp.data).ones(c, dtype=logp.dtype))
     index, wt, valid, total, nan = _FromTargets(_weighted_targets, name, c, ignore_index)(target, w)
     picked = ops.squeeze(ops.gather(logp, 1, index), 1)
-    nll = -picked * wt
+    nll = ops.where(valid, -picked * wt, 0.0)  # an ignored position counts nothing, even a NaN or inf there
     smooth = None
     if label_smoothing:
         wb = ops.reshape(w, (1, c) + (1,) * (logp.ndim - 2))
@@ -354,8 +354,8 @@ def nll_loss(input, target, reduction="mean", ignore_index=-100, weight=None):
         w = None if weight is None else _class_weight("nll_loss", weight, input)
         return _weighted_class_nll("nll_loss", input, target, w, reduction, ignore_index, 0.0)
     _class_targets("nll_loss", input, target)
-    mask, *terms = _FromTargets(_one_hot_rows, "nll_loss", input.shape[1], ignore_index, input.dtype, 0.0)(target)
-    return _reduce_rows(-ops.sum(input * mask, axis=1), terms, reduction)
+    # picked by gather, not summed against one-hot rows: a -inf (log 0) in another class must not give NaN
+    return _weighted_class_nll("nll_loss", input, target, None, reduction, ignore_index, 0.0)
 
 
 # ---- regression --------------------------------------------------------------------------------------
