@@ -484,9 +484,10 @@ def test_a_replayed_class_loss_still_rejects_a_target_out_of_range():
         step(x, gradflow.tensor(numpy.array([0, 4, 3])))
 
 
-def test_inside_a_graph_capture_a_target_out_of_range_makes_the_mean_nan(monkeypatch):
+def test_inside_a_graph_capture_a_target_out_of_range_makes_the_loss_nan(monkeypatch):
     """A CUDA graph cannot read the check's result on the host: the derived arrays stay in range and the
-    mean comes out NaN instead of a number computed from another class."""
+    loss comes out NaN (the mean, and the position itself for 'sum' and 'none') instead of a number
+    computed from another class."""
     from gradflow import backend
     from gradflow.nn import losses
     monkeypatch.setattr(backend, "capturing", True)
@@ -494,7 +495,9 @@ def test_inside_a_graph_capture_a_target_out_of_range_makes_the_mean_nan(monkeyp
     q, valid, divisor, nan = losses._one_hot_rows(t, "cross_entropy", 4, -100, numpy.dtype(numpy.float32), 0.1)
     assert q.shape == (3, 4) and numpy.isnan(nan)
     assert numpy.isnan(losses._gather_targets(t, "cross_entropy", 4, -100, numpy.dtype(numpy.float32))[2])
-    assert numpy.isnan(losses._weighted_targets(t, numpy.ones(4, numpy.float32), "nll_loss", 4, -100)[4])
+    index, wt, valid, total, nan = losses._weighted_targets(t, numpy.ones(4, numpy.float32), "nll_loss", 4, -100)
+    assert numpy.isnan(wt[1]) and numpy.isnan(total) and not numpy.isnan(wt[[0, 2]]).any()  # sum and 'none' too
+    assert numpy.isnan(q[1]).all() and not numpy.isnan(q[[0, 2]]).any()
     monkeypatch.setattr(backend, "capturing", False)
     assert losses._one_hot_rows(t[[0, 2]], "cross_entropy", 4, -100, numpy.dtype(numpy.float32), 0.1)[3] == 0
 

@@ -80,17 +80,17 @@ class _FromTargets(Function):
 def _counted(name, t, classes, ignore_index):
     """(safe, valid, bad) of class ids ``t``: ``valid`` the positions that count, ``safe`` the ids with 0 where
     they do not (an index that is always in range). IndexError for a counted id outside [0, classes); inside
-    a CUDA graph capture that check (a host read) is left out: ``bad`` (else False) says whether there was
-    one, its position counts as class 0 and the caller's NaN term makes the loss NaN."""
+    a CUDA graph capture that check (a host read) is left out: ``bad`` (else None) marks those positions,
+    which count as class 0 in ``safe``, and the caller makes their loss NaN."""
     xp = backend.xp_of(t)
     t = t.astype(numpy.int64, copy=False)
     valid = t != ignore_index
     bad = valid & ((t < 0) | (t >= classes))
     if backend.capturing:
-        return xp.where(valid & ~bad, t, 0), valid, bad.any()
+        return xp.where(valid & ~bad, t, 0), valid, bad
     if bool(bad.any()):
         raise IndexError(f"{name}: target class {int(t[bad][0])} is out of range for {classes} classes")
-    return xp.where(valid, t, 0), valid, False
+    return xp.where(valid, t, 0), valid, None
 
 
 def _one_hot(safe, valid, num_classes, dtype):
@@ -102,13 +102,14 @@ def _one_hot(safe, valid, num_classes, dtype):
     return out
 
 
-def _mean_terms(valid, dtype, bad=False):
+def _mean_terms(valid, dtype, bad=None):
     """(divisor, NaN term) of a mean over the rows that count: every row ignored gives a NaN loss but a
     zero gradient, as torch's (a batch of padding must not poison the weights): divide by max(count, 1)
     and add the NaN as a constant."""
     xp = backend.xp_of(valid)
     count = valid.sum().astype(dtype)
-    return xp.maximum(count, 1), xp.where((count == 0) | bad, dtype.type(xp.nan), dtype.type(0))
+    empty = count == 0 if bad is None else (count == 0) | bad.any()
+    return xp.maximum(count, 1), xp.where(empty, dtype.type(xp.nan), dtype.type(0))
 
 
 def _one_hot_rows(t, name, classes, ignore_index, dtype, smoothing):
@@ -118,6 +119,8 @@ def _one_hot_rows(t, name, classes, ignore_index, dtype, smoothing):
     q = _one_hot(safe, valid, classes, dtype)
     if smoothing:
         q = q * (1.0 - smoothing) + (smoothing / classes) * valid[:, None].astype(dtype)
+    if bad is not None:  # inside a graph capture: an out-of-range target's row gives NaN
+        q = backend.xp_of(q).where(bad[:, None], dtype.type(numpy.nan), q)
     return (q, valid) + _mean_terms(valid, dtype, bad)
 
 
@@ -211,7 +214,9 @@ def _gather_targets(t, name, classes, ignore_index, dtype):
     of range inside a CUDA graph capture) of class ids (N, d...)."""
     safe, valid, bad = _counted(name, t, classes, ignore_index)
     xp = backend.xp_of(safe)
-    count = xp.where(bad, dtype.type(xp.nan), valid.sum().astype(dtype))
+    count = valid.sum().astype(dtype)
+    if bad is not None:  # inside a graph capture: an out-of-range target makes the mean NaN
+        count = xp.where(bad.any(), dtype.type(xp.nan), count)
     return xp.expand_dims(safe, 1), valid, count
 
 
@@ -260,9 +265,11 @@ def _weighted_targets(t, w, name, classes, ignore_index):
     safe, valid, bad = _counted(name, t, classes, ignore_index)
     xp = backend.xp_of(safe)
     wt = xp.where(valid, w[safe], w.dtype.type(0))                        # weight of each position's target
+    if bad is not None:  # inside a graph capture: an out-of-range target's position gives NaN
+        wt = xp.where(bad, w.dtype.type(xp.nan), wt)
     any_valid = valid.any()
     total = xp.where(any_valid, wt.sum(), w.dtype.type(1)).astype(w.dtype)
-    nan = xp.where(any_valid & ~xp.asarray(bad), w.dtype.type(0), w.dtype.type(xp.nan))
+    nan = xp.where(any_valid, w.dtype.type(0), w.dtype.type(xp.nan))
     return xp.expand_dims(safe, 1), wt, valid, total, nan
 
 
