@@ -50,11 +50,11 @@ def build(opt_name, sizes=(20, 16, 12, 5), random=True):
     return model, opt, sched
 
 
-def make_step(model, opt, clip=1.0):
+def make_step(model, opt, clip=1.0, loss_fn=F.cross_entropy):
     def step(x, y):
         opt.zero_grad()
         out = model(x)
-        loss = F.cross_entropy(out, y)
+        loss = loss_fn(out, y)
         loss.backward()
         if clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -232,9 +232,9 @@ def test_device_scalar_update_equals_the_scalar_kernel_bit_for_bit(opt_name, dty
 
 
 # ---- the emulated GPU replay -----------------------------------------------------------------------------
-def eager_run(opt_name, steps, sizes, clip, reseed_at=None):
+def eager_run(opt_name, steps, sizes, clip, reseed_at=None, loss_fn=F.cross_entropy):
     model, opt, sched = build(opt_name, sizes)
-    step = make_step(model, opt, clip)
+    step = make_step(model, opt, clip, loss_fn)
     data = batches(sizes[0], sizes[-1])
     gf.manual_seed(11)
     out = []
@@ -247,9 +247,9 @@ def eager_run(opt_name, steps, sizes, clip, reseed_at=None):
     return model, opt, out
 
 
-def emulated_run(opt_name, steps, sizes, clip, emulated, reseed_at=None):
+def emulated_run(opt_name, steps, sizes, clip, emulated, reseed_at=None, loss_fn=F.cross_entropy):
     model, opt, sched = build(opt_name, sizes)
-    step = make_step(model, opt, clip)
+    step = make_step(model, opt, clip, loss_fn)
     data = batches(sizes[0], sizes[-1])
     compiled = gf.compile(step, strict=True)
     gf.manual_seed(11)
@@ -298,6 +298,19 @@ def test_emulated_one_launch_replay_equals_eager_bit_for_bit(opt_name, emulated_
     (losses, outputs, masks through them, parameters, gradients, optimizer state) as eager."""
     sizes = (20, 16, 12, 5)
     assert_same(eager_run(opt_name, 30, sizes, 1.0), emulated_run(opt_name, 30, sizes, 1.0, emulated_gpu))
+
+
+@pytest.mark.parametrize("loss", ["nll", "weighted", "smoothed"])
+def test_emulated_one_launch_replay_with_losses_that_derive_from_the_targets(loss, emulated_gpu):
+    """nll_loss, class weights and label smoothing derive their target arrays in an op (no host work):
+    still one launch per step, bit-identical to eager."""
+    w = gf.tensor(numpy.array([1.0, 2.0, 0.5, 1.5, 1.0], numpy.float32))
+    loss_fn = {"nll": lambda out, y: F.nll_loss(F.log_softmax(out, dim=1), y),
+               "weighted": lambda out, y: F.cross_entropy(out, y, weight=w),
+               "smoothed": lambda out, y: F.cross_entropy(out, y, label_smoothing=0.1)}[loss]
+    sizes = (20, 16, 12, 5)
+    assert_same(eager_run("sgd-momentum", 8, sizes, 1.0, loss_fn=loss_fn),
+                emulated_run("sgd-momentum", 8, sizes, 1.0, emulated_gpu, loss_fn=loss_fn))
 
 
 def test_emulated_replay_draws_follow_manual_seed_between_steps(emulated_gpu):
