@@ -91,3 +91,27 @@ def test_bool_target_of_huber_loss_forward():
     want = tF.huber_loss(torch.tensor(x), torch.tensor(t), reduction="none", delta=0.8).numpy()
     got = F.huber_loss(gradflow.Tensor(x), gradflow.Tensor(t), reduction="none", delta=0.8).numpy()
     numpy.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("value", [numpy.inf, -numpy.inf, numpy.nan])
+def test_multi_margin_loss_weight_applies_to_active_terms_only(value, p, reduction):
+    """torch's kernel multiplies w[y] into the active hinge terms only: an infinite or NaN weight of a row
+    with no active term gives 0 there (gradflow's 0 * inf gave NaN), one with active terms gives inf."""
+    x = numpy.array([[3.0, 0.0, 0.5, 0.1], [0.2, 0.4, 0.3, 0.1], [0.1, 0.2, 0.3, 0.4]], F32)  # row 0: no active term
+    for cls in (0, 1):
+        weight = numpy.array([1.0, 0.0, 2.0, 0.5], F32)
+        weight[cls] = value
+        _assert_like_torch("multi_margin_loss", [x, numpy.array([0, 1, 3], numpy.int64)], [0], p=p,
+                           weight=weight, reduction=reduction)
+
+
+def test_binary_cross_entropy_has_no_gradient_for_weight():
+    """torch's binary_cross_entropy is not differentiable w.r.t. weight and says so; gradflow gave one."""
+    p, t = numpy.array([0.2, 0.9], F32), numpy.array([0.0, 1.0], F32)
+    w = numpy.array([1.0, 2.0], F32)
+    with pytest.raises(RuntimeError, match="not differentiable with respect to argument 'weight'"):
+        tF.binary_cross_entropy(torch.tensor(p), torch.tensor(t), weight=torch.tensor(w, requires_grad=True))
+    with pytest.raises(RuntimeError, match="not differentiable with respect to argument 'weight'"):
+        F.binary_cross_entropy(gradflow.Tensor(p), gradflow.Tensor(t), weight=gradflow.Tensor(w, requires_grad=True))

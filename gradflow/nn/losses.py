@@ -474,7 +474,9 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean"):
     _same_shape("binary_cross_entropy", input, target)
     loss = BinaryCrossEntropy()(input, target)
     if weight is not None:
-        loss = loss * _as_target(weight, input)
+        weight = _as_target(weight, input)
+        _not_differentiable("binary_cross_entropy", "weight", weight)  # torch's kernel refuses it too
+        loss = loss * weight
     return _reduce(loss, reduction)
 
 
@@ -755,7 +757,8 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, size_average=
     """sum over i != y of w[y] max(0, margin - x[y] + x[i])^p, divided by C (p = 1 or 2).
 
     The gradient is 0 at the hinge's kink (margin - x[y] + x[i] == 0), as torch's kernel; torch
-    has no gradient for ``weight``."""
+    has no gradient for ``weight``, and applies w[y] only to the active terms (an inf weight with
+    no active term gives 0, not NaN)."""
     reduction = _legacy_reduction(size_average, reduce, reduction)
     _check_reduction(reduction)
     if p != 1 and p != 2:
@@ -778,7 +781,8 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, size_average=
     x = ops.reshape(input, (n, c))
     rows = xp.arange(n)
     z = (margin - ops.unsqueeze(ops.getitem(x, (rows, y)), 1)) + x   # margin - x[y] + x[i]
-    hinge = ops.where(Tensor._wrap((z.data > 0) & (xp.arange(c) != y[:, None])), z, 0.0)
+    active = (z.data > 0) & (xp.arange(c) != y[:, None])
+    hinge = ops.where(Tensor._wrap(active), z, 0.0)
     if p == 2:
         hinge = hinge * hinge
     if weight is not None:
@@ -787,7 +791,8 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, size_average=
         if weight.dtype != input.dtype:
             raise DTypeError(f"multi_margin_loss: expected weight of dtype {input.dtype}, got {weight.dtype}")
         _not_differentiable("multi_margin_loss", "weight", weight)
-        hinge = hinge * Tensor._wrap(weight.data[y][:, None])
+        # weighted only where the hinge is active, as torch's kernel: an inf or NaN weight times an inactive 0
+        hinge = hinge * Tensor._wrap(xp.where(active, weight.data[y][:, None], weight.dtype.type(0)))
     loss = ops.sum(hinge, axis=1) / c
     return _reduce(loss if target.ndim == 1 else ops.reshape(loss, ()), reduction)
 
