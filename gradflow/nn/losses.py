@@ -43,6 +43,12 @@ def _as_target(target, like):
     return target
 
 
+def _bool_as_float(target, like):
+    """A bool target as 0/1 in ``like``'s dtype: torch's mse_loss and huber/smooth_l1 kernels take one so (its
+    l1_loss refuses one, as gradflow's subtraction does)."""
+    return ops.astype(target, like.dtype) if target.dtype.kind == "b" else target
+
+
 def _same_shape(name, input, target):
     if input.shape != target.shape:
         raise ValueError(f"{name}: input shape {input.shape} and target shape {target.shape} differ "
@@ -368,7 +374,7 @@ def nll_loss(input, target, reduction="mean", ignore_index=-100, weight=None):
 # ---- regression --------------------------------------------------------------------------------------
 def mse_loss(input, target, reduction="mean"):
     """Mean squared error (squared L2)."""
-    target = _as_target(target, input)
+    target = _bool_as_float(_as_target(target, input), input)
     _same_shape("mse_loss", input, target)
     diff = input - target
     return _reduce(diff * diff, reduction)
@@ -385,7 +391,7 @@ def huber_loss(input, target, reduction="mean", delta=1.0):
     """0.5 d^2 where |d| < delta, delta * (|d| - 0.5 delta) beyond: quadratic near 0, linear in the tails."""
     if delta <= 0:
         raise OpError(f"huber_loss: delta must be positive, got {delta}")
-    target = _as_target(target, input)
+    target = _bool_as_float(_as_target(target, input), input)
     _same_shape("huber_loss", input, target)
     d = ops.abs(input - target)
     inner = ops.clamp(d, max=delta)  # |d| where quadratic, delta where linear
@@ -403,14 +409,15 @@ def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
 
 
 class BinaryCrossEntropy(Function):
-    """-(t log p + (1 - t) log(1 - p)) with the logs clamped at -100, as PyTorch does."""
+    """-(t log p + (1 - t) log(1 - p)) with the logs clamped at -100, as PyTorch does. The range checks are
+    torch's 0 <= v <= 1, which a NaN fails too (torch raises for it rather than return a NaN loss)."""
 
     def forward(self, p, t):
         xp = backend.xp_of(p)
-        if p.size and bool(((p < 0) | (p > 1)).any()):
+        if p.size and not bool(((p >= 0) & (p <= 1)).all()):
             raise OpError("binary_cross_entropy: all elements of input should be between 0 and 1 "
                              "(pass logits to binary_cross_entropy_with_logits instead)")
-        if t.size and bool(((t < 0) | (t > 1)).any()):
+        if t.size and not bool(((t >= 0) & (t <= 1)).all()):
             raise ValueError("binary_cross_entropy: all elements of target should be between 0 and 1 "
                              "(targets are probabilities or 0/1 labels)")
         self.save_for_backward(p, t)
@@ -436,7 +443,11 @@ def _softplus_neg(x):
 
 
 class BinaryCrossEntropyWithLogits(Function):
-    """(1 - t) x + (1 + (w - 1) t) log(1 + exp(-x)): stable for any logit x (w: pos_weight)."""
+    """(1 - t) x + (1 + (w - 1) t) log(1 + exp(-x)): stable for any logit x (w: pos_weight).
+
+    With ``pos_weight`` the gradients are torch's forms, (w t + 1 - t) sigmoid(x) - w t for x and
+    log sigmoid(-x) - w log sigmoid(x) for t: equal to the derivatives of the loss, and they give
+    torch's NaN / inf where t or x is infinite (other arrangements give inf - inf elsewhere)."""
 
     def forward(self, x, t, pos_weight=None):
         xp = backend.xp_of(x)
@@ -453,10 +464,10 @@ class BinaryCrossEntropyWithLogits(Function):
             if pw is None:
                 gx = gy * (activation.sigmoid(x) - t)
             else:
-                weight = (pw - 1.0) * t + 1.0
-                gx = gy * ((1.0 - t) - weight * (1.0 - activation.sigmoid(x)))
+                wt = pw * t
+                gx = gy * ((wt + 1.0 - t) * activation.sigmoid(x) - wt)
         if needs[1]:
-            gt = -x if pw is None else (pw - 1.0) * _softplus_neg(x) - x
+            gt = -x if pw is None else activation.logsigmoid(-x) - pw * activation.logsigmoid(x)
             gt = gy * gt
         if len(needs) > 2 and needs[2]:
             gpw = ops.sum_to(gy * t * _softplus_neg(x), pw.shape)
@@ -470,7 +481,9 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean"):
     _same_shape("binary_cross_entropy", input, target)
     loss = BinaryCrossEntropy()(input, target)
     if weight is not None:
-        loss = loss * _as_target(weight, input)
+        weight = _as_target(weight, input)
+        _not_differentiable("binary_cross_entropy", "weight", weight)  # torch's kernel refuses it too
+        loss = loss * weight
     return _reduce(loss, reduction)
 
 
@@ -664,13 +677,19 @@ def margin_ranking_loss(input1, input2, target, margin=0.0, size_average=None, r
     return _reduce(ops.clamp(-target * (input1 - input2) + margin, min=0), reduction)
 
 
+def _minus_one(target):
+    """-1 as torch compares it with ``target``: in the target's dtype, so an unsigned target wraps it (255 for
+    uint8) rather than fail as a Python -1 cast to uint8 does."""
+    return int(numpy.iinfo(target.dtype).max) if target.dtype.kind == "u" else -1
+
+
 def hinge_embedding_loss(input, target, margin=1.0, size_average=None, reduce=None, reduction="mean"):
     """x where target == 1, max(0, margin - x) where target == -1 (their sum for other targets, as torch's)."""
     reduction = _legacy_reduction(size_average, reduce, reduction)
     _check_reduction(reduction)
     target = _tensor_arg(target, input)
     margin_term = ops.where(target != 1, ops.clamp(margin - input, min=0), 0.0)
-    return _reduce(margin_term + ops.where(target != -1, input, 0.0), reduction)
+    return _reduce(margin_term + ops.where(target != _minus_one(target), input, 0.0), reduction)
 
 
 class SoftMargin(Function):
@@ -745,7 +764,8 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, size_average=
     """sum over i != y of w[y] max(0, margin - x[y] + x[i])^p, divided by C (p = 1 or 2).
 
     The gradient is 0 at the hinge's kink (margin - x[y] + x[i] == 0), as torch's kernel; torch
-    has no gradient for ``weight``."""
+    has no gradient for ``weight``, and applies w[y] only to the active terms (an inf weight with
+    no active term gives 0, not NaN)."""
     reduction = _legacy_reduction(size_average, reduce, reduction)
     _check_reduction(reduction)
     if p != 1 and p != 2:
@@ -768,7 +788,8 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, size_average=
     x = ops.reshape(input, (n, c))
     rows = xp.arange(n)
     z = (margin - ops.unsqueeze(ops.getitem(x, (rows, y)), 1)) + x   # margin - x[y] + x[i]
-    hinge = ops.where(Tensor._wrap((z.data > 0) & (xp.arange(c) != y[:, None])), z, 0.0)
+    active = (z.data > 0) & (xp.arange(c) != y[:, None])
+    hinge = ops.where(Tensor._wrap(active), z, 0.0)
     if p == 2:
         hinge = hinge * hinge
     if weight is not None:
@@ -777,7 +798,8 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, size_average=
         if weight.dtype != input.dtype:
             raise DTypeError(f"multi_margin_loss: expected weight of dtype {input.dtype}, got {weight.dtype}")
         _not_differentiable("multi_margin_loss", "weight", weight)
-        hinge = hinge * Tensor._wrap(weight.data[y][:, None])
+        # weighted only where the hinge is active, as torch's kernel: an inf or NaN weight times an inactive 0
+        hinge = hinge * Tensor._wrap(xp.where(active, weight.data[y][:, None], weight.dtype.type(0)))
     loss = ops.sum(hinge, axis=1) / c
     return _reduce(loss if target.ndim == 1 else ops.reshape(loss, ()), reduction)
 
@@ -801,7 +823,7 @@ def cosine_embedding_loss(input1, input2, target, margin=0.0, size_average=None,
     dot = ops.sum(input1 * input2, d)
     denom = ops.sqrt((ops.sum(input1 * input1, d) + _COSINE_EPS) * (ops.sum(input2 * input2, d) + _COSINE_EPS))
     cos = dot / denom
-    loss = ops.where(target == 1, 1 - cos, 0.0) + ops.where(target == -1, ops.clamp(cos - margin, min=0), 0.0)
+    loss = ops.where(target == 1, 1 - cos, 0.0) + ops.where(target == _minus_one(target), ops.clamp(cos - margin, min=0), 0.0)
     return _reduce(loss, reduction)
 
 
