@@ -609,8 +609,8 @@ def _call_results_used(plan):
 def _reusable_slots(arrays, keep):
     """Slots whose array a replay may overwrite at its last reader (``replay_source``'s ``dying``):
     NumPy arrays that own their memory, writeable, not in ``keep`` (the step's inputs, arrays read
-    from outside the step, what it returns), and whose memory no other slot holds (the same array, a view of it, or a view of
-    the same base). A replay makes the same arrays and views as the recording it was built from."""
+    from outside the step, what it returns), and whose memory no other slot holds (the same array, a view
+    of it, or a view of the same base). A replay makes the same arrays and views as the recording it was built from."""
     def root(a):
         while isinstance(a.base, numpy.ndarray):
             a = a.base

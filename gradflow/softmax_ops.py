@@ -282,7 +282,8 @@ def _xent_fwd_grad(x, target, ignore_index, reduction, g):
     total = numpy.add.reduce(loss)
     if reduction == "mean":
         total, g = total / count, g / count
-    gx = _onehot_grad_np(numpy.divide(e, s, out=e), target, g, ignore_index, 0 < rows < 2 ** 24 and cols > 0 and n == rows)
+    dense = 0 < rows < 2 ** 24 and cols > 0 and n == rows
+    gx = _onehot_grad_np(numpy.divide(e, s, out=e), target, g, ignore_index, dense)
     return numpy.asarray(total, dtype=x.dtype), gx
 
 

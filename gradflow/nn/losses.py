@@ -823,7 +823,8 @@ def cosine_embedding_loss(input1, input2, target, margin=0.0, size_average=None,
     dot = ops.sum(input1 * input2, d)
     denom = ops.sqrt((ops.sum(input1 * input1, d) + _COSINE_EPS) * (ops.sum(input2 * input2, d) + _COSINE_EPS))
     cos = dot / denom
-    loss = ops.where(target == 1, 1 - cos, 0.0) + ops.where(target == _minus_one(target), ops.clamp(cos - margin, min=0), 0.0)
+    loss = ops.where(target == 1, 1 - cos, 0.0) + \
+        ops.where(target == _minus_one(target), ops.clamp(cos - margin, min=0), 0.0)
     return _reduce(loss, reduction)
 
 

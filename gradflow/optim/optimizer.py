@@ -315,8 +315,8 @@ class _SteadyStep:
                 return False
             if now != (entry.rest if fresh else entry.expected):  # one list compared: a step's checks, all at once
                 return False
-            if entry.scalar_keys and \
-                    list(map(dict.get, entry.scalar_states, entry.scalar_keys, repeat(_MISSING))) != entry.scalar_values:
+            if entry.scalar_keys and list(map(dict.get, entry.scalar_states, entry.scalar_keys,
+                                              repeat(_MISSING))) != entry.scalar_values:
                 return False
             if fresh:
                 entry.update = opt._prepared_update(entry.whole, entry.flat_state, group)
